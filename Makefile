@@ -1,0 +1,50 @@
+# A thin façade over uv, pytest and the linters. Every target installs what it needs.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+RUN := $(UV) run --frozen
+PACKAGES := $(notdir $(wildcard libs/*/src/* services/*/src/*))
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(CURDIR)/.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+.PHONY: setup
+setup: $(UV) ## install the workspace (all packages, dev tools) from the lock file
+	$(UV) sync --frozen --all-packages
+
+.PHONY: test
+test: setup ## run every test CI runs, with coverage
+	$(RUN) pytest --cov --cov-report=term --cov-fail-under=95 $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: setup ## unit tests only
+	$(RUN) pytest libs/*/tests/unit $(wildcard services/*/tests/unit) $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: setup ## ruff check, ruff format --check, mypy --strict, schema freshness
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy $(addprefix -p ,$(PACKAGES))
+	$(RUN) eventflow-schemas check libs/contracts/schemas
+
+.PHONY: format
+format: setup ## apply ruff fixes and formatting
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+.PHONY: schemas
+schemas: setup ## regenerate the committed event JSON Schemas (refuses breaking changes)
+	$(RUN) eventflow-schemas write libs/contracts/schemas
+
+.PHONY: clean
+clean: ## remove local environments and caches
+	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage

@@ -17,13 +17,25 @@ $(CURDIR)/.tools/bin/uv:
 	python3 -m venv .tools
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
+NPM := $(shell command -v npm 2>/dev/null)
+
+node_modules/.installed: package-lock.json
+ifdef NPM
+	npm ci --no-audit --no-fund --silent
+	touch $@
+else
+	@echo "npm not found: the Azurite and cosmosdb-server conformance backends will be skipped"
+endif
+
 .PHONY: setup
-setup: $(UV) ## install the workspace (all packages, dev tools) from the lock file
+setup: $(UV) node_modules/.installed ## install the workspace from uv.lock and the test servers from package-lock.json
 	$(UV) sync --frozen --all-packages
 
 .PHONY: test
 test: setup ## run every test CI runs, with coverage
-	$(RUN) pytest --cov --cov-report=term --cov-fail-under=95 $(PYTEST_ARGS)
+	$(RUN) pytest --cov --cov-report=term --cov-fail-under=85 $(PYTEST_ARGS)
+	@echo "libs/contracts must stay at 95 % line coverage or more:"
+	$(RUN) coverage report --include='libs/contracts/*' --fail-under=95 --skip-covered
 
 .PHONY: test-unit
 test-unit: setup ## unit tests only

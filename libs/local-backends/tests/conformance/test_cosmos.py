@@ -1,0 +1,561 @@
+"""Cosmos DB item API, batch, queries, feed ranges and change feed: one set of cases, every backend.
+
+Backends: the SQLite stand-in (always), @vercel/cosmosdb-server through the real azure-cosmos SDK
+(where that server is faithful; each case it cannot run names the reason), and the Cosmos DB
+emulator or an Azure account when EVENTFLOW_CONFORMANCE_COSMOS_CONNECTION_STRING is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ClassVar
+
+import pytest
+from azure.core import MatchConditions
+from azure.cosmos import PartitionKey
+from azure.cosmos.aio import CosmosClient as AzureCosmosClient
+from azure.cosmos.exceptions import (
+    CosmosAccessConditionFailedError,
+    CosmosBatchOperationError,
+    CosmosHttpResponseError,
+    CosmosResourceExistsError,
+    CosmosResourceNotFoundError,
+)
+
+from eventflow_local.cosmos import CosmosClient as LocalCosmosClient
+from eventflow_local.environment import LocalEnvironment
+from eventflow_local.servers import RunningServer
+
+from .conftest import setting_or_skip
+
+Container = Any
+MakeContainer = Callable[..., Awaitable[Container]]
+
+NO_INCREMENTAL_FEED = "its change feed is a stub: every read after the first is empty"
+NO_ROLLBACK = "its batch is not atomic: earlier operations stay applied"
+CREATE_ONLY_BATCH = "its batch supports only create operations from Python"
+NO_TTL = "it does not expire items"
+ONE_PARTITION_FEED = "its change feed ignores the partition key and feed range"
+
+
+def doc(pk: str = "p1", **fields: Any) -> dict[str, Any]:
+    return {"id": fields.pop("id", uuid.uuid4().hex), "pk": pk, **fields}
+
+
+async def collect(iterable: Any) -> list[Any]:
+    return [item async for item in iterable]
+
+
+async def drain(container: Container, **kwargs: Any) -> tuple[list[dict[str, Any]], str]:
+    """Read the change feed until a poll finds nothing; (items, token to resume from)."""
+    pager = container.query_items_change_feed(**kwargs).by_page()
+    items = [item async for page in pager async for item in page]
+    return items, container.client_connection.last_response_headers["etag"]
+
+
+# Partition-scoped queries repeat the partition key in the query text: cosmosdb-server refuses
+# a single-partition query whose text does not name it (it ignores the partition key header).
+
+
+class CosmosConformance:
+    """The cases. A backend subclasses this and provides the `database` fixture."""
+
+    backend: ClassVar[str]
+    not_applicable: ClassVar[dict[str, str]] = {}
+
+    @pytest.fixture(autouse=True)
+    def _applicable(self, request: pytest.FixtureRequest) -> None:
+        reason = self.not_applicable.get(request.node.originalname)
+        if reason:
+            pytest.skip(f"not applicable to {self.backend}: {reason}")
+
+    @pytest.fixture
+    def make_container(self, database: Any) -> MakeContainer:
+        async def make(pk: str = "/pk", default_ttl: int | None = None) -> Container:
+            kwargs = {} if default_ttl is None else {"default_ttl": default_ttl}
+            return await database.create_container_if_not_exists(
+                id=f"c{uuid.uuid4().hex[:12]}", partition_key=PartitionKey(path=pk), **kwargs
+            )
+
+        return make
+
+    @pytest.fixture
+    async def container(self, make_container: MakeContainer) -> Container:
+        return await make_container()
+
+    # -- items ------------------------------------------------------------------------------
+
+    async def test_create_then_read_returns_the_body_with_system_properties(
+        self, container: Container
+    ) -> None:
+        created = await container.create_item(doc(id="a", n=1))
+        read = await container.read_item("a", partition_key="p1")
+        assert read["n"] == 1
+        assert read["_etag"] == created["_etag"]
+        assert isinstance(read["_ts"], int)
+
+    async def test_create_of_an_existing_id_is_a_conflict(self, container: Container) -> None:
+        await container.create_item(doc(id="a"))
+        with pytest.raises(CosmosResourceExistsError) as caught:
+            await container.create_item(doc(id="a"))
+        assert caught.value.status_code == 409
+
+    async def test_the_same_id_may_live_in_two_partitions(self, container: Container) -> None:
+        await container.create_item(doc("p1", id="a", n=1))
+        await container.create_item(doc("p2", id="a", n=2))
+        assert (await container.read_item("a", partition_key="p2"))["n"] == 2
+
+    async def test_read_of_a_missing_item_is_not_found(self, container: Container) -> None:
+        with pytest.raises(CosmosResourceNotFoundError) as caught:
+            await container.read_item("nope", partition_key="p1")
+        assert caught.value.status_code == 404
+
+    async def test_read_with_another_partition_key_is_not_found(self, container: Container) -> None:
+        await container.create_item(doc("p1", id="a"))
+        with pytest.raises(CosmosResourceNotFoundError):
+            await container.read_item("a", partition_key="p2")
+
+    async def test_replace_with_the_current_etag_changes_the_etag(
+        self, container: Container
+    ) -> None:
+        created = await container.create_item(doc(id="a", n=1))
+        replaced = await container.replace_item(
+            "a",
+            doc(id="a", n=2),
+            etag=created["_etag"],
+            match_condition=MatchConditions.IfNotModified,
+        )
+        assert replaced["n"] == 2
+        assert replaced["_etag"] != created["_etag"]
+
+    async def test_replace_with_a_stale_etag_fails_the_precondition(
+        self, container: Container
+    ) -> None:
+        created = await container.create_item(doc(id="a", n=1))
+        await container.replace_item("a", doc(id="a", n=2))
+        with pytest.raises(CosmosAccessConditionFailedError) as caught:
+            await container.replace_item(
+                "a",
+                doc(id="a", n=3),
+                etag=created["_etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        assert caught.value.status_code == 412
+        assert (await container.read_item("a", partition_key="p1"))["n"] == 2
+
+    async def test_replace_of_a_missing_item_is_not_found(self, container: Container) -> None:
+        with pytest.raises(CosmosResourceNotFoundError):
+            await container.replace_item("a", doc(id="a"))
+
+    async def test_upsert_creates_then_replaces(self, container: Container) -> None:
+        await container.upsert_item(doc(id="a", n=1))
+        await container.upsert_item(doc(id="a", n=2))
+        assert (await container.read_item("a", partition_key="p1"))["n"] == 2
+
+    async def test_upsert_with_a_stale_etag_fails_the_precondition(
+        self, container: Container
+    ) -> None:
+        created = await container.create_item(doc(id="a", n=1))
+        await container.upsert_item(doc(id="a", n=2))
+        with pytest.raises(CosmosAccessConditionFailedError):
+            await container.upsert_item(
+                doc(id="a", n=3),
+                etag=created["_etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+
+    async def test_delete_removes_the_item(self, container: Container) -> None:
+        await container.create_item(doc(id="a"))
+        await container.delete_item("a", partition_key="p1")
+        with pytest.raises(CosmosResourceNotFoundError):
+            await container.read_item("a", partition_key="p1")
+
+    async def test_delete_with_a_stale_etag_fails_the_precondition(
+        self, container: Container
+    ) -> None:
+        created = await container.create_item(doc(id="a", n=1))
+        await container.upsert_item(doc(id="a", n=2))
+        with pytest.raises(CosmosAccessConditionFailedError):
+            await container.delete_item(
+                "a",
+                partition_key="p1",
+                etag=created["_etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+
+    async def test_delete_of_a_missing_item_is_not_found(self, container: Container) -> None:
+        with pytest.raises(CosmosResourceNotFoundError):
+            await container.delete_item("nope", partition_key="p1")
+
+    async def test_a_condition_without_an_etag_is_refused_before_sending(
+        self, container: Container
+    ) -> None:
+        await container.create_item(doc(id="a"))
+        with pytest.raises(ValueError, match="without 'etag'"):
+            await container.replace_item(
+                "a", doc(id="a"), match_condition=MatchConditions.IfNotModified
+            )
+        with pytest.raises(ValueError, match="without 'match_condition'"):
+            await container.replace_item("a", doc(id="a"), etag='"x"')
+
+    async def test_container_properties_name_the_partition_key_path(
+        self, container: Container
+    ) -> None:
+        properties = await container.read()
+        assert properties["partitionKey"]["paths"] == ["/pk"]
+        assert properties["id"] == container.id
+
+    async def test_create_container_if_not_exists_is_idempotent(self, database: Any) -> None:
+        name = f"c{uuid.uuid4().hex[:12]}"
+        first = await database.create_container_if_not_exists(
+            id=name, partition_key=PartitionKey(path="/pk")
+        )
+        await first.create_item(doc(id="a"))
+        again = await database.create_container_if_not_exists(
+            id=name, partition_key=PartitionKey(path="/pk")
+        )
+        assert (await again.read_item("a", partition_key="p1"))["id"] == "a"
+
+    # -- transactional batch ----------------------------------------------------------------
+
+    async def test_batch_of_creates_commits_every_item(self, container: Container) -> None:
+        results = await container.execute_item_batch(
+            [("create", (doc(id="a"),)), ("create", (doc(id="b"),))], partition_key="p1"
+        )
+        assert [result["statusCode"] for result in results] == [201, 201]
+        assert (await container.read_item("b", partition_key="p1"))["id"] == "b"
+
+    async def test_failed_batch_names_the_failing_operation(self, container: Container) -> None:
+        await container.create_item(doc(id="taken"))
+        with pytest.raises(CosmosBatchOperationError) as caught:
+            await container.execute_item_batch(
+                [("create", (doc(id="new"),)), ("create", (doc(id="taken"),))], partition_key="p1"
+            )
+        assert caught.value.error_index == 1
+        assert caught.value.operation_responses[1]["statusCode"] == 409
+        assert not isinstance(caught.value, CosmosHttpResponseError)
+
+    async def test_failed_batch_rolls_back_and_reports_424_for_the_rest(
+        self, container: Container
+    ) -> None:
+        await container.create_item(doc(id="taken"))
+        with pytest.raises(CosmosBatchOperationError) as caught:
+            await container.execute_item_batch(
+                [
+                    ("create", (doc(id="new"),)),
+                    ("create", (doc(id="taken"),)),
+                    ("create", (doc(id="z"),)),
+                ],
+                partition_key="p1",
+            )
+        statuses = [response["statusCode"] for response in caught.value.operation_responses]
+        assert statuses == [424, 409, 424]
+        with pytest.raises(CosmosResourceNotFoundError):
+            await container.read_item("new", partition_key="p1")
+
+    async def test_batch_replace_with_a_stale_etag_fails_and_writes_nothing(
+        self, container: Container
+    ) -> None:
+        created = await container.create_item(doc(id="order", version=1))
+        await container.replace_item("order", doc(id="order", version=2))
+        with pytest.raises(CosmosBatchOperationError) as caught:
+            await container.execute_item_batch(
+                [
+                    (
+                        "replace",
+                        ("order", doc(id="order", version=3)),
+                        {"if_match_etag": created["_etag"]},
+                    ),
+                    ("create", (doc(id="event-3"),)),
+                ],
+                partition_key="p1",
+            )
+        assert caught.value.error_index == 0
+        assert caught.value.status_code == 412
+        with pytest.raises(CosmosResourceNotFoundError):
+            await container.read_item("event-3", partition_key="p1")
+
+    async def test_batch_replace_and_create_commit_together(self, container: Container) -> None:
+        created = await container.create_item(doc(id="order", version=1))
+        results = await container.execute_item_batch(
+            [
+                (
+                    "replace",
+                    ("order", doc(id="order", version=2)),
+                    {"if_match_etag": created["_etag"]},
+                ),
+                ("create", (doc(id="event-2"),)),
+                ("upsert", (doc(id="marker"),)),
+                ("read", ("order",)),
+            ],
+            partition_key="p1",
+        )
+        assert [result["statusCode"] for result in results] == [200, 201, 201, 200]
+        assert results[3]["resourceBody"]["version"] == 2
+
+    async def test_batch_with_more_than_100_operations_is_refused(
+        self, container: Container
+    ) -> None:
+        operations = [("create", (doc(id=f"i{n}"),)) for n in range(101)]
+        with pytest.raises((CosmosHttpResponseError, CosmosBatchOperationError, ValueError)):
+            await container.execute_item_batch(operations, partition_key="p1")
+        assert await collect(container.query_items("SELECT * FROM c")) == []
+
+    async def test_batch_item_from_another_partition_fails_the_batch(
+        self, container: Container
+    ) -> None:
+        with pytest.raises((CosmosBatchOperationError, CosmosHttpResponseError)):
+            await container.execute_item_batch(
+                [("create", (doc("p1", id="a"),)), ("create", (doc("p2", id="b"),))],
+                partition_key="p1",
+            )
+        with pytest.raises(CosmosResourceNotFoundError):
+            await container.read_item("b", partition_key="p2")
+
+    # -- queries ----------------------------------------------------------------------------
+
+    async def test_query_filters_one_partition_by_a_parameter(self, container: Container) -> None:
+        for n, kind in enumerate(["event", "entity", "event"]):
+            await container.create_item(doc("p1", id=f"i{n}", kind=kind))
+        await container.create_item(doc("p2", id="other", kind="event"))
+        found = await collect(
+            container.query_items(
+                "SELECT * FROM c WHERE c.pk = @pk AND c.kind = @kind",
+                parameters=[{"name": "@pk", "value": "p1"}, {"name": "@kind", "value": "event"}],
+                partition_key="p1",
+            )
+        )
+        assert sorted(item["id"] for item in found) == ["i0", "i2"]
+
+    async def test_query_orders_by_a_field(self, container: Container) -> None:
+        for n in (3, 1, 2):
+            await container.create_item(doc(id=f"i{n}", sequence=n))
+        found = await collect(
+            container.query_items(
+                "SELECT * FROM c WHERE c.pk = @pk ORDER BY c.sequence DESC",
+                parameters=[{"name": "@pk", "value": "p1"}],
+                partition_key="p1",
+            )
+        )
+        assert [item["sequence"] for item in found] == [3, 2, 1]
+
+    async def test_query_startswith_across_partitions(self, container: Container) -> None:
+        for n, pk in enumerate(["p1", "p2", "p3"]):
+            await container.create_item(doc(pk, id=f"lease..{n}"))
+        await container.create_item(doc("p4", id="other"))
+        found = await collect(
+            container.query_items(
+                "SELECT * FROM c WHERE STARTSWITH(c.id, @prefix)",
+                parameters=[{"name": "@prefix", "value": "lease.."}],
+            )
+        )
+        assert sorted(item["id"] for item in found) == ["lease..0", "lease..1", "lease..2"]
+
+    async def test_query_counts_with_select_value(self, container: Container) -> None:
+        for n in range(4):
+            await container.create_item(doc(id=f"i{n}", even=n % 2 == 0))
+        counted = await collect(
+            container.query_items("SELECT VALUE COUNT(1) FROM c WHERE c.even = true")
+        )
+        assert counted == [2]
+
+    async def test_query_pages_with_max_item_count(self, container: Container) -> None:
+        for n in range(5):
+            await container.create_item(doc(id=f"i{n}", n=n))
+        pages = container.query_items(
+            "SELECT * FROM c WHERE c.pk = @pk ORDER BY c.n",
+            parameters=[{"name": "@pk", "value": "p1"}],
+            partition_key="p1",
+            max_item_count=2,
+        ).by_page()
+        sizes = [len([item async for item in page]) async for page in pages]
+        assert sum(sizes) == 5
+        assert max(sizes) <= 2
+
+    # -- feed ranges and the change feed ----------------------------------------------------
+
+    async def test_feed_ranges_cover_every_partition_key_exactly_once(
+        self, container: Container
+    ) -> None:
+        ranges = await collect(container.read_feed_ranges())
+        assert ranges
+        for key in (f"order-{n}" for n in range(50)):
+            point = await container.feed_range_from_partition_key(key)
+            owners = [r for r in ranges if await container.is_feed_range_subset(r, point)]
+            assert len(owners) == 1
+
+    async def test_change_feed_from_the_beginning_has_the_latest_version_of_each_item(
+        self, container: Container
+    ) -> None:
+        await container.create_item(doc(id="a", n=1))
+        await container.create_item(doc(id="b", n=1))
+        await container.upsert_item(doc(id="a", n=2))
+        items, _ = await drain(container, start_time="Beginning")
+        assert sorted((item["id"], item["n"]) for item in items) == [("a", 2), ("b", 1)]
+
+    async def test_change_feed_resumes_after_the_token_with_only_new_changes(
+        self, container: Container
+    ) -> None:
+        await container.create_item(doc(id="a"))
+        _, token = await drain(container, start_time="Beginning")
+        await container.create_item(doc(id="b"))
+        await container.upsert_item(doc(id="a", n=2))
+        items, _ = await drain(container, continuation=token)
+        assert sorted(item["id"] for item in items) == ["a", "b"]
+
+    async def test_change_feed_keeps_commit_order_within_a_partition(
+        self, container: Container
+    ) -> None:
+        _, token = await drain(container, start_time="Beginning")
+        for n in range(6):
+            await container.create_item(doc("p1", id=f"e{n}"))
+        items, _ = await drain(container, continuation=token)
+        assert [item["id"] for item in items] == [f"e{n}" for n in range(6)]
+
+    async def test_empty_poll_yields_no_page_and_its_token_is_in_the_headers(
+        self, container: Container
+    ) -> None:
+        pager = container.query_items_change_feed(start_time="Now").by_page()
+        pages = [page async for page in pager]
+        assert pages == []
+        token = container.client_connection.last_response_headers["etag"]
+        await container.create_item(doc(id="after"))
+        items, _ = await drain(container, continuation=token)
+        assert [item["id"] for item in items] == ["after"]
+
+    async def test_change_feed_start_now_skips_earlier_changes(self, container: Container) -> None:
+        await container.create_item(doc(id="before"))
+        _, token = await drain(container, start_time="Now")
+        await container.create_item(doc(id="after"))
+        items, _ = await drain(container, continuation=token)
+        assert [item["id"] for item in items] == ["after"]
+
+    async def test_change_feed_pages_respect_max_item_count(self, container: Container) -> None:
+        for n in range(5):
+            await container.create_item(doc(f"p{n}", id=f"e{n}"))
+        pager = container.query_items_change_feed(
+            start_time="Beginning", max_item_count=2
+        ).by_page()
+        sizes = [len([item async for item in page]) async for page in pager]
+        assert sum(sizes) == 5
+        assert max(sizes) == 2
+
+    async def test_change_feed_of_a_partition_key_has_only_that_partition(
+        self, container: Container
+    ) -> None:
+        await container.create_item(doc("p1", id="a"))
+        await container.create_item(doc("p2", id="b"))
+        items, _ = await drain(container, partition_key="p2", start_time="Beginning")
+        assert [item["id"] for item in items] == ["b"]
+
+    async def test_change_feeds_of_all_feed_ranges_partition_the_changes(
+        self, container: Container
+    ) -> None:
+        keys = [f"order-{n}" for n in range(24)]
+        for key in keys:
+            await container.create_item(doc(key, id="x"))
+        seen: list[str] = []
+        for feed_range in await collect(container.read_feed_ranges()):
+            items, _ = await drain(container, feed_range=feed_range, start_time="Beginning")
+            seen += [item["pk"] for item in items]
+        assert sorted(seen) == sorted(keys)
+
+    async def test_a_token_of_another_container_is_refused(
+        self, make_container: MakeContainer
+    ) -> None:
+        first, second = await make_container(), await make_container()
+        await first.create_item(doc(id="a"))
+        _, token = await drain(first, start_time="Beginning")
+        with pytest.raises(ValueError, match="Invalid continuation"):
+            await drain(second, continuation=token)
+
+    async def test_transaction_is_not_split_across_change_feed_pages(
+        self, container: Container
+    ) -> None:
+        await container.execute_item_batch(
+            [("create", (doc(id=f"e{n}"),)) for n in range(3)], partition_key="p1"
+        )
+        pager = container.query_items_change_feed(
+            start_time="Beginning", max_item_count=1
+        ).by_page()
+        first_page = [item async for item in await anext(pager)]
+        assert len(first_page) == 3
+
+    # -- time to live -----------------------------------------------------------------------
+
+    async def test_expired_items_vanish_from_reads_queries_and_the_change_feed(
+        self, make_container: MakeContainer
+    ) -> None:
+        container = await make_container(default_ttl=-1)
+        await container.create_item(doc(id="short", ttl=1))
+        await container.create_item(doc(id="kept"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            found = await collect(container.query_items("SELECT * FROM c"))
+            if [item["id"] for item in found] == ["kept"]:
+                break
+            await asyncio.sleep(0.2)
+        assert [item["id"] for item in found] == ["kept"]
+        with pytest.raises(CosmosResourceNotFoundError):
+            await container.read_item("short", partition_key="p1")
+        items, _ = await drain(container, start_time="Beginning")
+        assert [item["id"] for item in items] == ["kept"]
+
+    async def test_item_ttl_is_ignored_when_the_container_has_no_default_ttl(
+        self, container: Container
+    ) -> None:
+        created = await container.create_item(doc(id="a", ttl=1))
+        assert created["ttl"] == 1
+        await asyncio.sleep(0)
+        read = await container.read_item("a", partition_key="p1")
+        assert read["id"] == "a"
+
+
+class TestLocalStandIn(CosmosConformance):
+    backend = "the local stand-in"
+
+    @pytest.fixture
+    async def database(self, environment_folder: Any) -> AsyncIterator[Any]:
+        async with LocalCosmosClient(LocalEnvironment(environment_folder)) as client:
+            yield await client.create_database_if_not_exists("conformance")
+
+
+class TestCosmosDbServer(CosmosConformance):
+    backend = "@vercel/cosmosdb-server"
+    not_applicable: ClassVar[dict[str, str]] = {
+        "test_failed_batch_rolls_back_and_reports_424_for_the_rest": NO_ROLLBACK,
+        "test_batch_replace_with_a_stale_etag_fails_and_writes_nothing": CREATE_ONLY_BATCH,
+        "test_batch_replace_and_create_commit_together": CREATE_ONLY_BATCH,
+        "test_batch_item_from_another_partition_fails_the_batch": NO_ROLLBACK,
+        "test_batch_with_more_than_100_operations_is_refused": "it does not enforce the 100-operation limit",
+        "test_change_feed_resumes_after_the_token_with_only_new_changes": NO_INCREMENTAL_FEED,
+        "test_change_feed_keeps_commit_order_within_a_partition": NO_INCREMENTAL_FEED,
+        "test_empty_poll_yields_no_page_and_its_token_is_in_the_headers": NO_INCREMENTAL_FEED,
+        "test_change_feed_start_now_skips_earlier_changes": NO_INCREMENTAL_FEED,
+        "test_change_feed_of_a_partition_key_has_only_that_partition": ONE_PARTITION_FEED,
+        "test_transaction_is_not_split_across_change_feed_pages": NO_INCREMENTAL_FEED,
+        "test_change_feed_pages_respect_max_item_count": NO_INCREMENTAL_FEED,
+        "test_expired_items_vanish_from_reads_queries_and_the_change_feed": NO_TTL,
+    }
+
+    @pytest.fixture
+    async def database(self, cosmos_server: RunningServer) -> AsyncIterator[Any]:
+        async with AzureCosmosClient(
+            cosmos_server.endpoint, credential=cosmos_server.key
+        ) as client:
+            yield await client.create_database_if_not_exists("conformance")
+
+
+class TestEmulatorOrAzure(CosmosConformance):
+    backend = "the Cosmos DB emulator or Azure"
+
+    @pytest.fixture
+    async def database(self) -> AsyncIterator[Any]:
+        connection_string = setting_or_skip("EVENTFLOW_CONFORMANCE_COSMOS_CONNECTION_STRING")
+        async with AzureCosmosClient.from_connection_string(
+            connection_string, enable_endpoint_discovery=False
+        ) as client:
+            yield await client.create_database_if_not_exists("conformance")

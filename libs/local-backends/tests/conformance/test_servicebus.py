@@ -1,0 +1,431 @@
+"""Service Bus queues, sessions and settlement: one set of cases, every backend.
+
+Backends: the SQLite stand-in (always), and the Service Bus emulator or Azure when
+EVENTFLOW_CONFORMANCE_SERVICEBUS_CONNECTION_STRING is set, with two existing queues named by
+EVENTFLOW_CONFORMANCE_SERVICEBUS_SESSION_QUEUE (sessions, duplicate detection, max delivery count 3,
+lock duration LOCK_SECONDS) and EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE (no sessions).
+Every case uses its own session ids and message ids, so a shared broker needs no clean-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from azure.servicebus import (
+    NEXT_AVAILABLE_SESSION,
+    ServiceBusMessage,
+    ServiceBusSubQueue,
+)
+from azure.servicebus.aio import ServiceBusClient as AzureServiceBusClient
+from azure.servicebus.exceptions import (
+    MessageAlreadySettled,
+    MessageLockLostError,
+    MessageSizeExceededError,
+    MessagingEntityNotFoundError,
+    OperationTimeoutError,
+    ServiceBusError,
+    SessionCannotBeLockedError,
+    SessionLockLostError,
+)
+
+from eventflow_local.environment import LocalEnvironment
+from eventflow_local.servicebus import ServiceBusAdministrationClient
+from eventflow_local.servicebus import ServiceBusClient as LocalServiceBusClient
+
+from .conftest import setting_or_skip
+
+LOCK_SECONDS = float(os.environ.get("EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS", "2"))
+MAX_DELIVERY_COUNT = 3
+
+
+@dataclass(frozen=True)
+class Broker:
+    client: Any
+    session_queue: str
+    plain_queue: str
+
+
+def message(session_id: str | None, body: bytes = b"{}", **kwargs: Any) -> ServiceBusMessage:
+    return ServiceBusMessage(
+        body, session_id=session_id, message_id=kwargs.pop("message_id", uuid.uuid4().hex), **kwargs
+    )
+
+
+def fill(batch: Any, session: str) -> int:
+    """Add 300-byte messages until the batch refuses one; how many fitted."""
+    for added in range(100):
+        try:
+            batch.add_message(message(session, b"x" * 300))
+        except (MessageSizeExceededError, ValueError):
+            return added
+    raise AssertionError("the batch never filled up")
+
+
+def new_session() -> str:
+    return f"s-{uuid.uuid4().hex}"
+
+
+async def receive_all(receiver: Any, expected: int, wait: float = 3.0) -> list[Any]:
+    received: list[Any] = []
+    deadline = asyncio.get_running_loop().time() + wait
+    while len(received) < expected and asyncio.get_running_loop().time() < deadline:
+        received += await receiver.receive_messages(
+            max_message_count=expected - len(received), max_wait_time=min(wait, 0.5)
+        )
+    return received
+
+
+async def receive_one(receiver: Any, message_id: str, wait: float = 3.0) -> Any:
+    """Receive until the message with `message_id` arrives; others (on a shared queue) go back."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while asyncio.get_running_loop().time() < deadline:
+        for item in await receiver.receive_messages(max_message_count=10, max_wait_time=0.5):
+            if item.message_id == message_id:
+                return item
+            await receiver.abandon_message(item)
+    raise AssertionError(f"message {message_id} did not arrive within {wait}s")
+
+
+async def dead_letters_of(broker: Broker, message_id: str, wait: float = 5.0) -> list[Any]:
+    """Dead-lettered messages of the session queue with `message_id` (others are left alone)."""
+    deadline = asyncio.get_running_loop().time() + wait
+    async with broker.client.get_queue_receiver(
+        broker.session_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=1
+    ) as receiver:
+        while asyncio.get_running_loop().time() < deadline:
+            found = [
+                m
+                for m in await receiver.peek_messages(max_message_count=200)
+                if m.message_id == message_id
+            ]
+            if found:
+                return found
+            await asyncio.sleep(0.1)
+    return []
+
+
+class ServiceBusConformance:
+    """The cases. A backend subclasses this and provides the `broker` fixture."""
+
+    backend: ClassVar[str]
+
+    async def send(
+        self, broker: Broker, *messages: ServiceBusMessage, queue: str | None = None
+    ) -> None:
+        async with broker.client.get_queue_sender(queue or broker.session_queue) as sender:
+            await sender.send_messages(list(messages))
+
+    def session_receiver(self, broker: Broker, session_id: Any, wait: float = 5) -> Any:
+        return broker.client.get_queue_receiver(
+            broker.session_queue, session_id=session_id, max_wait_time=wait
+        )
+
+    async def test_a_message_keeps_its_body_ids_and_properties(self, broker: Broker) -> None:
+        session = new_session()
+        sent = message(
+            session, b'{"a": 1}', content_type="application/cloudevents+json", subject="t.v1",
+            application_properties={"type": "t.v1", "sequence": 7, "flag": True},
+        )  # fmt: skip
+        await self.send(broker, sent)
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await receiver.complete_message(received)
+        assert b"".join(received.body) == b'{"a": 1}'
+        assert (received.message_id, received.session_id) == (sent.message_id, session)
+        assert (received.content_type, received.subject) == ("application/cloudevents+json", "t.v1")
+        assert received.application_properties[b"type"] == b"t.v1"
+        assert received.application_properties[b"sequence"] == 7
+        assert received.application_properties[b"flag"] is True
+        assert received.delivery_count == 0
+
+    async def test_a_session_delivers_in_send_order(self, broker: Broker) -> None:
+        session = new_session()
+        await self.send(broker, *[message(session, str(n).encode()) for n in range(6)])
+        async with self.session_receiver(broker, session) as receiver:
+            received = await receive_all(receiver, 6)
+            for item in received:
+                await receiver.complete_message(item)
+        assert [b"".join(m.body) for m in received] == [str(n).encode() for n in range(6)]
+
+    async def test_a_duplicate_message_id_is_accepted_and_dropped(self, broker: Broker) -> None:
+        session, message_id = new_session(), uuid.uuid4().hex
+        await self.send(broker, message(session, b"first", message_id=message_id))
+        await self.send(broker, message(session, b"second", message_id=message_id))
+        await self.send(broker, message(session, b"other"))
+        async with self.session_receiver(broker, session) as receiver:
+            received = await receive_all(receiver, 3, wait=1)
+            for item in received:
+                await receiver.complete_message(item)
+        assert [b"".join(m.body) for m in received] == [b"first", b"other"]
+
+    async def test_a_completed_message_is_gone(self, broker: Broker) -> None:
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await receiver.complete_message(received)
+            assert await receiver.receive_messages(max_wait_time=1) == []
+
+    async def test_an_abandoned_message_returns_with_one_more_delivery(
+        self, broker: Broker
+    ) -> None:
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            (first,) = await receive_all(receiver, 1)
+            await receiver.abandon_message(first)
+            (again,) = await receive_all(receiver, 1)
+            await receiver.complete_message(again)
+        assert (first.delivery_count, again.delivery_count) == (0, 1)
+        assert again.message_id == first.message_id
+
+    async def test_past_max_delivery_count_a_message_is_dead_lettered(self, broker: Broker) -> None:
+        session = new_session()
+        poison = message(session)
+        await self.send(broker, poison)
+        async with self.session_receiver(broker, session) as receiver:
+            for _ in range(MAX_DELIVERY_COUNT):
+                (received,) = await receive_all(receiver, 1)
+                await receiver.abandon_message(received)
+            assert await receiver.receive_messages(max_wait_time=1) == []
+        (dead,) = await dead_letters_of(broker, poison.message_id)
+        assert dead.dead_letter_reason == "MaxDeliveryCountExceeded"
+
+    async def test_dead_lettering_keeps_reason_and_description(self, broker: Broker) -> None:
+        session = new_session()
+        sent = message(session, b"bad", application_properties={"type": "x"})
+        await self.send(broker, sent)
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await receiver.dead_letter_message(
+                received, reason="invalid-json", error_description="not JSON"
+            )
+        (dead,) = await dead_letters_of(broker, sent.message_id)
+        assert (dead.dead_letter_reason, dead.dead_letter_error_description) == (
+            "invalid-json",
+            "not JSON",
+        )
+        assert (dead.session_id, b"".join(dead.body)) == (session, b"bad")
+        assert dead.application_properties[b"type"] == b"x"
+
+    async def test_a_dead_letter_can_be_received_and_completed(self, broker: Broker) -> None:
+        session = new_session()
+        sent = message(session)
+        await self.send(broker, sent)
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await receiver.dead_letter_message(received, reason="r")
+        assert await dead_letters_of(broker, sent.message_id)
+        async with broker.client.get_queue_receiver(
+            broker.session_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=1
+        ) as dlq:
+            for item in await receive_all(dlq, 200, wait=1):
+                if item.message_id == sent.message_id:
+                    await dlq.complete_message(item)
+                else:
+                    await dlq.abandon_message(item)
+        assert await dead_letters_of(broker, sent.message_id, wait=0.5) == []
+
+    async def test_a_deferred_message_is_received_by_sequence_number(self, broker: Broker) -> None:
+        session = new_session()
+        await self.send(broker, message(session, b"later"), message(session, b"next"))
+        async with self.session_receiver(broker, session) as receiver:
+            first, second = await receive_all(receiver, 2)
+            await receiver.defer_message(first)
+            await receiver.complete_message(second)
+            assert await receiver.receive_messages(max_wait_time=1) == []
+            (deferred,) = await receiver.receive_deferred_messages([first.sequence_number])
+            assert b"".join(deferred.body) == b"later"
+            await receiver.complete_message(deferred)
+
+    async def test_session_state_survives_the_receiver(self, broker: Broker) -> None:
+        session = new_session()
+        await self.send(broker, message(session), message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            assert await receiver.session.get_state() is None
+            await receiver.session.set_state(b'{"last": 1}')
+            (received,) = await receive_all(receiver, 1)
+            await receiver.complete_message(received)
+        async with self.session_receiver(broker, session) as receiver:
+            assert await receiver.session.get_state() == b'{"last": 1}'
+            await receiver.complete_message((await receive_all(receiver, 1))[0])
+
+    async def test_a_locked_session_cannot_be_accepted_by_another_receiver(
+        self, broker: Broker
+    ) -> None:
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as holder:
+            with pytest.raises((SessionCannotBeLockedError, OperationTimeoutError)):
+                async with self.session_receiver(broker, session, wait=1):
+                    pass
+            await holder.complete_message((await receive_all(holder, 1))[0])
+
+    async def test_next_available_session_skips_held_and_empty_sessions(
+        self, broker: Broker
+    ) -> None:
+        first, second = new_session(), new_session()
+        await self.send(broker, message(first), message(second))
+        async with self.session_receiver(broker, first) as a:
+            async with self.session_receiver(broker, NEXT_AVAILABLE_SESSION) as b:
+                assert b.session.session_id != first
+                await b.complete_message((await receive_all(b, 1))[0])
+            await a.complete_message((await receive_all(a, 1))[0])
+        try:
+            async with self.session_receiver(broker, NEXT_AVAILABLE_SESSION, wait=1) as receiver:
+                assert receiver.session.session_id not in (first, second)
+        except OperationTimeoutError:
+            pass  # nothing else on the broker: the expected outcome on a fresh queue
+
+    async def test_closing_a_receiver_releases_its_session(self, broker: Broker) -> None:
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            await receive_all(receiver, 1)
+        async with self.session_receiver(broker, session, wait=2) as receiver:
+            (again,) = await receive_all(receiver, 1)
+            await receiver.complete_message(again)
+
+    async def test_settling_twice_is_refused(self, broker: Broker) -> None:
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await receiver.complete_message(received)
+            with pytest.raises(MessageAlreadySettled):
+                await receiver.complete_message(received)
+
+    async def test_an_expired_session_lock_loses_the_session(self, broker: Broker) -> None:
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as stale:
+            (received,) = await receive_all(stale, 1)
+            await asyncio.sleep(LOCK_SECONDS + 0.5)  # the lock duration is the point of this case
+            async with self.session_receiver(broker, session, wait=5) as fresh:
+                (again,) = await receive_all(fresh, 1)
+                assert again.delivery_count == 1
+                with pytest.raises((SessionLockLostError, MessageLockLostError)):
+                    await stale.complete_message(received)
+                await fresh.complete_message(again)
+
+    async def test_renewing_the_session_lock_keeps_the_session(self, broker: Broker) -> None:
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            for _ in range(3):
+                await asyncio.sleep(LOCK_SECONDS / 2)
+                await receiver.session.renew_lock()
+            await receiver.complete_message(received)
+            with pytest.raises(TypeError):
+                await receiver.renew_message_lock(received)
+
+    async def test_a_batch_fills_then_refuses_and_sends_everything(self, broker: Broker) -> None:
+        session = new_session()
+        async with broker.client.get_queue_sender(broker.session_queue) as sender:
+            batch = await sender.create_message_batch(max_size_in_bytes=2000)
+            added = fill(batch, session)
+            assert 0 < added < 10
+            await sender.send_messages(batch)
+        async with self.session_receiver(broker, session) as receiver:
+            received = await receive_all(receiver, added)
+            for item in received:
+                await receiver.complete_message(item)
+        assert len(received) == added
+
+    async def test_a_message_larger_than_the_queue_accepts_is_refused(self, broker: Broker) -> None:
+        with pytest.raises(MessageSizeExceededError):
+            await self.send(broker, message(new_session(), b"x" * (1024 * 1024 + 1)))
+
+    async def test_peeking_does_not_lock(self, broker: Broker) -> None:
+        session = new_session()
+        await self.send(broker, message(session, b"p"))
+        async with self.session_receiver(broker, session) as receiver:
+            (peeked,) = await receiver.peek_messages(max_message_count=5)
+            (received,) = await receive_all(receiver, 1)
+            await receiver.complete_message(received)
+        assert peeked.sequence_number == received.sequence_number
+
+    async def test_a_queue_without_sessions_delivers_and_completes(self, broker: Broker) -> None:
+        sent = message(None, b"plain")
+        await self.send(broker, sent, queue=broker.plain_queue)
+        async with broker.client.get_queue_receiver(
+            broker.plain_queue, max_wait_time=2
+        ) as receiver:
+            found = await receive_one(receiver, sent.message_id)
+            await receiver.complete_message(found)
+        assert b"".join(found.body) == b"plain"
+
+    async def test_an_expired_message_lock_redelivers_the_message(self, broker: Broker) -> None:
+        sent = message(None, b"slow")
+        await self.send(broker, sent, queue=broker.plain_queue)
+        async with broker.client.get_queue_receiver(
+            broker.plain_queue, max_wait_time=2
+        ) as receiver:
+            first = await receive_one(receiver, sent.message_id)
+            await asyncio.sleep(LOCK_SECONDS + 0.5)  # the lock duration is the point of this case
+            with pytest.raises(MessageLockLostError):
+                await receiver.complete_message(first)
+            again = await receive_one(receiver, sent.message_id)
+            await receiver.complete_message(again)
+        assert (first.delivery_count, again.delivery_count) == (0, 1)
+
+    async def test_a_session_queue_refuses_a_message_without_a_session(
+        self, broker: Broker
+    ) -> None:
+        with pytest.raises(ServiceBusError):
+            await self.send(broker, message(None))
+
+    async def test_no_available_session_times_out(self, broker: Broker) -> None:
+        if self.backend != TestLocalStandIn.backend:
+            pytest.skip(
+                "a shared broker may hold other sessions: only a fresh queue proves the timeout"
+            )
+        with pytest.raises(OperationTimeoutError):
+            async with self.session_receiver(broker, NEXT_AVAILABLE_SESSION, wait=1):
+                pass
+
+
+class TestLocalStandIn(ServiceBusConformance):
+    backend = "the local stand-in"
+
+    @pytest.fixture
+    async def broker(self, environment_folder: Path) -> AsyncIterator[Broker]:
+        environment = LocalEnvironment(environment_folder)
+        async with ServiceBusAdministrationClient(environment) as admin:
+            await admin.create_queue(
+                "inbox", requires_session=True, requires_duplicate_detection=True,
+                duplicate_detection_history_time_window=timedelta(minutes=1),
+                max_delivery_count=MAX_DELIVERY_COUNT, lock_duration=timedelta(seconds=LOCK_SECONDS),
+            )  # fmt: skip
+            await admin.create_queue(
+                "plain",
+                max_delivery_count=MAX_DELIVERY_COUNT,
+                lock_duration=timedelta(seconds=LOCK_SECONDS),
+            )
+        async with LocalServiceBusClient(environment) as client:
+            yield Broker(client, "inbox", "plain")
+
+    async def test_sending_to_a_missing_queue_is_an_error(self, broker: Broker) -> None:
+        with pytest.raises(MessagingEntityNotFoundError):
+            await self.send(broker, message(None), queue="missing")
+
+
+class TestEmulatorOrAzure(ServiceBusConformance):
+    backend = "the Service Bus emulator or Azure"
+
+    @pytest.fixture
+    async def broker(self) -> AsyncIterator[Broker]:
+        connection_string = setting_or_skip("EVENTFLOW_CONFORMANCE_SERVICEBUS_CONNECTION_STRING")
+        session_queue = setting_or_skip("EVENTFLOW_CONFORMANCE_SERVICEBUS_SESSION_QUEUE")
+        plain_queue = setting_or_skip("EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE")
+        async with AzureServiceBusClient.from_connection_string(connection_string) as client:
+            yield Broker(client, session_queue, plain_queue)

@@ -109,7 +109,7 @@ def azurite(workdir: Path) -> Iterator[RunningServer]:
     arguments = [
         "node_modules/azurite/dist/src/blob/main.js",
         "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-        "--skipApiVersionCheck", "--disableTelemetry", "--silent", "--location", str(workdir),
+        "--skipApiVersionCheck", "--disableTelemetry", "--silent",
     ]  # fmt: skip
     with _node_server(arguments, port, workdir / "azurite.log"):
         endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"

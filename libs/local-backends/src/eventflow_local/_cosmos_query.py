@@ -172,6 +172,10 @@ class _Parser:
         select, paths = self._selection()
         self.take("FROM")
         self.alias = self.next_token()[1]
+        if self.peek("AS"):
+            self.take("AS")
+        if self.position < len(self.tokens) and not self.peek("WHERE", "ORDER"):
+            self.alias = self.next_token()[1]  # FROM root r: the second name is the alias
         self._check_alias(paths)
         where = None
         if self.peek("WHERE"):

@@ -203,7 +203,7 @@ class _Store:
             await self.database.read(lambda c: take_fault(c, f"servicebus.{operation}"))
         )
         if fault is not None:
-            raise _FAULT_ERRORS[fault](f"{operation} failed (injected fault)", retryable=True)
+            raise _FAULT_ERRORS[fault](message=f"{operation} failed (injected fault)")
 
         def with_rows(connection: sqlite3.Connection) -> Any:
             connection.row_factory = sqlite3.Row

@@ -49,13 +49,14 @@ Money = Annotated[
 ]
 
 MAX_UNIT_PRICE = Decimal("1000000.00")
+UNIT_PRICE_PATTERN = r"^((0|[1-9][0-9]{0,5})\.[0-9]{2}|1000000\.00)$"
 UnitPrice = Annotated[
     Decimal,
     BeforeValidator(parse_money),
     Field(le=MAX_UNIT_PRICE),
     PlainSerializer(format_money, return_type=str),
     WithJsonSchema(
-        {"type": "string", "pattern": MONEY_PATTERN, "description": "At most 1000000.00."}
+        {"type": "string", "pattern": UNIT_PRICE_PATTERN, "description": "At most 1000000.00."}
     ),
 ]
 """A price per unit: money of at most 1,000,000.00, so that any order total fits `Money`."""
@@ -70,7 +71,20 @@ CustomerId = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$", max_length=128)
 ]
 Sku = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9-]{1,31}$")]
-Quantity = Annotated[int, Field(ge=1, le=1000, strict=True)]
+
+
+def json_integer(value: Any) -> int:
+    """JSON Schema's integer: a number without a fraction (2 or 2.0); never a bool or a string."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
+
+
+Quantity = Annotated[int, Field(ge=1, le=1000), BeforeValidator(json_integer)]
 CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 

@@ -401,7 +401,7 @@ class ContainerProxy:
         ).fetchone()
         return int(row[0])
 
-    def _write_one(  # noqa: PLR0917 - one private call site per shape
+    def _write_one(
         self,
         connection: sqlite3.Connection,
         container: _Container,

@@ -543,7 +543,7 @@ class EventHubConsumerClient:
 class _PartitionReader:
     """One partition's read loop and callbacks, with the consumer's receive options."""
 
-    def __init__(  # noqa: PLR0917 - mirrors receive_batch's options
+    def __init__(
         self,
         consumer: EventHubConsumerClient,
         on_event_batch: OnEventBatch,

@@ -1,53 +1,10 @@
-"""Backends for the conformance suite: the stand-ins always; the npm servers when installed;
-the official emulators or Azure when their connection settings are in the environment."""
+"""The conformance suite's fixtures; the server fixtures come from eventflow_local.pytest_fixtures."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from eventflow_local.servers import (
-    RunningServer,
-    ServerUnavailableError,
-    azurite,
-    cosmosdb_server,
-    servers_required,
-)
-
-
-def _unavailable(error: ServerUnavailableError) -> None:
-    if servers_required():
-        pytest.fail(f"EVENTFLOW_REQUIRE_SERVERS=1 but the server is unavailable: {error}")
-    pytest.skip(f"server unavailable: {error}")
-
-
-@pytest.fixture(scope="session")
-def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    try:
-        with azurite(tmp_path_factory.mktemp("azurite")) as server:
-            yield server
-    except ServerUnavailableError as error:
-        _unavailable(error)
-
-
-@pytest.fixture(scope="session")
-def cosmos_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    try:
-        with cosmosdb_server(tmp_path_factory.mktemp("cosmos")) as server:
-            yield server
-    except ServerUnavailableError as error:
-        _unavailable(error)
-
-
-def setting_or_skip(name: str) -> str:
-    """A connection setting for the emulator / Azure backends, or skip saying which is missing."""
-    value = os.environ.get(name)
-    if not value:
-        pytest.skip(f"{name} is not set: no emulator or Azure backend for this run")
-    return value
 
 
 @pytest.fixture

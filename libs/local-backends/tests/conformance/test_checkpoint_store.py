@@ -14,9 +14,8 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from eventflow_local.checkpoints import SqliteCheckpointStore
 from eventflow_local.environment import LocalEnvironment
+from eventflow_local.pytest_fixtures import setting_or_skip
 from eventflow_local.servers import RunningServer
-
-from .conftest import setting_or_skip
 
 NAMESPACE, HUB, GROUP = "ns.servicebus.windows.net", "orders", "inbox-subscriber"
 

@@ -27,9 +27,8 @@ from azure.cosmos.exceptions import (
 
 from eventflow_local.cosmos import CosmosClient as LocalCosmosClient
 from eventflow_local.environment import LocalEnvironment
+from eventflow_local.pytest_fixtures import setting_or_skip
 from eventflow_local.servers import RunningServer
-
-from .conftest import setting_or_skip
 
 Container = Any
 MakeContainer = Callable[..., Awaitable[Container]]

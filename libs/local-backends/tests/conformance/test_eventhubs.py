@@ -29,9 +29,9 @@ from eventflow_local.eventhubs import (
     EventHubProducerClient,
     create_event_hub,
 )
+from eventflow_local.pytest_fixtures import setting_or_skip
 from eventflow_local.servers import RunningServer
 
-from .conftest import setting_or_skip
 from .test_checkpoint_store import blob_store
 
 PARTITIONS = 4

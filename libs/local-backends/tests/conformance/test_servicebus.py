@@ -37,10 +37,9 @@ from azure.servicebus.exceptions import (
 )
 
 from eventflow_local.environment import LocalEnvironment
+from eventflow_local.pytest_fixtures import setting_or_skip
 from eventflow_local.servicebus import ServiceBusAdministrationClient
 from eventflow_local.servicebus import ServiceBusClient as LocalServiceBusClient
-
-from .conftest import setting_or_skip
 
 LOCK_SECONDS = float(os.environ.get("EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS", "2"))
 MAX_DELIVERY_COUNT = 3

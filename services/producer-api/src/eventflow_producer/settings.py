@@ -1,0 +1,52 @@
+"""The producer's settings: one class, read from PRODUCER_* environment variables at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DAY = 24 * 3600
+
+
+class Settings(BaseSettings):
+    """`mode` picks the backends: `local` (the SQLite stand-ins in `local_dir`), `emulator`
+    (the Cosmos DB emulator, with its well-known key) or `azure` (managed identity, no keys)."""
+
+    model_config = SettingsConfigDict(env_prefix="PRODUCER_", extra="ignore")
+
+    mode: Literal["local", "emulator", "azure"] = "local"
+    local_dir: Path = Path(".local")
+    cosmos_endpoint: str | None = None
+    cosmos_key: SecretStr | None = None
+    database: str = "eventflow"
+    orders_container: str = "orders"
+    create_containers: bool | None = Field(
+        default=None, description="create database and container at start; default: not in azure"
+    )
+    event_ttl_seconds: int = Field(default=7 * DAY, ge=60)
+    idempotency_ttl_seconds: int = Field(default=DAY, ge=60)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    event_source: str = "/eventflow/producer-api"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _backend_settings_fit_the_mode(self) -> Self:
+        if self.mode == "emulator" and not (self.cosmos_endpoint and self.cosmos_key):
+            raise ValueError("mode=emulator needs PRODUCER_COSMOS_ENDPOINT and PRODUCER_COSMOS_KEY")
+        if self.mode == "azure":
+            if not self.cosmos_endpoint:
+                raise ValueError("mode=azure needs PRODUCER_COSMOS_ENDPOINT")
+            if self.cosmos_key is not None:
+                raise ValueError("mode=azure uses managed identity: do not set PRODUCER_COSMOS_KEY")
+        return self
+
+    @property
+    def creates_containers(self) -> bool:
+        return (
+            self.create_containers if self.create_containers is not None else self.mode != "azure"
+        )

@@ -60,3 +60,7 @@ schemas: setup ## regenerate the committed event JSON Schemas (refuses breaking 
 .PHONY: clean
 clean: ## remove local environments and caches
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage
+
+.PHONY: bench
+bench: setup ## benchmarks (not part of make test): producer POST /orders vs a bare FastAPI app
+	$(RUN) python benchmarks/producer.py

@@ -727,15 +727,15 @@ class _ChangeFeed:
     max_item_count: int | None
 
     async def get_next(self, token: str | None) -> tuple[str, list[dict[str, Any]]]:
-        def work(connection: sqlite3.Connection) -> tuple[str, list[dict[str, Any]]]:
+        def work(connection: sqlite3.Connection) -> tuple[str, list[dict[str, Any]], int]:
             container = self.container._container(connection)
             after, scope = self._position(token, container, connection)
             where, bounds = scope.sql()
             sql = (
-                f"SELECT body, lsn FROM cosmos_items WHERE rid = ? AND {where} AND lsn > ? "
+                f"SELECT body, lsn, idx FROM cosmos_items WHERE rid = ? AND {where} "
                 "AND (expires IS NULL OR expires > ?)"
             )
-            args: tuple[Any, ...] = (container.rid, *bounds, after, time.time())
+            args: tuple[Any, ...] = (container.rid, *bounds, time.time())
             if self.partition_key is not None:
                 sql, args = sql + " AND pk = ?", (*args, orjson.dumps(self.partition_key))
             if isinstance(self.start, datetime) and token is None:
@@ -743,22 +743,34 @@ class _ChangeFeed:
                     sql + " AND modified >= ?",
                     (*args, self.start.astimezone(UTC).timestamp()),
                 )
-            rows = connection.execute(sql + " ORDER BY lsn, idx", args).fetchall()
-            if self.max_item_count and len(rows) > self.max_item_count:
-                last = rows[self.max_item_count - 1][1]
-                rows = [row for row in rows if row[1] <= last]  # a transaction stays whole
+            limit = self.max_item_count or -1
+            rows = connection.execute(
+                sql + " AND lsn > ? ORDER BY lsn, idx LIMIT ?", (*args, after, limit)
+            ).fetchall()
+            if (
+                rows and len(rows) == limit
+            ):  # a transaction stays whole: add the rest of the last one
+                last_lsn, last_idx = rows[-1][1], rows[-1][2]
+                rows += connection.execute(
+                    sql + " AND lsn = ? AND idx > ? ORDER BY idx", (*args, last_lsn, last_idx)
+                ).fetchall()
+            current = _current_lsn(connection, container)
             if not rows:
-                reached = _current_lsn(connection, container) if token is None else after
-                return _token(container.rid, scope, reached), []
-            return _token(container.rid, scope, rows[-1][1]), [
-                ContainerProxy._load(b, n) for b, n in rows
-            ]
+                reached = current if token is None else after
+                return _token(container.rid, scope, reached), [], current
+            items = [ContainerProxy._load(body, lsn) for body, lsn, _ in rows]
+            return _token(container.rid, scope, rows[-1][1]), items, current
 
-        next_token, items = await self.container._client._call(
+        next_token, items, current = await self.container._client._call(
             "query_items_change_feed", work, write=False
         )
         self.container.client_connection.last_response_headers = CaseInsensitiveDict(
-            {"etag": next_token, "x-ms-item-count": str(len(items))}
+            {
+                "etag": next_token,
+                "x-ms-item-count": str(len(items)),
+                # The SDK's format: <pk range>:<version>#<global LSN>; the lag estimator reads it.
+                "x-ms-session-token": f"0:-1#{current}",
+            }
         )
         if not items:
             raise StopAsyncIteration

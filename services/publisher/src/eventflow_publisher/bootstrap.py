@@ -1,0 +1,114 @@
+"""The one place that chooses adapters: local stand-ins, emulators or Azure, by `settings.mode`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+from azure.core.exceptions import AzureError
+from azure.cosmos import PartitionKey
+
+from eventflow_publisher.adapters.cosmos_changefeed import (
+    CosmosChangeFeed,
+    CosmosLeaseStore,
+    CosmosPoisonStore,
+)
+from eventflow_publisher.settings import Settings
+
+LOG = structlog.get_logger("eventflow_publisher.bootstrap")
+STARTUP_TIMEOUT_S = 120.0
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Resources:
+    feed: CosmosChangeFeed
+    leases: CosmosLeaseStore
+    poison: CosmosPoisonStore
+    producer: Any
+
+
+async def retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Retry while a dependency is still starting (emulators, or the producer creating the
+    orders container), for up to STARTUP_TIMEOUT_S."""
+    deadline, delay = time.monotonic() + STARTUP_TIMEOUT_S, 0.5
+    while True:
+        try:
+            return await attempt()
+        except AzureError as error:
+            if time.monotonic() > deadline:
+                raise
+            LOG.warning(f"{what} not ready; retrying", error=type(error).__name__, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _clients(settings: Settings, stack: AsyncExitStack) -> tuple[Any, Any]:
+    """(Cosmos client, Event Hubs producer) for the mode."""
+    cosmos: Any
+    producer: Any
+    if settings.mode == "local":
+        from eventflow_local import LocalEnvironment  # noqa: PLC0415 - dev-only dependency
+        from eventflow_local.cosmos import CosmosClient  # noqa: PLC0415
+        from eventflow_local.eventhubs import EventHubProducerClient, create_event_hub  # noqa: PLC0415
+
+        environment = LocalEnvironment(settings.local_dir)
+        await create_event_hub(
+            environment, settings.eventhub_name, partition_count=settings.local_hub_partitions
+        )
+        cosmos = await stack.enter_async_context(CosmosClient(environment))
+        producer = await stack.enter_async_context(
+            EventHubProducerClient(environment, eventhub_name=settings.eventhub_name)
+        )
+        return cosmos, producer
+    from azure.cosmos.aio import CosmosClient as AzureCosmosClient  # noqa: PLC0415
+    from azure.eventhub.aio import EventHubProducerClient as AzureProducer  # noqa: PLC0415
+
+    assert settings.cosmos_endpoint is not None
+    if settings.mode == "emulator":
+        assert settings.cosmos_key is not None
+        assert settings.eventhubs_connection_string is not None
+        cosmos = AzureCosmosClient(
+            settings.cosmos_endpoint, credential=settings.cosmos_key.get_secret_value(),
+            enable_endpoint_discovery=False, connection_verify=False,
+        )  # fmt: skip
+        producer = AzureProducer.from_connection_string(
+            settings.eventhubs_connection_string.get_secret_value(),
+            eventhub_name=settings.eventhub_name,
+        )
+    else:
+        from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
+
+        credential = await stack.enter_async_context(DefaultAzureCredential())
+        cosmos = AzureCosmosClient(settings.cosmos_endpoint, credential=credential)
+        assert settings.eventhubs_namespace is not None
+        producer = AzureProducer(settings.eventhubs_namespace, settings.eventhub_name, credential)
+    return await stack.enter_async_context(cosmos), await stack.enter_async_context(producer)
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    async with AsyncExitStack() as stack:
+        cosmos, producer = await _clients(settings, stack)
+        database = cosmos.get_database_client(settings.database)
+        if settings.creates_containers:
+            database = await retrying(
+                "cosmos", lambda: cosmos.create_database_if_not_exists(settings.database)
+            )
+            leases = await retrying("cosmos", lambda: database.create_container_if_not_exists(
+                id=settings.leases_container, partition_key=PartitionKey(path="/id"), default_ttl=-1))  # fmt: skip
+        else:
+            leases = database.get_container_client(settings.leases_container)
+        orders = database.get_container_client(settings.orders_container)
+        await retrying("the orders container", orders.read)  # the producer owns and creates it
+        feed = CosmosChangeFeed(orders)
+        prefix = f"{settings.processor_name}:{await feed.identity()}"
+        LOG.info("resources ready", mode=settings.mode, prefix=prefix, hub=settings.eventhub_name)
+        yield Resources(
+            feed, CosmosLeaseStore(leases, prefix), CosmosPoisonStore(leases, prefix), producer
+        )

@@ -1,0 +1,183 @@
+"""The processor's handler: outbox event documents of a change feed page → Event Hubs.
+
+Entity documents are ignored. Events are grouped by partition key (the order id) in change feed
+order and sent with that key, so one order's events land on one hub partition in commit order.
+The handler returns only when every event was accepted by the hub (or recorded as poison), and
+the processor checkpoints only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+import structlog
+
+from eventflow_contracts import ContractError, read_routing
+from eventflow_publisher.changefeed import LeaseContext, LeaseLostError
+from eventflow_publisher.changefeed.processor import backoff
+
+LOG = structlog.get_logger("eventflow_publisher.publishing")
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One event to publish: its CloudEvent bytes and the properties routers read."""
+
+    body: bytes
+    event_id: str
+    type: str
+    traceparent: str | None
+    document_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What a send did: batch sizes sent, and events refused because no batch can hold them."""
+
+    batch_sizes: tuple[int, ...]
+    too_large: tuple[int, ...] = ()
+
+
+class SendError(Exception):
+    """The hub did not accept a batch (nothing of that batch is published)."""
+
+
+class EventSender(Protocol):
+    async def send(self, partition_key: str, events: Sequence[Outgoing]) -> SendResult:
+        """Send `events` in order with `partition_key`, in as many batches as needed. Events that
+        do not fit even an empty batch are skipped and reported in `too_large`.
+        Raises SendError when a batch is refused; earlier batches may have been sent."""
+        ...
+
+
+class PoisonRecorder(Protocol):
+    async def record(self, document: dict[str, Any], reason: str, detail: str) -> None:
+        """Keep a document that can never be published, with why. Idempotent per document."""
+        ...
+
+
+class PublisherObserver:
+    """Counts for metrics; the base class counts nothing."""
+
+    def published(self, events: int, batch_sizes: Sequence[int]) -> None: ...
+
+    def send_retry(self, error: BaseException) -> None: ...
+
+    def poisoned(self, reason: str) -> None: ...
+
+
+@dataclass
+class SendHealth:
+    """Unready while sends have been failing for longer than `unready_after` seconds."""
+
+    unready_after: float
+    failing_since: float | None = None
+    clock: Any = field(default=time.monotonic)
+
+    def failing(self) -> None:
+        if self.failing_since is None:
+            self.failing_since = self.clock()
+
+    def recovered(self) -> None:
+        self.failing_since = None
+
+    @property
+    def ready(self) -> bool:
+        return self.failing_since is None or self.clock() - self.failing_since < self.unready_after
+
+
+class EventPublisher:
+    """The handler. Retries refused sends with back-off and jitter for as long as the lease is
+    owned: an event is never skipped, only recorded as poison when it can never be sent."""
+
+    def __init__(
+        self,
+        sender: EventSender,
+        poison: PoisonRecorder,
+        *,
+        health: SendHealth,
+        observer: PublisherObserver | None = None,
+        retry_delay: float = 0.2,
+        max_retry_delay: float = 10.0,
+    ) -> None:
+        self._sender = sender
+        self._poison = poison
+        self._health = health
+        self._observer = observer or PublisherObserver()
+        self._retry_delay = retry_delay
+        self._max_retry_delay = max_retry_delay
+
+    async def __call__(self, context: LeaseContext, documents: Sequence[dict[str, Any]]) -> None:
+        groups: dict[str, list[tuple[Outgoing, dict[str, Any]]]] = {}
+        for document in documents:
+            if document.get("kind") != "event":
+                continue
+            outgoing = await self._outgoing(document)
+            if outgoing is not None:
+                groups.setdefault(outgoing[0], []).append((outgoing[1], document))
+        for partition_key, events in groups.items():
+            await self._send(context, partition_key, events)
+
+    async def _outgoing(self, document: dict[str, Any]) -> tuple[str, Outgoing] | None:
+        try:
+            body = orjson.dumps(document["event"])
+            routing = read_routing(body)
+        except (KeyError, TypeError, orjson.JSONEncodeError) as error:
+            await self._reject(
+                document, "not-an-event", f"no CloudEvent in the document: {error!r}"
+            )
+            return None
+        except ContractError as error:
+            await self._reject(document, error.reason.value, error.detail)
+            return None
+        outgoing = Outgoing(
+            body, routing.id, routing.type, routing.traceparent, str(document.get("id"))
+        )
+        return routing.partitionkey, outgoing
+
+    async def _reject(self, document: dict[str, Any], reason: str, detail: str) -> None:
+        LOG.error(
+            "poison event recorded", document_id=document.get("id"), reason=reason, detail=detail
+        )
+        await self._poison.record(document, reason, detail)
+        self._observer.poisoned(reason)
+
+    async def _send(
+        self,
+        context: LeaseContext,
+        partition_key: str,
+        events: list[tuple[Outgoing, dict[str, Any]]],
+    ) -> None:
+        attempt = 0
+        while True:
+            if context.is_lost:
+                raise LeaseLostError(context.lease_id)
+            try:
+                result = await self._sender.send(
+                    partition_key, [outgoing for outgoing, _ in events]
+                )
+                break
+            except SendError as error:
+                attempt += 1
+                self._health.failing()
+                self._observer.send_retry(error)
+                delay = backoff(attempt, self._retry_delay, self._max_retry_delay)
+                LOG.warning(
+                    "send refused; retrying",
+                    order_id=partition_key,
+                    attempt=attempt,
+                    retry_in_s=round(delay, 3),
+                    error=str(error),
+                )
+                await asyncio.sleep(delay)
+        self._health.recovered()
+        for index in result.too_large:
+            await self._reject(
+                events[index][1], "too-large", "the event does not fit an empty Event Hubs batch"
+            )
+        self._observer.published(len(events) - len(result.too_large), result.batch_sizes)

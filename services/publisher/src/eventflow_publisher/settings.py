@@ -1,0 +1,75 @@
+"""The publisher's settings: one class, read from PUBLISHER_* environment variables at start."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _instance_name() -> str:
+    return os.environ.get("CONTAINER_APP_REPLICA_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PUBLISHER_", extra="ignore")
+
+    mode: Literal["local", "emulator", "azure"] = "local"
+    local_dir: Path = Path(".local")
+    cosmos_endpoint: str | None = None
+    cosmos_key: SecretStr | None = None
+    database: str = "eventflow"
+    orders_container: str = "orders"
+    leases_container: str = "leases"
+    create_containers: bool | None = None
+    eventhubs_namespace: str | None = Field(
+        default=None, description="azure: <name>.servicebus.windows.net"
+    )
+    eventhubs_connection_string: SecretStr | None = Field(default=None, description="emulator only")
+    eventhub_name: str = "orders"
+    local_hub_partitions: int = Field(default=4, ge=1, le=32)
+
+    processor_name: str = "publisher"
+    instance_name: str = Field(default_factory=_instance_name)
+    start: Literal["beginning", "now"] | datetime = "beginning"
+    poll_delay_seconds: float = Field(default=0.2, gt=0)
+    max_items_per_page: int = Field(default=100, ge=1, le=1000)
+    acquire_interval_seconds: float = Field(default=13.0, gt=0)
+    renew_interval_seconds: float = Field(default=17.0, gt=0)
+    lease_expiry_seconds: float = Field(default=60.0, gt=0)
+    lag_interval_seconds: float = Field(default=5.0, gt=0)
+    unready_after_failing_seconds: float = Field(default=30.0, gt=0)
+
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=8001, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _backend_settings_fit_the_mode(self) -> Self:
+        if self.mode == "emulator" and not (
+            self.cosmos_endpoint and self.cosmos_key and self.eventhubs_connection_string
+        ):
+            raise ValueError(
+                "mode=emulator needs PUBLISHER_COSMOS_ENDPOINT, _COSMOS_KEY, _EVENTHUBS_CONNECTION_STRING"
+            )
+        if self.mode == "azure":
+            if not (self.cosmos_endpoint and self.eventhubs_namespace):
+                raise ValueError(
+                    "mode=azure needs PUBLISHER_COSMOS_ENDPOINT and PUBLISHER_EVENTHUBS_NAMESPACE"
+                )
+            if self.cosmos_key is not None or self.eventhubs_connection_string is not None:
+                raise ValueError("mode=azure uses managed identity: no keys or connection strings")
+        if not self.renew_interval_seconds < self.lease_expiry_seconds:
+            raise ValueError("the renew interval must be shorter than the lease expiry")
+        return self
+
+    @property
+    def creates_containers(self) -> bool:
+        return (
+            self.create_containers if self.create_containers is not None else self.mode != "azure"
+        )

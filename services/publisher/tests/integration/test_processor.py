@@ -1,0 +1,204 @@
+"""The change feed processor in-process on the local stand-in: delivery, checkpoints, start
+positions, lost leases, balancing, lag."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from eventflow_publisher.changefeed import ChangeFeedProcessor, ProcessorOptions, StartPosition
+
+from ..conftest import Collector, Store, eventually  # type: ignore[import-not-found]
+
+FAST = {"poll_delay": 0.02, "acquire_interval": 0.1, "renew_interval": 0.2, "expiry": 1.0, "lag_interval": 0.1,
+        "retry_delay": 0.01, "max_retry_delay": 0.05, "shutdown_grace": 5.0}  # fmt: skip
+
+
+async def started(
+    store: Store, handler: Any, name: str = "a", **options: Any
+) -> tuple[ChangeFeedProcessor, asyncio.Task[None]]:
+    processor = ChangeFeedProcessor(
+        feed=store.feed(), leases=await store.lease_store(), handler=handler,
+        options=ProcessorOptions(instance_name=name, **(FAST | options)),
+    )  # fmt: skip
+    return processor, asyncio.create_task(processor.run())
+
+
+async def stopped(processor: ChangeFeedProcessor, task: asyncio.Task[None]) -> None:
+    await processor.stop()
+    await task
+
+
+async def test_every_change_is_handled_and_checkpointed(store: Store) -> None:
+    written = await store.write_events(orders=10, per_order=3)
+    collector = Collector()
+    processor, task = await started(store, collector)
+    await eventually(lambda: sorted(collector.ids()) == sorted(written), what="every event handled")
+    await stopped(processor, task)
+    leases = await (await store.lease_store()).list_leases()
+    assert all(lease.continuation for lease in leases)
+    assert all(lease.owner is None for lease in leases), "released on stop"
+    again = Collector()
+    processor, task = await started(store, again, name="b")
+    await eventually(lambda: processor.ready.is_set() and len(processor.owned) == 4)
+    more = await store.write_events(orders=2, per_order=1, start=4)
+    await eventually(lambda: sorted(again.ids()) == sorted(more), what="only the new events")
+    await stopped(processor, task)
+
+
+async def test_order_of_one_order_is_kept(store: Store) -> None:
+    await store.write_events(orders=3, per_order=10)
+    collector = Collector()
+    processor, task = await started(store, collector, max_items=4)
+    await eventually(lambda: len(collector.ids()) == 30)
+    await stopped(processor, task)
+    for n in range(3):
+        mine = [i for i in collector.ids() if i.startswith(f"order-{n}:")]
+        assert mine == sorted(mine)
+
+
+async def test_a_failing_handler_gets_the_same_page_again_and_nothing_is_checkpointed(
+    store: Store,
+) -> None:
+    await store.write_events(orders=1, per_order=3)
+    collector = Collector(fail_next=2)
+    processor, task = await started(store, collector)
+    await eventually(lambda: len(collector.pages) >= 3)
+    await stopped(processor, task)
+    assert collector.pages[0] == collector.pages[1] == collector.pages[2]
+
+
+async def test_a_crash_between_handling_and_checkpoint_redelivers_the_page(store: Store) -> None:
+    await store.write_events(orders=4, per_order=2)
+
+    class Crash(BaseException):
+        pass
+
+    crashed: list[str] = []
+
+    async def crashing(_: Any, documents: Any) -> None:
+        crashed.extend(document["id"] for document in documents)
+        raise Crash  # the process dies after sending, before the checkpoint
+
+    processor, task = await started(store, crashing)
+    await eventually(lambda: len(crashed) > 0)
+    for other in asyncio.all_tasks() - {asyncio.current_task()}:
+        other.cancel()  # everything of the crashed instance stops at once: no release
+    await asyncio.sleep(0.05)
+    survivor = Collector()
+    processor, task = await started(store, survivor, name="b")
+    await eventually(
+        lambda: set(crashed) <= set(survivor.ids()), what="the crashed pages redelivered"
+    )
+    await eventually(lambda: len(set(survivor.ids())) == 8, what="every event delivered")
+    await stopped(processor, task)
+
+
+async def test_start_now_skips_earlier_changes(store: Store) -> None:
+    await store.write_events(orders=2, per_order=1)
+    collector = Collector()
+    processor, task = await started(store, collector, start="now")
+    await eventually(lambda: processor.ready.is_set() and len(processor.owned) == 4)
+    later = await store.write_events(orders=2, per_order=1, start=2)
+    await eventually(lambda: sorted(collector.ids()) == sorted(later))
+    await stopped(processor, task)
+
+
+async def test_a_restart_never_skips_changes_made_after_the_persisted_start(store: Store) -> None:
+    leases = await store.lease_store()
+    bootstrapped_at = datetime.now(UTC) - timedelta(seconds=1)
+    await leases.bootstrap(await store.feed().feed_ranges(), StartPosition("time", bootstrapped_at))
+    written = await store.write_events(orders=3, per_order=1)  # while no instance runs
+    collector = Collector()
+    processor, task = await started(store, collector, start="now")  # a later "now" must not win
+    await eventually(lambda: sorted(collector.ids()) == sorted(written))
+    await stopped(processor, task)
+
+
+async def test_a_point_in_time_start_skips_what_came_before(store: Store) -> None:
+    await store.write_events(orders=2, per_order=1)
+    await asyncio.sleep(0.05)
+    cut = datetime.now(UTC)
+    await asyncio.sleep(0.05)
+    later = await store.write_events(orders=2, per_order=1, start=2)
+    collector = Collector()
+    processor, task = await started(store, collector, start=cut)
+    await eventually(lambda: sorted(collector.ids()) == sorted(later))
+    await stopped(processor, task)
+
+
+async def test_a_lost_lease_stops_its_work_before_more_is_handled(store: Store) -> None:
+    collector = Collector()
+    processor, task = await started(store, collector)
+    await eventually(lambda: len(processor.owned) == 4)
+    leases = await store.lease_store()
+    stolen = await leases.acquire((await leases.list_leases())[0], "thief")
+
+    async def thief_renews() -> None:
+        nonlocal stolen
+        while True:
+            stolen = await leases.renew(stolen)
+            await asyncio.sleep(0.2)
+
+    renewing = asyncio.create_task(thief_renews())
+    await eventually(lambda: stolen.id not in processor.owned, what="the loss noticed")
+    handled = len(collector.ids())
+    orders = [f"order-{n}" for n in range(20)]
+    in_range = [o for o in orders if await store.orders.is_feed_range_subset(
+        stolen.feed_range, await store.orders.feed_range_from_partition_key(o))]  # fmt: skip
+    assert in_range
+    await store.write_events(orders=20, per_order=1)
+    await eventually(
+        lambda: len(collector.ids()) - handled == 20 - len(in_range),
+        what="the other ranges handled",
+    )
+    await asyncio.sleep(0.3)  # more poll intervals, in which the stolen range must stay untouched
+    late = collector.ids()[handled:]
+    assert not [i for i in late if i.split(":")[0] in in_range]
+    assert len(processor.owned) == 3, "a fair share: no steal back from a live owner"
+    renewing.cancel()
+    await stopped(processor, task)
+
+
+@pytest.mark.parametrize("feed_ranges", [16])
+async def test_three_instances_split_sixteen_leases_and_take_over_a_stopped_ones(
+    store: Store,
+) -> None:
+    instances = [await started(store, Collector(), name=name) for name in "abc"]
+
+    def split() -> list[int]:
+        return sorted(len(processor.owned) for processor, _ in instances)
+
+    await eventually(lambda: split() == [5, 5, 6], what="a 6/5/5 split")
+    await stopped(*instances[0])
+    await eventually(
+        lambda: sorted(len(p.owned) for p, _ in instances[1:]) == [8, 8], what="an 8/8 split"
+    )
+    owners = Counter(lease.owner for lease in await (await store.lease_store()).list_leases())
+    assert set(owners) == {"b", "c"}
+    for processor, task in instances[1:]:
+        await stopped(processor, task)
+
+
+async def test_lag_is_estimated_per_lease(store: Store) -> None:
+    collector = Collector()
+    processor, task = await started(store, collector)
+    await eventually(
+        lambda: (
+            len(processor.owned) == 4
+            and all(w.lease.continuation for w in processor.workers.values())
+        )
+    )
+    await stopped(processor, task)
+    await store.write_events(orders=8, per_order=2)
+    feed, leases = store.feed(), await (await store.lease_store()).list_leases()
+    lags = [
+        await feed.estimate_lag(l.feed_range, continuation=l.continuation, start=l.start)
+        for l in leases
+    ]  # noqa: E741
+    assert sum(lags) >= 16
+    assert all(lag >= 0 for lag in lags)

@@ -90,7 +90,7 @@ class OrderOut(BaseModel):
         return cls(
             id=order.id, customer_id=order.customer_id, currency=order.currency,
             status=order.status.value, version=order.version, total=order.total,
-            lines=[LineOut(sku=l.sku, quantity=l.quantity, unit_price=l.unit_price) for l in order.lines],  # noqa: E741
+            lines=[LineOut(sku=line.sku, quantity=line.quantity, unit_price=line.unit_price) for line in order.lines],
             cancel_reason=order.cancel_reason, created_at=order.created_at, updated_at=order.updated_at,
         )  # fmt: skip
 

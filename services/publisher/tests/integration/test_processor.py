@@ -197,7 +197,9 @@ async def test_lag_is_estimated_per_lease(store: Store) -> None:
     await store.write_events(orders=8, per_order=2)
     feed, leases = store.feed(), await (await store.lease_store()).list_leases()
     lags = [
-        await feed.estimate_lag(lease.feed_range, continuation=lease.continuation, start=lease.start)
+        await feed.estimate_lag(
+            lease.feed_range, continuation=lease.continuation, start=lease.start
+        )
         for lease in leases
     ]
     assert sum(lags) >= 16

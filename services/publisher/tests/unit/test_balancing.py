@@ -120,7 +120,7 @@ def test_a_plan_never_takes_beyond_the_target_nor_steals_below_it(
     assert live_counts[me] + gained <= max(target, live_counts[me])
     assert not (decision.take and decision.steal)
     for lease_id in decision.take:
-        assert is_available(next(l for l in state if l.id == lease_id), NOW, EXPIRY)  # noqa: E741
+        assert is_available(next(lease for lease in state if lease.id == lease_id), NOW, EXPIRY)
     if decision.steal is not None:
         assert not any(is_available(lease, NOW, EXPIRY) for lease in state)
         victim = next(lease.owner for lease in state if lease.id == decision.steal)

@@ -74,5 +74,8 @@ def plan(leases: Sequence[LeaseView], me: str, now: float, expiry: float) -> Pla
     )
     if victim is None or held <= target - (1 if need > 1 else 0):
         return Plan()
-    candidates = sorted((l for l in leases if l.owner == victim), key=lambda l: _spread(me, l.id))  # noqa: E741
+    candidates = sorted(
+        (lease for lease in leases if lease.owner == victim),
+        key=lambda lease: _spread(me, lease.id),
+    )
     return Plan(steal=candidates[0].id)

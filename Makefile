@@ -62,5 +62,6 @@ clean: ## remove local environments and caches
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage
 
 .PHONY: bench
-bench: setup ## benchmarks (not part of make test): producer POST /orders vs a bare FastAPI app
+bench: setup ## benchmarks (not part of make test); figures go to docs/performance.md by hand
 	$(RUN) python benchmarks/producer.py
+	$(RUN) python benchmarks/publisher.py

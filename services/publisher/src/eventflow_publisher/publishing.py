@@ -104,6 +104,7 @@ class EventPublisher:
         observer: PublisherObserver | None = None,
         retry_delay: float = 0.2,
         max_retry_delay: float = 10.0,
+        concurrency: int = 8,
     ) -> None:
         self._sender = sender
         self._poison = poison
@@ -111,6 +112,7 @@ class EventPublisher:
         self._observer = observer or PublisherObserver()
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
+        self._slots = asyncio.Semaphore(concurrency)
 
     async def __call__(self, context: LeaseContext, documents: Sequence[dict[str, Any]]) -> None:
         groups: dict[str, list[tuple[Outgoing, dict[str, Any]]]] = {}
@@ -120,7 +122,24 @@ class EventPublisher:
             outgoing = await self._outgoing(document)
             if outgoing is not None:
                 groups.setdefault(outgoing[0], []).append((outgoing[1], document))
-        for partition_key, events in groups.items():
+        # Orders are independent: their batches go out concurrently; one order's events stay in
+        # one sequential send. The first failure that is not retried (a lost lease) cancels the rest.
+        try:
+            async with asyncio.TaskGroup() as sends:
+                for partition_key, events in groups.items():
+                    sends.create_task(self._send_one(context, partition_key, events))
+        except ExceptionGroup as failures:
+            if failures.subgroup(LeaseLostError) is not None:
+                raise LeaseLostError(context.lease_id) from failures
+            raise
+
+    async def _send_one(
+        self,
+        context: LeaseContext,
+        partition_key: str,
+        events: list[tuple[Outgoing, dict[str, Any]]],
+    ) -> None:
+        async with self._slots:
             await self._send(context, partition_key, events)
 
     async def _outgoing(self, document: dict[str, Any]) -> tuple[str, Outgoing] | None:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventflow_publisher.changefeed.balancing import LeaseView, is_available, plan, target_count
+from eventflow_publisher.changefeed.simulation import run_round, simulate
 
 EXPIRY = 60.0
 NOW = 1_000.0
@@ -72,20 +73,6 @@ def states(draw: st.DrawFn) -> tuple[list[LeaseView], list[str], list[str]]:
     return state, live, dead
 
 
-def run_round(state: list[LeaseView], live: list[str], now: float) -> list[LeaseView]:
-    """Every live instance renews what it owns, then balances once, in turn (writes are sequential,
-    as ETag-conditional writes make them)."""
-    current = {lease.id: lease for lease in state}
-    for me in live:
-        for lease_id, lease in current.items():
-            if lease.owner == me and not is_available(lease, now, EXPIRY):
-                current[lease_id] = LeaseView(lease_id, me, now)
-        decision = plan(list(current.values()), me, now, EXPIRY)
-        for lease_id in (*decision.take, *([decision.steal] if decision.steal else [])):
-            current[lease_id] = LeaseView(lease_id, me, now)
-    return list(current.values())
-
-
 @settings(max_examples=300, deadline=None)
 @given(states())
 def test_rounds_converge_to_one_live_owner_per_lease_with_counts_within_one(
@@ -95,7 +82,7 @@ def test_rounds_converge_to_one_live_owner_per_lease_with_counts_within_one(
     now = NOW
     for _ in range(len(state) + 4):
         now += EXPIRY / 3  # dead owners' leases expire within a few rounds
-        state = run_round(state, live, now)
+        state = run_round(state, live, now, EXPIRY)
     assert all(lease.owner in live for lease in state)
     counts = Counter(lease.owner for lease in state)
     owning = [counts.get(me, 0) for me in live]
@@ -126,3 +113,11 @@ def test_a_plan_never_takes_beyond_the_target_nor_steals_below_it(
         victim = next(lease.owner for lease in state if lease.id == decision.steal)
         assert victim != me
         assert live_counts[victim] - 1 >= live_counts[me] + 1
+
+
+def test_the_documented_simulation_converges() -> None:
+    lines = simulate(16)
+    assert lines[lines.index("-- instance e joins (5 live)") + 4].startswith(
+        "round 4: a=4 b=3 c=3 d=3 e=3"
+    )
+    assert lines[-1].endswith("b=4 c=4 d=4 e=4 | unowned=0 held-by-gone=0")

@@ -1,0 +1,153 @@
+"""CosmosLeaseStore through the local stand-in and through the real azure-cosmos SDK against
+@vercel/cosmosdb-server: conditional replaces, create conflicts, the prefix query."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from azure.cosmos import PartitionKey
+from azure.cosmos.aio import CosmosClient as AzureCosmosClient
+
+from eventflow_local import LocalEnvironment
+from eventflow_local.cosmos import CosmosClient as LocalCosmosClient
+from eventflow_local.servers import RunningServer
+from eventflow_publisher.adapters.cosmos_changefeed import CosmosLeaseStore, CosmosPoisonStore
+from eventflow_publisher.changefeed import LeaseLostError, StartPosition
+
+RANGES = [{"Range": {"min": lo, "max": hi, "isMinInclusive": True, "isMaxInclusive": False}}
+          for lo, hi in [("", "40"), ("40", "80"), ("80", "FF")]]  # fmt: skip
+BEGINNING = StartPosition("beginning")
+
+
+class LeaseStoreCases:
+    backend: ClassVar[str]
+    not_applicable: ClassVar[dict[str, str]] = {}
+
+    @pytest.fixture(autouse=True)
+    def _applicable(self, request: pytest.FixtureRequest) -> None:
+        reason = self.not_applicable.get(request.node.originalname)
+        if reason:
+            pytest.skip(f"not applicable to {self.backend}: {reason}")
+
+    @pytest.fixture
+    def store(self, container: Any) -> CosmosLeaseStore:
+        return CosmosLeaseStore(container, f"p-{uuid.uuid4().hex[:8]}", lock_retry=0.05, lock_ttl=1)
+
+    async def test_bootstrap_creates_one_lease_per_range_once(
+        self, store: CosmosLeaseStore
+    ) -> None:
+        await store.bootstrap(RANGES, BEGINNING)
+        await store.bootstrap(RANGES[:1], BEGINNING)
+        leases = await store.list_leases()
+        assert sorted(lease.feed_range["Range"]["min"] for lease in leases) == ["", "40", "80"]
+        assert all(lease.owner is None and lease.continuation is None for lease in leases)
+
+    async def test_bootstrap_waits_while_another_instance_holds_the_lock(
+        self, store: CosmosLeaseStore, container: Any
+    ) -> None:
+        lock = {"id": f"{store.prefix}.lock", "kind": "lock", "ttl": 30}
+        await container.create_item(lock)
+        waiting = asyncio.create_task(store.bootstrap(RANGES, BEGINNING))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await container.delete_item(lock["id"], partition_key=lock["id"])
+        await asyncio.wait_for(waiting, 5)
+        assert len(await store.list_leases()) == 3
+
+    async def test_a_crashed_bootstrap_blocks_nobody_beyond_the_lock_ttl(
+        self, store: CosmosLeaseStore, container: Any
+    ) -> None:
+        await container.create_item({"id": f"{store.prefix}.lock", "kind": "lock", "ttl": 1})
+        await asyncio.wait_for(store.bootstrap(RANGES, BEGINNING), 10)
+        assert len(await store.list_leases()) == 3
+
+    async def test_acquire_with_a_stale_etag_loses(self, store: CosmosLeaseStore) -> None:
+        await store.bootstrap(RANGES, BEGINNING)
+        listed = (await store.list_leases())[0]
+        await store.acquire(listed, "a")
+        with pytest.raises(LeaseLostError):
+            await store.acquire(listed, "b")
+
+    async def test_own_writes_racing_are_reapplied_not_lost(self, store: CosmosLeaseStore) -> None:
+        await store.bootstrap(RANGES, BEGINNING)
+        mine = await store.acquire((await store.list_leases())[0], "a")
+        checkpointed = await store.checkpoint(mine, "token-1")
+        renewed = await store.renew(mine)  # mine's ETag is stale now, but the owner is still "a"
+        assert (renewed.owner, renewed.continuation) == ("a", "token-1")
+        assert renewed.etag != checkpointed.etag
+
+    async def test_a_write_after_another_owner_took_the_lease_is_lost(
+        self, store: CosmosLeaseStore
+    ) -> None:
+        await store.bootstrap(RANGES, BEGINNING)
+        mine = await store.acquire((await store.list_leases())[0], "a")
+        await store.acquire(mine, "b")
+        with pytest.raises(LeaseLostError):
+            await store.checkpoint(mine, "token-9")
+        (current,) = [lease for lease in await store.list_leases() if lease.id == mine.id]
+        assert (current.owner, current.continuation) == ("b", None)
+
+    async def test_release_clears_the_owner(self, store: CosmosLeaseStore) -> None:
+        await store.bootstrap(RANGES, BEGINNING)
+        mine = await store.acquire((await store.list_leases())[0], "a")
+        await store.release(mine)
+        assert {lease.owner for lease in await store.list_leases()} == {None}
+
+    async def test_processors_sharing_a_container_see_only_their_leases(
+        self, container: Any
+    ) -> None:
+        first = CosmosLeaseStore(container, f"one-{uuid.uuid4().hex[:6]}")
+        second = CosmosLeaseStore(container, f"two-{uuid.uuid4().hex[:6]}")
+        await first.bootstrap(RANGES, BEGINNING)
+        await second.bootstrap(RANGES[:1], BEGINNING)
+        assert (len(await first.list_leases()), len(await second.list_leases())) == (3, 1)
+
+    async def test_the_start_position_is_kept_in_the_lease(self, store: CosmosLeaseStore) -> None:
+        from datetime import UTC, datetime  # noqa: PLC0415
+
+        moment = datetime(2026, 5, 1, 8, 30, tzinfo=UTC)
+        await store.bootstrap(RANGES, StartPosition("time", moment))
+        assert {lease.start for lease in await store.list_leases()} == {
+            StartPosition("time", moment)
+        }
+
+    async def test_a_poison_record_is_kept_once_per_document(self, container: Any) -> None:
+        poison = CosmosPoisonStore(container, f"p-{uuid.uuid4().hex[:6]}")
+        await poison.record({"id": "o1:event:1", "kind": "event"}, "too-large", "big")
+        await poison.record({"id": "o1:event:1", "kind": "event"}, "too-large", "big")
+        (record,) = await poison.list_records()
+        assert (record["reason"], record["document"]["id"]) == ("too-large", "o1:event:1")
+
+
+class TestOnLocalStandIn(LeaseStoreCases):
+    backend = "the local stand-in"
+
+    @pytest.fixture
+    async def container(self, tmp_path: Path) -> AsyncIterator[Any]:
+        async with LocalCosmosClient(LocalEnvironment(tmp_path)) as client:
+            database = await client.create_database_if_not_exists("eventflow")
+            yield await database.create_container_if_not_exists(
+                "leases", partition_key=PartitionKey("/id"), default_ttl=-1
+            )
+
+
+class TestOnCosmosDbServer(LeaseStoreCases):
+    backend = "@vercel/cosmosdb-server"
+    not_applicable: ClassVar[dict[str, str]] = {
+        "test_a_crashed_bootstrap_blocks_nobody_beyond_the_lock_ttl": "it does not expire items (no TTL)",
+    }
+
+    @pytest.fixture
+    async def container(self, cosmos_server: RunningServer) -> AsyncIterator[Any]:
+        async with AzureCosmosClient(
+            cosmos_server.endpoint, credential=cosmos_server.key
+        ) as client:
+            database = await client.create_database_if_not_exists("eventflow")
+            yield await database.create_container_if_not_exists(
+                f"leases-{uuid.uuid4().hex[:8]}", partition_key=PartitionKey("/id"), default_ttl=-1
+            )

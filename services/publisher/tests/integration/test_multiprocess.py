@@ -1,0 +1,119 @@
+"""Three publisher processes on the local stand-ins: a balanced split of sixteen leases, a kill -9
+taken over after expiry, and every event on the hub at least once, in order per order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from eventflow_local import LocalEnvironment
+from eventflow_local.eventhubs import EventHubConsumerClient, create_event_hub
+
+from ..conftest import Store  # type: ignore[import-not-found]
+
+pytestmark = pytest.mark.slow
+
+
+def publisher(folder: Path, name: str) -> subprocess.Popen[bytes]:
+    settings = {
+        "PUBLISHER_MODE": "local", "PUBLISHER_LOCAL_DIR": str(folder), "PUBLISHER_INSTANCE_NAME": name,
+        "PUBLISHER_POLL_DELAY_SECONDS": "0.05", "PUBLISHER_ACQUIRE_INTERVAL_SECONDS": "0.3",
+        "PUBLISHER_RENEW_INTERVAL_SECONDS": "0.5", "PUBLISHER_LEASE_EXPIRY_SECONDS": "2",
+        "PUBLISHER_HEALTH_PORT": "0", "PUBLISHER_LOG_LEVEL": "WARNING", "PUBLISHER_LOCAL_HUB_PARTITIONS": "4",
+    }  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "eventflow_publisher.main"], env={**os.environ, **settings},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def hub_events(environment: LocalEnvironment) -> list[tuple[str, dict]]:
+    """Every event on the hub: (partition, CloudEvent), in partition order."""
+    found: list[tuple[str, dict]] = []
+    consumer = EventHubConsumerClient(environment, eventhub_name="orders", consumer_group="check")
+
+    async def on_batch(context, events) -> None:  # type: ignore[no-untyped-def]
+        found.extend((context.partition_id, orjson.loads(b"".join(e.body))) for e in events)
+
+    task = asyncio.create_task(consumer.receive_batch(on_batch, starting_position="-1"))
+    await asyncio.sleep(1.0)  # the stand-in consumer reads everything there is within this time
+    await consumer.close()
+    await task
+    return found
+
+
+@pytest.mark.parametrize("feed_ranges", [16])
+async def test_three_processes_balance_survive_a_kill_and_publish_everything_in_order(
+    store: Store,
+) -> None:
+    folder = store.environment.folder
+    await create_event_hub(store.environment, "orders", partition_count=4)
+    processes = {name: publisher(folder, name) for name in "abc"}
+    try:
+        leases = await store.lease_store()
+
+        async def owners() -> Counter[str | None]:
+            return Counter(lease.owner for lease in await leases.list_leases())
+
+        deadline = time.monotonic() + 30
+        while sorted((await owners()).values()) != [5, 5, 6]:
+            assert time.monotonic() < deadline, f"never balanced: {await owners()}"
+            await asyncio.sleep(0.1)
+        written = await store.write_events(orders=12, per_order=4)
+        processes["a"].send_signal(signal.SIGKILL)
+        processes["a"].wait()
+        written += await store.write_events(orders=12, per_order=4, start=5)
+        deadline = time.monotonic() + 30
+        while set((await owners()).elements()) != {"b", "c"} or sorted(
+            (await owners()).values()
+        ) != [8, 8]:
+            assert time.monotonic() < deadline, f"a's leases never taken over: {await owners()}"
+            await asyncio.sleep(0.1)
+        expected = {f"order-{n}": list(range(1, 9)) for n in range(12)}
+        published: list[tuple[str, dict]] = []
+
+        def complete() -> bool:
+            return len({(e["partitionkey"], e["sequence"]) for _, e in published}) == len(written)
+
+        deadline = time.monotonic() + 30
+        while True:
+            published = await hub_events(store.environment)
+            if complete() or time.monotonic() > deadline:
+                break
+        assert complete(), f"{len(published)} events on the hub, {len(written)} written"
+        for order_id, sequences in expected.items():
+            mine = [
+                (partition, int(e["sequence"]))
+                for partition, e in published
+                if e["partitionkey"] == order_id
+            ]
+            assert len({partition for partition, _ in mine}) == 1, "one order, one partition"
+            first_seen = list(dict.fromkeys(sequence for _, sequence in mine))
+            assert first_seen == sequences, f"{order_id} out of order: {[s for _, s in mine]}"
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=20)
+
+
+async def test_sigterm_finishes_and_releases_every_lease(store: Store) -> None:
+    await create_event_hub(store.environment, "orders", partition_count=4)
+    process = publisher(store.environment.folder, "solo")
+    leases = await store.lease_store()
+    deadline = time.monotonic() + 30
+    while {lease.owner for lease in await leases.list_leases()} != {"solo"}:
+        assert time.monotonic() < deadline, "never took the leases"
+        await asyncio.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+    assert {lease.owner for lease in await leases.list_leases()} == {None}

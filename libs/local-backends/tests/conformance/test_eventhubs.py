@@ -78,9 +78,10 @@ async def consuming(
         if not failed[0]:
             failed[0] = True
             raise RuntimeError("the handler failed once")
-        collected.events.setdefault(context.partition_id, []).extend(events)
         if checkpoint:
             await context.update_checkpoint(events[-1])
+        # Visible to the test only once checkpointed: close() cancels an in-flight callback.
+        collected.events.setdefault(context.partition_id, []).extend(events)
 
     async def on_error(_context: Any, error: Exception) -> None:
         collected.errors.append(error)

@@ -1,0 +1,94 @@
+"""The Event Hubs side: `receive_batch` with the checkpoint store, checkpointing after the inbox
+accepted the batch. Works with the SDK's EventHubConsumerClient and with the local stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from eventflow_subscriber.forwarding import Forwarder
+from eventflow_subscriber.routing import HubEvent
+
+LOG = structlog.get_logger("eventflow_subscriber.hub")
+
+
+def hub_event(partition_id: str, event: Any) -> HubEvent:
+    body = event.body
+    return HubEvent(
+        body=body if isinstance(body, bytes) else b"".join(body),
+        partition_id=partition_id,
+        offset=str(event.offset),
+        sequence_number=int(event.sequence_number),
+        enqueued_time=event.enqueued_time,
+    )
+
+
+class Subscription:
+    """Reads the hub until `drain()`: each batch is forwarded, then checkpointed at its last event."""
+
+    def __init__(
+        self,
+        consumer: Any,
+        forwarder: Forwarder,
+        *,
+        max_batch_size: int,
+        max_wait_time: float | None,
+        starting_position: str,
+        on_checkpoint: Callable[[str], None] = lambda _partition: None,
+    ) -> None:
+        self._consumer = consumer
+        self._forwarder = forwarder
+        self._max_batch_size = max_batch_size
+        self._max_wait_time = max_wait_time
+        self._starting_position = starting_position
+        self._on_checkpoint = on_checkpoint
+        self._draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def _on_batch(self, context: Any, events: list[Any]) -> None:
+        if self._draining or not events:
+            return  # not checkpointed: the next owner reads these again
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            await self._forwarder.forward(
+                [hub_event(context.partition_id, event) for event in events]
+            )
+            await context.update_checkpoint(events[-1])
+            self._on_checkpoint(context.partition_id)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _on_error(self, context: Any, error: Exception) -> None:
+        partition = getattr(context, "partition_id", None)
+        LOG.error("partition closed after an error; it is claimed again and read from its checkpoint",
+                  partition=partition, error=repr(error))  # fmt: skip
+
+    async def run(self) -> None:
+        await self._consumer.receive_batch(
+            self._on_batch, max_batch_size=self._max_batch_size, max_wait_time=self._max_wait_time,
+            starting_position=self._starting_position, on_error=self._on_error,
+        )  # fmt: skip
+
+    async def drain(self, wait_seconds: float) -> None:
+        """Stop taking new batches, let the in-flight ones forward and checkpoint, then close the
+        client (which releases partition ownership)."""
+        self._draining = True
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._idle.wait(), wait_seconds)
+        except TimeoutError:
+            LOG.warning(
+                "in-flight batches did not finish in time; they will be read again",
+                waited_s=wait_seconds,
+            )
+        LOG.info("draining done", waited_s=round(time.monotonic() - started, 3))
+        await self._consumer.close()

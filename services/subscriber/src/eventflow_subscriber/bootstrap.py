@@ -1,0 +1,128 @@
+"""The one place that chooses adapters: local stand-ins, emulators or Azure, by `settings.mode`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from azure.core.exceptions import ResourceExistsError
+
+from eventflow_subscriber.settings import Settings
+
+LOG = structlog.get_logger("eventflow_subscriber.bootstrap")
+LOCAL_NAMESPACE = "eventflow.local"
+
+
+@dataclass(frozen=True)
+class Clients:
+    consumer: Any
+    inbox_sender: Any
+
+
+async def _blob_store(settings: Settings, stack: AsyncExitStack, credential: Any = None) -> Any:
+    from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore  # noqa: PLC0415
+    from azure.storage.blob.aio import BlobServiceClient  # noqa: PLC0415
+
+    if credential is None:
+        assert settings.storage_connection_string is not None
+        connection_string = settings.storage_connection_string.get_secret_value()
+        service = BlobServiceClient.from_connection_string(connection_string)
+        store = BlobCheckpointStore.from_connection_string(
+            connection_string, container_name=settings.checkpoint_container
+        )
+    else:
+        assert settings.storage_account_url is not None
+        service = BlobServiceClient(settings.storage_account_url, credential=credential)
+        store = BlobCheckpointStore(
+            settings.storage_account_url, settings.checkpoint_container, credential=credential
+        )
+    if settings.creates_checkpoint_container:
+        async with service:
+            with suppress(ResourceExistsError):
+                await service.create_container(settings.checkpoint_container)
+    return await stack.enter_async_context(store)
+
+
+async def _local(settings: Settings, stack: AsyncExitStack) -> Clients:
+    from azure.servicebus.exceptions import MessagingEntityAlreadyExistsError  # noqa: PLC0415
+
+    from eventflow_local import LocalEnvironment  # noqa: PLC0415 - dev-only dependency
+    from eventflow_local.checkpoints import SqliteCheckpointStore  # noqa: PLC0415
+    from eventflow_local.eventhubs import EventHubConsumerClient, create_event_hub  # noqa: PLC0415
+    from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient  # noqa: PLC0415
+
+    environment = LocalEnvironment(settings.local_dir)
+    await create_event_hub(environment, settings.eventhub_name)
+    async with ServiceBusAdministrationClient(environment) as admin:
+        with suppress(MessagingEntityAlreadyExistsError):
+            await admin.create_queue(
+                settings.inbox_queue, requires_session=True, requires_duplicate_detection=True,
+                duplicate_detection_history_time_window=timedelta(minutes=10), max_delivery_count=10,
+                lock_duration=timedelta(seconds=30),
+            )  # fmt: skip
+    store = (
+        await _blob_store(settings, stack)
+        if settings.local_checkpoints == "blob"
+        else await stack.enter_async_context(SqliteCheckpointStore(environment))
+    )
+    consumer = EventHubConsumerClient(
+        environment, eventhub_name=settings.eventhub_name, consumer_group=settings.consumer_group,
+        checkpoint_store=store, load_balancing_interval=settings.load_balancing_interval_seconds,
+        owner_id=settings.owner_id, fully_qualified_namespace=LOCAL_NAMESPACE,
+    )  # fmt: skip
+    client = await stack.enter_async_context(ServiceBusClient(environment))
+    return Clients(
+        consumer, await stack.enter_async_context(client.get_queue_sender(settings.inbox_queue))
+    )
+
+
+async def _azure_sdk(settings: Settings, stack: AsyncExitStack) -> Clients:
+    from azure.eventhub.aio import EventHubConsumerClient  # noqa: PLC0415
+    from azure.servicebus.aio import ServiceBusClient  # noqa: PLC0415
+
+    balancing: dict[str, Any] = {
+        "load_balancing_interval": settings.load_balancing_interval_seconds,
+        "load_balancing_strategy": "greedy",
+    }
+    if settings.mode == "emulator":
+        assert settings.eventhubs_connection_string is not None
+        assert settings.servicebus_connection_string is not None
+        store = await _blob_store(settings, stack)
+        consumer = EventHubConsumerClient.from_connection_string(
+            settings.eventhubs_connection_string.get_secret_value(), consumer_group=settings.consumer_group,
+            eventhub_name=settings.eventhub_name, checkpoint_store=store, **balancing,
+        )  # fmt: skip
+        service_bus = ServiceBusClient.from_connection_string(
+            settings.servicebus_connection_string.get_secret_value()
+        )
+    else:
+        from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
+
+        credential = await stack.enter_async_context(DefaultAzureCredential())
+        store = await _blob_store(settings, stack, credential)
+        assert settings.eventhubs_namespace is not None
+        assert settings.servicebus_namespace is not None
+        consumer = EventHubConsumerClient(
+            settings.eventhubs_namespace, settings.eventhub_name, settings.consumer_group, credential,
+            checkpoint_store=store, **balancing,
+        )  # fmt: skip
+        service_bus = ServiceBusClient(settings.servicebus_namespace, credential)
+    client = await stack.enter_async_context(service_bus)
+    return Clients(
+        consumer, await stack.enter_async_context(client.get_queue_sender(settings.inbox_queue))
+    )
+
+
+@asynccontextmanager
+async def open_clients(settings: Settings) -> AsyncIterator[Clients]:
+    async with AsyncExitStack() as stack:
+        clients = await (
+            _local(settings, stack) if settings.mode == "local" else _azure_sdk(settings, stack)
+        )
+        LOG.info("clients ready", mode=settings.mode, hub=settings.eventhub_name, consumer_group=settings.consumer_group,
+                 inbox=settings.inbox_queue)  # fmt: skip
+        yield clients

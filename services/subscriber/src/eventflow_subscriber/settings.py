@@ -1,0 +1,116 @@
+"""The subscriber's settings: one class, read from SUBSCRIBER_* environment variables at start."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOWERCASE = "keep it lowercase: the checkpoint store lowercases blob names and KEDA reads them"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SUBSCRIBER_", extra="ignore")
+
+    mode: Literal["local", "emulator", "azure"] = "local"
+    local_dir: Path = Path(".local")
+    local_checkpoints: Literal["sqlite", "blob"] = "sqlite"
+
+    eventhubs_namespace: str | None = Field(
+        default=None, description="azure: <name>.servicebus.windows.net"
+    )
+    eventhubs_connection_string: SecretStr | None = None
+    eventhub_name: str = "orders"
+    consumer_group: str = "inbox-subscriber"
+    storage_account_url: str | None = Field(
+        default=None, description="azure: https://<account>.blob.core.windows.net"
+    )
+    storage_connection_string: SecretStr | None = Field(
+        default=None, description="emulator / local blob: Azurite"
+    )
+    checkpoint_container: str = "checkpoints"
+    create_checkpoint_container: bool | None = None
+
+    servicebus_namespace: str | None = None
+    servicebus_connection_string: SecretStr | None = None
+    inbox_queue: str = "inbox"
+
+    subscribed_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="empty: every type"
+    )
+    starting_position: str = Field(
+        default="-1", description="without a checkpoint: -1 = beginning of retention"
+    )
+    max_batch_size: int = Field(default=300, ge=1, le=1000)
+    max_wait_time_seconds: float | None = None
+    load_balancing_interval_seconds: float = Field(default=10.0, gt=0)
+    max_message_bytes: int = Field(default=256 * 1024 - 8 * 1024, ge=1024)
+    drain_timeout_seconds: float = Field(default=20.0, gt=0)
+    owner_id: str = Field(
+        default_factory=lambda: (
+            os.environ.get("CONTAINER_APP_REPLICA_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        )
+    )
+
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=8002, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("subscribed_types", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return (
+            [item.strip() for item in value.split(",") if item.strip()]
+            if isinstance(value, str)
+            else value
+        )
+
+    @field_validator("eventhub_name", "consumer_group", "checkpoint_container")
+    @classmethod
+    def _lowercase(cls, value: str) -> str:
+        if value != value.lower():
+            raise ValueError(LOWERCASE)
+        return value
+
+    @model_validator(mode="after")
+    def _backend_settings_fit_the_mode(self) -> Self:
+        if self.mode == "emulator" and not (
+            self.eventhubs_connection_string
+            and self.storage_connection_string
+            and self.servicebus_connection_string
+        ):
+            raise ValueError(
+                "mode=emulator needs the Event Hubs, Storage and Service Bus connection strings"
+            )
+        if self.mode == "azure":
+            if not (
+                self.eventhubs_namespace and self.storage_account_url and self.servicebus_namespace
+            ):
+                raise ValueError(
+                    "mode=azure needs SUBSCRIBER_EVENTHUBS_NAMESPACE, _STORAGE_ACCOUNT_URL, _SERVICEBUS_NAMESPACE"
+                )
+            if (
+                self.eventhubs_connection_string
+                or self.storage_connection_string
+                or self.servicebus_connection_string
+            ):
+                raise ValueError("mode=azure uses managed identity: no connection strings")
+        if (
+            self.mode == "local"
+            and self.local_checkpoints == "blob"
+            and not self.storage_connection_string
+        ):
+            raise ValueError(
+                "local_checkpoints=blob needs SUBSCRIBER_STORAGE_CONNECTION_STRING (Azurite)"
+            )
+        return self
+
+    @property
+    def creates_checkpoint_container(self) -> bool:
+        if self.create_checkpoint_container is not None:
+            return self.create_checkpoint_container
+        return self.mode != "azure"

@@ -65,3 +65,4 @@ clean: ## remove local environments and caches
 bench: setup ## benchmarks (not part of make test); figures go to docs/performance.md by hand
 	$(RUN) python benchmarks/producer.py
 	$(RUN) python benchmarks/publisher.py
+	$(RUN) python benchmarks/subscriber.py

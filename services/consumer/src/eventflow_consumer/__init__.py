@@ -1,0 +1,1 @@
+"""consumer: session-ordered, exactly-once effects from the Service Bus inbox."""

@@ -1,0 +1,60 @@
+"""The consumer's settings: one class, read from CONSUMER_* environment variables at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONSUMER_", extra="ignore")
+
+    mode: Literal["local", "emulator", "azure"] = "local"
+    local_dir: Path = Path(".local")
+    servicebus_namespace: str | None = None
+    servicebus_connection_string: SecretStr | None = None
+    inbox_queue: str = "inbox"
+    cosmos_endpoint: str | None = None
+    cosmos_key: SecretStr | None = None
+    database: str = "eventflow"
+    projections_container: str = "order-summaries"
+    create_containers: bool | None = None
+
+    max_concurrent_sessions: int = Field(default=4, ge=1, le=64)
+    session_idle_seconds: float = Field(default=2.0, gt=0)
+    session_renew_seconds: float = Field(default=10.0, gt=0)
+    poison_policy: Literal["skip", "block"] = "skip"
+    inbox_mark_ttl_seconds: int = Field(
+        default=14 * 24 * 3600, ge=3600, description="longer than any replay window"
+    )
+    transient_attempts: int = Field(default=3, ge=1)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8003, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _backend_settings_fit_the_mode(self) -> Self:
+        if self.mode == "emulator" and not (
+            self.servicebus_connection_string and self.cosmos_endpoint and self.cosmos_key
+        ):
+            raise ValueError(
+                "mode=emulator needs CONSUMER_SERVICEBUS_CONNECTION_STRING, _COSMOS_ENDPOINT, _COSMOS_KEY"
+            )
+        if self.mode == "azure":
+            if not (self.servicebus_namespace and self.cosmos_endpoint):
+                raise ValueError(
+                    "mode=azure needs CONSUMER_SERVICEBUS_NAMESPACE and CONSUMER_COSMOS_ENDPOINT"
+                )
+            if self.servicebus_connection_string or self.cosmos_key:
+                raise ValueError("mode=azure uses managed identity: no keys or connection strings")
+        return self
+
+    @property
+    def creates_containers(self) -> bool:
+        return (
+            self.create_containers if self.create_containers is not None else self.mode != "azure"
+        )

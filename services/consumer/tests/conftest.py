@@ -1,0 +1,69 @@
+"""Fixtures for the consumer's tests: events as the subscriber forwards them, and a local inbox."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.servicebus import ServiceBusMessage
+
+from eventflow_contracts import (
+    OrderCancelled,
+    OrderCreated,
+    OrderItemAdded,
+    OrderLine,
+    OrderSubmitted,
+    encode_event,
+    new_event,
+)
+from eventflow_local import LocalEnvironment
+from eventflow_local.servicebus import ServiceBusAdministrationClient
+
+LINE = OrderLine(sku="SKU-1", quantity=2, unit_price=Decimal("5.00"))
+
+
+def order_events(order_id: str) -> list[bytes]:
+    """Created, item added, submitted, cancelled: sequences 1..4."""
+    data: list[Any] = [
+        OrderCreated(
+            order_id=order_id,
+            customer_id="c",
+            lines=(LINE,),
+            currency="EUR",
+            total=Decimal("10.00"),
+        ),
+        OrderItemAdded(order_id=order_id, line=LINE),
+        OrderSubmitted(order_id=order_id, currency="EUR", total=Decimal("20.00"), line_count=2),
+        OrderCancelled(order_id=order_id, reason="changed my mind"),
+    ]
+    return [
+        encode_event(new_event(d, source="/test", sequence=n)) for n, d in enumerate(data, start=1)
+    ]
+
+
+def inbox_message(
+    body: bytes, session_id: str, message_id: str | None = None, **properties: Any
+) -> ServiceBusMessage:
+    import orjson  # noqa: PLC0415
+
+    try:
+        event_id = orjson.loads(body)["id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        event_id = None
+    return ServiceBusMessage(body, session_id=session_id, message_id=message_id or event_id or None,
+                             application_properties=properties or None)  # fmt: skip
+
+
+@pytest.fixture
+async def environment(tmp_path: Path) -> LocalEnvironment:
+    environment = LocalEnvironment(tmp_path / "local")
+    async with ServiceBusAdministrationClient(environment) as admin:
+        await admin.create_queue(
+            "inbox", requires_session=True, requires_duplicate_detection=True,
+            duplicate_detection_history_time_window=timedelta(minutes=10), max_delivery_count=3,
+            lock_duration=timedelta(seconds=2),
+        )  # fmt: skip
+    return environment

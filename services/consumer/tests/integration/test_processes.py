@@ -1,0 +1,87 @@
+"""Two consumer processes on one inbox: together they handle every session, each effect once, and no
+session is handled by both at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from eventflow_local import LocalEnvironment
+from eventflow_local.cosmos import CosmosClient
+from eventflow_local.servicebus import ServiceBusClient
+
+from ..conftest import inbox_message, order_events  # type: ignore[import-not-found]
+
+pytestmark = pytest.mark.slow
+
+
+class Consumer:
+    def __init__(self, environment: LocalEnvironment, name: str) -> None:
+        settings = {"CONSUMER_MODE": "local", "CONSUMER_LOCAL_DIR": str(environment.folder), "CONSUMER_HTTP_PORT": "0",
+                    "CONSUMER_SESSION_IDLE_SECONDS": "0.3", "CONSUMER_MAX_CONCURRENT_SESSIONS": "2"}  # fmt: skip
+        self.name = name
+        self.process = subprocess.Popen([sys.executable, "-m", "eventflow_consumer.main"], env={**os.environ, **settings},
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+        self.applied: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            record = orjson.loads(line)
+            if record.get("event") == "applied":
+                self.applied.append(record)
+
+
+async def test_two_processes_share_the_sessions_without_overlap(
+    environment: LocalEnvironment,
+) -> None:
+    orders = [f"o{n}" for n in range(16)]
+    async with ServiceBusClient(environment) as client, client.get_queue_sender("inbox") as sender:
+        for order_id in orders:
+            await sender.send_messages(
+                [inbox_message(raw, order_id) for raw in order_events(order_id)]
+            )
+    consumers = [Consumer(environment, name) for name in ("a", "b")]
+    try:
+        deadline = time.monotonic() + 60
+        while sum(len(c.applied) for c in consumers) < 4 * len(orders):
+            assert time.monotonic() < deadline, (
+                f"only {sum(len(c.applied) for c in consumers)} effects"
+            )
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+    finally:
+        for consumer in consumers:
+            consumer.process.send_signal(signal.SIGTERM)
+            assert consumer.process.wait(timeout=30) == 0
+    effects = [(r["session"], r["sequence"]) for c in consumers for r in c.applied]
+    assert sorted(effects) == sorted((o, s) for o in orders for s in range(1, 5)), (
+        "every effect exactly once"
+    )
+    assert all(consumer.applied for consumer in consumers), "both processes took sessions"
+    spans = {}
+    for consumer in consumers:
+        for record in consumer.applied:
+            key = (consumer.name, record["session"])
+            first, last = spans.get(key, (record["timestamp"], record["timestamp"]))
+            spans[key] = (min(first, record["timestamp"]), max(last, record["timestamp"]))
+    for order_id in orders:
+        held = [span for (name, session), span in spans.items() if session == order_id]
+        if len(held) == 2:
+            (a_start, a_end), (b_start, b_end) = held
+            assert a_end <= b_start or b_end <= a_start, f"{order_id} handled by both at once"
+    async with CosmosClient(environment) as cosmos:
+        container = cosmos.get_database_client("eventflow").get_container_client("order-summaries")
+        for order_id in orders:
+            summary = await container.read_item(order_id, partition_key=order_id)
+            assert (summary["last_sequence"], summary["status"]) == (4, "cancelled")

@@ -1,0 +1,114 @@
+"""CosmosProjectionStore through the stand-in and through the real azure-cosmos SDK on
+@vercel/cosmosdb-server, for what that server supports: the create path (a create-only batch),
+reads, marks and the blocked-session records. Replacing a summary in a batch runs on the stand-in only."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from azure.cosmos import PartitionKey
+from azure.cosmos.aio import CosmosClient as AzureCosmosClient
+
+from eventflow_consumer.adapters.cosmos_projection import PARTITION_KEY_PATH, CosmosProjectionStore
+from eventflow_consumer.handling import AlreadyAppliedError
+from eventflow_consumer.projection import apply
+from eventflow_contracts import decode_event
+from eventflow_local import LocalEnvironment
+from eventflow_local.cosmos import CosmosClient as LocalCosmosClient
+from eventflow_local.servers import RunningServer
+
+from ..conftest import order_events  # type: ignore[import-not-found]
+
+
+class ProjectionStoreCases:
+    backend: ClassVar[str]
+    not_applicable: ClassVar[dict[str, str]] = {}
+
+    @pytest.fixture(autouse=True)
+    def _applicable(self, request: pytest.FixtureRequest) -> None:
+        reason = self.not_applicable.get(request.node.originalname)
+        if reason:
+            pytest.skip(f"not applicable to {self.backend}: {reason}")
+
+    @pytest.fixture
+    def store(self, container: Any) -> CosmosProjectionStore:
+        return CosmosProjectionStore(container, mark_ttl_seconds=3600)
+
+    async def test_a_first_event_creates_the_summary_and_its_mark_together(
+        self, store: CosmosProjectionStore
+    ) -> None:
+        created = decode_event(order_events("o1")[0])
+        await store.commit(apply(None, created), None, created.id)
+        loaded = await store.load("o1")
+        assert loaded is not None
+        assert loaded[0].last_sequence == 1
+        assert await store.has_mark("o1", created.id)
+        assert not await store.has_mark("o1", "other")
+        assert (await store.get("o1") or {})["status"] == "open"
+
+    async def test_a_second_commit_of_one_event_is_already_applied(
+        self, store: CosmosProjectionStore
+    ) -> None:
+        events = [decode_event(raw) for raw in order_events("o1")]
+        summary = apply(None, events[0])
+        await store.commit(summary, None, events[0].id)
+        _, token = await store.load("o1") or (None, "")
+        with pytest.raises(AlreadyAppliedError):
+            await store.commit(summary, token, events[0].id)
+
+    async def test_later_events_replace_the_summary_on_its_token(
+        self, store: CosmosProjectionStore
+    ) -> None:
+        events = [decode_event(raw) for raw in order_events("o1")]
+        summary = apply(None, events[0])
+        await store.commit(summary, None, events[0].id)
+        for event in events[1:]:
+            loaded = await store.load("o1")
+            assert loaded is not None
+            await store.commit(apply(loaded[0], event), loaded[1], event.id)
+        assert (await store.get("o1") or {})["status"] == "cancelled"
+
+    async def test_blocked_sessions_are_recorded_listed_and_cleared(
+        self, store: CosmosProjectionStore
+    ) -> None:
+        await store.set_blocked("o7", "invalid-json: bad")
+        assert [record["order_id"] for record in await store.list_blocked()] == ["o7"]
+        await store.clear_blocked("o7")
+        await store.clear_blocked("o7")
+        assert await store.list_blocked() == []
+
+
+class TestOnLocalStandIn(ProjectionStoreCases):
+    backend = "the local stand-in"
+
+    @pytest.fixture
+    async def container(self, tmp_path: Path) -> AsyncIterator[Any]:
+        async with LocalCosmosClient(LocalEnvironment(tmp_path)) as client:
+            database = await client.create_database_if_not_exists("eventflow")
+            yield await database.create_container_if_not_exists(
+                "order-summaries", partition_key=PartitionKey(PARTITION_KEY_PATH), default_ttl=-1
+            )
+
+
+class TestOnCosmosDbServer(ProjectionStoreCases):
+    backend = "@vercel/cosmosdb-server"
+    not_applicable: ClassVar[dict[str, str]] = {
+        "test_a_second_commit_of_one_event_is_already_applied": "its batches accept only creates (this one replaces)",
+        "test_later_events_replace_the_summary_on_its_token": "its batches accept only creates (these replace)",
+    }
+
+    @pytest.fixture
+    async def container(self, cosmos_server: RunningServer) -> AsyncIterator[Any]:
+        async with AzureCosmosClient(
+            cosmos_server.endpoint, credential=cosmos_server.key
+        ) as client:
+            database = await client.create_database_if_not_exists("eventflow")
+            yield await database.create_container_if_not_exists(
+                f"summaries-{uuid.uuid4().hex[:8]}",
+                partition_key=PartitionKey(PARTITION_KEY_PATH),
+                default_ttl=-1,
+            )

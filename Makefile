@@ -61,6 +61,34 @@ schemas: setup ## regenerate the committed event JSON Schemas (refuses breaking 
 clean: ## remove local environments and caches
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage
 
+LOCAL_DIR ?= $(CURDIR)/.local
+PUBLISHERS ?= 1
+SUBSCRIBERS ?= 1
+CONSUMERS ?= 1
+
+.PHONY: dev
+dev: setup ## run the whole system locally: four processes on the local stand-ins (Ctrl-C stops it)
+	@mkdir -p $(LOCAL_DIR)
+	@echo ""
+	@echo "  producer API   http://127.0.0.1:8000        docs: http://127.0.0.1:8000/docs"
+	@echo "  consumer read  http://127.0.0.1:5300/orders/<id>   (health and metrics: publisher 5100, subscriber 5200)"
+	@echo "  data           $(LOCAL_DIR)   (make dev-reset clears it)"
+	@echo ""
+	@echo "  try:  curl -si -X POST http://127.0.0.1:8000/orders -H 'content-type: application/json' \\"
+	@echo "          -d '{\"customer_id\": \"c-1\", \"currency\": \"EUR\", \"lines\": [{\"sku\": \"SKU-1\", \"quantity\": 2, \"unit_price\": \"9.99\"}]}'"
+	@echo "  or:   make demo   (in another terminal)"
+	@echo ""
+	EVENTFLOW_LOCAL_DIR=$(LOCAL_DIR) $(RUN) honcho -f Procfile start -p 5000 \
+		-c producer=1,publisher=$(PUBLISHERS),subscriber=$(SUBSCRIBERS),consumer=$(CONSUMERS)
+
+.PHONY: dev-reset
+dev-reset: ## forget everything make dev stored
+	rm -rf $(LOCAL_DIR)
+
+.PHONY: demo
+demo: setup ## against a running make dev: create and change a few orders, show each arriving at the consumer
+	$(RUN) python tools/demo.py
+
 .PHONY: bench
 bench: setup ## benchmarks (not part of make test); figures go to docs/performance.md by hand
 	$(RUN) python benchmarks/producer.py

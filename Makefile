@@ -89,6 +89,10 @@ dev-reset: ## forget everything make dev stored
 demo: setup ## against a running make dev: create and change a few orders, show each arriving at the consumer
 	$(RUN) python tools/demo.py
 
+.PHONY: chaos
+chaos: setup ## the long chaos run (kill -9 workers under load, then check every guarantee)
+	$(RUN) python tools/chaos.py
+
 .PHONY: bench
 bench: setup ## benchmarks (not part of make test); figures go to docs/performance.md by hand
 	$(RUN) python benchmarks/producer.py

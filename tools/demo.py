@@ -36,15 +36,26 @@ def main() -> None:
             body = {"customer_id": f"demo-{n}", "currency": "EUR",
                     "lines": [{"sku": f"SKU-{n}", "quantity": n + 1, "unit_price": "4.50"}]}  # fmt: skip
             started = time.monotonic()
-            created = client.post(f"{PRODUCER}/orders", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
+            created = client.post(
+                f"{PRODUCER}/orders", json=body, headers={"Idempotency-Key": uuid.uuid4().hex}
+            )
             order = created.json()
-            sys.stdout.write(f"POST /orders -> {created.status_code} {order['id']} ETag {created.headers['etag']}\n")
+            sys.stdout.write(
+                f"POST /orders -> {created.status_code} {order['id']} ETag {created.headers['etag']}\n"
+            )
             wait_for(client, order["id"], 1, started)
-            for path, payload in (("items", {"sku": "SKU-X", "quantity": 1, "unit_price": "1.00"}), ("submit", None)):
+            etag = created.headers["etag"]
+            for path, payload in (
+                ("items", {"sku": "SKU-X", "quantity": 1, "unit_price": "1.00"}),
+                ("submit", None),
+            ):
                 started = time.monotonic()
                 changed = client.post(f"{PRODUCER}/orders/{order['id']}/{path}", json=payload,
-                                      headers={"If-Match": created.headers["etag"] if path == "items" else changed.headers["etag"]})  # fmt: skip
-                sys.stdout.write(f"POST /orders/{order['id']}/{path} -> {changed.status_code} ETag {changed.headers.get('etag')}\n")
+                                      headers={"If-Match": etag})  # fmt: skip
+                sys.stdout.write(
+                    f"POST /orders/{order['id']}/{path} -> {changed.status_code} ETag {changed.headers.get('etag')}\n"
+                )
+                etag = changed.headers["etag"]
                 wait_for(client, order["id"], changed.json()["version"], started)
 
 

@@ -1,0 +1,353 @@
+"""The whole system as OS processes on one local environment, a REST load, kills, and the checks of
+every guarantee in ARCHITECTURE.md. Used by the e2e test, the short chaos test and `make chaos`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from azure.eventhub import EventData
+from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
+
+from eventflow_local import LocalEnvironment
+from eventflow_local.cosmos import CosmosClient
+from eventflow_local.eventhubs import EventHubProducerClient, create_event_hub
+from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient
+
+FAST = {
+    "PUBLISHER_ACQUIRE_INTERVAL_SECONDS": "1", "PUBLISHER_RENEW_INTERVAL_SECONDS": "1",
+    "PUBLISHER_LEASE_EXPIRY_SECONDS": "4", "PUBLISHER_POLL_DELAY_SECONDS": "0.1",
+    "SUBSCRIBER_LOAD_BALANCING_INTERVAL_SECONDS": "1", "CONSUMER_SESSION_IDLE_SECONDS": "1",
+    "CONSUMER_SESSION_RENEW_SECONDS": "2",
+}  # fmt: skip
+COMMANDS = ("producer", "publisher", "subscriber", "consumer")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class System:
+    folder: Path
+    replicas: dict[str, int] = field(
+        default_factory=lambda: {"publisher": 1, "subscriber": 1, "consumer": 1}
+    )
+    producer_port: int = field(default_factory=free_port)
+    consumer_port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    kills: int = 0
+
+    @property
+    def environment(self) -> LocalEnvironment:
+        return LocalEnvironment(self.folder)
+
+    async def prepare(self) -> None:
+        """What infrastructure does in Azure: the hub and the inbox (short locks for fast recovery)."""
+        await create_event_hub(self.environment, "orders", partition_count=4)
+        async with ServiceBusAdministrationClient(self.environment) as admin:
+            await admin.create_queue(
+                "inbox", requires_session=True, requires_duplicate_detection=True,
+                duplicate_detection_history_time_window=timedelta(minutes=10), max_delivery_count=10,
+                lock_duration=timedelta(seconds=5),
+            )  # fmt: skip
+
+    def _start(self, name: str) -> None:
+        kind = name.split("-", maxsplit=1)[0]
+        settings = {**FAST, f"{kind.upper()}_MODE": "local", f"{kind.upper()}_LOCAL_DIR": str(self.folder),
+                    f"{kind.upper()}_LOG_LEVEL": "INFO" if kind == "producer" else "WARNING"}  # fmt: skip
+        if kind == "producer":
+            settings["PRODUCER_PORT"] = str(self.producer_port)
+        elif kind == "consumer":
+            settings["CONSUMER_HTTP_PORT"] = (
+                str(self.consumer_port) if name == "consumer-0" else "0"
+            )
+        else:
+            settings[f"{kind.upper()}_HEALTH_PORT"] = "0"
+        module = {"producer": "eventflow_producer.main", "publisher": "eventflow_publisher.main",
+                  "subscriber": "eventflow_subscriber.main", "consumer": "eventflow_consumer.main"}[kind]  # fmt: skip
+        log = (self.folder / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **settings},
+                                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    async def start(self) -> None:
+        await self.prepare()
+        self._start("producer-0")
+        for kind, count in self.replicas.items():
+            for n in range(count):
+                self._start(f"{kind}-{n}")
+        await self.wait_ready()
+
+    async def wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient() as client:
+            for url in (f"{self.producer_url}/readyz", f"{self.consumer_url}/healthz"):
+                while True:
+                    try:
+                        if (await client.get(url)).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    assert time.monotonic() < deadline, f"{url} never answered"
+                    await asyncio.sleep(0.1)
+
+    @property
+    def producer_url(self) -> str:
+        return f"http://127.0.0.1:{self.producer_port}"
+
+    @property
+    def consumer_url(self) -> str:
+        return f"http://127.0.0.1:{self.consumer_port}"
+
+    def kill_random_worker(self, rng: random.Random) -> str:
+        """kill -9 a publisher, subscriber or consumer process (not consumer-0: it serves reads) and
+        start it again."""
+        victims = [
+            name for name in self.processes if not name.startswith(("producer", "consumer-0"))
+        ]
+        name = rng.choice(victims)
+        self.processes[name].send_signal(signal.SIGKILL)
+        self.processes[name].wait()
+        self.kills += 1
+        self._start(name)
+        return name
+
+    def stop(self) -> dict[str, int | None]:
+        codes: dict[str, int | None] = {}
+        for process in self.processes.values():
+            process.send_signal(signal.SIGTERM)
+        for name, process in self.processes.items():
+            try:
+                codes[name] = process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = None
+        return codes
+
+
+@dataclass
+class Load:
+    """Commands over orders, as REST calls; remembers what the producer committed."""
+
+    committed_events: int = 0
+    accepted: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[int] = field(default_factory=Counter)
+    orders: list[str] = field(default_factory=list)
+
+    pace: float = 0.0
+
+    async def run(
+        self,
+        url: str,
+        orders: int,
+        commands_per_order: int,
+        rng: random.Random,
+        concurrency: int = 8,
+    ) -> None:
+        gate = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            await asyncio.gather(
+                *(self._order(client, n, commands_per_order, rng, gate) for n in range(orders))
+            )
+
+    async def _order(
+        self,
+        client: httpx.AsyncClient,
+        n: int,
+        commands: int,
+        rng: random.Random,
+        gate: asyncio.Semaphore,
+    ) -> None:
+        await asyncio.sleep(0)
+        async with gate:
+            line = {"sku": f"SKU-{n}", "quantity": 1 + n % 5, "unit_price": f"{1 + n % 7}.25"}
+            created = await client.post("/orders", json={"customer_id": f"c-{n}", "currency": "EUR", "lines": [line] if n % 3 else []},
+                                        headers={"Idempotency-Key": f"load-{n}-{rng.random()}"})  # fmt: skip
+            assert created.status_code == 201, created.text
+            order_id, etag = created.json()["id"], created.headers["etag"]
+            self.orders.append(order_id)
+            self.committed_events += 1
+            self.accepted["create"] += 1
+            for step in range(commands - 1):
+                choice = rng.random()
+                if step == commands - 3:
+                    path, body = (
+                        ("cancel", {"reason": "load test"}) if choice < 0.3 else ("submit", None)
+                    )
+                elif step == commands - 2:
+                    path, body = "items", line  # after submit or cancel: a broken rule, 409
+                elif choice < 0.1:
+                    path, body, etag = "items", line, '"999"'  # a stale ETag: 412
+                else:
+                    path, body = "items", line
+                await asyncio.sleep(self.pace)  # a steady load rather than a burst
+                response = await client.post(
+                    f"/orders/{order_id}/{path}", json=body, headers={"If-Match": etag}
+                )
+                if response.status_code == 200:
+                    etag = response.headers["etag"]
+                    self.committed_events += 1
+                    self.accepted[path] += 1
+                else:
+                    assert response.status_code in (409, 412), response.text
+                    self.rejected[response.status_code] += 1
+                    etag = (await client.get(f"/orders/{order_id}")).headers["etag"]
+
+
+async def inject_malformed(system: System) -> None:
+    """One malformed event straight into the hub, one straight into the inbox."""
+    async with EventHubProducerClient(system.environment, eventhub_name="orders") as producer:
+        batch = await producer.create_batch(partition_key="malformed")
+        batch.add(EventData(b"{this is not json"))
+        await producer.send_batch(batch)
+    async with (
+        ServiceBusClient(system.environment) as client,
+        client.get_queue_sender("inbox") as sender,
+    ):
+        await sender.send_messages(
+            ServiceBusMessage(
+                b'{"specversion": "1.0"}', session_id="malformed", message_id="malformed-inbox"
+            )
+        )
+
+
+async def settle(system: System, orders: list[str], wait: float) -> float:
+    """Poll (with a deadline) until every order's projection reached the producer's version."""
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=10) as client:
+        versions = {
+            o: (await client.get(f"{system.producer_url}/orders/{o}")).json()["version"]
+            for o in orders
+        }
+        pending = set(orders)
+        while pending:
+            assert time.monotonic() - started < wait, (
+                f"{len(pending)} orders never settled, e.g. {sorted(pending)[:3]}"
+            )
+            for order_id in list(pending):
+                response = await client.get(f"{system.consumer_url}/orders/{order_id}")
+                if (
+                    response.status_code == 200
+                    and response.json()["last_sequence"] == versions[order_id]
+                ):
+                    pending.discard(order_id)
+            if pending:
+                await asyncio.sleep(0.2)
+    return time.monotonic() - started
+
+
+async def check_guarantees(system: System, orders: list[str]) -> dict[str, Any]:
+    """Every committed event handled once, in order; each projection equals the producer's entity;
+    the injected malformed events dead-lettered with their reasons, and nothing else."""
+    handled = 0
+    async with httpx.AsyncClient(timeout=10) as client, CosmosClient(system.environment) as cosmos:
+        summaries = cosmos.get_database_client("eventflow").get_container_client("order-summaries")
+        for order_id in orders:
+            entity = (await client.get(f"{system.producer_url}/orders/{order_id}")).json()
+            summary = (await client.get(f"{system.consumer_url}/orders/{order_id}")).json()
+            assert summary["last_sequence"] == entity["version"]
+            assert (summary["status"], summary["total"], summary["currency"]) == (
+                entity["status"],
+                entity["total"],
+                entity["currency"],
+            )
+            assert summary["lines"] == entity["lines"], "no effect applied twice, none lost"
+            history = [h["sequence"] for h in summary["status_history"]]
+            assert history == sorted(history), "per-order order"
+            marks = [m async for m in summaries.query_items(
+                "SELECT * FROM c WHERE c.order_id = @o AND c.kind = 'inbox-mark'",
+                parameters=[{"name": "@o", "value": order_id}], partition_key=order_id)]  # fmt: skip
+            assert len(marks) == entity["version"], "one inbox mark per committed event"
+            handled += len(marks)
+    async with (
+        ServiceBusClient(system.environment) as bus,
+        bus.get_queue_receiver("inbox", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq,
+    ):
+        dead = {
+            m.session_id: m.dead_letter_reason
+            for m in await dlq.peek_messages(max_message_count=100)
+        }
+    assert dead == {
+        "eventflow.unroutable": "unroutable:invalid-json",
+        "malformed": "not-a-cloudevent",
+    }, dead
+    return {"events_handled": handled, "dead_lettered": dead}
+
+
+async def chaos(
+    folder: Path,
+    *,
+    orders: int,
+    commands_per_order: int,
+    kill_every: float,
+    pace: float = 0.1,
+    seed: int = 11,
+) -> dict[str, Any]:
+    """Two replicas of each worker, a REST load, a kill -9 (and restart) of a random worker every
+    `kill_every` seconds while the load runs; then the e2e checks and a summary."""
+    rng = random.Random(seed)
+    system = System(folder, replicas={"publisher": 2, "subscriber": 2, "consumer": 2})
+    await system.start()
+    killed: list[str] = []
+    try:
+        await inject_malformed(system)
+        load = Load(pace=pace)
+        started = time.monotonic()
+        running = asyncio.create_task(
+            load.run(system.producer_url, orders, commands_per_order, rng, concurrency=4)
+        )
+        while not running.done():
+            await asyncio.sleep(kill_every)
+            if not running.done():
+                killed.append(system.kill_random_worker(rng))
+        await running
+        load_seconds = time.monotonic() - started
+        drain_seconds = await settle(system, load.orders, wait=300)
+        result = await check_guarantees(system, load.orders)
+    finally:
+        system.stop()
+    duplicates = await _duplicates_absorbed(system)
+    return {
+        "orders": orders, "commands": sum(load.accepted.values()) + sum(load.rejected.values()),
+        "events_committed": load.committed_events, "events_handled": result["events_handled"],
+        "kills": len(killed), "killed": dict(Counter(name.split("-")[0] for name in killed)),
+        "load_seconds": round(load_seconds, 1), "drain_seconds": round(drain_seconds, 1), **duplicates,
+    }  # fmt: skip
+
+
+async def _duplicates_absorbed(system: System) -> dict[str, int]:
+    """Replays the pipeline absorbed: events the hub holds more than once (publisher replays) and
+    what the consumers counted as duplicates (their logs say nothing at WARNING, so count the hub)."""
+    from eventflow_local.eventhubs import EventHubConsumerClient  # noqa: PLC0415
+
+    seen: Counter[str] = Counter()
+    consumer = EventHubConsumerClient(
+        system.environment, eventhub_name="orders", consumer_group="chaos-audit"
+    )
+
+    async def on_batch(_: Any, events: list[Any]) -> None:
+        for event in events:
+            seen[event.properties.get(b"event_id", b"").decode() or str(event.sequence_number)] += 1
+
+    task = asyncio.create_task(consumer.receive_batch(on_batch, starting_position="-1"))
+    await asyncio.sleep(2.0)
+    await consumer.close()
+    await task
+    return {
+        "hub_events": sum(seen.values()),
+        "hub_duplicates_absorbed": sum(count - 1 for count in seen.values()),
+    }

@@ -7,6 +7,7 @@ import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -88,9 +89,16 @@ class ProjectionStore(Protocol):
         """Whether the inbox mark of `event_id` exists (while its TTL keeps it)."""
         ...
 
-    async def commit(self, summary: OrderSummary, token: str | None, event_id: str) -> None:
+    async def commit(
+        self,
+        summary: OrderSummary,
+        token: str | None,
+        event_id: str,
+        committed_at: datetime | None = None,
+    ) -> None:
         """Write the summary (created when token is None, else replaced on the token) and the inbox
-        mark in one atomic write. Raises AlreadyAppliedError, TransientStoreError."""
+        mark (with when the event was committed upstream, for latency) in one atomic write.
+        Raises AlreadyAppliedError, TransientStoreError."""
         ...
 
 
@@ -142,7 +150,7 @@ class InboxHandler:
                 "dead_letter", reason=failure.reason, description=failure.description, poison=True
             )
         try:
-            await self._store.commit(changed, token, event.id)
+            await self._store.commit(changed, token, event.id, event.time)
         except AlreadyAppliedError:
             return Decision("complete", duplicate="inbox", sequence=event.sequence)
         return Decision("complete", effect=True, sequence=event.sequence)

@@ -23,8 +23,8 @@ class Settings(BaseSettings):
     projections_container: str = "order-summaries"
     create_containers: bool | None = None
 
-    max_concurrent_sessions: int = Field(default=4, ge=1, le=64)
-    session_idle_seconds: float = Field(default=2.0, gt=0)
+    max_concurrent_sessions: int = Field(default=16, ge=1, le=256)
+    session_idle_seconds: float = Field(default=0.5, gt=0)
     session_renew_seconds: float = Field(default=10.0, gt=0)
     poison_policy: Literal["skip", "block"] = "skip"
     inbox_mark_ttl_seconds: int = Field(

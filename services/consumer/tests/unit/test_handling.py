@@ -29,7 +29,9 @@ class FakeStore:
     async def has_mark(self, order_id: str, event_id: str) -> bool:
         return event_id in self.marks
 
-    async def commit(self, summary: OrderSummary, token: str | None, event_id: str) -> None:
+    async def commit(
+        self, summary: OrderSummary, token: str | None, event_id: str, committed_at: Any = None
+    ) -> None:
         if self.transient:
             self.transient -= 1
             raise TransientStoreError("throttled")

@@ -54,7 +54,13 @@ class CosmosProjectionStore:
     async def has_mark(self, order_id: str, event_id: str) -> bool:
         return await self._read(mark_id(event_id), order_id) is not None
 
-    async def commit(self, summary: OrderSummary, token: str | None, event_id: str) -> None:
+    async def commit(
+        self,
+        summary: OrderSummary,
+        token: str | None,
+        event_id: str,
+        committed_at: datetime | None = None,
+    ) -> None:
         document = summary.to_document()
         write = (
             ("create", (document,))
@@ -62,7 +68,8 @@ class CosmosProjectionStore:
             else ("replace", (summary.order_id, document), {"if_match_etag": token})
         )
         mark = {"id": mark_id(event_id), "order_id": summary.order_id, "kind": "inbox-mark", "ttl": self._mark_ttl,
-                "applied_at": datetime.now(UTC).isoformat()}  # fmt: skip
+                "applied_at": datetime.now(UTC).isoformat(),
+                "committed_at": committed_at.isoformat() if committed_at else None}  # fmt: skip
         try:
             await self._container.execute_item_batch(
                 [write, ("create", (mark,))], partition_key=summary.order_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -51,3 +52,17 @@ def setting_or_skip(name: str) -> str:
     if not value:
         pytest.skip(f"{name} is not set: no emulator or Azure backend for this run")
     return value
+
+
+class BackendCases:
+    """Base of a case set run against several backends: a subclass names its backend and the cases
+    that backend cannot run, with why; those skip with the reason instead of failing."""
+
+    backend: ClassVar[str]
+    not_applicable: ClassVar[dict[str, str]] = {}
+
+    @pytest.fixture(autouse=True)
+    def _applicable(self, request: pytest.FixtureRequest) -> None:
+        reason = self.not_applicable.get(request.node.originalname)
+        if reason:
+            pytest.skip(f"not applicable to {self.backend}: {reason}")

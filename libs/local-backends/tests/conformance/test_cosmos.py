@@ -27,7 +27,7 @@ from azure.cosmos.exceptions import (
 
 from eventflow_local.cosmos import CosmosClient as LocalCosmosClient
 from eventflow_local.environment import LocalEnvironment
-from eventflow_local.pytest_fixtures import setting_or_skip
+from eventflow_local.pytest_fixtures import BackendCases, setting_or_skip
 from eventflow_local.servers import RunningServer
 
 Container = Any
@@ -59,17 +59,8 @@ async def drain(container: Container, **kwargs: Any) -> tuple[list[dict[str, Any
 # a single-partition query whose text does not name it (it ignores the partition key header).
 
 
-class CosmosConformance:
+class CosmosConformance(BackendCases):
     """The cases. A backend subclasses this and provides the `database` fixture."""
-
-    backend: ClassVar[str]
-    not_applicable: ClassVar[dict[str, str]] = {}
-
-    @pytest.fixture(autouse=True)
-    def _applicable(self, request: pytest.FixtureRequest) -> None:
-        reason = self.not_applicable.get(request.node.originalname)
-        if reason:
-            pytest.skip(f"not applicable to {self.backend}: {reason}")
 
     @pytest.fixture
     def make_container(self, database: Any) -> MakeContainer:

@@ -19,21 +19,13 @@ from eventflow_consumer.projection import apply
 from eventflow_contracts import decode_event
 from eventflow_local import LocalEnvironment
 from eventflow_local.cosmos import CosmosClient as LocalCosmosClient
+from eventflow_local.pytest_fixtures import BackendCases
 from eventflow_local.servers import RunningServer
 
 from ..conftest import order_events  # type: ignore[import-not-found]
 
 
-class ProjectionStoreCases:
-    backend: ClassVar[str]
-    not_applicable: ClassVar[dict[str, str]] = {}
-
-    @pytest.fixture(autouse=True)
-    def _applicable(self, request: pytest.FixtureRequest) -> None:
-        reason = self.not_applicable.get(request.node.originalname)
-        if reason:
-            pytest.skip(f"not applicable to {self.backend}: {reason}")
-
+class ProjectionStoreCases(BackendCases):
     @pytest.fixture
     def store(self, container: Any) -> CosmosProjectionStore:
         return CosmosProjectionStore(container, mark_ttl_seconds=3600)

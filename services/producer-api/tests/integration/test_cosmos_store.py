@@ -19,6 +19,7 @@ from azure.cosmos.aio import CosmosClient as AzureCosmosClient
 from eventflow_contracts import OrderLine, decode_event, encode_event, new_event
 from eventflow_local import LocalEnvironment
 from eventflow_local.cosmos import CosmosClient as LocalCosmosClient
+from eventflow_local.pytest_fixtures import BackendCases
 from eventflow_local.servers import RunningServer
 from eventflow_producer.adapters.cosmos_store import PARTITION_KEY_PATH, CosmosOrderStore
 from eventflow_producer.domain import add_item, open_order
@@ -34,16 +35,7 @@ def opened(order_id: str | None = None) -> Any:
     return order, new_event(data, source="/test", sequence=order.version)
 
 
-class OrderStoreCases:
-    backend: ClassVar[str]
-    not_applicable: ClassVar[dict[str, str]] = {}
-
-    @pytest.fixture(autouse=True)
-    def _applicable(self, request: pytest.FixtureRequest) -> None:
-        reason = self.not_applicable.get(request.node.originalname)
-        if reason:
-            pytest.skip(f"not applicable to {self.backend}: {reason}")
-
+class OrderStoreCases(BackendCases):
     @pytest.fixture
     def store(self, container: Any) -> CosmosOrderStore:
         return CosmosOrderStore(container, event_ttl_seconds=3600, idempotency_ttl_seconds=3600)

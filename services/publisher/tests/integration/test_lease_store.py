@@ -15,6 +15,7 @@ from azure.cosmos.aio import CosmosClient as AzureCosmosClient
 
 from eventflow_local import LocalEnvironment
 from eventflow_local.cosmos import CosmosClient as LocalCosmosClient
+from eventflow_local.pytest_fixtures import BackendCases
 from eventflow_local.servers import RunningServer
 from eventflow_publisher.adapters.cosmos_changefeed import CosmosLeaseStore, CosmosPoisonStore
 from eventflow_publisher.changefeed import LeaseLostError, StartPosition
@@ -24,16 +25,7 @@ RANGES = [{"Range": {"min": lo, "max": hi, "isMinInclusive": True, "isMaxInclusi
 BEGINNING = StartPosition("beginning")
 
 
-class LeaseStoreCases:
-    backend: ClassVar[str]
-    not_applicable: ClassVar[dict[str, str]] = {}
-
-    @pytest.fixture(autouse=True)
-    def _applicable(self, request: pytest.FixtureRequest) -> None:
-        reason = self.not_applicable.get(request.node.originalname)
-        if reason:
-            pytest.skip(f"not applicable to {self.backend}: {reason}")
-
+class LeaseStoreCases(BackendCases):
     @pytest.fixture
     def store(self, container: Any) -> CosmosLeaseStore:
         return CosmosLeaseStore(container, f"p-{uuid.uuid4().hex[:8]}", lock_retry=0.05, lock_ttl=1)

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS sb_messages (
     PRIMARY KEY (queue, seq)
 );
 CREATE INDEX IF NOT EXISTS sb_messages_session ON sb_messages (queue, state, session_id, seq);
+CREATE INDEX IF NOT EXISTS sb_messages_order ON sb_messages (queue, state, seq);
 CREATE TABLE IF NOT EXISTS sb_sessions (
     queue TEXT NOT NULL, session_id TEXT NOT NULL, state BLOB, locked_by TEXT, locked_until REAL,
     PRIMARY KEY (queue, session_id)
@@ -569,13 +570,29 @@ class ServiceBusReceiver:
     async def _accept_session(self) -> None:
         deadline = time.monotonic() + (self._max_wait_time or 60.0)
         while True:
-            accepted = await self._store.call("accept_session", self._try_accept)
+            accepted = None
+            # Looking is a read; only a session that seems free is taken in a write transaction, so
+            # idle receivers polling for sessions do not queue behind the writers.
+            if isinstance(self._requested_session, str) or await self._store.call(
+                "peek_session", self._free_session, write=False
+            ):
+                accepted = await self._store.call("accept_session", self._try_accept)
             if accepted is not None:
                 self._session = ServiceBusSession(self, *accepted)
                 return
             if time.monotonic() >= deadline:
                 raise OperationTimeoutError(message="No session is available within max_wait_time.")
             await asyncio.sleep(POLL_INTERVAL_S)
+
+    def _free_session(self, connection: sqlite3.Connection) -> str | None:
+        """The session of the oldest active message that nobody holds, or None."""
+        row = connection.execute(
+            "SELECT m.session_id FROM sb_messages m WHERE m.queue = ? AND m.state = ? "
+            "AND NOT EXISTS (SELECT 1 FROM sb_sessions s WHERE s.queue = m.queue "
+            "AND s.session_id = m.session_id AND s.locked_until > ?) ORDER BY m.seq LIMIT 1",
+            (self._queue_name, ACTIVE, _now()),
+        ).fetchone()
+        return None if row is None else str(row["session_id"])
 
     def _try_accept(self, connection: sqlite3.Connection) -> tuple[str, float] | None:
         queue = _Store.queue(connection, self._queue_name)
@@ -592,16 +609,12 @@ class ServiceBusReceiver:
                     message=f"The session '{session_id}' is locked by another receiver."
                 )
         else:
-            row = connection.execute(
-                "SELECT m.session_id FROM sb_messages m LEFT JOIN sb_sessions s "
-                "ON s.queue = m.queue AND s.session_id = m.session_id "
-                "WHERE m.queue = ? AND m.state = ? AND (s.locked_until IS NULL OR s.locked_until <= ?) "
-                "GROUP BY m.session_id ORDER BY MIN(m.seq) LIMIT 1",
-                (queue.name, ACTIVE, now),
-            ).fetchone()
-            if row is None:
+            # Walks (queue, state, seq) and stops at the first free session: a long backlog costs
+            # no more than a short one.
+            free = self._free_session(connection)
+            if free is None:
                 return None
-            session_id = row["session_id"]
+            session_id = free
         # Messages delivered under an expired lock of this session count a delivery and return.
         connection.execute(
             "UPDATE sb_messages SET delivery_count = delivery_count + 1, lock_token = NULL, "

@@ -89,12 +89,8 @@ async def settled(system: System, expected: int, wait: float = 120) -> None:
     async with CosmosClient(system.environment) as cosmos:
         container = cosmos.get_database_client("eventflow").get_container_client("order-summaries")
         while True:
-            counted = next(
-                n
-                async for n in container.query_items(
-                    "SELECT VALUE COUNT(1) FROM c WHERE c.kind = 'inbox-mark'"
-                )
-            )
+            query = "SELECT VALUE COUNT(1) FROM c WHERE c.kind = 'inbox-mark'"
+            (counted,) = [n async for n in container.query_items(query)]
             if counted >= expected or time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.2)

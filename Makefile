@@ -98,4 +98,5 @@ bench: setup ## benchmarks (not part of make test); figures go to docs/performan
 	$(RUN) python benchmarks/producer.py
 	$(RUN) python benchmarks/publisher.py
 	$(RUN) python benchmarks/subscriber.py
+	$(RUN) python benchmarks/consumer.py
 	$(RUN) python benchmarks/end_to_end.py

@@ -6,7 +6,7 @@ or not earlier ones have answered) for `--seconds`, waits for the consumer to ap
 reads each inbox mark: latency = applied_at (consumer) - committed_at (producer). CPU seconds per event
 of each process are read from /proc. Outputs a Markdown table, a JSON file and a PNG plot.
 
-    uv run python benchmarks/end_to_end.py [--loads 50,100,200,500,1000] [--seconds 10]
+    uv run python benchmarks/end_to_end.py [--loads 25,50,100,150,200] [--seconds 8]
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ def percentile(values: list[float], q: int) -> float:
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--loads", default="50,100,200,500,1000")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--loads", default="25,50,100,150,200")
+    parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "end_to_end.json"
     )

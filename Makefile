@@ -93,6 +93,14 @@ demo: setup ## against a running make dev: create and change a few orders, show 
 chaos: setup ## the long chaos run (kill -9 workers under load, then check every guarantee)
 	$(RUN) python tools/chaos.py
 
+.PHONY: up
+up: ## docker compose up: the four images on the official emulators (needs Docker)
+	docker compose up --build
+
+.PHONY: down
+down: ## docker compose down
+	docker compose down
+
 .PHONY: bench
 bench: setup ## benchmarks (not part of make test); figures go to docs/performance.md by hand
 	$(RUN) python benchmarks/producer.py

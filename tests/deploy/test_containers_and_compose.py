@@ -1,0 +1,159 @@
+"""What can be checked here without Docker: the compose file (with the Compose v2 binary), the
+emulator configs (against the rules of the emulators' published config schemas), the Dockerfiles,
+and the exact set of packages each image installs (by running its build stage's uv command)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+import compose
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = {"producer-api": "eventflow-producer-api", "publisher": "eventflow-publisher",
+            "subscriber": "eventflow-subscriber", "consumer": "eventflow-consumer"}  # fmt: skip
+COMPOSE = (
+    Path(compose.__file__).parent / "docker-compose"
+)  # the binary: its wrapper script always exits 0
+
+
+def compose_config(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(COMPOSE), "-f", str(path), "config", *args],
+        capture_output=True,
+        text=True,
+        cwd=path.parent,
+    )
+
+
+def test_the_compose_file_is_valid_compose() -> None:
+    result = compose_config(ROOT / "docker-compose.yml", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_validator_rejects_a_broken_compose_file(tmp_path: Path) -> None:
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(
+        (ROOT / "docker-compose.yml")
+        .read_text()
+        .replace("restart: unless-stopped", "restart: [1, 2]")
+    )
+    shutil.copytree(ROOT / "emulators", tmp_path / "emulators")
+    assert compose_config(broken, "-q").returncode != 0
+
+
+def test_the_four_services_build_from_their_dockerfiles_with_the_emulator_settings() -> None:
+    config = json.loads(compose_config(ROOT / "docker-compose.yml", "--format", "json").stdout)
+    services = config["services"]
+    for service, directory in {
+        "producer": "producer-api",
+        "publisher": "publisher",
+        "subscriber": "subscriber",
+        "consumer": "consumer",
+    }.items():
+        assert services[service]["build"]["dockerfile"] == f"services/{directory}/Dockerfile"
+        prefix = directory.split("-")[0].upper()
+        assert services[service]["environment"][f"{prefix}_MODE"] == "emulator"
+    assert {"azurite", "eventhubs", "servicebus", "sqlserver", "cosmos"} <= set(services)
+    assert services["servicebus"]["depends_on"]["sqlserver"]["condition"] == "service_healthy"
+
+
+def iso_duration(value: str) -> timedelta:
+    match = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", value)
+    assert match, value
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def test_the_event_hubs_emulator_config_follows_its_schema() -> None:
+    config = json.loads((ROOT / "emulators/eventhubs.json").read_text())["UserConfig"]
+    (namespace,) = config["NamespaceConfig"]
+    assert (namespace["Type"], namespace["Name"]) == ("EventHub", "emulatorNs1")
+    assert 1 <= len(namespace["Entities"]) <= 10
+    for hub in namespace["Entities"]:
+        assert hub["Name"] == hub["Name"].lower(), (
+            "KEDA reads checkpoint blobs by a lowercased path"
+        )
+        assert 1 <= hub["PartitionCount"] <= 32
+        groups = [group["Name"] for group in hub["ConsumerGroups"]]
+        assert 1 <= len(groups) <= 20
+        assert "$default" not in groups, (
+            "$default is created by the emulator and must not be listed"
+        )
+        assert all(group == group.lower() for group in groups)
+    assert config["LoggingConfig"]["Type"] == "Console"
+    assert "inbox-subscriber" in [g["Name"] for g in namespace["Entities"][0]["ConsumerGroups"]]
+
+
+def test_the_service_bus_emulator_config_follows_its_schema_and_limits() -> None:
+    config = json.loads((ROOT / "emulators/servicebus.json").read_text())["UserConfig"]
+    (namespace,) = config["Namespaces"]
+    assert namespace["Name"] == "sbemulatorns"
+    assert isinstance(namespace["Topics"], list), "the schema requires Topics, even empty"
+    assert config["Logging"]["Type"] == "Console"
+    (inbox,) = namespace["Queues"]
+    properties = inbox["Properties"]
+    assert (
+        inbox["Name"],
+        properties["RequiresSession"],
+        properties["RequiresDuplicateDetection"],
+    ) == ("inbox", True, True)
+    assert (
+        timedelta(seconds=5)
+        <= iso_duration(properties["DuplicateDetectionHistoryTimeWindow"])
+        <= timedelta(minutes=5)
+    )
+    assert 1 <= properties["MaxDeliveryCount"] <= 10
+    assert iso_duration(properties["LockDuration"]) <= timedelta(minutes=5)
+    assert iso_duration(properties["DefaultMessageTimeToLive"]) <= timedelta(hours=1)
+
+
+@pytest.mark.parametrize(("directory", "package"), SERVICES.items())
+def test_each_dockerfile_is_multi_stage_non_root_pid1_and_installs_only_its_service(
+    directory: str, package: str
+) -> None:
+    text = (ROOT / "services" / directory / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2, "multi-stage"
+    assert re.search(r"^USER 10001", text, re.MULTILINE), "non-root"
+    assert re.search(r'^ENTRYPOINT \["[a-z-]+"\]$', text, re.MULTILINE), (
+        "exec form: the service is PID 1"
+    )
+    assert "HEALTHCHECK" in text
+    assert f"--package {package}" in text
+    assert "--frozen" in text and "--no-dev" in text
+    assert "local" not in re.findall(r"\[(\w+)\]", text), "never the local extra"
+    assert not re.search(r"^(ENV|ARG) .*(KEY|PASSWORD|SECRET|CONNECTION)", text, re.MULTILINE), (
+        "no secrets baked in"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("directory", "package"), SERVICES.items())
+def test_the_image_environment_holds_the_service_and_contracts_only(
+    tmp_path: Path, directory: str, package: str
+) -> None:
+    """Runs the build stage's install (`uv sync --frozen --no-dev --no-editable --package …`) on a
+    copy of the workspace and looks at what got installed."""
+    workspace = tmp_path / "src"
+    workspace.mkdir()
+    for name in ("pyproject.toml", "uv.lock"):
+        shutil.copy(ROOT / name, workspace / name)
+    ignore = shutil.ignore_patterns(".venv", "__pycache__", "tests", "*.pyc")
+    shutil.copytree(ROOT / "libs", workspace / "libs", ignore=ignore)
+    shutil.copytree(ROOT / "services", workspace / "services", ignore=ignore)
+    uv = shutil.which("uv") or str(ROOT / ".tools/bin/uv")
+    subprocess.run([uv, "sync", "--frozen", "--no-dev", "--no-editable", "--package", package, "--quiet"],
+                   cwd=workspace, check=True, env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(workspace / ".venv")})  # fmt: skip
+    installed = {
+        p.name.split("-")[0].lower()
+        for p in (workspace / ".venv/lib").glob("python*/site-packages/*.dist-info")
+    }
+    assert {package.replace("-", "_"), "eventflow_contracts"} <= installed
+    assert "eventflow_local_backends" not in installed
+    assert not {"pytest", "hypothesis", "schemathesis", "ruff", "mypy"} & installed

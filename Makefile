@@ -101,6 +101,19 @@ up: ## docker compose up: the four images on the official emulators (needs Docke
 down: ## docker compose down
 	docker compose down
 
+EMULATOR_EH := Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;
+EMULATOR_SB := Endpoint=sb://localhost:5673;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;
+EMULATOR_COSMOS := AccountEndpoint=http://localhost:8081/;AccountKey=C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==;
+
+.PHONY: conformance-emulators
+conformance-emulators: setup ## the conformance suite against a running `make up` (the official emulators)
+	EVENTFLOW_CONFORMANCE_COSMOS_CONNECTION_STRING='$(EMULATOR_COSMOS)' \
+	EVENTFLOW_CONFORMANCE_EVENTHUBS_CONNECTION_STRING='$(EMULATOR_EH)' EVENTFLOW_CONFORMANCE_EVENTHUBS_HUB=conformance \
+	EVENTFLOW_CONFORMANCE_SERVICEBUS_CONNECTION_STRING='$(EMULATOR_SB)' \
+	EVENTFLOW_CONFORMANCE_SERVICEBUS_SESSION_QUEUE=conformance-sessions EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE=conformance-plain \
+	EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS=5 \
+	$(RUN) pytest libs/local-backends/tests/conformance -k "EmulatorOrAzure" $(PYTEST_ARGS)
+
 .PHONY: bench
 bench: setup ## benchmarks (not part of make test); figures go to docs/performance.md by hand
 	$(RUN) python benchmarks/producer.py

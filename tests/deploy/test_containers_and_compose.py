@@ -98,7 +98,12 @@ def test_the_service_bus_emulator_config_follows_its_schema_and_limits() -> None
     assert namespace["Name"] == "sbemulatorns"
     assert isinstance(namespace["Topics"], list), "the schema requires Topics, even empty"
     assert config["Logging"]["Type"] == "Console"
-    (inbox,) = namespace["Queues"]
+    queues = {queue["Name"]: queue for queue in namespace["Queues"]}
+    assert {"inbox", "conformance-sessions", "conformance-plain"} == set(queues)
+    for queue in queues.values():
+        assert 1 <= queue["Properties"]["MaxDeliveryCount"] <= 10
+        assert iso_duration(queue["Properties"]["LockDuration"]) <= timedelta(minutes=5)
+    inbox = queues["inbox"]
     properties = inbox["Properties"]
     assert (
         inbox["Name"],

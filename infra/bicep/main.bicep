@@ -1,0 +1,60 @@
+// azd entry point (subscription scope): one resource group with everything eventflow needs.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; part of every resource name.')
+param environmentName string
+
+@minLength(1)
+@description('Azure region for all resources.')
+param location string
+
+@description('Object id of the deploying user (azd fills it); not granted data access.')
+param principalId string = ''
+
+@description('Images azd deployed last time (kept on re-provision); the placeholder until the first deploy.')
+param producerImage string = ''
+param publisherImage string = ''
+param subscriberImage string = ''
+param consumerImage string = ''
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = { 'azd-env-name': environmentName }
+
+resource group 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module resources 'resources.bicep' = {
+  name: 'eventflow-resources'
+  scope: group
+  params: {
+    location: location
+    resourceToken: resourceToken
+    tags: tags
+    images: {
+      producer: producerImage
+      publisher: publisherImage
+      subscriber: subscriberImage
+      consumer: consumerImage
+    }
+  }
+}
+
+output AZURE_LOCATION string = location
+output AZURE_PRINCIPAL_ID string = principalId
+output AZURE_RESOURCE_GROUP string = group.name
+output AZURE_CONTAINER_REGISTRY_ENDPOINT string = resources.outputs.registryEndpoint
+output AZURE_CONTAINER_ENVIRONMENT_NAME string = resources.outputs.environmentName
+output SERVICE_PRODUCER_URI string = resources.outputs.producerUri
+output PRODUCER_COSMOS_ENDPOINT string = resources.outputs.cosmosEndpoint
+output PUBLISHER_COSMOS_ENDPOINT string = resources.outputs.cosmosEndpoint
+output PUBLISHER_EVENTHUBS_NAMESPACE string = resources.outputs.eventHubsNamespace
+output SUBSCRIBER_EVENTHUBS_NAMESPACE string = resources.outputs.eventHubsNamespace
+output SUBSCRIBER_STORAGE_ACCOUNT_URL string = resources.outputs.storageAccountUrl
+output SUBSCRIBER_SERVICEBUS_NAMESPACE string = resources.outputs.serviceBusNamespace
+output CONSUMER_SERVICEBUS_NAMESPACE string = resources.outputs.serviceBusNamespace
+output CONSUMER_COSMOS_ENDPOINT string = resources.outputs.cosmosEndpoint

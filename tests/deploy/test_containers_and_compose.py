@@ -1,5 +1,6 @@
 """What can be checked here without Docker: the compose file (with the Compose v2 binary), the
-emulator configs (against the rules of the emulators' published config schemas), the Dockerfiles,
+emulator configs (against the constraints of the emulators' published Config-schema.json files —
+namespace names, entity counts, name patterns, duration and count ranges — transcribed as tests), the Dockerfiles,
 and the exact set of packages each image installs (by running its build stage's uv command)."""
 
 from __future__ import annotations
@@ -101,9 +102,24 @@ def test_the_service_bus_emulator_config_follows_its_schema_and_limits() -> None
     assert config["Logging"]["Type"] == "Console"
     queues = {queue["Name"]: queue for queue in namespace["Queues"]}
     assert {"inbox", "conformance-sessions", "conformance-plain"} == set(queues)
-    for queue in queues.values():
+    for name, queue in queues.items():
+        assert re.fullmatch(r"[A-Za-z0-9]|[A-Za-z0-9][\w\-./]*[A-Za-z0-9]", name)
         assert 1 <= queue["Properties"]["MaxDeliveryCount"] <= 10
-        assert iso_duration(queue["Properties"]["LockDuration"]) <= timedelta(minutes=5)
+        assert (
+            timedelta(seconds=5)
+            <= iso_duration(queue["Properties"]["LockDuration"])
+            <= timedelta(minutes=5)
+        )
+        assert (
+            timedelta(minutes=5)
+            <= iso_duration(queue["Properties"]["DefaultMessageTimeToLive"])
+            <= timedelta(hours=1)
+        )
+        assert (
+            timedelta(seconds=5)
+            <= iso_duration(queue["Properties"]["DuplicateDetectionHistoryTimeWindow"])
+            <= timedelta(minutes=5)
+        )
     inbox = queues["inbox"]
     properties = inbox["Properties"]
     assert (

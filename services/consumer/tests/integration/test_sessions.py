@@ -97,7 +97,7 @@ async def test_the_same_event_delivered_twice_changes_the_projection_once(
     )
     async with consumer(environment) as resources:
         await until(at_sequence(resources, "o1", 2), "projected")
-        await asyncio.sleep(0.5)
+        await until(lambda: _queue_empty(environment), "the copy settled too")
         summary = await resources.store.get("o1")
     assert summary is not None
     assert len(summary["lines"]) == 2
@@ -114,7 +114,7 @@ async def test_an_out_of_order_replay_is_harmless(environment: LocalEnvironment)
             inbox_message(events[0], "o1", "replay-1"),
             inbox_message(events[1], "o1", "replay-2"),
         )
-        await asyncio.sleep(1.0)
+        await until(lambda: _queue_empty(environment), "the replays settled")
         summary = await resources.store.get("o1")
     assert summary is not None
     assert (summary["last_sequence"], len(summary["lines"]), summary["status"]) == (
@@ -171,7 +171,9 @@ async def test_block_defers_the_session_until_unblocked_then_replays_in_order(
     async with consumer(environment, poison_policy="block") as resources:
         await until(lambda: _has_dead_letters(environment), "the poison message dead-lettered")
         await until(at_sequence(resources, "o2", 2), "other sessions go on")
-        await asyncio.sleep(0.5)
+        await until(
+            lambda: _queue_empty(environment), "o1's later messages deferred (no longer active)"
+        )
         summary = await resources.store.get("o1")
         assert summary is not None
         assert summary["last_sequence"] == 1, "later messages of the blocked session wait"

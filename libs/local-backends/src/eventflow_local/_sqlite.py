@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -78,6 +79,42 @@ class Database:
                 raise
             connection.execute("COMMIT")
             return result
+
+    def checked_sync(
+        self,
+        check: Callable[[sqlite3.Connection], C | None],
+        work: Callable[[sqlite3.Connection], T],
+        *,
+        write: bool,
+    ) -> tuple[C | None, T | None]:
+        """`check` first (outside any transaction); when it finds something, return that and skip
+        `work`; else run `work` (in a write transaction when `write`). One trip to the thread."""
+        with self._lock:
+            connection = self._connect()
+            found = check(connection)
+            if found is not None:
+                return found, None
+            if not write:
+                return None, work(connection)
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(connection)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return None, result
+
+    async def checked(
+        self,
+        check: Callable[[sqlite3.Connection], C | None],
+        work: Callable[[sqlite3.Connection], T],
+        *,
+        write: bool,
+    ) -> tuple[C | None, T | None]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: self.checked_sync(check, work, write=write)
+        )
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(

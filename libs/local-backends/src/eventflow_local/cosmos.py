@@ -33,7 +33,7 @@ from azure.cosmos.exceptions import (
 
 from eventflow_local._cosmos_query import QueryNotSupportedError, parse_query
 from eventflow_local.environment import LocalEnvironment
-from eventflow_local.faults import FaultKind, apply_latency, take_fault
+from eventflow_local.faults import FaultKind, guarded
 
 T = TypeVar("T")
 
@@ -233,12 +233,10 @@ class CosmosClient:
     async def _call(
         self, operation: str, work: Callable[[sqlite3.Connection], T], *, write: bool
     ) -> T:
-        fault = await apply_latency(
-            await self._database.read(lambda c: take_fault(c, f"cosmos.{operation}"))
-        )
-        if fault is not None:
-            raise _error(*_FAULT_ERRORS[fault])
-        return await (self._database.write(work) if write else self._database.read(work))
+        return await guarded(
+            self._database, f"cosmos.{operation}", work, write=write,
+            error=lambda kind: _error(*_FAULT_ERRORS[kind]),
+        )  # fmt: skip
 
 
 class DatabaseProxy:

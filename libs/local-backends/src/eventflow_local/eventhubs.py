@@ -31,7 +31,7 @@ from azure.eventhub.aio import CheckpointStore
 from azure.eventhub.exceptions import ConnectionLostError, EventHubError, OperationTimeoutError
 
 from eventflow_local.environment import LocalEnvironment
-from eventflow_local.faults import FaultKind, apply_latency, take_fault
+from eventflow_local.faults import FaultKind, guarded
 from eventflow_local.servicebus import _decode_properties, _encode_properties
 
 LOGGER = logging.getLogger(__name__)
@@ -133,17 +133,14 @@ class _Hubs:
     async def call(
         self, operation: str, work: Callable[[sqlite3.Connection], Any], *, write: bool
     ) -> Any:
-        fault = await apply_latency(
-            await self.database.read(lambda c: take_fault(c, f"eventhubs.{operation}"))
-        )
-        if fault is not None:
-            raise _FAULT_ERRORS[fault](f"{operation} failed (injected fault)")
-
         def with_rows(connection: sqlite3.Connection) -> Any:
             connection.row_factory = sqlite3.Row
             return work(connection)
 
-        return await (self.database.write(with_rows) if write else self.database.read(with_rows))
+        return await guarded(
+            self.database, f"eventhubs.{operation}", with_rows, write=write,
+            error=lambda kind: _FAULT_ERRORS[kind](f"{operation} failed (injected fault)"),
+        )  # fmt: skip
 
     @staticmethod
     def hub(connection: sqlite3.Connection, name: str) -> sqlite3.Row:

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from enum import StrEnum
+from typing import TypeVar
 
 from eventflow_local._sqlite import Database
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS faults (
@@ -82,3 +86,22 @@ async def apply_latency(fault: tuple[FaultKind, int] | None) -> FaultKind | None
     if latency_ms:
         await asyncio.sleep(latency_ms / 1000)
     return None if kind is FaultKind.LATENCY else kind
+
+
+async def guarded(
+    database: Database,
+    operation: str,
+    work: Callable[[sqlite3.Connection], T],
+    *,
+    write: bool,
+    error: Callable[[FaultKind], BaseException],
+) -> T:
+    """Run a stand-in call, obeying any fault injected for `operation`: the fault lookup and the
+    call share one trip to the database thread when there is no fault (the usual case)."""
+    fault, result = await database.checked(lambda c: take_fault(c, operation), work, write=write)
+    if fault is None:
+        return result  # type: ignore[return-value]
+    kind = await apply_latency(fault)
+    if kind is not None:
+        raise error(kind)
+    return await (database.write(work) if write else database.read(work))

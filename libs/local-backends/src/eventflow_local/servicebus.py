@@ -44,7 +44,7 @@ from azure.servicebus.exceptions import (
 )
 
 from eventflow_local.environment import LocalEnvironment
-from eventflow_local.faults import FaultKind, apply_latency, take_fault
+from eventflow_local.faults import FaultKind, guarded
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sb_queues (
@@ -200,17 +200,14 @@ class _Store:
         self.database = environment.open("servicebus", SCHEMA)
 
     async def call(self, operation: str, work: Any, *, write: bool = True) -> Any:
-        fault = await apply_latency(
-            await self.database.read(lambda c: take_fault(c, f"servicebus.{operation}"))
-        )
-        if fault is not None:
-            raise _FAULT_ERRORS[fault](message=f"{operation} failed (injected fault)")
-
         def with_rows(connection: sqlite3.Connection) -> Any:
             connection.row_factory = sqlite3.Row
             return work(connection)
 
-        return await (self.database.write(with_rows) if write else self.database.read(with_rows))
+        return await guarded(
+            self.database, f"servicebus.{operation}", with_rows, write=write,
+            error=lambda kind: _FAULT_ERRORS[kind](message=f"{operation} failed (injected fault)"),
+        )  # fmt: skip
 
     @staticmethod
     def queue(connection: sqlite3.Connection, name: str) -> _Queue:

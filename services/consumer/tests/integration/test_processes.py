@@ -17,7 +17,7 @@ import pytest
 
 from eventflow_local import LocalEnvironment
 from eventflow_local.cosmos import CosmosClient
-from eventflow_local.servicebus import ServiceBusClient
+from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient
 
 from ..conftest import inbox_message, order_events  # type: ignore[import-not-found]
 
@@ -59,7 +59,10 @@ async def test_two_processes_share_the_sessions_without_overlap(
                 f"only {sum(len(c.applied) for c in consumers)} effects"
             )
             await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+        async with ServiceBusAdministrationClient(environment) as admin:
+            while (await admin.get_queue_runtime_properties("inbox"))["active_message_count"]:
+                assert time.monotonic() < deadline, "messages left in the inbox"
+                await asyncio.sleep(0.1)  # every message settled: no late duplicate can follow
     finally:
         for consumer in consumers:
             consumer.process.send_signal(signal.SIGTERM)

@@ -45,7 +45,9 @@ class LeaseStoreCases(BackendCases):
         lock = {"id": f"{store.prefix}.lock", "kind": "lock", "ttl": 30}
         await container.create_item(lock)
         waiting = asyncio.create_task(store.bootstrap(RANGES, BEGINNING))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(
+            0.3
+        )  # an absence cannot be polled for: several lock retries (0.05 s) pass
         assert not waiting.done()
         await container.delete_item(lock["id"], partition_key=lock["id"])
         await asyncio.wait_for(waiting, 5)

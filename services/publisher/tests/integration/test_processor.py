@@ -4,6 +4,7 @@ positions, lost leases, balancing, lag."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,15 @@ from ..conftest import Collector, Store, eventually  # type: ignore[import-not-f
 
 FAST = {"poll_delay": 0.02, "acquire_interval": 0.1, "renew_interval": 0.2, "expiry": 1.0, "lag_interval": 0.1,
         "retry_delay": 0.01, "max_retry_delay": 0.05, "shutdown_grace": 5.0}  # fmt: skip
+
+
+async def clock_past(moment: datetime) -> datetime:
+    """Wait (with a deadline) until the wall clock reads later than `moment`; return that time."""
+    deadline = time.monotonic() + 5
+    while (now := datetime.now(UTC)) <= moment:
+        assert time.monotonic() < deadline, "the clock did not move"
+        await asyncio.sleep(0.001)
+    return now
 
 
 async def started(
@@ -86,9 +96,10 @@ async def test_a_crash_between_handling_and_checkpoint_redelivers_the_page(store
 
     processor, task = await started(store, crashing)
     await eventually(lambda: len(crashed) > 0)
-    for other in asyncio.all_tasks() - {asyncio.current_task()}:
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    for other in others:
         other.cancel()  # everything of the crashed instance stops at once: no release
-    await asyncio.sleep(0.05)
+    await asyncio.gather(*others, return_exceptions=True)
     survivor = Collector()
     processor, task = await started(store, survivor, name="b")
     await eventually(
@@ -121,9 +132,8 @@ async def test_a_restart_never_skips_changes_made_after_the_persisted_start(stor
 
 async def test_a_point_in_time_start_skips_what_came_before(store: Store) -> None:
     await store.write_events(orders=2, per_order=1)
-    await asyncio.sleep(0.05)
-    cut = datetime.now(UTC)
-    await asyncio.sleep(0.05)
+    cut = await clock_past(datetime.now(UTC))
+    await clock_past(cut)  # the later writes get modification times strictly after the cut
     later = await store.write_events(orders=2, per_order=1, start=2)
     collector = Collector()
     processor, task = await started(store, collector, start=cut)

@@ -1,0 +1,1 @@
+"""Wire-level local emulators of Azure Cosmos DB, Event Hubs and Service Bus."""

@@ -1,0 +1,1 @@
+"""Cosmos DB emulator: the REST protocol over HTTP."""

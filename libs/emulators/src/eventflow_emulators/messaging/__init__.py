@@ -1,0 +1,1 @@
+"""Event Hubs and Service Bus emulator: AMQP 1.0."""

@@ -24,9 +24,11 @@ LOG = structlog.get_logger("eventflow_publisher")
 def options_of(settings: Settings) -> ProcessorOptions:
     return ProcessorOptions(
         instance_name=settings.instance_name, start=settings.start, poll_delay=settings.poll_delay_seconds,
-        max_items=settings.max_items_per_page, acquire_interval=settings.acquire_interval_seconds,
-        renew_interval=settings.renew_interval_seconds, expiry=settings.lease_expiry_seconds,
-        lag_interval=settings.lag_interval_seconds,
+        max_poll_delay=settings.max_poll_delay_seconds, max_items=settings.max_items_per_page,
+        acquire_interval=settings.acquire_interval_seconds, renew_interval=settings.renew_interval_seconds,
+        expiry=settings.lease_expiry_seconds, lag_interval=settings.lag_interval_seconds,
+        stalled_after=settings.stalled_after_seconds,
+        oldest_change_limit=settings.event_ttl_seconds * settings.oldest_event_alert_share,
     )  # fmt: skip
 
 
@@ -39,7 +41,12 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
 
     def ready() -> bool:
-        return processor is not None and processor.ready.is_set() and health.ready
+        return (
+            processor is not None
+            and processor.ready.is_set()
+            and health.ready
+            and not processor.problems()
+        )
 
     runner = web.AppRunner(health_app(metrics, ready), access_log=None)
     await runner.setup()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
@@ -14,7 +16,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from eventflow_publisher.changefeed.processor import ProcessorObserver
+from eventflow_publisher.changefeed.processor import LeaseStatus, ProcessorObserver
 from eventflow_publisher.publishing import PublisherObserver
 
 
@@ -54,12 +56,34 @@ class PublisherMetrics(ProcessorObserver, PublisherObserver):
             "pages whose handling failed (read again)",
             registry=self.registry,
         )
+        per_lease = ["lease"]
         self.lag_changes = Gauge(
-            "eventflow_publisher_estimated_lag",
-            "changes waiting per lease (LSN steps)",
-            ["lease"],
-            registry=self.registry,
-        )
+            "eventflow_publisher_estimated_lag", "changes waiting per lease (LSN steps)",
+            per_lease, registry=self.registry,
+        )  # fmt: skip
+        self.checkpoint_age = Gauge(
+            "eventflow_publisher_checkpoint_age_seconds",
+            "seconds since the lease last checkpointed (or was acquired)",
+            per_lease, registry=self.registry,
+        )  # fmt: skip
+        self.oldest_unpublished = Gauge(
+            "eventflow_publisher_oldest_unpublished_age_seconds",
+            "age of the oldest change waiting in the lease's range (0: none waits)",
+            per_lease, registry=self.registry,
+        )  # fmt: skip
+        self.consecutive_failures = Gauge(
+            "eventflow_publisher_lease_consecutive_failures",
+            "reads or handlings of the lease that failed in a row",
+            per_lease, registry=self.registry,
+        )  # fmt: skip
+        self.stalled = Gauge(
+            "eventflow_publisher_lease_stalled", "1 when the lease is not making progress",
+            per_lease, registry=self.registry,
+        )  # fmt: skip
+        self._per_lease = (
+            self.lag_changes, self.checkpoint_age, self.oldest_unpublished,
+            self.consecutive_failures, self.stalled,
+        )  # fmt: skip
 
     def leases_owned(self, lease_ids: Sequence[str]) -> None:
         self.leases.set(len(lease_ids))
@@ -71,8 +95,21 @@ class PublisherMetrics(ProcessorObserver, PublisherObserver):
         super().handler_failed(lease_id, error)
         self.handler_failures.inc()
 
-    def lag(self, lease_id: str, changes: int) -> None:
-        self.lag_changes.labels(lease=lease_id).set(changes)
+    def lease_status(self, lease_id: str, status: LeaseStatus, now: float) -> None:
+        backlog = status.backlog
+        if backlog is not None:
+            self.lag_changes.labels(lease=lease_id).set(backlog.changes)
+            oldest = 0.0 if backlog.oldest_ts is None else max(0.0, time.time() - backlog.oldest_ts)
+            self.oldest_unpublished.labels(lease=lease_id).set(oldest)
+        progressed = status.checkpointed_at or status.acquired_at
+        self.checkpoint_age.labels(lease=lease_id).set(max(0.0, now - progressed))
+        self.consecutive_failures.labels(lease=lease_id).set(status.consecutive_failures)
+        self.stalled.labels(lease=lease_id).set(1 if status.stalled else 0)
+
+    def lease_released(self, lease_id: str) -> None:
+        for gauge in self._per_lease:
+            with contextlib.suppress(KeyError):
+                gauge.remove(lease_id)
 
     def published(self, events: int, batch_sizes: Sequence[int]) -> None:
         self.events.inc(events)

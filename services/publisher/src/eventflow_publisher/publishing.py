@@ -1,14 +1,21 @@
 """The processor's handler: outbox event documents of a change feed page → Event Hubs.
 
-Entity documents are ignored. Events are grouped by partition key (the order id) in change feed
-order and sent with that key, so one order's events land on one hub partition in commit order.
-The handler returns only when every event was accepted by the hub (or recorded as poison), and
-the processor checkpoints only then.
+Entity documents are ignored. Each order is mapped to one hub partition by a stable hash of its
+id over the hub's partition ids (read once), the page's events are grouped by partition in change
+feed order, and each partition gets one batch (more only when one is full), all partitions at once.
+So one order's events land on one partition in commit order, and a page of a busy range costs one
+round trip per partition, not per order. The handler returns only when every event was accepted
+by the hub (or recorded as poison), and the processor checkpoints only then.
+
+Partitions added to the hub later remap orders: while the events an order had on its old
+partition are still unread, its new events can overtake them on the new one. Add partitions only
+with the flow drained (or accept that window); see the README.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,15 +51,33 @@ class SendResult:
 
 
 class SendError(Exception):
-    """The hub did not accept a batch (nothing of that batch is published)."""
+    """The hub did not accept a batch (nothing of that batch is published). `accepted` events
+    at the front of the send (earlier batches, or skipped as too large) need no second try."""
+
+    def __init__(self, message: str, *, accepted: int = 0, done: SendResult | None = None) -> None:
+        super().__init__(message)
+        self.accepted = accepted
+        self.done = done or SendResult(())
 
 
 class EventSender(Protocol):
-    async def send(self, partition_key: str, events: Sequence[Outgoing]) -> SendResult:
-        """Send `events` in order with `partition_key`, in as many batches as needed. Events that
-        do not fit even an empty batch are skipped and reported in `too_large`.
+    async def partition_ids(self) -> list[str]:
+        """The hub's partition ids."""
+        ...
+
+    async def send(self, partition_id: str, events: Sequence[Outgoing]) -> SendResult:
+        """Send `events` in order to `partition_id`, in as few batches as fit. Events that do
+        not fit even an empty batch are skipped and reported in `too_large`.
         Raises SendError when a batch is refused; earlier batches may have been sent."""
         ...
+
+
+def partition_for(order_id: str, partition_ids: Sequence[str]) -> str:
+    """The hub partition of an order: a stable hash of its id (the same in every process and
+    release) over the partition ids in numeric order."""
+    digest = hashlib.blake2b(order_id.encode(), digest_size=8).digest()
+    ordered = sorted(partition_ids, key=lambda pid: (len(pid), pid))
+    return ordered[int.from_bytes(digest, "big") % len(ordered)]
 
 
 class PoisonRecorder(Protocol):
@@ -104,7 +129,6 @@ class EventPublisher:
         observer: PublisherObserver | None = None,
         retry_delay: float = 0.2,
         max_retry_delay: float = 10.0,
-        concurrency: int = 8,
     ) -> None:
         self._sender = sender
         self._poison = poison
@@ -112,35 +136,35 @@ class EventPublisher:
         self._observer = observer or PublisherObserver()
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
-        self._slots = asyncio.Semaphore(concurrency)
+        self._partition_ids: list[str] | None = None
+
+    async def _partitions(self) -> list[str]:
+        if self._partition_ids is None:
+            self._partition_ids = await self._sender.partition_ids()
+            LOG.info("hub partitions", partition_ids=self._partition_ids)
+        return self._partition_ids
 
     async def __call__(self, context: LeaseContext, documents: Sequence[dict[str, Any]]) -> None:
+        partition_ids = await self._partitions()
         groups: dict[str, list[tuple[Outgoing, dict[str, Any]]]] = {}
         for document in documents:
             if document.get("kind") != "event":
                 continue
             outgoing = await self._outgoing(document)
             if outgoing is not None:
-                groups.setdefault(outgoing[0], []).append((outgoing[1], document))
-        # Orders are independent: their batches go out concurrently; one order's events stay in
-        # one sequential send. The first failure that is not retried (a lost lease) cancels the rest.
+                partition = partition_for(outgoing[0], partition_ids)
+                groups.setdefault(partition, []).append((outgoing[1], document))
+        # Partitions are independent: their batches go out concurrently; one partition's events
+        # stay in one sequential send. The first failure that is not retried (a lost lease)
+        # cancels the rest.
         try:
             async with asyncio.TaskGroup() as sends:
-                for partition_key, events in groups.items():
-                    sends.create_task(self._send_one(context, partition_key, events))
+                for partition_id, events in groups.items():
+                    sends.create_task(self._send(context, partition_id, events))
         except ExceptionGroup as failures:
             if failures.subgroup(LeaseLostError) is not None:
                 raise LeaseLostError(context.lease_id) from failures
             raise
-
-    async def _send_one(
-        self,
-        context: LeaseContext,
-        partition_key: str,
-        events: list[tuple[Outgoing, dict[str, Any]]],
-    ) -> None:
-        async with self._slots:
-            await self._send(context, partition_key, events)
 
     async def _outgoing(self, document: dict[str, Any]) -> tuple[str, Outgoing] | None:
         try:
@@ -169,34 +193,46 @@ class EventPublisher:
     async def _send(
         self,
         context: LeaseContext,
-        partition_key: str,
+        partition_id: str,
         events: list[tuple[Outgoing, dict[str, Any]]],
     ) -> None:
-        attempt = 0
+        """Send until the hub accepted every event, resuming after the batches it accepted."""
+        attempt, offset = 0, 0
         while True:
             if context.is_lost:
                 raise LeaseLostError(context.lease_id)
+            remaining = events[offset:]
             try:
                 result = await self._sender.send(
-                    partition_key, [outgoing for outgoing, _ in events]
+                    partition_id, [outgoing for outgoing, _ in remaining]
                 )
                 break
             except SendError as error:
+                await self._accepted(remaining[: error.accepted], error.done)
+                offset += error.accepted
                 attempt += 1
                 self._health.failing()
                 self._observer.send_retry(error)
                 delay = backoff(attempt, self._retry_delay, self._max_retry_delay)
                 LOG.warning(
                     "send refused; retrying",
-                    order_id=partition_key,
+                    partition_id=partition_id,
                     attempt=attempt,
                     retry_in_s=round(delay, 3),
                     error=str(error),
                 )
                 await asyncio.sleep(delay)
         self._health.recovered()
+        await self._accepted(remaining, result)
+
+    async def _accepted(
+        self,
+        events: list[tuple[Outgoing, dict[str, Any]]],
+        result: SendResult,
+    ) -> None:
         for index in result.too_large:
             await self._reject(
                 events[index][1], "too-large", "the event does not fit an empty Event Hubs batch"
             )
-        self._observer.published(len(events) - len(result.too_large), result.batch_sizes)
+        if events:
+            self._observer.published(len(events) - len(result.too_large), result.batch_sizes)

@@ -37,13 +37,32 @@ class Settings(BaseSettings):
     processor_name: str = "publisher"
     instance_name: str = Field(default_factory=_instance_name)
     start: Literal["beginning", "now"] | datetime = "beginning"
-    poll_delay_seconds: float = Field(default=0.2, gt=0)
-    max_items_per_page: int = Field(default=100, ge=1, le=1000)
+    poll_delay_seconds: float = Field(
+        default=0.1, gt=0, description="wait after a page that was not full; empty polls double it"
+    )
+    max_poll_delay_seconds: float = Field(default=2.0, gt=0, description="longest wait when idle")
+    max_items_per_page: int = Field(default=1000, ge=1, le=10000)
     acquire_interval_seconds: float = Field(default=13.0, gt=0)
     renew_interval_seconds: float = Field(default=17.0, gt=0)
     lease_expiry_seconds: float = Field(default=60.0, gt=0)
     lag_interval_seconds: float = Field(default=5.0, gt=0)
     unready_after_failing_seconds: float = Field(default=30.0, gt=0)
+    stalled_after_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="unready when a lease with waiting changes has not checkpointed for this long",
+    )
+    event_ttl_seconds: int = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description="the producer's outbox TTL (PRODUCER_EVENT_TTL_SECONDS)",
+    )
+    oldest_event_alert_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="unready when the oldest unpublished change is older than this share of the TTL",
+    )
 
     health_host: str = "127.0.0.1"
     health_port: int = Field(default=8001, ge=0, le=65535)
@@ -66,6 +85,8 @@ class Settings(BaseSettings):
                 raise ValueError("mode=azure uses managed identity: no keys or connection strings")
         if not self.renew_interval_seconds < self.lease_expiry_seconds:
             raise ValueError("the renew interval must be shorter than the lease expiry")
+        if self.poll_delay_seconds > self.max_poll_delay_seconds:
+            raise ValueError("the poll delay must not exceed the max poll delay")
         return self
 
     @property

@@ -70,7 +70,7 @@ class LeaseStoreCases(BackendCases):
     async def test_own_writes_racing_are_reapplied_not_lost(self, store: CosmosLeaseStore) -> None:
         await store.bootstrap(RANGES, BEGINNING)
         mine = await store.acquire((await store.list_leases())[0], "a")
-        checkpointed = await store.checkpoint(mine, "token-1")
+        checkpointed = await store.checkpoint(mine, "token-1", 1000)
         renewed = await store.renew(mine)  # mine's ETag is stale now, but the owner is still "a"
         assert (renewed.owner, renewed.continuation) == ("a", "token-1")
         assert renewed.etag != checkpointed.etag
@@ -82,9 +82,68 @@ class LeaseStoreCases(BackendCases):
         mine = await store.acquire((await store.list_leases())[0], "a")
         await store.acquire(mine, "b")
         with pytest.raises(LeaseLostError):
-            await store.checkpoint(mine, "token-9")
+            await store.checkpoint(mine, "token-9", 1000)
         (current,) = [lease for lease in await store.list_leases() if lease.id == mine.id]
         assert (current.owner, current.continuation) == ("b", None)
+
+    async def test_an_acquisition_under_the_same_name_fences_the_earlier_one(
+        self, store: CosmosLeaseStore
+    ) -> None:
+        await store.bootstrap(RANGES, BEGINNING)
+        earlier = await store.acquire((await store.list_leases())[0], "a")
+        later = await store.acquire(earlier, "a")  # a restart under the same name
+        assert later.owner_token != earlier.owner_token
+        for write in (
+            store.renew(earlier),
+            store.checkpoint(earlier, "token-2", 1),
+            store.release(earlier),
+        ):
+            with pytest.raises(LeaseLostError):
+                await write
+        assert (await store.checkpoint(later, "token-3", 2)).continuation == "token-3"
+
+    async def test_a_split_lease_becomes_child_leases_starting_at_its_checkpoint_time(
+        self, store: CosmosLeaseStore
+    ) -> None:
+        from datetime import UTC, datetime  # noqa: PLC0415
+
+        await store.bootstrap(RANGES[:1], BEGINNING)
+        parent = await store.acquire((await store.list_leases())[0], "a")
+        parent = await store.checkpoint(parent, "token-1", 1_700_000_000)
+        halves = [{"Range": {"min": lo, "max": hi, "isMinInclusive": True, "isMaxInclusive": False}}
+                  for lo, hi in [("", "20"), ("20", "40")]]  # fmt: skip
+        children = await store.split(parent, halves)
+        again = await store.split(parent, halves)  # a crash before the parent was gone: repeatable
+        leases = await store.list_leases()
+        assert (
+            sorted(lease.id for lease in leases)
+            == sorted(c.id for c in children)
+            == sorted(c.id for c in again)
+        )
+        moment = datetime.fromtimestamp(1_700_000_000, UTC)
+        assert {(lease.owner, lease.continuation, lease.start) for lease in leases} == {
+            (None, None, StartPosition("time", moment))
+        }
+
+    async def test_a_lease_of_the_previous_version_is_read_and_upgraded(
+        self, store: CosmosLeaseStore, container: Any
+    ) -> None:
+        lease_id = f"{store.prefix}..-FF"
+        await container.create_item({
+            "id": lease_id, "kind": "lease", "schema": "eventflow-lease-1", "feed_range": RANGES[0],
+            "owner": "old-replica", "continuation": "token-0", "start": BEGINNING.to_document(),
+            "timestamp": 1.0, "properties": {},
+        })  # fmt: skip
+        (old,) = await store.list_leases()
+        assert (old.version, old.owner, old.owner_token, old.continuation) == (
+            1,
+            "old-replica",
+            None,
+            "token-0",
+        )
+        taken = await store.acquire(old, "new-replica")
+        assert (taken.version, taken.continuation) == (2, "token-0")
+        assert taken.owner_token is not None
 
     async def test_release_clears_the_owner(self, store: CosmosLeaseStore) -> None:
         await store.bootstrap(RANGES, BEGINNING)

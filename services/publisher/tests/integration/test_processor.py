@@ -19,6 +19,15 @@ FAST = {"poll_delay": 0.02, "acquire_interval": 0.1, "renew_interval": 0.2, "exp
         "retry_delay": 0.01, "max_retry_delay": 0.05, "shutdown_grace": 5.0}  # fmt: skip
 
 
+async def next_second() -> datetime:
+    """Wait (with a deadline) until the wall clock enters a new whole second; return its start.
+    Cosmos DB stamps changes in whole seconds (`_ts`), and a start at a time keeps the changes of
+    its own second: a cut on a second boundary is exact."""
+    return await clock_past(
+        datetime.fromtimestamp(int(time.time()) + 1, UTC) - timedelta(microseconds=1)
+    )
+
+
 async def clock_past(moment: datetime) -> datetime:
     """Wait (with a deadline) until the wall clock reads later than `moment`; return that time."""
     deadline = time.monotonic() + 5
@@ -111,6 +120,7 @@ async def test_a_crash_between_handling_and_checkpoint_redelivers_the_page(store
 
 async def test_start_now_skips_earlier_changes(store: Store) -> None:
     await store.write_events(orders=2, per_order=1)
+    await next_second()
     collector = Collector()
     processor, task = await started(store, collector, start="now")
     await eventually(lambda: processor.ready.is_set() and len(processor.owned) == 4)
@@ -132,8 +142,7 @@ async def test_a_restart_never_skips_changes_made_after_the_persisted_start(stor
 
 async def test_a_point_in_time_start_skips_what_came_before(store: Store) -> None:
     await store.write_events(orders=2, per_order=1)
-    cut = await clock_past(datetime.now(UTC))
-    await clock_past(cut)  # the later writes get modification times strictly after the cut
+    cut = (await next_second()).replace(microsecond=0)
     later = await store.write_events(orders=2, per_order=1, start=2)
     collector = Collector()
     processor, task = await started(store, collector, start=cut)
@@ -207,9 +216,11 @@ async def test_lag_is_estimated_per_lease(store: Store) -> None:
     await store.write_events(orders=8, per_order=2)
     feed, leases = store.feed(), await (await store.lease_store()).list_leases()
     lags = [
-        await feed.estimate_lag(
-            lease.feed_range, continuation=lease.continuation, start=lease.start
-        )
+        (
+            await feed.estimate(
+                lease.feed_range, continuation=lease.continuation, start=lease.start
+            )
+        ).changes
         for lease in leases
     ]
     assert sum(lags) >= 16

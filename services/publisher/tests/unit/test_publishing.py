@@ -19,22 +19,49 @@ from eventflow_publisher.publishing import (
     SendError,
     SendHealth,
     SendResult,
+    partition_for,
 )
+
+PARTITIONS = ["0", "1", "2", "3"]
 
 
 class FakeSender:
-    def __init__(self, refusals: int = 0, too_large: tuple[int, ...] = ()) -> None:
+    """The EventSender port: records what each partition accepted; can refuse, or accept only a
+    first part of a send before refusing."""
+
+    def __init__(
+        self, refusals: int = 0, too_large: tuple[int, ...] = (), accept_then_refuse: int = 0
+    ) -> None:
         self.sent: list[tuple[str, list[Outgoing]]] = []
         self.refusals = refusals
         self.too_large = too_large
+        self.accept_then_refuse = accept_then_refuse
 
-    async def send(self, partition_key: str, events: Sequence[Outgoing]) -> SendResult:
+    async def partition_ids(self) -> list[str]:
+        return PARTITIONS
+
+    async def send(self, partition_id: str, events: Sequence[Outgoing]) -> SendResult:
+        if self.accept_then_refuse:
+            accepted, self.accept_then_refuse = self.accept_then_refuse, 0
+            self.sent.append((partition_id, list(events[:accepted])))
+            raise SendError("busy after one batch", accepted=accepted, done=SendResult((accepted,)))
         if self.refusals:
             self.refusals -= 1
             raise SendError("ServerBusyError: busy")
         kept = [event for index, event in enumerate(events) if index not in self.too_large]
-        self.sent.append((partition_key, kept))
+        self.sent.append((partition_id, kept))
         return SendResult((len(kept),), self.too_large)
+
+    def sequences(self) -> dict[str, list[str]]:
+        """Per order, the sequences the hub accepted, in order."""
+        found: dict[str, list[str]] = {}
+        for _, events in self.sent:
+            for event in events:
+                cloud_event = orjson.loads(event.body)
+                found.setdefault(cloud_event["partitionkey"], []).append(
+                    cloud_event["sequence"][-1]
+                )
+        return found
 
 
 class FakePoison:
@@ -72,7 +99,7 @@ def context() -> LeaseContext:
     return LeaseContext("lease", {"Range": {}})
 
 
-async def test_only_event_documents_are_published_grouped_by_order_in_feed_order() -> None:
+async def test_only_event_documents_are_published_each_order_in_feed_order() -> None:
     sender = FakeSender()
     page = [
         {"id": "o1", "order_id": "o1", "kind": "order"},
@@ -80,10 +107,35 @@ async def test_only_event_documents_are_published_grouped_by_order_in_feed_order
         {"id": "o1:idempotency", "kind": "idempotency"}, event_document("o2", 2),
     ]  # fmt: skip
     await publisher(sender)(context(), page)
-    published = {
-        key: [orjson.loads(e.body)["sequence"][-1] for e in events] for key, events in sender.sent
-    }
-    assert published == {"o1": ["1", "2"], "o2": ["1", "2"]}
+    assert sender.sequences() == {"o1": ["1", "2"], "o2": ["1", "2"]}
+
+
+async def test_a_page_is_one_send_per_hub_partition_and_an_order_keeps_its_partition() -> None:
+    sender = FakeSender()
+    page = [event_document(f"order-{n}", s) for s in (1, 2, 3) for n in range(200)]
+    await publisher(sender)(context(), page)
+    assert sorted(pid for pid, _ in sender.sent) == PARTITIONS, "one send per partition"
+    for partition_id, events in sender.sent:
+        for event in events:
+            order_id = orjson.loads(event.body)["partitionkey"]
+            assert partition_for(order_id, PARTITIONS) == partition_id
+    assert all(sequences == ["1", "2", "3"] for sequences in sender.sequences().values())
+
+
+def test_an_orders_partition_is_stable_and_spread() -> None:
+    assert partition_for("order-1", ["0", "1", "2", "3"]) == partition_for(
+        "order-1", ["3", "2", "1", "0"]
+    )
+    spread = {partition_for(f"order-{n}", [str(p) for p in range(12)]) for n in range(500)}
+    assert len(spread) == 12
+    assert partition_for("x", ["0", "2", "10"]) in {"0", "2", "10"}
+
+
+async def test_a_send_refused_after_some_batches_resumes_after_them() -> None:
+    sender = FakeSender(accept_then_refuse=2)
+    page = [event_document("o1", s) for s in range(1, 6)]
+    await publisher(sender)(context(), page)
+    assert sender.sequences() == {"o1": ["1", "2", "3", "4", "5"]}, "nothing twice, nothing lost"
 
 
 async def test_the_body_is_the_cloudevent_and_properties_name_it() -> None:
@@ -161,10 +213,10 @@ class FakeProducer:
         self.limit = limit
         self.batches: list[list[Any]] = []
 
-    async def create_batch(self, *, partition_key: str) -> Any:
+    async def create_batch(self, *, partition_id: str) -> Any:
         from azure.eventhub import EventDataBatch  # noqa: PLC0415
 
-        return EventDataBatch(max_size_in_bytes=self.limit, partition_key=partition_key)
+        return EventDataBatch(max_size_in_bytes=self.limit, partition_id=partition_id)
 
     async def send_batch(self, batch: Any) -> None:
         self.batches.append([len(batch)])
@@ -176,7 +228,7 @@ async def test_the_event_hubs_sender_starts_a_new_batch_when_one_is_full() -> No
         Outgoing(orjson.dumps(event_document("o1", n)["event"]), f"e{n}", "t", None, f"d{n}")
         for n in range(1, 9)
     ]
-    result = await EventHubsSender(producer).send("o1", events)
+    result = await EventHubsSender(producer).send("0", events)
     assert sum(result.batch_sizes) == 8
     assert len(result.batch_sizes) > 1
     assert result.too_large == ()
@@ -187,6 +239,6 @@ async def test_the_event_hubs_sender_reports_an_event_no_batch_can_hold() -> Non
     cancelled = new_event(OrderCancelled(order_id="o1", reason="r" * 400), source="/t", sequence=1)
     small = Outgoing(b"{}", "s", "t", None, "d0")
     big = Outgoing(orjson.dumps(to_json_dict(cancelled)), "b", "t", None, "d1")
-    result = await EventHubsSender(producer).send("o1", [small, big, small])
+    result = await EventHubsSender(producer).send("0", [small, big, small])
     assert result.too_large == (1,)
     assert sum(result.batch_sizes) == 2

@@ -1,31 +1,51 @@
-"""The change feed and the lease container on Cosmos DB (the SDK's aio ContainerProxy or the
-local stand-in's, which share these calls)."""
+"""The change feed and the lease container on Cosmos DB, through the SDK's aio ContainerProxy."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import structlog
 from azure.core import MatchConditions
 from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError
 
 from eventflow_publisher.changefeed import Lease, LeaseLostError, Page, StartPosition
+from eventflow_publisher.changefeed.leases import LEASE_VERSION
+from eventflow_publisher.changefeed.processor import Backlog
 
 LOG = structlog.get_logger("eventflow_publisher.cosmos")
-LEASE_SCHEMA = "eventflow-lease-1"
+LEASE_SCHEMA = f"eventflow-lease-{LEASE_VERSION}"
 MAX_CONFLICT_RETRIES = 5
 
 
-def _start_time(start: StartPosition) -> datetime | str:
-    return "Beginning" if start.kind == "beginning" or start.time is None else start.time
+def continuation_is_resumable(token: str) -> bool:
+    """Whether the SDK can read `token` back. A V2 token (base64 JSON) lists one sub-token per
+    physical partition of the range; a partition not read yet since a split has a null one, and
+    the SDK refuses the whole token ("Invalid composite token [Missing token]"). Only read here,
+    never edited. Anything that is not a V2 token is the SDK's own business: resumable."""
+    try:
+        state = orjson.loads(base64.b64decode(token, validate=True))
+    except (binascii.Error, orjson.JSONDecodeError, ValueError):
+        return True
+    if not isinstance(state, dict) or not isinstance(state.get("continuation"), dict):
+        return True
+    parts = state["continuation"].get("continuation")
+    return isinstance(parts, list) and all(part.get("token") is not None for part in parts)
 
 
 class CosmosChangeFeed:
-    """The ChangeFeed port on the monitored container."""
+    """The ChangeFeed port on the monitored container.
+
+    A start at a time is read from the beginning (the processor skips what is older): the SDK
+    writes a point-in-time start into every continuation and cannot parse it back
+    (azure-cosmos 4.17.1, `ValueError: year ... is out of range`), so such a token never resumes."""
 
     def __init__(self, container: Any) -> None:
         self._container = container
@@ -39,19 +59,13 @@ class CosmosChangeFeed:
             feed_range async for feed_range in self._container.read_feed_ranges(force_refresh=True)
         ]
 
-    def _pages(
-        self,
-        feed_range: dict[str, Any],
-        continuation: str | None,
-        start: StartPosition,
-        max_items: int,
-    ) -> Any:
+    def _pages(self, feed_range: dict[str, Any], continuation: str | None, max_items: int) -> Any:
         if continuation is not None:
             return self._container.query_items_change_feed(
                 continuation=continuation, max_item_count=max_items
             )
         return self._container.query_items_change_feed(
-            feed_range=feed_range, start_time=_start_time(start), max_item_count=max_items
+            feed_range=feed_range, start_time="Beginning", max_item_count=max_items
         )
 
     async def read_page(
@@ -59,38 +73,47 @@ class CosmosChangeFeed:
         feed_range: dict[str, Any],
         *,
         continuation: str | None,
-        start: StartPosition,
+        start: StartPosition,  # noqa: ARG002 - a time start is read from the beginning (above)
         max_items: int,
     ) -> Page:
-        pager = self._pages(feed_range, continuation, start, max_items).by_page()
+        pager = self._pages(feed_range, continuation, max_items).by_page()
         try:
             page = await anext(pager)
         except StopAsyncIteration:
-            # Nothing new: the SDK yields no page; the position this poll reached is only in the
-            # client's last response headers. Read them now, before any other request.
+            # Nothing new (304): the SDK yields no page; the position this poll reached is only in
+            # the client's last response headers. Read them now, before any other request.
             reached = self._container.client_connection.last_response_headers.get("etag")
             return Page([], reached or continuation)
         items = [item async for item in page]
         return Page(items, pager.continuation_token)
 
-    async def estimate_lag(
+    def is_resumable(self, continuation: str) -> bool:
+        return continuation_is_resumable(continuation)
+
+    async def estimate(
         self, feed_range: dict[str, Any], *, continuation: str | None, start: StartPosition
-    ) -> int:
+    ) -> Backlog:
         """As the .NET estimator: global LSN of the session token minus the first waiting item's
-        LSN, plus one; 0 when nothing waits; 1 (a wake-up sentinel) before the first checkpoint."""
+        LSN, plus one; 0 when nothing waits; 1 (a wake-up sentinel) before the first checkpoint.
+        Also the `_ts` of that first waiting change."""
         if continuation is None:
-            return 1
+            return Backlog(1, None)
         page = await self.read_page(feed_range, continuation=continuation, start=start, max_items=1)
         if not page.items:
-            return 0
+            return Backlog(0, None)
+        first = page.items[0]
         session = str(
             self._container.client_connection.last_response_headers.get("x-ms-session-token", "")
         )
         try:
             global_lsn = int(session.split(":", 1)[1].split("#")[1])
         except (IndexError, ValueError):
-            return 1
-        return max(0, global_lsn - (int(page.items[0]["_lsn"]) - 1))
+            global_lsn = int(first["_lsn"])
+        return Backlog(max(1, global_lsn - (int(first["_lsn"]) - 1)), first.get("_ts"))
+
+
+def _status(error: CosmosHttpResponseError) -> int | None:
+    return error.status_code
 
 
 class CosmosLeaseStore:
@@ -98,6 +121,8 @@ class CosmosLeaseStore:
 
     Ids: `<prefix>..<min>-<max>` per lease, `<prefix>.lock` (with a TTL) during bootstrap,
     `<prefix>.info` once bootstrapped, `<prefix>.poison.<document id>` for poison records.
+    Every write is an ETag-conditional replace fenced by (owner, owner token): a 412 is re-read
+    and re-applied only while both are unchanged.
     """
 
     def __init__(
@@ -119,14 +144,16 @@ class CosmosLeaseStore:
         bounds = feed_range["Range"]
         return f"{self.prefix}..{bounds['min']}-{bounds['max']}"
 
-    async def _exists(self, item_id: str) -> bool:
+    async def _read(self, item_id: str) -> dict[str, Any] | None:
         try:
-            await self._container.read_item(item_id, partition_key=item_id)
+            document: dict[str, Any] = await self._container.read_item(
+                item_id, partition_key=item_id
+            )
         except CosmosHttpResponseError as error:
-            if error.status_code == 404:
-                return False
+            if _status(error) == 404:
+                return None
             raise
-        return True
+        return document
 
     async def _create_if_absent(self, document: dict[str, Any]) -> None:
         try:
@@ -134,9 +161,17 @@ class CosmosLeaseStore:
         except CosmosResourceExistsError:
             return
 
+    def _new_lease(self, feed_range: dict[str, Any], start: StartPosition) -> dict[str, Any]:
+        return {
+            "id": self.lease_id(feed_range), "kind": "lease", "schema": LEASE_SCHEMA,
+            "version": LEASE_VERSION, "feed_range": feed_range, "owner": None, "owner_token": None,
+            "continuation": None, "checkpoint_ts": None, "start": start.to_document(),
+            "timestamp": self._clock(), "properties": {},
+        }  # fmt: skip
+
     async def bootstrap(self, feed_ranges: Sequence[dict[str, Any]], start: StartPosition) -> None:
         info, lock = f"{self.prefix}.info", f"{self.prefix}.lock"
-        while not await self._exists(info):
+        while await self._read(info) is None:
             try:
                 await self._container.create_item(
                     {"id": lock, "kind": "lock", "ttl": self._lock_ttl}
@@ -149,11 +184,7 @@ class CosmosLeaseStore:
                 continue
             try:
                 for feed_range in feed_ranges:
-                    await self._create_if_absent({
-                        "id": self.lease_id(feed_range), "kind": "lease", "schema": LEASE_SCHEMA,
-                        "feed_range": feed_range, "owner": None, "continuation": None,
-                        "start": start.to_document(), "timestamp": self._clock(), "properties": {},
-                    })  # fmt: skip
+                    await self._create_if_absent(self._new_lease(feed_range, start))
                 await self._create_if_absent(
                     {"id": info, "kind": "info", "leases": len(feed_ranges)}
                 )
@@ -162,27 +193,35 @@ class CosmosLeaseStore:
                 try:
                     await self._container.delete_item(lock, partition_key=lock)
                 except CosmosHttpResponseError as error:
-                    if error.status_code != 404:
+                    if _status(error) != 404:
                         raise
 
     @staticmethod
     def _lease(document: dict[str, Any]) -> Lease:
+        """A lease of this version or of version 1 (no version field, no owner token)."""
         return Lease(
             id=document["id"],
             feed_range=document["feed_range"],
             owner=document.get("owner"),
             continuation=document.get("continuation"),
             start=StartPosition.from_document(document["start"]),
-            timestamp=float(document["timestamp"]),
+            timestamp=float(document.get("timestamp") or 0.0),
             etag=document["_etag"],
+            owner_token=document.get("owner_token"),
+            checkpoint_ts=document.get("checkpoint_ts"),
+            version=int(document.get("version", 1)),
             properties=document.get("properties") or {},
         )
 
     def _document(self, lease: Lease, **changes: Any) -> dict[str, Any]:
+        # `timestamp` (this writer's clock) is informational, and what version-1 replicas judge
+        # expiry by during a rolling upgrade; this version judges by ETag changes it observed.
         document = {
-            "id": lease.id, "kind": "lease", "schema": LEASE_SCHEMA, "feed_range": lease.feed_range,
-            "owner": lease.owner, "continuation": lease.continuation, "start": lease.start.to_document(),
-            "timestamp": self._clock(), "properties": lease.properties,
+            "id": lease.id, "kind": "lease", "schema": LEASE_SCHEMA, "version": LEASE_VERSION,
+            "feed_range": lease.feed_range, "owner": lease.owner, "owner_token": lease.owner_token,
+            "continuation": lease.continuation, "checkpoint_ts": lease.checkpoint_ts,
+            "start": lease.start.to_document(), "timestamp": self._clock(),
+            "properties": lease.properties,
         }  # fmt: skip
         return document | changes
 
@@ -193,44 +232,74 @@ class CosmosLeaseStore:
         )
         return [self._lease(document) async for document in found]
 
-    async def _update(self, lease: Lease, expected_owner: str | None, **changes: Any) -> Lease:
-        """Conditional replace; on a lost race re-read and re-apply while the owner is unchanged."""
+    async def _fenced(self, lease: Lease, write: Callable[[Lease], Awaitable[Lease]]) -> Lease:
+        """Run an ETag-conditional `write`; on a lost race re-read, and re-apply only while the
+        owner and the owner token are the ones `lease` had. 404: the lease is gone."""
+        expected = (lease.owner, lease.owner_token)
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
-                replaced = await self._container.replace_item(
-                    lease.id, self._document(lease, **changes), etag=lease.etag,
-                    match_condition=MatchConditions.IfNotModified,
-                )  # fmt: skip
-                return self._lease(replaced)
+                return await write(lease)
             except CosmosHttpResponseError as error:
-                if error.status_code == 404:
+                if _status(error) == 404:
                     raise LeaseLostError(lease.id) from error
-                if error.status_code != 412:
+                if _status(error) != 412:
                     raise
-            try:
-                current = self._lease(
-                    await self._container.read_item(lease.id, partition_key=lease.id)
-                )
-            except CosmosHttpResponseError as error:
-                if error.status_code == 404:
-                    raise LeaseLostError(lease.id) from error
-                raise
-            if current.owner != expected_owner:
+            current = await self._read(lease.id)
+            if current is None:
                 raise LeaseLostError(lease.id)
-            lease = current
+            lease = self._lease(current)
+            if (lease.owner, lease.owner_token) != expected:
+                raise LeaseLostError(lease.id)
         raise LeaseLostError(f"{lease.id}: kept conflicting after {MAX_CONFLICT_RETRIES} attempts")
 
+    async def _update(self, lease: Lease, **changes: Any) -> Lease:
+        async def replace(current: Lease) -> Lease:
+            replaced = await self._container.replace_item(
+                current.id, self._document(current, **changes), etag=current.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )  # fmt: skip
+            return self._lease(replaced)
+
+        return await self._fenced(lease, replace)
+
     async def acquire(self, lease: Lease, owner: str) -> Lease:
-        return await self._update(lease, lease.owner, owner=owner)
+        return await self._update(lease, owner=owner, owner_token=uuid.uuid4().hex)
 
     async def renew(self, lease: Lease) -> Lease:
-        return await self._update(lease, lease.owner)
+        return await self._update(lease)
 
-    async def checkpoint(self, lease: Lease, continuation: str) -> Lease:
-        return await self._update(lease, lease.owner, continuation=continuation)
+    async def checkpoint(self, lease: Lease, continuation: str, checkpoint_ts: int | None) -> Lease:
+        return await self._update(lease, continuation=continuation, checkpoint_ts=checkpoint_ts)
 
     async def release(self, lease: Lease) -> None:
-        await self._update(lease, lease.owner, owner=None)
+        await self._update(lease, owner=None, owner_token=None)
+
+    async def split(self, lease: Lease, children: Sequence[dict[str, Any]]) -> list[Lease]:
+        if lease.checkpoint_ts is not None:
+            start = StartPosition("time", datetime.fromtimestamp(lease.checkpoint_ts, UTC))
+        else:
+            start = lease.start
+        created = []
+        for child in children:
+            document = self._new_lease(child, start)
+            await self._create_if_absent(document)
+            created.append(
+                self._lease(await self._read(document["id"]) or document | {"_etag": ""})
+            )
+
+        async def delete(current: Lease) -> Lease:
+            await self._container.delete_item(
+                current.id, partition_key=current.id, etag=current.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )  # fmt: skip
+            return current
+
+        try:
+            await self._fenced(lease, delete)
+        except LeaseLostError:
+            if await self._read(lease.id) is not None:
+                raise
+        return created
 
 
 class CosmosPoisonStore:

@@ -1,4 +1,4 @@
-"""EventHubsSender: the EventSender port on an EventHubProducerClient (SDK or local stand-in)."""
+"""EventHubsSender: the EventSender port on the SDK's EventHubProducerClient."""
 
 from __future__ import annotations
 
@@ -23,16 +23,25 @@ def event_data(outgoing: Outgoing) -> EventData:
 
 
 class EventHubsSender:
-    """Fills batches created with the partition key, a new one whenever the last is full."""
+    """Fills batches for one partition id, a new one whenever the last is full. Not the buffered
+    producer: it settles in the background, and the processor checkpoints only after the hub
+    accepted every batch."""
 
     def __init__(self, producer: Any) -> None:
         self._producer = producer
 
-    async def send(self, partition_key: str, events: Sequence[Outgoing]) -> SendResult:
+    async def partition_ids(self) -> list[str]:
+        try:
+            return [str(pid) for pid in await self._producer.get_partition_ids()]
+        except EventHubError as error:
+            raise SendError(f"{type(error).__name__}: {error}") from error
+
+    async def send(self, partition_id: str, events: Sequence[Outgoing]) -> SendResult:
         sizes: list[int] = []
         too_large: list[int] = []
+        accepted = 0  # events at the front that need no second try
         try:
-            batch = await self._producer.create_batch(partition_key=partition_key)
+            batch = await self._producer.create_batch(partition_id=partition_id)
             for index, outgoing in enumerate(events):
                 data = event_data(outgoing)
                 try:
@@ -44,7 +53,8 @@ class EventHubsSender:
                         continue
                 await self._producer.send_batch(batch)
                 sizes.append(len(batch))
-                batch = await self._producer.create_batch(partition_key=partition_key)
+                accepted = index
+                batch = await self._producer.create_batch(partition_id=partition_id)
                 try:
                     batch.add(data)
                 except ValueError:
@@ -53,5 +63,8 @@ class EventHubsSender:
                 await self._producer.send_batch(batch)
                 sizes.append(len(batch))
         except EventHubError as error:
-            raise SendError(f"{type(error).__name__}: {error}") from error
+            done = SendResult(tuple(sizes), tuple(i for i in too_large if i < accepted))
+            raise SendError(
+                f"{type(error).__name__}: {error}", accepted=accepted, done=done
+            ) from error
         return SendResult(tuple(sizes), tuple(too_large))

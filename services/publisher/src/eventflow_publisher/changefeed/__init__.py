@@ -9,19 +9,23 @@ instances, checkpointed only after the handler returns. Knows nothing of Event H
 from eventflow_publisher.changefeed.balancing import LeaseView, Plan, plan
 from eventflow_publisher.changefeed.leases import Lease, LeaseLostError, LeaseStore, StartPosition
 from eventflow_publisher.changefeed.processor import (
+    Backlog,
     ChangeFeed,
     ChangeFeedProcessor,
     LeaseContext,
+    LeaseStatus,
     Page,
     ProcessorOptions,
 )
 
 __all__ = [
+    "Backlog",
     "ChangeFeed",
     "ChangeFeedProcessor",
     "Lease",
     "LeaseContext",
     "LeaseLostError",
+    "LeaseStatus",
     "LeaseStore",
     "LeaseView",
     "Page",

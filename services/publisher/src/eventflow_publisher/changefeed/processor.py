@@ -1,9 +1,13 @@
 """The change feed processor's runtime: bootstrap, balance, renew, read, checkpoint, release.
 
-One worker task per owned lease reads a page, hands it to the handler, and only after the
-handler returns stores the page's continuation in the lease (at-least-once). A handler error
-means no checkpoint: the same page is read again after a back-off. A lost lease (found by renew,
-checkpoint or balancing) stops its worker before it reads another page.
+One worker per owned lease, never two: a worker reads a page, hands it to the handler, and only
+after the handler returns stores the page's continuation in the lease (at-least-once). A handler
+error means no checkpoint: the same page is read again after a back-off. Every lease write is
+fenced by the owner token of this acquisition; a worker whose writes have not succeeded for the
+lease expiry stops by itself, before any other instance may judge the lease expired.
+
+Expiry is judged by what this instance observed: a lease whose ETag has not changed for `expiry`
+seconds of this machine's monotonic clock. Two machines' wall clocks are never compared.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from eventflow_publisher.changefeed.balancing import LeaseView, plan
-from eventflow_publisher.changefeed.leases import Lease, LeaseLostError, LeaseStore, StartPosition
+from eventflow_publisher.changefeed.leases import (
+    LEASE_VERSION,
+    Lease,
+    LeaseLostError,
+    LeaseStore,
+    StartPosition,
+)
+from eventflow_publisher.changefeed.ranges import children_of
 
 LOG = structlog.get_logger("eventflow_publisher.changefeed")
 
@@ -33,6 +44,15 @@ class Page:
     continuation: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What waits in a range after a continuation: LSN steps, and the `_ts` of the first waiting
+    change (None when nothing waits)."""
+
+    changes: int
+    oldest_ts: int | None
+
+
 class ChangeFeed(Protocol):
     """The monitored container's change feed."""
 
@@ -40,7 +60,9 @@ class ChangeFeed(Protocol):
         """A stable id of the monitored container (its resource id), for lease ids."""
         ...
 
-    async def feed_ranges(self) -> list[dict[str, Any]]: ...
+    async def feed_ranges(self) -> list[dict[str, Any]]:
+        """The container's current feed ranges (fresh from the service: splits show here)."""
+        ...
 
     async def read_page(
         self,
@@ -54,21 +76,30 @@ class ChangeFeed(Protocol):
         the position the poll reached."""
         ...
 
-    async def estimate_lag(
+    def is_resumable(self, continuation: str) -> bool:
+        """Whether a read can resume from `continuation` (a token with a sub-range that was
+        never read cannot: checkpointing it would break every later read)."""
+        ...
+
+    async def estimate(
         self, feed_range: dict[str, Any], *, continuation: str | None, start: StartPosition
-    ) -> int:
-        """How many changes (LSN steps) are waiting after `continuation`."""
+    ) -> Backlog:
+        """What waits after `continuation`."""
         ...
 
 
 @dataclass(frozen=True, slots=True)
 class ProcessorOptions:
-    """Defaults follow the .NET processor, except the poll delay, kept short for low latency."""
+    """Lease timings follow the .NET processor; polling is adaptive (the .NET default is a fixed
+    5 s): again at once while pages come back full, `poll_delay` after a page that was not, and
+    doubling on empty polls up to `max_poll_delay`, so a lone event after a quiet spell waits at
+    most `max_poll_delay` and an idle lease costs one read per `max_poll_delay`."""
 
     instance_name: str
     start: Literal["beginning", "now"] | datetime = "beginning"
-    poll_delay: float = 0.2
-    max_items: int = 100
+    poll_delay: float = 0.1
+    max_poll_delay: float = 2.0
+    max_items: int = 1000
     acquire_interval: float = 13.0
     renew_interval: float = 17.0
     expiry: float = 60.0
@@ -76,6 +107,8 @@ class ProcessorOptions:
     retry_delay: float = 0.5
     max_retry_delay: float = 30.0
     shutdown_grace: float = 20.0
+    stalled_after: float = 120.0
+    oldest_change_limit: float | None = None
 
 
 @dataclass
@@ -94,6 +127,17 @@ class LeaseContext:
 Handler = Callable[[LeaseContext, Sequence[dict[str, Any]]], Awaitable[None]]
 
 
+@dataclass
+class LeaseStatus:
+    """Progress of one owned lease, for metrics and readiness."""
+
+    acquired_at: float
+    checkpointed_at: float | None = None
+    consecutive_failures: int = 0
+    backlog: Backlog | None = None
+    stalled: str | None = None
+
+
 class ProcessorObserver:
     """Hooks for metrics and logs. The base class only logs."""
 
@@ -105,11 +149,16 @@ class ProcessorObserver:
 
     def handler_failed(self, lease_id: str, error: BaseException) -> None:
         LOG.warning(
-            "handler failed; the page will be read again", lease=lease_id, error=repr(error)
+            "reading or handling failed; the page will be read again",
+            lease=lease_id,
+            error=repr(error),
         )
 
-    def lag(self, lease_id: str, changes: int) -> None:
-        """The estimated changes waiting in the lease's range."""
+    def lease_status(self, lease_id: str, status: LeaseStatus, now: float) -> None:
+        """The status of an owned lease, after every estimate (`now`: the monotonic clock)."""
+
+    def lease_released(self, lease_id: str) -> None:
+        """This instance no longer owns the lease: forget its per-lease figures."""
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -118,13 +167,21 @@ def backoff(attempt: int, base: float, cap: float) -> float:
 
 
 class _Worker:
+    """Reads and renews one lease for one acquisition. Stopped and awaited before anything else
+    may work on the lease in this process."""
+
     def __init__(self, processor: ChangeFeedProcessor, lease: Lease) -> None:
         self.processor = processor
         self.lease = lease
+        self.renewed_at = processor.monotonic()
+        self.status = LeaseStatus(acquired_at=self.renewed_at)
         self.lock = asyncio.Lock()
         self.context = LeaseContext(lease.id, lease.feed_range)
         self.stopping = asyncio.Event()
-        self.task: asyncio.Task[None] = asyncio.create_task(self._run(), name=f"lease-{lease.id}")
+        self.tasks = [
+            asyncio.create_task(self._read(), name=f"read-{lease.id}"),
+            asyncio.create_task(self._keep_renewed(), name=f"renew-{lease.id}"),
+        ]
 
     def lose(self) -> None:
         self.context.lost.set()
@@ -132,47 +189,113 @@ class _Worker:
     def is_active(self) -> bool:
         return not (self.context.is_lost or self.stopping.is_set())
 
+    def outlived(self) -> bool:
+        """No write of this acquisition has succeeded for the expiry: another instance may judge
+        the lease expired now, so this one must not publish or write any more."""
+        return self.processor.monotonic() - self.renewed_at > self.processor.options.expiry
+
+    async def stop(self) -> None:
+        """Stop reading and renewing; wait for the in-flight page and its checkpoint (bounded by
+        the shutdown grace), then cancel what is left."""
+        self.stopping.set()
+        _, pending = await asyncio.wait(self.tasks, timeout=self.processor.options.shutdown_grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
     async def write(self, update: Callable[[Lease], Awaitable[Lease]]) -> None:
-        """Serialise this instance's writes to the lease (renew vs checkpoint)."""
-        async with self.lock:
+        """One lease write of this acquisition. Transient store errors are retried with back-off
+        while the lease is still ours; LeaseLostError (another owner or token, or the lease is
+        gone) stops the worker."""
+        options, attempt = self.processor.options, 0
+        while True:
+            if self.context.is_lost:
+                raise LeaseLostError(self.lease.id)
+            if self.outlived():
+                self.lose()
+                raise LeaseLostError(f"{self.lease.id}: no write succeeded within the expiry")
+            began = self.processor.monotonic()
             try:
-                self.lease = await update(self.lease)
+                async with self.lock:
+                    self.lease = await update(self.lease)
             except LeaseLostError:
                 self.lose()
                 raise
+            except Exception as error:  # noqa: BLE001 - the store's transient errors: retry
+                attempt += 1
+                LOG.warning("lease write failed; retrying", lease=self.lease.id, error=repr(error))
+                await asyncio.sleep(backoff(attempt, options.retry_delay, options.max_retry_delay))
+                continue
+            self.renewed_at = max(self.renewed_at, began)
+            return
 
-    async def checkpoint(self, continuation: str) -> None:
-        await self.write(lambda lease: self.processor.leases.checkpoint(lease, continuation))
-
-    async def _run(self) -> None:
-        processor, failures = self.processor, 0
-        options = processor.options
+    async def _keep_renewed(self) -> None:
+        interval = self.processor.options.renew_interval
+        await self._pause(interval / 2)
         while self.is_active():
+            try:
+                await self.write(self.processor.leases.renew)
+            except LeaseLostError:
+                LOG.warning("lease lost at renewal", lease=self.lease.id)
+                return
+            await self._pause(interval)
+
+    def _after_start(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        not_before = self.lease.start.not_before_ts
+        if not_before is None:
+            return items
+        return [item for item in items if int(item.get("_ts", not_before)) >= not_before]
+
+    async def _checkpoint(self, page: Page) -> bool:
+        continuation = page.continuation
+        if continuation is None or continuation == self.lease.continuation:
+            return False
+        if not self.processor.feed.is_resumable(continuation):
+            LOG.info(
+                "continuation not resumable yet; keeping the last checkpoint", lease=self.lease.id
+            )
+            return False
+        stamps = [int(item["_ts"]) for item in page.items if "_ts" in item]
+        reached = max(stamps, default=self.lease.checkpoint_ts)
+        leases = self.processor.leases
+        await self.write(lambda lease: leases.checkpoint(lease, continuation, reached))
+        self.status.checkpointed_at = self.processor.monotonic()
+        return True
+
+    async def _read(self) -> None:
+        processor, options = self.processor, self.processor.options
+        delay = options.poll_delay
+        while self.is_active():
+            if self.outlived():
+                self.lose()
+                break
             try:
                 page = await processor.feed.read_page(
                     self.lease.feed_range, continuation=self.lease.continuation,
                     start=self.lease.start, max_items=options.max_items,
                 )  # fmt: skip
-                if not self.is_active():
+                if not self.is_active() or self.outlived():
                     break
+                changes = self._after_start(page.items)
+                if changes:
+                    await processor.handler(self.context, changes)
+                await self._checkpoint(page)
+                self.status.consecutive_failures = 0
                 if page.items:
-                    await processor.handler(self.context, page.items)
-                    if page.continuation is not None:
-                        await self.checkpoint(page.continuation)
-                    processor.observer.page_handled(self.lease.id, len(page.items))
-                    failures = 0
+                    processor.observer.page_handled(self.lease.id, len(changes))
+                if len(page.items) >= options.max_items:
+                    delay = options.poll_delay
                     continue
-                if page.continuation is not None and self.lease.continuation is None:
-                    # Pin the position of the first empty poll, so a restart cannot skip past it.
-                    await self.checkpoint(page.continuation)
-                failures = 0
-                await self._pause(options.poll_delay)
+                delay = options.poll_delay if page.items else min(delay * 2, options.max_poll_delay)
+                await self._pause(delay)
             except LeaseLostError:
+                self.lose()
                 break
             except Exception as error:  # noqa: BLE001 - any read or handler failure: no checkpoint, retry
-                failures += 1
+                self.status.consecutive_failures += 1
                 processor.observer.handler_failed(self.lease.id, error)
-                await self._pause(backoff(failures, options.retry_delay, options.max_retry_delay))
+                attempt = self.status.consecutive_failures
+                await self._pause(backoff(attempt, options.retry_delay, options.max_retry_delay))
         if self.context.is_lost:
             LOG.info("lease lost; stopped reading its range", lease=self.lease.id)
 
@@ -193,22 +316,33 @@ class ChangeFeedProcessor:
         handler: Handler,
         options: ProcessorOptions,
         observer: ProcessorObserver | None = None,
-        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.feed = feed
         self.leases = leases
         self.handler = handler
         self.options = options
         self.observer = observer or ProcessorObserver()
-        self.clock = clock
+        self.monotonic = monotonic
         self.workers: dict[str, _Worker] = {}
         self.ready = asyncio.Event()
+        self._observed: dict[str, tuple[str, float]] = {}
+        self._rounds = 0
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
 
     @property
     def owned(self) -> list[str]:
         return sorted(lease_id for lease_id, worker in self.workers.items() if worker.is_active())
+
+    def problems(self) -> list[str]:
+        """Why this instance should not be called ready: leases that stopped making progress
+        or hold changes older than the limit. Empty when all is well."""
+        return [
+            f"{lease_id}: {worker.status.stalled}"
+            for lease_id, worker in self.workers.items()
+            if worker.is_active() and worker.status.stalled
+        ]
 
     def _start_position(self) -> StartPosition:
         start = self.options.start
@@ -217,14 +351,13 @@ class ChangeFeedProcessor:
         return StartPosition("time", datetime.now(UTC) if start == "now" else start)
 
     async def run(self) -> None:
-        """Bootstrap the leases, then balance, renew and read until `stop()`."""
+        """Bootstrap the leases, then balance and read until `stop()`."""
         try:
             await self.leases.bootstrap(await self.feed.feed_ranges(), self._start_position())
             self.ready.set()
             loops = [
                 asyncio.create_task(self._every(self.options.acquire_interval, self._balance, first=0)),
-                asyncio.create_task(self._every(self.options.renew_interval, self._renew, first=self.options.renew_interval / 2)),
-                asyncio.create_task(self._every(self.options.lag_interval, self._estimate_lag, first=self.options.lag_interval)),
+                asyncio.create_task(self._every(self.options.lag_interval, self._assess, first=self.options.lag_interval)),
             ]  # fmt: skip
             await self._stopping.wait()
             for loop in loops:
@@ -250,77 +383,138 @@ class ChangeFeedProcessor:
                 LOG.warning("processor round failed", action=action.__name__, error=repr(error))
             await asyncio.sleep(interval)
 
+    def _observe(self, leases: Sequence[Lease], now: float) -> None:
+        """Remember when this instance first saw each lease's current ETag."""
+        seen = {}
+        for lease in leases:
+            previous = self._observed.get(lease.id)
+            seen[lease.id] = (
+                previous if previous and previous[0] == lease.etag else (lease.etag, now)
+            )
+        self._observed = seen
+
+    def _is_mine(self, lease: Lease) -> bool:
+        worker = self.workers.get(lease.id)
+        return worker is not None and worker.lease.owner_token == lease.owner_token
+
+    def _view(self, lease: Lease) -> LeaseView:
+        owner = lease.owner
+        if owner == self.options.instance_name and not self._is_mine(lease) and self._rounds > 0:
+            # Another process with this name (or an acquisition of ours that ended): not me.
+            owner = f"{owner} (token {lease.owner_token})"
+        return LeaseView(lease.id, owner, self._observed[lease.id][1])
+
+    async def _retire(self, lease_id: str) -> None:
+        worker = self.workers.pop(lease_id)
+        worker.lose()
+        await worker.stop()
+        self.observer.lease_released(lease_id)
+
     async def _balance(self) -> None:
-        me, now = self.options.instance_name, self.clock()
-        leases = await self.leases.list_leases()
+        me, now = self.options.instance_name, self.monotonic()
+        leases = [
+            lease for lease in await self.leases.list_leases() if lease.version <= LEASE_VERSION
+        ]
+        self._observe(leases, now)
         by_id = {lease.id: lease for lease in leases}
         for lease_id, worker in list(self.workers.items()):
             listed = by_id.get(lease_id)
-            if listed is None or listed.owner != me or not worker.is_active():
-                worker.lose()
-                self.workers.pop(lease_id)
-        mine_without_worker = [
-            lease for lease in leases if lease.owner == me and lease.id not in self.workers
-        ]
-        decision = plan(
-            [LeaseView(lease.id, lease.owner, lease.timestamp) for lease in leases],
-            me,
-            now,
-            self.options.expiry,
-        )
-        wanted = [*(lease.id for lease in mine_without_worker), *decision.take]
+            if not worker.is_active() or listed is None or not self._is_mine(listed):
+                await self._retire(lease_id)
+        ranges = await self.feed.feed_ranges()
+        for lease_id, worker in list(self.workers.items()):
+            children = children_of(worker.lease.feed_range, ranges)
+            if children:
+                await self._retire(lease_id)
+                await self._split(worker.lease, children)
+        decision = plan([self._view(lease) for lease in leases], me, now, self.options.expiry)
+        wanted = list(decision.take)
+        if self._rounds == 0:  # a restart under the same name takes its leases back at once
+            wanted += [lease.id for lease in leases if lease.owner == me and lease.id not in wanted]
         if decision.steal is not None:
             wanted.append(decision.steal)
             LOG.info(
                 "stealing a lease", lease=decision.steal, from_owner=by_id[decision.steal].owner
             )
+        self._rounds += 1
         for lease_id in wanted:
-            try:
-                lease = await self.leases.acquire(by_id[lease_id], me)
-            except LeaseLostError:
-                continue
-            self.workers[lease_id] = _Worker(self, lease)
-            LOG.info("lease acquired", lease=lease_id, continuation=lease.continuation is not None)
+            if lease_id not in self.workers:
+                await self._start(by_id[lease_id], ranges)
         self.observer.leases_owned(self.owned)
 
-    async def _renew(self) -> None:
+    async def _start(self, listed: Lease, ranges: Sequence[dict[str, Any]]) -> None:
+        try:
+            lease = await self.leases.acquire(listed, self.options.instance_name)
+        except LeaseLostError:
+            return
+        children = children_of(lease.feed_range, ranges)
+        if children:
+            await self._split(lease, children)
+            return
+        self.workers[lease.id] = _Worker(self, lease)
+        LOG.info("lease acquired", lease=lease.id, continuation=lease.continuation is not None)
+
+    async def _split(self, lease: Lease, children: Sequence[dict[str, Any]]) -> None:
+        try:
+            created = await self.leases.split(lease, children)
+        except LeaseLostError:
+            return
+        LOG.info("feed range split; lease replaced by its children", lease=lease.id,
+                 children=[child.id for child in created])  # fmt: skip
+
+    async def _assess(self) -> None:
+        """Estimate each owned lease's backlog (each on its own: one failing read never hides
+        another lease's figures) and judge its progress."""
         for lease_id, worker in list(self.workers.items()):
             if not worker.is_active():
                 continue
             try:
-                await worker.write(self.leases.renew)
-            except LeaseLostError:
-                LOG.warning("lease lost at renewal", lease=lease_id)
-        self.observer.leases_owned(self.owned)
+                worker.status.backlog = await self.feed.estimate(
+                    worker.lease.feed_range,
+                    continuation=worker.lease.continuation,
+                    start=worker.lease.start,
+                )
+            except Exception as error:  # noqa: BLE001 - reported per lease, retried next round
+                LOG.warning("backlog estimate failed", lease=lease_id, error=repr(error))
+            self._judge(lease_id, worker)
+            self.observer.lease_status(lease_id, worker.status, self.monotonic())
 
-    async def _estimate_lag(self) -> None:
-        for lease_id, worker in list(self.workers.items()):
-            lag = await self.feed.estimate_lag(
-                worker.lease.feed_range,
-                continuation=worker.lease.continuation,
-                start=worker.lease.start,
-            )
-            self.observer.lag(lease_id, lag)
+    def _judge(self, lease_id: str, worker: _Worker) -> None:
+        status, options, now = worker.status, self.options, self.monotonic()
+        backlog = status.backlog
+        problem = None
+        progressed = status.checkpointed_at or status.acquired_at
+        if backlog is not None and backlog.changes > 0 and now - progressed > options.stalled_after:
+            problem = f"changes wait but nothing was checkpointed for {now - progressed:.0f} s"
+        elif backlog is not None and backlog.oldest_ts is not None and options.oldest_change_limit:
+            age = time.time() - backlog.oldest_ts
+            if age > options.oldest_change_limit:
+                problem = f"the oldest unpublished change is {age:.0f} s old"
+        if problem and problem != status.stalled:
+            LOG.error("lease is not making progress", lease=lease_id, reason=problem,
+                      failures=status.consecutive_failures)  # fmt: skip
+        elif status.stalled and not problem:
+            LOG.info("lease is making progress again", lease=lease_id)
+        status.stalled = problem
 
     async def _shutdown(self) -> None:
         workers = list(self.workers.values())
-        for worker in workers:
-            worker.stopping.set()
-        _, pending = await asyncio.wait(
-            [w.task for w in workers] or [asyncio.create_task(asyncio.sleep(0))],
-            timeout=self.options.shutdown_grace,
-        )
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        for worker in workers:
-            if worker.context.is_lost:
-                continue
-            try:
-                async with worker.lock:
-                    await self.leases.release(worker.lease)
-            except LeaseLostError:
-                continue
+        await asyncio.gather(*(worker.stop() for worker in workers))
+        await asyncio.gather(*(self._release(worker) for worker in workers))
         self.workers.clear()
         self.observer.leases_owned([])
         LOG.info("processor stopped; leases released", leases=len(workers))
+
+    async def _release(self, worker: _Worker) -> None:
+        if worker.context.is_lost or worker.outlived():
+            return
+        try:
+            async with worker.lock:
+                await self.leases.release(worker.lease)
+        except LeaseLostError:
+            return
+        except Exception as error:  # noqa: BLE001 - the lease then expires instead
+            LOG.warning(
+                "release failed; the lease will expire", lease=worker.lease.id, error=repr(error)
+            )
+        self.observer.lease_released(worker.lease.id)

@@ -1,0 +1,1 @@
+"""The wire: Cosmos DB's REST protocol over HTTP, mapped onto the model."""

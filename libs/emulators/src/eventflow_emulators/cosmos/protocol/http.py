@@ -1,0 +1,377 @@
+"""HTTP requests of the Cosmos DB REST API to model calls, and replies to HTTP responses.
+
+One catch-all route: the path names the resource (`dbs/{db}/colls/{coll}/docs/{id}`), the verb
+and a few headers the operation (`x-ms-documentdb-isquery`, `x-ms-cosmos-is-batch-request`,
+`x-ms-documentdb-is-upsert`, `A-IM: Incremental Feed`). Header names are the SDK's
+(azure/cosmos/http_constants.py `HttpHeaders`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from aiohttp import web
+
+from eventflow_emulators.cosmos import errors
+from eventflow_emulators.cosmos.admin import ADMIN_PREFIX, Controls, ThrottledError
+from eventflow_emulators.cosmos.epk import EpkRange
+from eventflow_emulators.cosmos.errors import CosmosError
+from eventflow_emulators.cosmos.model import (
+    Account,
+    ChangeFeedRequest,
+    ItemOperation,
+    QueryRequest,
+    Reply,
+    Scope,
+    body_partition_key,
+    parse_http_date,
+    parse_partition_key_header,
+)
+from eventflow_emulators.cosmos.protocol.auth import MasterKey
+
+LOG = logging.getLogger("eventflow_emulators.cosmos")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PARTITION_KEY = "x-ms-documentdb-partitionkey"
+RANGE_ID = "x-ms-documentdb-partitionkeyrangeid"
+_STATIC_HEADERS = {
+    "x-ms-gatewayversion": "version=2.14.0",
+    "x-ms-serviceversion": "version=2.14.0.0",
+    "x-ms-schemaversion": "1.18",
+}
+_BATCH_KINDS = {"Create": "create", "Upsert": "upsert", "Read": "read", "Delete": "delete",
+                "Replace": "replace", "Patch": "patch"}  # fmt: skip
+
+
+class CosmosProtocol:
+    """The request handler: auth, faults/throttling, dispatch, and the reply on the wire."""
+
+    def __init__(self, account: Account, controls: Controls, key: MasterKey) -> None:
+        self.account = account
+        self.controls = controls
+        self.key = key
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path.startswith(ADMIN_PREFIX):
+            return await self._admin(request, path[len(ADMIN_PREFIX) :])
+        activity = request.headers.get("x-ms-activity-id", "")
+        segments = [unquote(part) for part in path.strip("/").split("/")] if path != "/" else []
+        try:
+            headers = request.headers
+            self.key.verify(request.method, segments, headers.get("authorization"),
+                            headers.get("x-ms-date", ""), headers.get("date", ""))  # fmt: skip
+            operation = _operation_kind(request.method, segments, headers)
+            timeout_after = self.controls.admit(operation, path)
+            body = await request.read() if request.can_read_body else b""
+            reply = self._dispatch(request, segments, body)
+            self.controls.charge(reply.charge)
+            if timeout_after:
+                raise CosmosError(408, "Request timed out after it was applied (injected by the emulator).")
+            return self._respond(reply, activity)
+        except CosmosError as error:
+            return self._error(error, activity)
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def _dispatch(self, request: web.Request, segments: list[str], body: bytes) -> Reply:
+        method, headers, depth = request.method, request.headers, len(segments)
+        account = self.account
+        if depth == 0 and method == "GET":
+            return self._database_account(request)
+        if depth >= 1 and segments[0] != "dbs":
+            raise errors.bad_request(f"The emulator does not serve /{'/'.join(segments)}.")
+        if depth == 1:
+            if method == "POST" and headers.get("x-ms-documentdb-isquery"):
+                text, parameters = _query_body(body)
+                return account.list_databases(text, parameters)
+            if method == "POST":
+                return account.create_database(_object(body))
+            if method == "GET":
+                return account.list_databases(None, [])
+        if depth == 2:
+            if method == "GET":
+                return account.read_database(segments[1])
+            if method == "DELETE":
+                return account.delete_database(segments[1])
+        if depth == 3 and segments[2] == "colls":
+            if method == "POST" and headers.get("x-ms-documentdb-isquery"):
+                text, parameters = _query_body(body)
+                return account.list_containers(segments[1], text, parameters)
+            if method == "POST":
+                return account.create_container(segments[1], _object(body))
+            if method == "GET":
+                return account.list_containers(segments[1], None, [])
+        if depth == 4 and segments[2] == "colls":
+            if method == "GET":
+                return account.read_container(segments[1], segments[3])
+            if method == "PUT":
+                return account.replace_container(segments[1], segments[3], _object(body))
+            if method == "DELETE":
+                return account.delete_container(segments[1], segments[3])
+        if depth >= 5 and segments[2] == "colls":
+            return self._container_request(request, segments, body)
+        raise CosmosError(405, f"{method} /{'/'.join(segments)} is not supported by the emulator.")
+
+    def _container_request(self, request: web.Request, segments: list[str], body: bytes) -> Reply:
+        method, headers = request.method, request.headers
+        container = self.account.container(segments[1], segments[3])
+        intended = headers.get("x-ms-cosmos-intended-collection-rid")
+        if intended is not None and intended != container.rid:
+            # The container was deleted and recreated under the same name: the SDK refreshes its
+            # cache on 400/1024 (azure/cosmos/exceptions.py `_container_recreate_exception`).
+            raise errors.bad_request(
+                "The collection rid in the request does not match the container.",
+                errors.COLLECTION_RID_MISMATCH,
+            )
+        kind = segments[4]
+        if kind == "pkranges" and len(segments) == 5 and method == "GET":
+            return self.account.partition_key_ranges(segments[1], segments[3], headers.get("If-None-Match"))
+        if kind != "docs":
+            raise errors.bad_request(f"The emulator does not serve {kind} resources.")
+        if len(segments) == 5:
+            if method == "POST":
+                if headers.get("x-ms-documentdb-isquery"):
+                    text, parameters = _query_body(body)
+                    return self.account.query(container, QueryRequest(
+                        text, parameters, _scope(headers), headers.get("x-ms-continuation"),
+                        _max_items(headers)))  # fmt: skip
+                pk = _required_partition_key(headers)
+                if headers.get("x-ms-cosmos-is-batch-request"):
+                    return self.account.batch(container, pk, _batch_operations(container, pk, body))
+                kind_name = "upsert" if headers.get("x-ms-documentdb-is-upsert", "").lower() == "true" else "create"
+                operation = ItemOperation(kind_name, pk, body=_item_body(body),
+                                          if_match=headers.get("If-Match"),
+                                          if_none_match=headers.get("If-None-Match"))  # fmt: skip
+                return _minimal(self.account.write_item(container, operation), headers)
+            if method == "GET":
+                if headers.get("A-IM", "").lower() == "incremental feed":
+                    since = headers.get("If-Modified-Since")
+                    return self.account.change_feed(container, ChangeFeedRequest(
+                        _scope(headers), headers.get("If-None-Match"),
+                        None if since is None else parse_http_date(since), _max_items(headers)))  # fmt: skip
+                if "A-IM" in headers:
+                    raise errors.bad_request(f"A-IM {headers['A-IM']!r} (all versions and deletes) is not supported by the emulator.")
+                return self.account.query(container, QueryRequest(
+                    "SELECT * FROM c", [], _scope(headers, cross_partition=True),
+                    headers.get("x-ms-continuation"), _max_items(headers)))  # fmt: skip
+        if len(segments) == 6:
+            item_id = segments[5]
+            pk = _required_partition_key(headers)
+            if method == "GET":
+                return self.account.read_item(container, pk, item_id, headers.get("If-None-Match"))
+            conditions = {"if_match": headers.get("If-Match"), "if_none_match": headers.get("If-None-Match")}
+            if method == "PUT":
+                operation = ItemOperation("replace", pk, item_id, _item_body(body), **conditions)
+                return _minimal(self.account.write_item(container, operation), headers)
+            if method == "DELETE":
+                return self.account.write_item(container, ItemOperation("delete", pk, item_id, **conditions))
+            if method == "PATCH":
+                patch = _object(body)
+                operation = ItemOperation("patch", pk, item_id, patch=_list(patch.get("operations")),
+                                          condition=patch.get("condition"), **conditions)  # fmt: skip
+                return _minimal(self.account.write_item(container, operation), headers)
+        raise CosmosError(405, f"{method} /{'/'.join(segments)} is not supported by the emulator.")
+
+    def _database_account(self, request: web.Request) -> Reply:
+        """The account, advertising the endpoint the client used (so endpoint discovery stays on
+        this host and scheme; http://127.0.0.1:<port>/ works with the default constructor)."""
+        endpoint = f"{request.scheme}://{request.host}/"
+        location = [{"name": "Emulator", "databaseAccountEndpoint": endpoint}]
+        body = {
+            "_self": "", "id": "localhost", "_rid": request.host, "media": "//media/",
+            "addresses": "//addresses/", "_dbs": "//dbs/", "writableLocations": location,
+            "readableLocations": location, "enableMultipleWriteLocations": False,
+            "userReplicationPolicy": {"asyncReplication": False, "minReplicaSetSize": 1, "maxReplicasetSize": 4},
+            "userConsistencyPolicy": {"defaultConsistencyLevel": "Session"},
+            "systemReplicationPolicy": {"minReplicaSetSize": 1, "maxReplicasetSize": 4},
+            "readPolicy": {"primaryReadCoefficient": 1, "secondaryReadCoefficient": 1},
+            "queryEngineConfiguration": "{}",
+        }  # fmt: skip
+        return Reply(200, orjson.dumps(body), charge=0)
+
+    # -- responses ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _respond(reply: Reply, activity: str) -> web.Response:
+        headers = {"x-ms-activity-id": activity, "x-ms-request-charge": str(reply.charge),
+                   **_STATIC_HEADERS}  # fmt: skip
+        if reply.etag is not None:
+            headers["etag"] = reply.etag
+        if reply.session_token is not None:
+            headers["x-ms-session-token"] = reply.session_token
+        if reply.continuation is not None:
+            headers["x-ms-continuation"] = reply.continuation
+        if reply.item_count is not None:
+            headers["x-ms-item-count"] = str(reply.item_count)
+        headers.update(reply.headers)
+        if reply.body is None:
+            return web.Response(status=reply.status, headers=headers)
+        return web.Response(status=reply.status, body=reply.body, headers=headers,
+                            content_type="application/json")  # fmt: skip
+
+    @staticmethod
+    def _error(error: CosmosError, activity: str) -> web.Response:
+        headers = {"x-ms-activity-id": activity, "x-ms-request-charge": "0", **_STATIC_HEADERS}
+        if error.sub_status:
+            headers["x-ms-substatus"] = str(error.sub_status)
+        if isinstance(error, ThrottledError):
+            headers["x-ms-retry-after-ms"] = str(error.retry_after_ms)
+        return web.Response(status=error.status, body=orjson.dumps(error.body()), headers=headers,
+                            content_type="application/json")  # fmt: skip
+
+    # -- admin routes ---------------------------------------------------------------------------
+
+    async def _admin(self, request: web.Request, route: str) -> web.Response:
+        try:
+            result = await self._admin_call(request, route)
+        except CosmosError as error:
+            return web.json_response(error.body(), status=error.status)
+        return web.json_response(result)
+
+    async def _admin_call(self, request: web.Request, route: str) -> Any:
+        method = request.method
+        body: dict[str, Any] = await request.json() if request.can_read_body else {}
+        if route == "status" and method == "GET":
+            return self.controls.status()
+        if route == "throttle" and method == "PUT":
+            budget = body.get("request_units_per_second")
+            self.controls.request_units_per_second = None if budget is None else float(budget)
+            return self.controls.status()
+        if route == "faults" and method == "POST":
+            rule = self.controls.add_fault(
+                str(body.get("kind")), operation=body.get("operation"),
+                path_contains=body.get("path_contains"), count=int(body.get("count") or 1),
+                seconds=body.get("seconds"),
+            )  # fmt: skip
+            return {"id": rule.id}
+        if route == "faults" and method == "DELETE":
+            self.controls.reset()
+            return {}
+        if route == "split" and method == "POST":
+            children = self.account.split(body["database"], body["container"], str(body["range_id"]))
+            return {"children": [child.id for child in children]}
+        if route == "ranges" and method == "GET":
+            container = self.account.container(request.query["database"], request.query["container"])
+            return [container.range_to_wire(r) for r in container.live_ranges()]
+        raise errors.not_found(f"No admin route {method} {ADMIN_PREFIX}{route}.")
+
+
+# -- request parsing ----------------------------------------------------------------------------
+
+
+def _operation_kind(method: str, segments: list[str], headers: Any) -> str:
+    """The operation kind fault rules and throttling match on (admin.OPERATIONS)."""
+    depth = len(segments)
+    if depth == 0:
+        return "account"
+    if depth < 5:
+        return "metadata"
+    if segments[4] == "pkranges":
+        return "pkranges"
+    if depth == 6:
+        return {"GET": "read", "PUT": "replace", "DELETE": "delete", "PATCH": "patch"}.get(method, "metadata")
+    if method == "GET":
+        return "change_feed" if "A-IM" in headers else "read_feed"
+    if headers.get("x-ms-documentdb-isquery"):
+        return "query"
+    if headers.get("x-ms-cosmos-is-batch-request"):
+        return "batch"
+    return "upsert" if headers.get("x-ms-documentdb-is-upsert", "").lower() == "true" else "create"
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise errors.bad_request("The request body is not valid JSON.") from None
+    if not isinstance(value, dict):
+        raise errors.bad_request("The request body must be a JSON object.")
+    return value
+
+
+def _list(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise errors.bad_request("Expected a JSON array of operations.")
+    return value
+
+
+def _item_body(body: bytes) -> dict[str, Any]:
+    from eventflow_emulators.cosmos.model import MAX_ITEM_BYTES
+
+    if len(body) > MAX_ITEM_BYTES:
+        raise CosmosError(413, "Request size is too large.")
+    return _object(body)
+
+
+def _query_body(body: bytes) -> tuple[str, list[dict[str, Any]]]:
+    query = _object(body)
+    text = query.get("query")
+    if not isinstance(text, str):
+        raise errors.bad_request("The query body has no query text.")
+    parameters = query.get("parameters") or []
+    return text, _list(parameters)
+
+
+def _max_items(headers: Any) -> int | None:
+    value = headers.get("x-ms-max-item-count")
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        raise errors.bad_request(f"x-ms-max-item-count {value!r} is not a number.") from None
+
+
+def _required_partition_key(headers: Any) -> list[Any]:
+    value = headers.get(PARTITION_KEY)
+    if value is None:
+        raise errors.bad_request(
+            "PartitionKey value must be supplied for this operation (x-ms-documentdb-partitionkey)."
+        )
+    return parse_partition_key_header(value)
+
+
+def _scope(headers: Any, *, cross_partition: bool = False) -> Scope:
+    pk = headers.get(PARTITION_KEY)
+    epk = None
+    if headers.get("x-ms-read-key-type") == "EffectivePartitionKeyRange" or "x-ms-start-epk" in headers:
+        epk = EpkRange(headers.get("x-ms-start-epk", ""), headers.get("x-ms-end-epk", "FF"))
+    enabled = headers.get("x-ms-documentdb-query-enablecrosspartition", "").lower() == "true"
+    return Scope(headers.get(RANGE_ID), epk,
+                 None if pk is None else parse_partition_key_header(pk), cross_partition or enabled)  # fmt: skip
+
+
+def _minimal(reply: Reply, headers: Any) -> Reply:
+    """`Prefer: return=minimal` drops the body of a write (responsePayloadOnWriteDisabled)."""
+    if headers.get("Prefer") == "return=minimal":
+        reply.body = None
+    return reply
+
+
+def _batch_operations(container: Any, pk: list[Any], body: bytes) -> list[ItemOperation]:
+    """The SDK's batch body (azure/cosmos/_base.py `_format_batch_operations`) as operations."""
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise errors.bad_request("The batch body is not valid JSON.") from None
+    operations = []
+    for entry in _list(raw):
+        kind = _BATCH_KINDS.get(entry.get("operationType"))
+        if kind is None:
+            raise errors.bad_request(f"Unknown batch operationType {entry.get('operationType')!r}.")
+        resource = entry.get("resourceBody")
+        if kind == "patch":
+            patch = resource if isinstance(resource, dict) else {}
+            operations.append(ItemOperation("patch", pk, entry.get("id"), patch=_list(patch.get("operations")),
+                                            condition=patch.get("condition"), if_match=entry.get("ifMatch"),
+                                            if_none_match=entry.get("ifNoneMatch")))  # fmt: skip
+            continue
+        document = resource if isinstance(resource, dict) else None
+        # An operation names its partition by its body, or takes the batch's.
+        operation_pk = body_partition_key(container, document) if document is not None else pk
+        operations.append(ItemOperation(kind, operation_pk, entry.get("id"), document,
+                                        entry.get("ifMatch"), entry.get("ifNoneMatch")))  # fmt: skip
+    return operations

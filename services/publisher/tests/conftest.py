@@ -1,10 +1,12 @@
-"""Fixtures: a local environment with an orders container, a lease container, and helpers."""
+"""Fixtures: an orders container and a lease container on the Cosmos DB emulator (the real SDK),
+and helpers."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -12,10 +14,10 @@ from typing import Any
 
 import pytest
 from azure.cosmos import PartitionKey
+from azure.cosmos.aio import CosmosClient
 
 from eventflow_contracts import OrderItemAdded, OrderLine, new_event, to_json_dict
-from eventflow_local import LocalEnvironment
-from eventflow_local.cosmos import CosmosClient
+from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
 from eventflow_publisher.adapters.cosmos_changefeed import CosmosChangeFeed, CosmosLeaseStore
 from eventflow_publisher.changefeed import LeaseContext
 
@@ -39,7 +41,11 @@ class Collector:
 
 @dataclass
 class Store:
-    environment: LocalEnvironment
+    """A database of its own on the Cosmos DB emulator, through the real SDK: the monitored
+    `orders` container and the `leases` container."""
+
+    cosmos: RunningCosmosEmulator
+    database: str
     client: CosmosClient
     orders: Any
     leases_container: Any
@@ -47,10 +53,18 @@ class Store:
     def feed(self) -> CosmosChangeFeed:
         return CosmosChangeFeed(self.orders)
 
-    async def lease_store(self, name: str = "publisher") -> CosmosLeaseStore:
+    async def lease_store(self, name: str = "publisher", **options: Any) -> CosmosLeaseStore:
         return CosmosLeaseStore(
-            self.leases_container, f"{name}:{await self.feed().identity()}", lock_retry=0.05
+            self.leases_container,
+            f"{name}:{await self.feed().identity()}",
+            lock_retry=0.05,
+            **options,
         )
+
+    def settings(self) -> dict[str, str]:
+        """The environment that points a publisher process at this store."""
+        return {"PUBLISHER_COSMOS_ENDPOINT": self.cosmos.endpoint, "PUBLISHER_COSMOS_KEY": self.cosmos.key,
+                "PUBLISHER_DATABASE": self.database}  # fmt: skip
 
     async def write_events(self, orders: int, per_order: int, start: int = 1) -> list[str]:
         """Outbox event documents like the producer writes; returns their ids in write order."""
@@ -80,31 +94,33 @@ async def eventually(
         await asyncio.sleep(0.02)
 
 
-async def create_containers(environment: LocalEnvironment, feed_ranges: int) -> None:
-    async with CosmosClient(environment, feed_range_count=feed_ranges) as client:
-        database = await client.create_database_if_not_exists("eventflow")
-        await database.create_container_if_not_exists(
-            "orders", partition_key=PartitionKey("/order_id"), default_ttl=-1
-        )
-        await database.create_container_if_not_exists(
-            "leases", partition_key=PartitionKey("/id"), default_ttl=-1
-        )
-
-
 @pytest.fixture
 def feed_ranges() -> int:
     return 4
 
 
 @pytest.fixture
-async def store(tmp_path: Path, feed_ranges: int) -> AsyncIterator[Store]:
-    environment = LocalEnvironment(tmp_path / "local")
-    await create_containers(environment, feed_ranges)
-    async with CosmosClient(environment) as client:
-        database = client.get_database_client("eventflow")
-        yield Store(
-            environment,
-            client,
-            database.get_container_client("orders"),
-            database.get_container_client("leases"),
+def cosmos(
+    request: pytest.FixtureRequest, feed_ranges: int, tmp_path: Path
+) -> Iterator[RunningCosmosEmulator]:
+    """The session's emulator (4 partition key ranges), or one of its own for another count."""
+    if feed_ranges == 4:
+        yield request.getfixturevalue("cosmos_emulator_server")
+        return
+    with cosmos_emulator(tmp_path / "cosmos", partition_key_ranges=feed_ranges) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def store(cosmos: RunningCosmosEmulator) -> AsyncIterator[Store]:
+    name = f"publisher-{uuid.uuid4().hex[:10]}"
+    async with CosmosClient(cosmos.endpoint, credential=cosmos.key) as client:
+        database = await client.create_database(name)
+        orders = await database.create_container(
+            "orders", partition_key=PartitionKey("/order_id"), default_ttl=-1
         )
+        leases = await database.create_container(
+            "leases", partition_key=PartitionKey("/id"), default_ttl=-1
+        )
+        yield Store(cosmos, name, client, orders, leases)
+        await client.delete_database(name)

@@ -23,14 +23,39 @@ class Resources:
     store: CosmosProjectionStore
 
 
-async def _clients(settings: Settings, stack: AsyncExitStack) -> tuple[Any, Any]:
-    cosmos: Any
-    servicebus: Any
+async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
+    """The SDK's aio client: with the key of an emulator (local, compose), or with the managed
+    identity in Azure. Its aiohttp session does not read the environment (`trust_env=False`):
+    aiohttp's default looks up proxies and ~/.netrc in a worker thread for every request, which
+    more than doubled the client CPU per operation here (docs/performance.md). No proxy from the
+    environment is used for Cosmos DB, then."""
+    import aiohttp  # noqa: PLC0415
+    from azure.core.pipeline.transport import AioHttpTransport  # noqa: PLC0415
+    from azure.cosmos.aio import CosmosClient  # noqa: PLC0415
+
+    assert settings.cosmos_endpoint is not None
+    session = await stack.enter_async_context(aiohttp.ClientSession(trust_env=False))
+    transport = AioHttpTransport(session=session, session_owner=False)
+    if settings.mode == "azure":
+        from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
+
+        credential = await stack.enter_async_context(DefaultAzureCredential())
+        client = CosmosClient(settings.cosmos_endpoint, credential=credential, transport=transport)
+    else:
+        assert settings.cosmos_key is not None
+        # Endpoint discovery off: an emulator in compose advertises its own host name.
+        client = CosmosClient(
+            settings.cosmos_endpoint, credential=settings.cosmos_key.get_secret_value(),
+            transport=transport, enable_endpoint_discovery=False, connection_verify=False,
+        )  # fmt: skip
+    return await stack.enter_async_context(client)
+
+
+async def _servicebus(settings: Settings, stack: AsyncExitStack) -> Any:
     if settings.mode == "local":
         from azure.servicebus.exceptions import MessagingEntityAlreadyExistsError  # noqa: PLC0415
 
         from eventflow_local import LocalEnvironment  # noqa: PLC0415 - dev-only dependency
-        from eventflow_local.cosmos import CosmosClient  # noqa: PLC0415
         from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient  # noqa: PLC0415
 
         environment = LocalEnvironment(settings.local_dir)
@@ -41,16 +66,11 @@ async def _clients(settings: Settings, stack: AsyncExitStack) -> tuple[Any, Any]
                     duplicate_detection_history_time_window=timedelta(minutes=10), max_delivery_count=10,
                     lock_duration=timedelta(seconds=30),
                 )  # fmt: skip
-        return CosmosClient(environment), ServiceBusClient(environment)
-    from azure.cosmos.aio import CosmosClient as AzureCosmosClient  # noqa: PLC0415
+        return await stack.enter_async_context(ServiceBusClient(environment))
     from azure.servicebus.aio import ServiceBusClient as AzureServiceBusClient  # noqa: PLC0415
 
-    assert settings.cosmos_endpoint is not None
     if settings.mode == "emulator":
-        assert settings.cosmos_key is not None
         assert settings.servicebus_connection_string is not None
-        cosmos = AzureCosmosClient(settings.cosmos_endpoint, credential=settings.cosmos_key.get_secret_value(),
-                                   enable_endpoint_discovery=False, connection_verify=False)  # fmt: skip
         servicebus = AzureServiceBusClient.from_connection_string(
             settings.servicebus_connection_string.get_secret_value()
         )
@@ -59,17 +79,15 @@ async def _clients(settings: Settings, stack: AsyncExitStack) -> tuple[Any, Any]
 
         credential = await stack.enter_async_context(DefaultAzureCredential())
         assert settings.servicebus_namespace is not None
-        cosmos = AzureCosmosClient(settings.cosmos_endpoint, credential=credential)
         servicebus = AzureServiceBusClient(settings.servicebus_namespace, credential)
-    return cosmos, servicebus
+    return await stack.enter_async_context(servicebus)
 
 
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with AsyncExitStack() as stack:
-        cosmos, servicebus = await _clients(settings, stack)
-        cosmos = await stack.enter_async_context(cosmos)
-        servicebus = await stack.enter_async_context(servicebus)
+        cosmos = await open_cosmos_client(settings, stack)
+        servicebus = await _servicebus(settings, stack)
         if settings.creates_containers:
             database = await cosmos.create_database_if_not_exists(settings.database)
             container = await database.create_container_if_not_exists(

@@ -8,6 +8,13 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The Cosmos DB emulators' published well-known key (the official emulator's and this project's):
+# not a secret; it only ever opens a local emulator.
+EMULATOR_KEY = (
+    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
+)
+LOCAL_COSMOS_ENDPOINT = "http://127.0.0.1:8081/"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONSUMER_", extra="ignore")
@@ -38,6 +45,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _backend_settings_fit_the_mode(self) -> Self:
+        if self.mode == "local":  # the project's own emulators on this machine (make dev)
+            self.cosmos_endpoint = self.cosmos_endpoint or LOCAL_COSMOS_ENDPOINT
+            self.cosmos_key = self.cosmos_key or SecretStr(EMULATOR_KEY)
         if self.mode == "emulator" and not (
             self.servicebus_connection_string and self.cosmos_endpoint and self.cosmos_key
         ):

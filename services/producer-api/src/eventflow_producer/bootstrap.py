@@ -1,4 +1,4 @@
-"""The one place that chooses adapters: local stand-in, emulator or Azure, by `settings.mode`."""
+"""The one place that chooses adapters: emulators (local or compose) or Azure, by `settings.mode`."""
 
 from __future__ import annotations
 
@@ -19,28 +19,31 @@ LOG = structlog.get_logger("eventflow_producer.bootstrap")
 STARTUP_TIMEOUT_S = 120.0
 
 
-async def _cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
-    if settings.mode == "local":
-        from eventflow_local import LocalEnvironment  # noqa: PLC0415 - dev-only dependency
-        from eventflow_local.cosmos import CosmosClient as LocalCosmosClient  # noqa: PLC0415
-
-        return await stack.enter_async_context(
-            LocalCosmosClient(LocalEnvironment(settings.local_dir))
-        )
+async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
+    """The SDK's aio client: with the key of an emulator (local, compose), or with the managed
+    identity in Azure. Its aiohttp session does not read the environment (`trust_env=False`):
+    aiohttp's default looks up proxies and ~/.netrc in a worker thread for every request, which
+    more than doubled the client CPU per operation here (docs/performance.md). No proxy from the
+    environment is used for Cosmos DB, then."""
+    import aiohttp  # noqa: PLC0415
+    from azure.core.pipeline.transport import AioHttpTransport  # noqa: PLC0415
     from azure.cosmos.aio import CosmosClient  # noqa: PLC0415
 
     assert settings.cosmos_endpoint is not None
-    if settings.mode == "emulator":
-        assert settings.cosmos_key is not None
-        client = CosmosClient(
-            settings.cosmos_endpoint, credential=settings.cosmos_key.get_secret_value(),
-            enable_endpoint_discovery=False, connection_verify=False,
-        )  # fmt: skip
-    else:
+    session = await stack.enter_async_context(aiohttp.ClientSession(trust_env=False))
+    transport = AioHttpTransport(session=session, session_owner=False)
+    if settings.mode == "azure":
         from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
 
         credential = await stack.enter_async_context(DefaultAzureCredential())
-        client = CosmosClient(settings.cosmos_endpoint, credential=credential)
+        client = CosmosClient(settings.cosmos_endpoint, credential=credential, transport=transport)
+    else:
+        assert settings.cosmos_key is not None
+        # Endpoint discovery off: an emulator in compose advertises its own host name.
+        client = CosmosClient(
+            settings.cosmos_endpoint, credential=settings.cosmos_key.get_secret_value(),
+            transport=transport, enable_endpoint_discovery=False, connection_verify=False,
+        )  # fmt: skip
     return await stack.enter_async_context(client)
 
 
@@ -75,7 +78,7 @@ async def _container(settings: Settings, client: Any) -> Any:
 async def open_store(settings: Settings) -> AsyncIterator[CosmosOrderStore]:
     """The Cosmos order store for `settings.mode`, with its clients closed on exit."""
     async with AsyncExitStack() as stack:
-        client = await _cosmos_client(settings, stack)
+        client = await open_cosmos_client(settings, stack)
         container = await _container(settings, client)
         LOG.info(
             "store ready",

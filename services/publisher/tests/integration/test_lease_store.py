@@ -1,4 +1,4 @@
-"""CosmosLeaseStore through the local stand-in and through the real azure-cosmos SDK against
+"""CosmosLeaseStore through the real azure-cosmos SDK against the Cosmos DB emulator and
 @vercel/cosmosdb-server: conditional replaces, create conflicts, the prefix query."""
 
 from __future__ import annotations
@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 from azure.cosmos import PartitionKey
 from azure.cosmos.aio import CosmosClient as AzureCosmosClient
 
-from eventflow_local import LocalEnvironment
-from eventflow_local.cosmos import CosmosClient as LocalCosmosClient
+from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
 from eventflow_local.pytest_fixtures import BackendCases
 from eventflow_local.servers import RunningServer
 from eventflow_publisher.adapters.cosmos_changefeed import CosmosLeaseStore, CosmosPoisonStore
@@ -177,15 +175,17 @@ class LeaseStoreCases(BackendCases):
         assert (record["reason"], record["document"]["id"]) == ("too-large", "o1:event:1")
 
 
-class TestOnLocalStandIn(LeaseStoreCases):
-    backend = "the local stand-in"
+class TestOnCosmosEmulator(LeaseStoreCases):
+    backend = "the Cosmos DB emulator"
 
     @pytest.fixture
-    async def container(self, tmp_path: Path) -> AsyncIterator[Any]:
-        async with LocalCosmosClient(LocalEnvironment(tmp_path)) as client:
+    async def container(self, cosmos_emulator_server: RunningCosmosEmulator) -> AsyncIterator[Any]:
+        async with AzureCosmosClient(
+            cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key
+        ) as client:
             database = await client.create_database_if_not_exists("eventflow")
             yield await database.create_container_if_not_exists(
-                "leases", partition_key=PartitionKey("/id"), default_ttl=-1
+                f"leases-{uuid.uuid4().hex[:8]}", partition_key=PartitionKey("/id"), default_ttl=-1
             )
 
 

@@ -1,4 +1,4 @@
-"""Three publisher processes on the local stand-ins: a balanced split of sixteen leases, a kill -9
+"""Three publisher processes on the Cosmos DB emulator (and the Event Hubs stand-in): a balanced split of sixteen leases, a kill -9
 taken over after expiry, and every event on the hub at least once, in order per order."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from ..conftest import Store  # type: ignore[import-not-found]
 pytestmark = pytest.mark.slow
 
 
-def publisher(folder: Path, name: str) -> subprocess.Popen[bytes]:
-    settings = {
+def publisher(store: Store, folder: Path, name: str) -> subprocess.Popen[bytes]:
+    settings = {**store.settings(),
         "PUBLISHER_MODE": "local", "PUBLISHER_LOCAL_DIR": str(folder), "PUBLISHER_INSTANCE_NAME": name,
         "PUBLISHER_POLL_DELAY_SECONDS": "0.05", "PUBLISHER_ACQUIRE_INTERVAL_SECONDS": "0.3",
         "PUBLISHER_RENEW_INTERVAL_SECONDS": "0.5", "PUBLISHER_LEASE_EXPIRY_SECONDS": "2",
@@ -53,11 +53,11 @@ async def hub_events(environment: LocalEnvironment) -> list[tuple[str, dict]]:
 
 @pytest.mark.parametrize("feed_ranges", [16])
 async def test_three_processes_balance_survive_a_kill_and_publish_everything_in_order(
-    store: Store,
+    store: Store, tmp_path: Path
 ) -> None:
-    folder = store.environment.folder
-    await create_event_hub(store.environment, "orders", partition_count=4)
-    processes = {name: publisher(folder, name) for name in "abc"}
+    hub = LocalEnvironment(tmp_path)
+    await create_event_hub(hub, "orders", partition_count=4)
+    processes = {name: publisher(store, tmp_path, name) for name in "abc"}
     try:
         leases = await store.lease_store()
 
@@ -86,7 +86,7 @@ async def test_three_processes_balance_survive_a_kill_and_publish_everything_in_
 
         deadline = time.monotonic() + 30
         while True:
-            published = await hub_events(store.environment)
+            published = await hub_events(hub)
             if complete() or time.monotonic() > deadline:
                 break
         assert complete(), f"{len(published)} events on the hub, {len(written)} written"
@@ -106,9 +106,9 @@ async def test_three_processes_balance_survive_a_kill_and_publish_everything_in_
                 process.wait(timeout=20)
 
 
-async def test_sigterm_finishes_and_releases_every_lease(store: Store) -> None:
-    await create_event_hub(store.environment, "orders", partition_count=4)
-    process = publisher(store.environment.folder, "solo")
+async def test_sigterm_finishes_and_releases_every_lease(store: Store, tmp_path: Path) -> None:
+    await create_event_hub(LocalEnvironment(tmp_path), "orders", partition_count=4)
+    process = publisher(store, tmp_path, "solo")
     leases = await store.lease_store()
     deadline = time.monotonic() + 30
     while {lease.owner for lease in await leases.list_leases()} != {"solo"}:

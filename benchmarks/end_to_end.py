@@ -26,8 +26,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-from eventflow_local.cosmos import CosmosClient
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.e2e.harness import System
@@ -73,7 +71,7 @@ async def offer(url: str, rate: int, seconds: float) -> tuple[int, float]:
 
 async def latencies(system: System, since: set[str]) -> tuple[list[float], set[str]]:
     """Latencies (ms) of inbox marks not seen before, and every mark id seen so far."""
-    async with CosmosClient(system.environment) as cosmos:
+    async with system.cosmos_client() as cosmos:
         container = cosmos.get_database_client("eventflow").get_container_client("order-summaries")
         marks = [
             m async for m in container.query_items("SELECT * FROM c WHERE c.kind = 'inbox-mark'")
@@ -86,7 +84,7 @@ async def latencies(system: System, since: set[str]) -> tuple[list[float], set[s
 
 async def settled(system: System, expected: int, wait: float = 120) -> None:
     deadline = time.monotonic() + wait
-    async with CosmosClient(system.environment) as cosmos:
+    async with system.cosmos_client() as cosmos:
         container = cosmos.get_database_client("eventflow").get_container_client("order-summaries")
         while True:
             query = "SELECT VALUE COUNT(1) FROM c WHERE c.kind = 'inbox-mark'"

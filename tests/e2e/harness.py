@@ -12,17 +12,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+from azure.cosmos.aio import CosmosClient
 from azure.eventhub import EventData
 from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
 
+from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
 from eventflow_local import LocalEnvironment
-from eventflow_local.cosmos import CosmosClient
 from eventflow_local.eventhubs import EventHubProducerClient, create_event_hub
 from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient
 
@@ -51,13 +53,21 @@ class System:
     consumer_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     kills: int = 0
+    emulators: ExitStack = field(default_factory=ExitStack)
+    cosmos: RunningCosmosEmulator | None = None
 
     @property
     def environment(self) -> LocalEnvironment:
         return LocalEnvironment(self.folder)
 
+    def cosmos_client(self) -> CosmosClient:
+        assert self.cosmos is not None, "start() first"
+        return CosmosClient(self.cosmos.endpoint, credential=self.cosmos.key)
+
     async def prepare(self) -> None:
-        """What infrastructure does in Azure: the hub and the inbox (short locks for fast recovery)."""
+        """The emulators, and what infrastructure does in Azure: the hub and the inbox (short locks
+        for fast recovery)."""
+        self.cosmos = self.emulators.enter_context(cosmos_emulator(self.folder / "cosmos"))
         await create_event_hub(self.environment, "orders", partition_count=4)
         async with ServiceBusAdministrationClient(self.environment) as admin:
             await admin.create_queue(
@@ -70,6 +80,10 @@ class System:
         kind = name.split("-", maxsplit=1)[0]
         settings = {**FAST, f"{kind.upper()}_MODE": "local", f"{kind.upper()}_LOCAL_DIR": str(self.folder),
                     f"{kind.upper()}_LOG_LEVEL": "INFO" if kind == "producer" else "WARNING"}  # fmt: skip
+        if kind in ("producer", "publisher", "consumer"):
+            assert self.cosmos is not None
+            settings |= {f"{kind.upper()}_COSMOS_ENDPOINT": self.cosmos.endpoint,
+                         f"{kind.upper()}_COSMOS_KEY": self.cosmos.key}  # fmt: skip
         if kind == "producer":
             settings["PRODUCER_PORT"] = str(self.producer_port)
         elif kind == "consumer":
@@ -136,6 +150,7 @@ class System:
             except subprocess.TimeoutExpired:
                 process.kill()
                 codes[name] = None
+        self.emulators.close()
         return codes
 
 
@@ -254,7 +269,7 @@ async def check_guarantees(system: System, orders: list[str]) -> dict[str, Any]:
     """Every committed event handled once, in order; each projection equals the producer's entity;
     the injected malformed events dead-lettered with their reasons, and nothing else."""
     handled = 0
-    async with httpx.AsyncClient(timeout=10) as client, CosmosClient(system.environment) as cosmos:
+    async with httpx.AsyncClient(timeout=10) as client, system.cosmos_client() as cosmos:
         summaries = cosmos.get_database_client("eventflow").get_container_client("order-summaries")
         for order_id in orders:
             entity = (await client.get(f"{system.producer_url}/orders/{order_id}")).json()

@@ -1,13 +1,17 @@
-"""Fixtures for the consumer's tests: events as the subscriber forwards them, and a local inbox."""
+"""Fixtures for the consumer's tests: events as the subscriber forwards them, a local inbox, and a
+database of its own on the Cosmos DB emulator."""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.cosmos.aio import CosmosClient
 from azure.servicebus import ServiceBusMessage
 
 from eventflow_contracts import (
@@ -19,6 +23,7 @@ from eventflow_contracts import (
     encode_event,
     new_event,
 )
+from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
 from eventflow_local import LocalEnvironment
 from eventflow_local.servicebus import ServiceBusAdministrationClient
 
@@ -57,8 +62,37 @@ def inbox_message(
                              application_properties=properties or None)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class CosmosDatabase:
+    """A database of the test's own on the session's Cosmos DB emulator."""
+
+    endpoint: str
+    key: str
+    name: str
+
+    def client(self) -> CosmosClient:
+        return CosmosClient(self.endpoint, credential=self.key)
+
+
 @pytest.fixture
-async def environment(tmp_path: Path) -> LocalEnvironment:
+def cosmos_database(
+    cosmos_emulator_server: RunningCosmosEmulator, monkeypatch: pytest.MonkeyPatch
+) -> CosmosDatabase:
+    """Points every consumer started by the test (in-process Settings or a child process, both
+    read the environment) at the emulator, in a database of the test's own."""
+    database = CosmosDatabase(
+        cosmos_emulator_server.endpoint,
+        cosmos_emulator_server.key,
+        f"consumer-{uuid.uuid4().hex[:10]}",
+    )
+    monkeypatch.setenv("CONSUMER_COSMOS_ENDPOINT", database.endpoint)
+    monkeypatch.setenv("CONSUMER_COSMOS_KEY", database.key)
+    monkeypatch.setenv("CONSUMER_DATABASE", database.name)
+    return database
+
+
+@pytest.fixture
+async def environment(tmp_path: Path, cosmos_database: CosmosDatabase) -> LocalEnvironment:
     environment = LocalEnvironment(tmp_path / "local")
     async with ServiceBusAdministrationClient(environment) as admin:
         await admin.create_queue(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -9,12 +11,14 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
+from azure.core.exceptions import AzureError
 from azure.cosmos import PartitionKey
 
 from eventflow_consumer.adapters.cosmos_projection import PARTITION_KEY_PATH, CosmosProjectionStore
 from eventflow_consumer.settings import Settings
 
 LOG = structlog.get_logger("eventflow_consumer.bootstrap")
+STARTUP_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -83,22 +87,35 @@ async def _servicebus(settings: Settings, stack: AsyncExitStack) -> Any:
     return await stack.enter_async_context(servicebus)
 
 
+async def _projections(settings: Settings, cosmos: Any) -> Any:
+    """The projections container (created where the service may create it), retried while the
+    store is still starting (an emulator started beside it)."""
+    deadline, delay = time.monotonic() + STARTUP_TIMEOUT_S, 0.5
+    while True:
+        try:
+            if not settings.creates_containers:
+                database = cosmos.get_database_client(settings.database)
+                return database.get_container_client(settings.projections_container)
+            database = await cosmos.create_database_if_not_exists(settings.database)
+            return await database.create_container_if_not_exists(
+                id=settings.projections_container,
+                partition_key=PartitionKey(path=PARTITION_KEY_PATH),
+                default_ttl=-1,
+            )
+        except AzureError as error:
+            if time.monotonic() > deadline:
+                raise
+            LOG.warning("cosmos not ready; retrying", error=type(error).__name__, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with AsyncExitStack() as stack:
         cosmos = await open_cosmos_client(settings, stack)
         servicebus = await _servicebus(settings, stack)
-        if settings.creates_containers:
-            database = await cosmos.create_database_if_not_exists(settings.database)
-            container = await database.create_container_if_not_exists(
-                id=settings.projections_container,
-                partition_key=PartitionKey(path=PARTITION_KEY_PATH),
-                default_ttl=-1,
-            )
-        else:
-            container = cosmos.get_database_client(settings.database).get_container_client(
-                settings.projections_container
-            )
+        container = await _projections(settings, cosmos)
         LOG.info(
             "resources ready",
             mode=settings.mode,

@@ -16,10 +16,13 @@ import orjson
 import pytest
 
 from eventflow_local import LocalEnvironment
-from eventflow_local.cosmos import CosmosClient
 from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient
 
-from ..conftest import inbox_message, order_events  # type: ignore[import-not-found]
+from ..conftest import (  # type: ignore[import-not-found]
+    CosmosDatabase,
+    inbox_message,
+    order_events,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +46,7 @@ class Consumer:
 
 
 async def test_two_processes_share_the_sessions_without_overlap(
-    environment: LocalEnvironment,
+    environment: LocalEnvironment, cosmos_database: CosmosDatabase
 ) -> None:
     orders = [f"o{n}" for n in range(16)]
     async with ServiceBusClient(environment) as client, client.get_queue_sender("inbox") as sender:
@@ -83,8 +86,9 @@ async def test_two_processes_share_the_sessions_without_overlap(
         if len(held) == 2:
             (a_start, a_end), (b_start, b_end) = held
             assert a_end <= b_start or b_end <= a_start, f"{order_id} handled by both at once"
-    async with CosmosClient(environment) as cosmos:
-        container = cosmos.get_database_client("eventflow").get_container_client("order-summaries")
+    async with cosmos_database.client() as cosmos:
+        database = cosmos.get_database_client(cosmos_database.name)
+        container = database.get_container_client("order-summaries")
         for order_id in orders:
             summary = await container.read_item(order_id, partition_key=order_id)
             assert (summary["last_sequence"], summary["status"]) == (4, "cancelled")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -17,8 +16,7 @@ from eventflow_consumer.adapters.cosmos_projection import PARTITION_KEY_PATH, Co
 from eventflow_consumer.handling import AlreadyAppliedError
 from eventflow_consumer.projection import apply
 from eventflow_contracts import decode_event
-from eventflow_local import LocalEnvironment
-from eventflow_local.cosmos import CosmosClient as LocalCosmosClient
+from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
 from eventflow_local.pytest_fixtures import BackendCases
 from eventflow_local.servers import RunningServer
 
@@ -74,15 +72,19 @@ class ProjectionStoreCases(BackendCases):
         assert await store.list_blocked() == []
 
 
-class TestOnLocalStandIn(ProjectionStoreCases):
-    backend = "the local stand-in"
+class TestOnCosmosEmulator(ProjectionStoreCases):
+    backend = "the Cosmos DB emulator"
 
     @pytest.fixture
-    async def container(self, tmp_path: Path) -> AsyncIterator[Any]:
-        async with LocalCosmosClient(LocalEnvironment(tmp_path)) as client:
+    async def container(self, cosmos_emulator_server: RunningCosmosEmulator) -> AsyncIterator[Any]:
+        async with AzureCosmosClient(
+            cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key
+        ) as client:
             database = await client.create_database_if_not_exists("eventflow")
             yield await database.create_container_if_not_exists(
-                "order-summaries", partition_key=PartitionKey(PARTITION_KEY_PATH), default_ttl=-1
+                f"summaries-{uuid.uuid4().hex[:8]}",
+                partition_key=PartitionKey(PARTITION_KEY_PATH),
+                default_ttl=-1,
             )
 
 

@@ -17,10 +17,15 @@ from eventflow_consumer.bootstrap import Resources, open_resources
 from eventflow_consumer.handling import InboxHandler, SessionState
 from eventflow_consumer.main import worker_of
 from eventflow_consumer.settings import Settings
-from eventflow_local import FaultKind, LocalEnvironment
+from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
+from eventflow_local import LocalEnvironment
 from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient
 
-from ..conftest import inbox_message, order_events  # type: ignore[import-not-found]
+from ..conftest import (  # type: ignore[import-not-found]
+    CosmosDatabase,
+    inbox_message,
+    order_events,
+)
 
 
 def settings_for(environment: LocalEnvironment, **changes: Any) -> Settings:
@@ -126,12 +131,19 @@ async def test_an_out_of_order_replay_is_harmless(environment: LocalEnvironment)
 
 async def test_past_max_delivery_count_a_message_is_dead_lettered(
     environment: LocalEnvironment,
+    cosmos_database: CosmosDatabase,
+    cosmos_emulator_server: RunningCosmosEmulator,
 ) -> None:
-    environment.inject_fault("cosmos.execute_item_batch", FaultKind.TRANSIENT, count=1000)
+    admin = cosmos_emulator_server.admin
+    admin.inject_fault(
+        "unavailable", count=1000, operation="batch", path_contains=f"/dbs/{cosmos_database.name}/"
+    )
     await send(environment, inbox_message(order_events("o1")[0], "o1"))
-    async with consumer(environment, transient_attempts=1):
-        await until(lambda: _has_dead_letters(environment), "dead-lettered", wait=30)
-    environment.inject_fault("cosmos.execute_item_batch", count=0)
+    try:
+        async with consumer(environment, transient_attempts=1):
+            await until(lambda: _has_dead_letters(environment), "dead-lettered", wait=30)
+    finally:
+        admin.reset_faults()
     (dead,) = await dead_letters(environment)
     assert dead.dead_letter_reason == "MaxDeliveryCountExceeded"
 

@@ -1,30 +1,49 @@
-"""Schemathesis against the generated OpenAPI, on the real store (local stand-in): no 5xx, and
-every response conforms to the schema (status documented, content type, body)."""
+"""Schemathesis against the generated OpenAPI, on the real store (the real SDK against the Cosmos
+DB emulator): no 5xx, and every response conforms to the schema (status documented, content type,
+body)."""
 
 from __future__ import annotations
 
+import atexit
 import tempfile
 import uuid
 from pathlib import Path
 
 import schemathesis
 from hypothesis import HealthCheck, settings
+from pydantic import SecretStr
 
+from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
 from eventflow_producer.api import create_app
 from eventflow_producer.bootstrap import open_store
 from eventflow_producer.settings import Settings
 
 MIN_CASES = 500
-_app = create_app(
-    Settings(mode="local", local_dir=Path(tempfile.mkdtemp(prefix="producer-fuzz-"))), open_store
-)
 # A missing If-Match is a 428 (precondition required) by design; schemathesis's default for a
 # missing required header is 400/401/403/406/415/422.
 _config = schemathesis.config.SchemathesisConfig.from_dict(
     {"checks": {"missing_required_header": {"expected-statuses": [428]}}}
 )
-schema = schemathesis.openapi.from_asgi("/openapi.json", _app, config=_config)
 cases_run: list[str] = []
+
+
+def _emulator() -> RunningCosmosEmulator:
+    """Schemathesis builds its cases when the module is collected, before any fixture: this module
+    runs an emulator of its own, stopped when the test process exits."""
+    running = cosmos_emulator(Path(tempfile.mkdtemp(prefix="producer-fuzz-")))
+    emulator = running.__enter__()
+    atexit.register(running.__exit__, None, None, None)
+    return emulator
+
+
+_cosmos = _emulator()
+_settings = Settings(
+    mode="emulator", cosmos_endpoint=_cosmos.endpoint, cosmos_key=SecretStr(_cosmos.key),
+    database=f"fuzz-{uuid.uuid4().hex[:8]}",
+)  # fmt: skip
+schema = schemathesis.openapi.from_asgi(
+    "/openapi.json", create_app(_settings, open_store), config=_config
+)
 
 
 @schema.parametrize()

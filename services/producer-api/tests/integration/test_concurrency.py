@@ -1,15 +1,17 @@
-"""Races through the API on the real store (local stand-in), with two app instances sharing it."""
+"""Races through the API on the real store (the real SDK against the Cosmos DB emulator), with two app instances sharing it."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
 from eventflow_producer.bootstrap import open_store
 from eventflow_producer.settings import Settings
 
@@ -23,8 +25,13 @@ ORDER = {
 
 
 @pytest.fixture
-async def replicas(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
-    settings = Settings(mode="local", local_dir=tmp_path)
+async def replicas(
+    cosmos_emulator_server: RunningCosmosEmulator,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    settings = Settings(
+        mode="emulator", cosmos_endpoint=cosmos_emulator_server.endpoint,
+        cosmos_key=SecretStr(cosmos_emulator_server.key), database=f"races-{uuid.uuid4().hex[:8]}",
+    )  # fmt: skip
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(running(settings, open_store))
         second = await stack.enter_async_context(running(settings, open_store))

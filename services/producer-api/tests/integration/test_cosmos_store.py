@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
@@ -17,8 +16,7 @@ from azure.cosmos import PartitionKey
 from azure.cosmos.aio import CosmosClient as AzureCosmosClient
 
 from eventflow_contracts import OrderLine, decode_event, encode_event, new_event
-from eventflow_local import LocalEnvironment
-from eventflow_local.cosmos import CosmosClient as LocalCosmosClient
+from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
 from eventflow_local.pytest_fixtures import BackendCases
 from eventflow_local.servers import RunningServer
 from eventflow_producer.adapters.cosmos_store import PARTITION_KEY_PATH, CosmosOrderStore
@@ -117,16 +115,19 @@ def _bytes(document: dict[str, Any]) -> bytes:
     return orjson.dumps(document)
 
 
-class TestOnLocalStandIn(OrderStoreCases):
-    backend = "the local stand-in"
+class TestOnCosmosEmulator(OrderStoreCases):
+    backend = "the Cosmos DB emulator"
 
     @pytest.fixture
-    async def container(self, tmp_path: Path) -> AsyncIterator[Any]:
-        async with LocalCosmosClient(LocalEnvironment(tmp_path)) as client:
+    async def container(self, cosmos_emulator_server: RunningCosmosEmulator) -> AsyncIterator[Any]:
+        async with AzureCosmosClient(
+            cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key
+        ) as client:
             database = await client.create_database_if_not_exists("eventflow")
             yield await database.create_container_if_not_exists(
-                id="orders", partition_key=PartitionKey(path=PARTITION_KEY_PATH), default_ttl=-1
-            )
+                id=f"orders-{uuid.uuid4().hex[:8]}", partition_key=PartitionKey(path=PARTITION_KEY_PATH),
+                default_ttl=-1,
+            )  # fmt: skip
 
 
 class TestOnCosmosDbServer(OrderStoreCases):

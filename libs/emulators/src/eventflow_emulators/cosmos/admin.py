@@ -58,6 +58,12 @@ class Stats:
     throttled: int = 0
     faulted: int = 0
     request_units: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)
+    """Responses by HTTP status, e.g. {"200": 12, "304": 3, "410": 1}."""
+
+    def answered(self, status: int) -> None:
+        key = str(status)
+        self.statuses[key] = self.statuses.get(key, 0) + 1
 
 
 @dataclass

@@ -72,8 +72,10 @@ class CosmosProtocol:
             self.controls.charge(reply.charge)
             if timeout_after:
                 raise CosmosError(408, "Request timed out after it was applied (injected by the emulator).")
+            self.controls.stats.answered(reply.status)
             return self._respond(reply, activity)
         except CosmosError as error:
+            self.controls.stats.answered(error.status)
             return self._error(error, activity)
 
     # -- dispatch -------------------------------------------------------------------------------

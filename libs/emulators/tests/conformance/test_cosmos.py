@@ -71,10 +71,10 @@ def first_range_id(admin: CosmosEmulatorAdmin, container: Container) -> str:
 
 
 async def next_second() -> None:
-    """Poll the clock until the next whole second (timestamps have second granularity)."""
+    """Wait for the next whole second of the clock (timestamps have second granularity)."""
     second = int(time.time())
-    while int(time.time()) == second:
-        await asyncio.sleep(0.02)
+    await asyncio.sleep(second + 1 - time.time())
+    assert int(time.time()) > second
 
 
 async def same_range_keys(container: Container) -> tuple[str, str]:
@@ -84,10 +84,11 @@ async def same_range_keys(container: Container) -> tuple[str, str]:
     for n in range(200):
         key = f"key-{n}"
         point = await container.feed_range_from_partition_key(key)
-        owner = [i for i, r in enumerate(ranges) if await container.is_feed_range_subset(r, point)][0]
-        if owner in owners:
-            return owners[owner], key
-        owners[owner] = key
+        for owner, feed_range in enumerate(ranges):
+            if await container.is_feed_range_subset(feed_range, point):
+                if owner in owners:
+                    return owners[owner], key
+                owners[owner] = key
     raise AssertionError("no two keys share a range")
 
 

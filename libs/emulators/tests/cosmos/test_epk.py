@@ -69,7 +69,8 @@ def test_initial_ranges_cut_where_azure_cuts() -> None:
 
 def test_halves_of_a_range_meet_in_the_middle_and_cover_it() -> None:
     low, high = EpkRange("", "0FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF").halves()
-    assert low.min == "" and high.max == "0FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+    assert low.min == ""
+    assert high.max == "0FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
     assert low.max == high.min == "07FFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
     top_low, top_high = EpkRange("2FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF", "FF").halves()
     assert top_low.max == top_high.min == "37FFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"

@@ -46,14 +46,20 @@ def make(account: Account, name: str = "c", **properties: Any) -> Container:
     return account.container("db", name)
 
 
-def write(account: Account, container: Container, kind: str, body: dict[str, Any], **kw: Any) -> Any:
+def write(
+    account: Account, container: Container, kind: str, body: dict[str, Any], **kw: Any
+) -> Any:
     operation = ItemOperation(kind, [body.get("pk")], body=body, **kw)
     return account.write_item(container, operation)
 
 
-def feed(account: Account, container: Container, key: str, after: str | None = None, **kw: Any) -> Any:
+def feed(
+    account: Account, container: Container, key: str, after: str | None = None, **kw: Any
+) -> Any:
     partition = container.range_for(effective_partition_key([key]))
-    return account.change_feed(container, ChangeFeedRequest(Scope(range_id=partition.id), after, **kw))
+    return account.change_feed(
+        container, ChangeFeedRequest(Scope(range_id=partition.id), after, **kw)
+    )
 
 
 def documents(reply: Any) -> list[dict[str, Any]]:
@@ -67,7 +73,8 @@ def test_create_sets_system_properties_and_a_quoted_etag(account: Account) -> No
     reply = write(account, container, "create", {"id": "a", "pk": "p"})
     body = orjson.loads(reply.body)
     assert reply.status == 201
-    assert body["_etag"].startswith('"') and body["_etag"].endswith('"')
+    assert body["_etag"].startswith('"')
+    assert body["_etag"].endswith('"')
     assert body["_etag"] == reply.etag
     assert body["_self"] == f"{container.self_link}docs/{body['_rid']}/"
     assert body["_ts"] == int(account.clock())
@@ -79,9 +86,14 @@ def test_create_twice_conflicts_and_replace_with_a_stale_etag_fails(account: Acc
     with pytest.raises(CosmosError) as conflict:
         write(account, container, "create", {"id": "a", "pk": "p"})
     assert conflict.value.status == 409
-    account.write_item(container, ItemOperation("replace", ["p"], "a", {"id": "a", "pk": "p", "n": 2}))
+    account.write_item(
+        container, ItemOperation("replace", ["p"], "a", {"id": "a", "pk": "p", "n": 2})
+    )
     with pytest.raises(CosmosError) as stale:
-        account.write_item(container, ItemOperation("replace", ["p"], "a", {"id": "a", "pk": "p"}, if_match=first.etag))
+        account.write_item(
+            container,
+            ItemOperation("replace", ["p"], "a", {"id": "a", "pk": "p"}, if_match=first.etag),
+        )
     assert stale.value.status == 412
 
 
@@ -92,14 +104,18 @@ def test_ids_must_be_valid_and_items_small(account: Account) -> None:
             write(account, container, "create", {"id": bad, "pk": "p"})
         assert caught.value.status == 400
     with pytest.raises(CosmosError) as large:
-        write(account, container, "create", {"id": "big", "pk": "p", "blob": "x" * (2 * 1024 * 1024)})
+        write(
+            account, container, "create", {"id": "big", "pk": "p", "blob": "x" * (2 * 1024 * 1024)}
+        )
     assert large.value.status == 413
 
 
 def test_partition_key_of_the_body_must_match_the_header(account: Account) -> None:
     container = make(account)
     with pytest.raises(CosmosError) as caught:
-        account.write_item(container, ItemOperation("create", ["other"], body={"id": "a", "pk": "p"}))
+        account.write_item(
+            container, ItemOperation("create", ["other"], body={"id": "a", "pk": "p"})
+        )
     assert (caught.value.status, caught.value.sub_status) == (400, 1001)
 
 
@@ -134,7 +150,9 @@ def test_batch_shares_one_lsn_and_change_feed_pages_keep_it_whole(account: Accou
     assert [d["id"] for d in documents(nxt)] == ["single"]
 
 
-def test_change_feed_304_when_nothing_new_and_empty_200_for_changes_elsewhere(account: Account) -> None:
+def test_change_feed_304_when_nothing_new_and_empty_200_for_changes_elsewhere(
+    account: Account,
+) -> None:
     container = make(account)
     write(account, container, "create", {"id": "a", "pk": "p"})
     first = feed(account, container, "p")
@@ -144,7 +162,9 @@ def test_change_feed_304_when_nothing_new_and_empty_200_for_changes_elsewhere(ac
     neighbour = next(k for k in (f"k{n}" for n in range(500))
                      if k != "p" and container.range_for(effective_partition_key([k])) is partition)  # fmt: skip
     write(account, container, "create", {"id": "b", "pk": neighbour})
-    only_p = account.change_feed(container, ChangeFeedRequest(Scope(range_id=partition.id, pk=["p"]), first.etag))
+    only_p = account.change_feed(
+        container, ChangeFeedRequest(Scope(range_id=partition.id, pk=["p"]), first.etag)
+    )
     assert only_p.status == 200
     assert documents(only_p) == []
     assert only_p.etag == f'"{partition.lsn}"'
@@ -201,7 +221,8 @@ def test_split_children_inherit_the_lsn_and_the_parent_is_gone(account: Account)
     children = account.split("db", "c", "0")
     assert [c.parents for c in children] == [["0"], ["0"]]
     assert all(c.lsn == parent.lsn for c in children)
-    assert children[0].min == parent.min and children[1].max == parent.max
+    assert children[0].min == parent.min
+    assert children[1].max == parent.max
     with pytest.raises(CosmosError) as caught:
         account.change_feed(container, ChangeFeedRequest(Scope(range_id="0")))
     assert (caught.value.status, caught.value.sub_status) == (410, 1002)
@@ -212,7 +233,12 @@ def test_split_children_inherit_the_lsn_and_the_parent_is_gone(account: Account)
 def test_partition_key_ranges_are_an_incremental_feed(account: Account) -> None:
     make(account)
     full = account.partition_key_ranges("db", "c", None)
-    assert [r["id"] for r in orjson.loads(full.body or b"")["PartitionKeyRanges"]] == ["0", "1", "2", "3"]
+    assert [r["id"] for r in orjson.loads(full.body or b"")["PartitionKeyRanges"]] == [
+        "0",
+        "1",
+        "2",
+        "3",
+    ]
     assert account.partition_key_ranges("db", "c", full.etag).status == 304
     account.split("db", "c", "1")
     delta = account.partition_key_ranges("db", "c", full.etag)
@@ -237,7 +263,10 @@ def test_state_survives_reopening_the_store(tmp_path: Path, clock: Clock) -> Non
 def test_unsupported_query_is_refused_naming_the_part(account: Account) -> None:
     container = make(account)
     with pytest.raises(CosmosError) as caught:
-        account.query(container, QueryRequest("SELECT * FROM c GROUP BY c.kind", [], Scope(cross_partition=True)))
+        account.query(
+            container,
+            QueryRequest("SELECT * FROM c GROUP BY c.kind", [], Scope(cross_partition=True)),
+        )
     assert caught.value.status == 400
     assert "GROUP" in caught.value.message
 
@@ -272,7 +301,12 @@ def test_patch_applies_operations_and_checks_its_condition(account: Account) -> 
         {"op": "set", "path": "/nested", "value": {"k": 1}}, {"op": "remove", "path": "/old"},
     ], condition="FROM c WHERE c.n = 1"))  # fmt: skip
     body = orjson.loads(reply.body or b"")
-    assert (body["n"], body["tags"], body["nested"], "old" in body) == (3, ["x", "y"], {"k": 1}, False)
+    assert (body["n"], body["tags"], body["nested"], "old" in body) == (
+        3,
+        ["x", "y"],
+        {"k": 1},
+        False,
+    )
     with pytest.raises(CosmosError) as caught:
         account.write_item(container, ItemOperation(
             "patch", ["p"], "a", patch=[{"op": "set", "path": "/n", "value": 0}],

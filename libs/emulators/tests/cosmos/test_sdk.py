@@ -27,7 +27,9 @@ WRONG_KEY = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk="
 
 @pytest.fixture
 async def container(cosmos_emulator_server: RunningCosmosEmulator) -> AsyncIterator[Any]:
-    async with CosmosClient(cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key) as client:
+    async with CosmosClient(
+        cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key
+    ) as client:
         database = await client.create_database_if_not_exists("sdk-tests")
         yield await database.create_container(
             id=f"c{uuid.uuid4().hex[:12]}", partition_key=PartitionKey(path="/pk")
@@ -38,7 +40,9 @@ async def collect(iterable: Any) -> list[Any]:
     return [item async for item in iterable]
 
 
-async def test_a_wrong_key_is_refused_with_401(cosmos_emulator_server: RunningCosmosEmulator) -> None:
+async def test_a_wrong_key_is_refused_with_401(
+    cosmos_emulator_server: RunningCosmosEmulator,
+) -> None:
     # The client reads the account first (GET /), which is signed like any request.
     client = CosmosClient(cosmos_emulator_server.endpoint, credential=WRONG_KEY)
     try:
@@ -52,7 +56,9 @@ async def test_a_wrong_key_is_refused_with_401(cosmos_emulator_server: RunningCo
 
 
 async def test_connection_string_works(cosmos_emulator_server: RunningCosmosEmulator) -> None:
-    async with CosmosClient.from_connection_string(cosmos_emulator_server.connection_string) as client:
+    async with CosmosClient.from_connection_string(
+        cosmos_emulator_server.connection_string
+    ) as client:
         database = await client.create_database_if_not_exists("sdk-tests")
         assert (await database.read())["id"] == "sdk-tests"
 
@@ -77,14 +83,18 @@ async def test_items_land_in_the_feed_range_the_sdk_computes(container: Any) -> 
 
 
 async def test_nested_partition_key_path(cosmos_emulator_server: RunningCosmosEmulator) -> None:
-    async with CosmosClient(cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key) as client:
+    async with CosmosClient(
+        cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key
+    ) as client:
         database = await client.create_database_if_not_exists("sdk-tests")
         nested = await database.create_container(
             id=f"n{uuid.uuid4().hex[:12]}", partition_key=PartitionKey(path="/customer/id")
         )
         await nested.create_item({"id": "o1", "customer": {"id": "c7"}})
         assert (await nested.read_item("o1", partition_key="c7"))["customer"]["id"] == "c7"
-        found = await collect(nested.query_items("SELECT * FROM c WHERE c.customer.id = 'c7'", partition_key="c7"))
+        found = await collect(
+            nested.query_items("SELECT * FROM c WHERE c.customer.id = 'c7'", partition_key="c7")
+        )
         assert [item["id"] for item in found] == ["o1"]
 
 
@@ -122,7 +132,9 @@ async def test_a_timeout_after_apply_leaves_the_write_done(
 ) -> None:
     # A 408 on a write is not retried (azure/cosmos/_timeout_failover_retry_policy.py: writes
     # only with retry_write), so the caller sees the timeout although the item was written.
-    cosmos_emulator_server.admin.inject_fault("timeout-after-apply", operation="create", path_contains=container.id)
+    cosmos_emulator_server.admin.inject_fault(
+        "timeout-after-apply", operation="create", path_contains=container.id
+    )
     with pytest.raises(CosmosHttpResponseError) as caught:
         await container.create_item({"id": "a", "pk": "p"})
     assert caught.value.status_code == 408
@@ -159,7 +171,9 @@ async def test_an_outage_fails_requests_until_it_ends(
             await asyncio.sleep(0.1)
 
 
-async def test_reset_removes_faults(container: Any, cosmos_emulator_server: RunningCosmosEmulator) -> None:
+async def test_reset_removes_faults(
+    container: Any, cosmos_emulator_server: RunningCosmosEmulator
+) -> None:
     admin = cosmos_emulator_server.admin
     admin.inject_fault("unavailable", count=50, path_contains=container.id)
     assert admin.status()["faults"]
@@ -181,12 +195,18 @@ async def test_data_and_change_feed_position_survive_a_restart(tmp_path: Path) -
     async def write_and_read(endpoint: str, key: str, token: str | None) -> tuple[list[str], str]:
         async with CosmosClient(endpoint, credential=key) as client:
             database = await client.create_database_if_not_exists("durable")
-            box = await database.create_container_if_not_exists(id="box", partition_key=PartitionKey(path="/pk"))
+            box = await database.create_container_if_not_exists(
+                id="box", partition_key=PartitionKey(path="/pk")
+            )
             await box.create_item({"id": uuid.uuid4().hex, "pk": "p", "run": token is None})
-            kwargs: dict[str, Any] = {"continuation": token} if token else {"start_time": "Beginning"}
+            kwargs: dict[str, Any] = (
+                {"continuation": token} if token else {"start_time": "Beginning"}
+            )
             pager = box.query_items_change_feed(**kwargs).by_page()
             items = [item async for page in pager async for item in page]
-            return [str(item["run"]) for item in items], box.client_connection.last_response_headers["etag"]
+            return [
+                str(item["run"]) for item in items
+            ], box.client_connection.last_response_headers["etag"]
 
     with cosmos_emulator(tmp_path) as first:
         seen, token = await write_and_read(first.endpoint, first.key, None)

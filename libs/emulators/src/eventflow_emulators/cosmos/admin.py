@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -112,7 +113,9 @@ class Controls:
         if rule is not None:
             self.stats.faulted += 1
             if rule.kind in ("unavailable", "outage"):
-                raise CosmosError(503, "Service is currently unavailable (injected by the emulator).")
+                raise CosmosError(
+                    503, "Service is currently unavailable (injected by the emulator)."
+                )
             if rule.kind == "timeout":
                 raise CosmosError(408, "Request timed out (injected by the emulator).")
             return True
@@ -230,6 +233,7 @@ class CosmosEmulatorAdmin:
     def partition_key_ranges(self, database: str, container: str) -> list[dict[str, Any]]:
         """The live ranges of a container as the service lists them."""
         result: list[dict[str, Any]] = self._call(
-            "GET", f"ranges?database={urllib.request.quote(database)}&container={urllib.request.quote(container)}"
+            "GET",
+            f"ranges?database={urllib.parse.quote(database)}&container={urllib.parse.quote(container)}",
         )
         return result

@@ -253,9 +253,10 @@ class Account:
 
     def replace_container(self, database: str, name: str, body: dict[str, Any]) -> Reply:
         container = self.container(database, name)
-        if body.get("partitionKey", container.properties["partitionKey"]) != container.properties[
-            "partitionKey"
-        ]:
+        if (
+            body.get("partitionKey", container.properties["partitionKey"])
+            != container.properties["partitionKey"]
+        ):
             raise errors.bad_request("The partition key of a container cannot be changed.")
         properties = self._container_properties(
             body | {"partitionKey": container.properties["partitionKey"]}, name
@@ -362,7 +363,9 @@ class Account:
         one 424, with HTTP 207 (what the SDK expects: aio/_cosmos_client_connection_async.py
         `Batch`)."""
         if not operations:
-            raise errors.bad_request("The batch request did not have any operations to be executed.")
+            raise errors.bad_request(
+                "The batch request did not have any operations to be executed."
+            )
         if len(operations) > MAX_BATCH_OPERATIONS:
             raise errors.bad_request(
                 f"Batch request has more operations than what is supported ({MAX_BATCH_OPERATIONS})."
@@ -382,20 +385,19 @@ class Account:
                                 "specified in the header.", errors.PARTITION_KEY_MISMATCH,
                             )  # fmt: skip
                         results.append(self._apply(container, operation, lsn, index, now))
-                    except CosmosError as error:
-                        failure = (index, error)
+                    except CosmosError as refused:
+                        failure = (index, refused)
                         raise
                 self.store.set_range_lsn(container.rid, partition.id, lsn)
         except CosmosError:
             if failure is None:
                 raise
-            index, error = failure
-            failed = [
-                {"statusCode": 424, "requestCharge": 0, "subStatusCode": 0}
-                for _ in operations
+            index, cause = failure
+            failed: list[dict[str, float]] = [
+                {"statusCode": 424, "requestCharge": 0, "subStatusCode": 0} for _ in operations
             ]
-            failed[index] = {"statusCode": error.status, "requestCharge": 1.0,
-                             "subStatusCode": error.sub_status}  # fmt: skip
+            failed[index] = {"statusCode": cause.status, "requestCharge": 1.0,
+                             "subStatusCode": cause.sub_status}  # fmt: skip
             return Reply(207, _json(failed), session_token=partition.session_token(),
                          charge=1.0 + index)  # fmt: skip
         partition.lsn = lsn
@@ -408,7 +410,7 @@ class Account:
     ) -> ItemResult:
         pk_text = partition_key_text(operation.pk)
         kind = operation.kind
-        item_id = operation.item_id if kind != "create" and kind != "upsert" else None
+        item_id = operation.item_id if kind not in {"create", "upsert"} else None
         body = operation.body
         if body is not None:
             item_id = self._check_body(container, operation, body)
@@ -450,7 +452,9 @@ class Account:
     def _check_body(container: Container, operation: ItemOperation, body: dict[str, Any]) -> str:
         item_id = body.get("id")
         if not isinstance(item_id, str) or not item_id:
-            raise errors.bad_request("The input content is invalid because the required properties - 'id; ' - are missing")
+            raise errors.bad_request(
+                "The input content is invalid because the required properties - 'id; ' - are missing"
+            )
         if len(item_id.encode()) > MAX_ID_BYTES or _FORBIDDEN_ID_CHARACTERS & set(item_id):
             raise errors.bad_request(
                 f"The input name {item_id!r} is invalid. Ensure to provide a unique non-empty string "
@@ -461,7 +465,9 @@ class Account:
                 f"The id in the body ({item_id!r}) differs from the one in the URL "
                 f"({operation.item_id!r})."
             )
-        if partition_key_text(body_partition_key(container, body)) != partition_key_text(operation.pk):
+        if partition_key_text(body_partition_key(container, body)) != partition_key_text(
+            operation.pk
+        ):
             raise errors.bad_request(
                 "PartitionKey extracted from document doesn't match the one specified in the header.",
                 errors.PARTITION_KEY_MISMATCH,
@@ -473,7 +479,11 @@ class Account:
         container: Container, body: dict[str, Any], existing: ItemRow | None, now: float
     ) -> bytes:
         document = {k: v for k, v in body.items() if k not in SYSTEM_PROPERTIES}
-        rid = orjson.loads(existing.body)["_rid"] if existing is not None else new_rid(container.rid, 8)
+        rid = (
+            orjson.loads(existing.body)["_rid"]
+            if existing is not None
+            else new_rid(container.rid, 8)
+        )
         document |= {
             "_rid": rid, "_self": f"{container.self_link}docs/{rid}/", "_etag": quoted_etag(),
             "_attachments": "attachments/", "_ts": int(now),
@@ -513,7 +523,9 @@ class Account:
         rows = self.store.scan(container.rid, scope.min, scope.max, pk_text, self.clock())
         results = parsed.run([orjson.loads(row.body) for row in rows])
         offset = _offset(request.continuation)
-        size = request.max_items if request.max_items and request.max_items > 0 else DEFAULT_PAGE_SIZE
+        size = (
+            request.max_items if request.max_items and request.max_items > 0 else DEFAULT_PAGE_SIZE
+        )
         page = results[offset : offset + size]
         body = _json({"_rid": container.rid, "Documents": page, "_count": len(page)})
         more = offset + size < len(results)
@@ -565,7 +577,9 @@ class Account:
         scope, pk_text, partition = self._scope(container, request.scope)
         assert partition is not None
         after = _start_lsn(request.if_none_match, partition)
-        limit = request.max_items if request.max_items and request.max_items > 0 else DEFAULT_PAGE_SIZE
+        limit = (
+            request.max_items if request.max_items and request.max_items > 0 else DEFAULT_PAGE_SIZE
+        )
         rows = self.store.changes(
             container.rid, scope.min, scope.max, after_lsn=after, since_ts=request.since,
             pk=pk_text, now=self.clock(), limit=limit,
@@ -573,10 +587,16 @@ class Account:
         session = partition.session_token()
         if not rows:
             status = 200 if partition.lsn > after else 304
-            body = _json({"_rid": container.rid, "Documents": [], "_count": 0}) if status == 200 else None
+            body = (
+                _json({"_rid": container.rid, "Documents": [], "_count": 0})
+                if status == 200
+                else None
+            )
             return Reply(status, body, etag=f'"{max(after, partition.lsn)}"', session_token=session,
                          charge=ru.change_feed(0), item_count=0)  # fmt: skip
-        documents = b",".join(row.body[:-1] + b',"_lsn":' + str(row.lsn).encode() + b"}" for row in rows)
+        documents = b",".join(
+            row.body[:-1] + b',"_lsn":' + str(row.lsn).encode() + b"}" for row in rows
+        )
         body = (b'{"_rid":"' + container.rid.encode() + b'","Documents":[' + documents
                 + b'],"_count":' + str(len(rows)).encode() + b"}")  # fmt: skip
         return Reply(200, body, etag=f'"{rows[-1].lsn}"', session_token=session,
@@ -609,7 +629,12 @@ class ItemResult:
     charge: float
 
     def batch_entry(self) -> bytes:
-        head = b'{"statusCode":' + str(self.status).encode() + b',"requestCharge":' + str(self.charge).encode()
+        head = (
+            b'{"statusCode":'
+            + str(self.status).encode()
+            + b',"requestCharge":'
+            + str(self.charge).encode()
+        )
         if self.etag is not None:
             head += b',"eTag":' + orjson.dumps(self.etag)
         if self.body is not None:
@@ -690,9 +715,13 @@ def _check_conditions(existing: ItemRow | None, operation: ItemOperation) -> Non
             raise errors.not_found() if operation.kind != "upsert" else errors.precondition_failed()
         if _etag_of(existing.body) != operation.if_match:
             raise errors.precondition_failed()
-    if operation.if_none_match is not None and existing is not None and operation.kind != "read":
-        if operation.if_none_match == "*" or operation.if_none_match == _etag_of(existing.body):
-            raise errors.precondition_failed()
+    if (
+        operation.if_none_match is not None
+        and existing is not None
+        and operation.kind != "read"
+        and operation.if_none_match in ("*", _etag_of(existing.body))
+    ):
+        raise errors.precondition_failed()
 
 
 def _generation(if_none_match: str | None) -> int | None:

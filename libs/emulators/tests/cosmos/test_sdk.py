@@ -227,3 +227,42 @@ def test_sigterm_stops_the_process_with_exit_code_0(tmp_path: Path) -> None:
     assert not line.rstrip().endswith(":0/")
     process.terminate()
     assert process.wait(timeout=10) == 0
+
+
+async def test_query_of_a_feed_range_and_paged_read_all(container: Any) -> None:
+    # query_items(feed_range=...) routes by pk range id plus EPK bounds
+    # (aio/_cosmos_client_connection_async.py `__QueryFeed`, feed_range branch).
+    keys = [f"k{n}" for n in range(30)]
+    for key in keys:
+        await container.create_item({"id": "x", "pk": key})
+    seen: list[str] = []
+    for feed_range in await collect(container.read_feed_ranges()):
+        found = await collect(container.query_items("SELECT * FROM c", feed_range=feed_range))
+        seen += [item["pk"] for item in found]
+    assert sorted(seen) == sorted(keys)
+    pages = container.read_all_items(max_item_count=7).by_page()
+    sizes = [len(await collect(page)) async for page in pages]
+    assert sum(sizes) == 30
+    assert max(sizes) <= 7
+
+
+async def test_a_recreated_container_is_found_by_an_old_proxy(
+    cosmos_emulator_server: RunningCosmosEmulator,
+) -> None:
+    # The SDK sends the container rid it cached; a recreated container answers 400/1024 and the
+    # SDK refreshes its cache and retries (azure/cosmos/aio/_retry_utility_async.py).
+    endpoint, key = cosmos_emulator_server.endpoint, cosmos_emulator_server.key
+    name = f"r{uuid.uuid4().hex[:12]}"
+    async with (
+        CosmosClient(endpoint, credential=key) as first,
+        CosmosClient(endpoint, credential=key) as second,
+    ):
+        database = await first.create_database_if_not_exists("sdk-tests")
+        old = await database.create_container(id=name, partition_key=PartitionKey(path="/pk"))
+        await old.create_item({"id": "a", "pk": "p"})
+        other = second.get_database_client("sdk-tests")
+        await other.delete_container(name)
+        await other.create_container(id=name, partition_key=PartitionKey(path="/pk"))
+        await old.create_item({"id": "b", "pk": "p"})
+        found = await collect(old.query_items("SELECT VALUE c.id FROM c", partition_key="p"))
+        assert found == ["b"]

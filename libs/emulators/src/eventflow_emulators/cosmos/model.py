@@ -52,6 +52,7 @@ MAX_ID_BYTES = 1023
 MAX_BATCH_OPERATIONS = 100
 """Transactional batch limit (learn.microsoft.com/azure/cosmos-db/transactional-batch)."""
 DEFAULT_PAGE_SIZE = 100
+EPK_CACHE_SIZE = 65_536
 SYSTEM_PROPERTIES = frozenset({"_rid", "_self", "_etag", "_ts", "_attachments", "_lsn"})
 _FORBIDDEN_ID_CHARACTERS = frozenset("/\\?#")
 
@@ -124,7 +125,18 @@ class Account:
         self.clock = clock
         self.databases: dict[str, Database] = {}
         self.containers: dict[tuple[str, str], Container] = {}
+        self._epks: dict[str, str] = {}
         self._load()
+
+    def epk(self, pk: list[Any]) -> str:
+        """The EPK of a partition key, memoized: the hash is pure Python and keys repeat."""
+        text = partition_key_text(pk)
+        found = self._epks.get(text)
+        if found is None:
+            if len(self._epks) >= EPK_CACHE_SIZE:
+                self._epks.clear()
+            found = self._epks[text] = effective_partition_key(pk)
+        return found
 
     def _load(self) -> None:
         for row in self.store.databases():
@@ -348,7 +360,7 @@ class Account:
 
     def write_item(self, container: Container, operation: ItemOperation) -> Reply:
         """Create, upsert, replace, delete or patch one item, in its own transaction."""
-        partition = container.range_for(effective_partition_key(operation.pk))
+        partition = container.range_for(self.epk(operation.pk))
         lsn = partition.lsn + 1
         with self.store.transaction():
             result = self._apply(container, operation, lsn, 0, self.clock())
@@ -370,7 +382,7 @@ class Account:
             raise errors.bad_request(
                 f"Batch request has more operations than what is supported ({MAX_BATCH_OPERATIONS})."
             )
-        partition = container.range_for(effective_partition_key(pk))
+        partition = container.range_for(self.epk(pk))
         lsn = partition.lsn + 1
         now = self.clock()
         results: list[ItemResult] = []
@@ -437,16 +449,15 @@ class Account:
             body = apply_patch(current, operation.patch or [], operation.condition)
             self._check_body(container, operation, body)
         assert body is not None
-        stored = self._stored_body(container, body, existing, now)
+        stored, etag = self._stored_body(container, body, existing, now)
         if len(stored) > MAX_ITEM_BYTES:
             raise CosmosError(413, "Request size is too large.")
         expires = self._expiry(container, body, now)
         self.store.put_item(container.rid, ItemRow(
-            pk_text, item_id, effective_partition_key(operation.pk), lsn, seq, int(now), expires,
-            stored,
+            pk_text, item_id, self.epk(operation.pk), lsn, seq, int(now), expires, stored,
         ))  # fmt: skip
         status = 201 if existing is None else 200
-        return ItemResult(status, stored, _etag_of(stored), ru.write(len(stored)))
+        return ItemResult(status, stored, etag, ru.write(len(stored)))
 
     @staticmethod
     def _check_body(container: Container, operation: ItemOperation, body: dict[str, Any]) -> str:
@@ -477,18 +488,20 @@ class Account:
     @staticmethod
     def _stored_body(
         container: Container, body: dict[str, Any], existing: ItemRow | None, now: float
-    ) -> bytes:
+    ) -> tuple[bytes, str]:
+        """The item as stored and returned (system properties added), and its new ETag."""
         document = {k: v for k, v in body.items() if k not in SYSTEM_PROPERTIES}
         rid = (
             orjson.loads(existing.body)["_rid"]
             if existing is not None
             else new_rid(container.rid, 8)
         )
+        etag = quoted_etag()
         document |= {
-            "_rid": rid, "_self": f"{container.self_link}docs/{rid}/", "_etag": quoted_etag(),
+            "_rid": rid, "_self": f"{container.self_link}docs/{rid}/", "_etag": etag,
             "_attachments": "attachments/", "_ts": int(now),
         }  # fmt: skip
-        return orjson.dumps(document)
+        return orjson.dumps(document), etag
 
     @staticmethod
     def _expiry(container: Container, body: dict[str, Any], now: float) -> float | None:
@@ -547,7 +560,7 @@ class Account:
             pk_text = partition_key_text(scope.pk) if scope.pk is not None else None
             return epk, pk_text, partition
         if scope.pk is not None:
-            point = effective_partition_key(scope.pk)
+            point = self.epk(scope.pk)
             partition = container.range_for(point)
             return partition.epk_range, partition_key_text(scope.pk), partition
         if not scope.cross_partition and len(container.live_ranges()) > 1:

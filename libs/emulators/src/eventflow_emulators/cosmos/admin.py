@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,12 @@ class Stats:
     throttled: int = 0
     faulted: int = 0
     request_units: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)
+    """Responses by HTTP status, e.g. {"200": 12, "304": 3, "410": 1}."""
+
+    def answered(self, status: int) -> None:
+        key = str(status)
+        self.statuses[key] = self.statuses.get(key, 0) + 1
 
 
 @dataclass
@@ -106,7 +113,9 @@ class Controls:
         if rule is not None:
             self.stats.faulted += 1
             if rule.kind in ("unavailable", "outage"):
-                raise CosmosError(503, "Service is currently unavailable (injected by the emulator).")
+                raise CosmosError(
+                    503, "Service is currently unavailable (injected by the emulator)."
+                )
             if rule.kind == "timeout":
                 raise CosmosError(408, "Request timed out (injected by the emulator).")
             return True
@@ -224,6 +233,7 @@ class CosmosEmulatorAdmin:
     def partition_key_ranges(self, database: str, container: str) -> list[dict[str, Any]]:
         """The live ranges of a container as the service lists them."""
         result: list[dict[str, Any]] = self._call(
-            "GET", f"ranges?database={urllib.request.quote(database)}&container={urllib.request.quote(container)}"
+            "GET",
+            f"ranges?database={urllib.parse.quote(database)}&container={urllib.parse.quote(container)}",
         )
         return result

@@ -10,6 +10,7 @@ hash_partitioning_v2`); the hash is implemented here, from the public algorithm.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -170,4 +171,4 @@ def initial_ranges(count: int) -> list[EpkRange]:
     if count < 1:
         raise ValueError("a container needs at least one partition key range")
     bounds = [MIN_EPK] + [f"{i * EPK_SPACE // count - 1:032X}" for i in range(1, count)] + [MAX_EPK]
-    return [EpkRange(low, high) for low, high in zip(bounds, bounds[1:], strict=False)]
+    return [EpkRange(low, high) for low, high in itertools.pairwise(bounds)]

@@ -54,7 +54,9 @@ def bad_request(message: str, sub_status: int = 0) -> CosmosError:
     return CosmosError(400, message, sub_status)
 
 
-def not_found(message: str = "Entity with the specified id does not exist in the system.") -> CosmosError:
+def not_found(
+    message: str = "Entity with the specified id does not exist in the system.",
+) -> CosmosError:
     return CosmosError(404, message)
 
 

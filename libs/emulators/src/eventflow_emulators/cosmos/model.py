@@ -52,6 +52,7 @@ MAX_ID_BYTES = 1023
 MAX_BATCH_OPERATIONS = 100
 """Transactional batch limit (learn.microsoft.com/azure/cosmos-db/transactional-batch)."""
 DEFAULT_PAGE_SIZE = 100
+EPK_CACHE_SIZE = 65_536
 SYSTEM_PROPERTIES = frozenset({"_rid", "_self", "_etag", "_ts", "_attachments", "_lsn"})
 _FORBIDDEN_ID_CHARACTERS = frozenset("/\\?#")
 
@@ -124,7 +125,18 @@ class Account:
         self.clock = clock
         self.databases: dict[str, Database] = {}
         self.containers: dict[tuple[str, str], Container] = {}
+        self._epks: dict[str, str] = {}
         self._load()
+
+    def epk(self, pk: list[Any]) -> str:
+        """The EPK of a partition key, memoized: the hash is pure Python and keys repeat."""
+        text = partition_key_text(pk)
+        found = self._epks.get(text)
+        if found is None:
+            if len(self._epks) >= EPK_CACHE_SIZE:
+                self._epks.clear()
+            found = self._epks[text] = effective_partition_key(pk)
+        return found
 
     def _load(self) -> None:
         for row in self.store.databases():
@@ -253,9 +265,10 @@ class Account:
 
     def replace_container(self, database: str, name: str, body: dict[str, Any]) -> Reply:
         container = self.container(database, name)
-        if body.get("partitionKey", container.properties["partitionKey"]) != container.properties[
-            "partitionKey"
-        ]:
+        if (
+            body.get("partitionKey", container.properties["partitionKey"])
+            != container.properties["partitionKey"]
+        ):
             raise errors.bad_request("The partition key of a container cannot be changed.")
         properties = self._container_properties(
             body | {"partitionKey": container.properties["partitionKey"]}, name
@@ -347,7 +360,7 @@ class Account:
 
     def write_item(self, container: Container, operation: ItemOperation) -> Reply:
         """Create, upsert, replace, delete or patch one item, in its own transaction."""
-        partition = container.range_for(effective_partition_key(operation.pk))
+        partition = container.range_for(self.epk(operation.pk))
         lsn = partition.lsn + 1
         with self.store.transaction():
             result = self._apply(container, operation, lsn, 0, self.clock())
@@ -362,12 +375,14 @@ class Account:
         one 424, with HTTP 207 (what the SDK expects: aio/_cosmos_client_connection_async.py
         `Batch`)."""
         if not operations:
-            raise errors.bad_request("The batch request did not have any operations to be executed.")
+            raise errors.bad_request(
+                "The batch request did not have any operations to be executed."
+            )
         if len(operations) > MAX_BATCH_OPERATIONS:
             raise errors.bad_request(
                 f"Batch request has more operations than what is supported ({MAX_BATCH_OPERATIONS})."
             )
-        partition = container.range_for(effective_partition_key(pk))
+        partition = container.range_for(self.epk(pk))
         lsn = partition.lsn + 1
         now = self.clock()
         results: list[ItemResult] = []
@@ -382,20 +397,19 @@ class Account:
                                 "specified in the header.", errors.PARTITION_KEY_MISMATCH,
                             )  # fmt: skip
                         results.append(self._apply(container, operation, lsn, index, now))
-                    except CosmosError as error:
-                        failure = (index, error)
+                    except CosmosError as refused:
+                        failure = (index, refused)
                         raise
                 self.store.set_range_lsn(container.rid, partition.id, lsn)
         except CosmosError:
             if failure is None:
                 raise
-            index, error = failure
-            failed = [
-                {"statusCode": 424, "requestCharge": 0, "subStatusCode": 0}
-                for _ in operations
+            index, cause = failure
+            failed: list[dict[str, float]] = [
+                {"statusCode": 424, "requestCharge": 0, "subStatusCode": 0} for _ in operations
             ]
-            failed[index] = {"statusCode": error.status, "requestCharge": 1.0,
-                             "subStatusCode": error.sub_status}  # fmt: skip
+            failed[index] = {"statusCode": cause.status, "requestCharge": 1.0,
+                             "subStatusCode": cause.sub_status}  # fmt: skip
             return Reply(207, _json(failed), session_token=partition.session_token(),
                          charge=1.0 + index)  # fmt: skip
         partition.lsn = lsn
@@ -408,7 +422,7 @@ class Account:
     ) -> ItemResult:
         pk_text = partition_key_text(operation.pk)
         kind = operation.kind
-        item_id = operation.item_id if kind != "create" and kind != "upsert" else None
+        item_id = operation.item_id if kind not in {"create", "upsert"} else None
         body = operation.body
         if body is not None:
             item_id = self._check_body(container, operation, body)
@@ -435,22 +449,23 @@ class Account:
             body = apply_patch(current, operation.patch or [], operation.condition)
             self._check_body(container, operation, body)
         assert body is not None
-        stored = self._stored_body(container, body, existing, now)
+        stored, etag = self._stored_body(container, body, existing, now)
         if len(stored) > MAX_ITEM_BYTES:
             raise CosmosError(413, "Request size is too large.")
         expires = self._expiry(container, body, now)
         self.store.put_item(container.rid, ItemRow(
-            pk_text, item_id, effective_partition_key(operation.pk), lsn, seq, int(now), expires,
-            stored,
+            pk_text, item_id, self.epk(operation.pk), lsn, seq, int(now), expires, stored,
         ))  # fmt: skip
         status = 201 if existing is None else 200
-        return ItemResult(status, stored, _etag_of(stored), ru.write(len(stored)))
+        return ItemResult(status, stored, etag, ru.write(len(stored)))
 
     @staticmethod
     def _check_body(container: Container, operation: ItemOperation, body: dict[str, Any]) -> str:
         item_id = body.get("id")
         if not isinstance(item_id, str) or not item_id:
-            raise errors.bad_request("The input content is invalid because the required properties - 'id; ' - are missing")
+            raise errors.bad_request(
+                "The input content is invalid because the required properties - 'id; ' - are missing"
+            )
         if len(item_id.encode()) > MAX_ID_BYTES or _FORBIDDEN_ID_CHARACTERS & set(item_id):
             raise errors.bad_request(
                 f"The input name {item_id!r} is invalid. Ensure to provide a unique non-empty string "
@@ -461,7 +476,9 @@ class Account:
                 f"The id in the body ({item_id!r}) differs from the one in the URL "
                 f"({operation.item_id!r})."
             )
-        if partition_key_text(body_partition_key(container, body)) != partition_key_text(operation.pk):
+        if partition_key_text(body_partition_key(container, body)) != partition_key_text(
+            operation.pk
+        ):
             raise errors.bad_request(
                 "PartitionKey extracted from document doesn't match the one specified in the header.",
                 errors.PARTITION_KEY_MISMATCH,
@@ -471,14 +488,20 @@ class Account:
     @staticmethod
     def _stored_body(
         container: Container, body: dict[str, Any], existing: ItemRow | None, now: float
-    ) -> bytes:
+    ) -> tuple[bytes, str]:
+        """The item as stored and returned (system properties added), and its new ETag."""
         document = {k: v for k, v in body.items() if k not in SYSTEM_PROPERTIES}
-        rid = orjson.loads(existing.body)["_rid"] if existing is not None else new_rid(container.rid, 8)
+        rid = (
+            orjson.loads(existing.body)["_rid"]
+            if existing is not None
+            else new_rid(container.rid, 8)
+        )
+        etag = quoted_etag()
         document |= {
-            "_rid": rid, "_self": f"{container.self_link}docs/{rid}/", "_etag": quoted_etag(),
+            "_rid": rid, "_self": f"{container.self_link}docs/{rid}/", "_etag": etag,
             "_attachments": "attachments/", "_ts": int(now),
         }  # fmt: skip
-        return orjson.dumps(document)
+        return orjson.dumps(document), etag
 
     @staticmethod
     def _expiry(container: Container, body: dict[str, Any], now: float) -> float | None:
@@ -513,7 +536,9 @@ class Account:
         rows = self.store.scan(container.rid, scope.min, scope.max, pk_text, self.clock())
         results = parsed.run([orjson.loads(row.body) for row in rows])
         offset = _offset(request.continuation)
-        size = request.max_items if request.max_items and request.max_items > 0 else DEFAULT_PAGE_SIZE
+        size = (
+            request.max_items if request.max_items and request.max_items > 0 else DEFAULT_PAGE_SIZE
+        )
         page = results[offset : offset + size]
         body = _json({"_rid": container.rid, "Documents": page, "_count": len(page)})
         more = offset + size < len(results)
@@ -535,7 +560,7 @@ class Account:
             pk_text = partition_key_text(scope.pk) if scope.pk is not None else None
             return epk, pk_text, partition
         if scope.pk is not None:
-            point = effective_partition_key(scope.pk)
+            point = self.epk(scope.pk)
             partition = container.range_for(point)
             return partition.epk_range, partition_key_text(scope.pk), partition
         if not scope.cross_partition and len(container.live_ranges()) > 1:
@@ -565,7 +590,9 @@ class Account:
         scope, pk_text, partition = self._scope(container, request.scope)
         assert partition is not None
         after = _start_lsn(request.if_none_match, partition)
-        limit = request.max_items if request.max_items and request.max_items > 0 else DEFAULT_PAGE_SIZE
+        limit = (
+            request.max_items if request.max_items and request.max_items > 0 else DEFAULT_PAGE_SIZE
+        )
         rows = self.store.changes(
             container.rid, scope.min, scope.max, after_lsn=after, since_ts=request.since,
             pk=pk_text, now=self.clock(), limit=limit,
@@ -573,10 +600,16 @@ class Account:
         session = partition.session_token()
         if not rows:
             status = 200 if partition.lsn > after else 304
-            body = _json({"_rid": container.rid, "Documents": [], "_count": 0}) if status == 200 else None
+            body = (
+                _json({"_rid": container.rid, "Documents": [], "_count": 0})
+                if status == 200
+                else None
+            )
             return Reply(status, body, etag=f'"{max(after, partition.lsn)}"', session_token=session,
                          charge=ru.change_feed(0), item_count=0)  # fmt: skip
-        documents = b",".join(row.body[:-1] + b',"_lsn":' + str(row.lsn).encode() + b"}" for row in rows)
+        documents = b",".join(
+            row.body[:-1] + b',"_lsn":' + str(row.lsn).encode() + b"}" for row in rows
+        )
         body = (b'{"_rid":"' + container.rid.encode() + b'","Documents":[' + documents
                 + b'],"_count":' + str(len(rows)).encode() + b"}")  # fmt: skip
         return Reply(200, body, etag=f'"{rows[-1].lsn}"', session_token=session,
@@ -609,7 +642,12 @@ class ItemResult:
     charge: float
 
     def batch_entry(self) -> bytes:
-        head = b'{"statusCode":' + str(self.status).encode() + b',"requestCharge":' + str(self.charge).encode()
+        head = (
+            b'{"statusCode":'
+            + str(self.status).encode()
+            + b',"requestCharge":'
+            + str(self.charge).encode()
+        )
         if self.etag is not None:
             head += b',"eTag":' + orjson.dumps(self.etag)
         if self.body is not None:
@@ -690,9 +728,13 @@ def _check_conditions(existing: ItemRow | None, operation: ItemOperation) -> Non
             raise errors.not_found() if operation.kind != "upsert" else errors.precondition_failed()
         if _etag_of(existing.body) != operation.if_match:
             raise errors.precondition_failed()
-    if operation.if_none_match is not None and existing is not None and operation.kind != "read":
-        if operation.if_none_match == "*" or operation.if_none_match == _etag_of(existing.body):
-            raise errors.precondition_failed()
+    if (
+        operation.if_none_match is not None
+        and existing is not None
+        and operation.kind != "read"
+        and operation.if_none_match in ("*", _etag_of(existing.body))
+    ):
+        raise errors.precondition_failed()
 
 
 def _generation(if_none_match: str | None) -> int | None:

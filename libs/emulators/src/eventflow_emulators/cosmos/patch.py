@@ -35,7 +35,9 @@ def _holds(document: dict[str, Any], condition: str) -> bool:
     try:
         return bool(parse_query(f"SELECT * {condition}").run([document]))
     except QueryNotSupportedError as error:
-        raise errors.bad_request(f"The emulator does not support this patch condition: {error}.") from None
+        raise errors.bad_request(
+            f"The emulator does not support this patch condition: {error}."
+        ) from None
 
 
 def _split(path: Any) -> list[str]:
@@ -78,33 +80,55 @@ def _apply_one(document: dict[str, Any], operation: dict[str, Any]) -> None:
         value = _get(source_parent, source[-1])
         _remove(source_parent, source[-1])
         kind = "set"
-    if kind in ("add", "set"):
-        if isinstance(parent, list):
-            if key == "-":
-                parent.append(value)
-            elif key.isdigit() and int(key) <= len(parent):
-                if kind == "add":
-                    parent.insert(int(key), value)
-                else:
-                    parent[int(key)] = value
-            else:
-                raise errors.bad_request(f"Invalid array index {key!r}.")
-        elif isinstance(parent, dict):
-            parent[key] = value
-        else:
-            raise errors.bad_request("The patch target's parent is not an object or array.")
-    elif kind == "replace":
-        _get(parent, key)
-        parent[int(key) if isinstance(parent, list) else key] = value
-    elif kind == "remove":
-        _remove(parent, key)
-    elif kind == "incr":
-        current = _get(parent, key) if (isinstance(parent, dict) and key in parent) else 0
-        if isinstance(current, bool) or not isinstance(current, int | float) or isinstance(value, bool) or not isinstance(value, int | float):
-            raise errors.bad_request("incr needs a number at the path and a number value.")
-        parent[key] = current + value
-    else:
+    apply = _OPERATIONS.get(str(kind))
+    if apply is None:
         raise errors.bad_request(f"Unknown patch operation {kind!r}.")
+    apply(parent, key, value, kind == "add")
+
+
+def _put(parent: Any, key: str, value: Any, insert: bool) -> None:
+    if isinstance(parent, dict):
+        parent[key] = value
+    elif not isinstance(parent, list):
+        raise errors.bad_request("The patch target's parent is not an object or array.")
+    elif key == "-":
+        parent.append(value)
+    elif key.isdigit() and int(key) <= len(parent):
+        if insert:
+            parent.insert(int(key), value)
+        else:
+            parent[int(key)] = value
+    else:
+        raise errors.bad_request(f"Invalid array index {key!r}.")
+
+
+def _replace(parent: Any, key: str, value: Any, _insert: bool) -> None:
+    _get(parent, key)
+    parent[int(key) if isinstance(parent, list) else key] = value
+
+
+def _remove_op(parent: Any, key: str, _value: Any, _insert: bool) -> None:
+    _remove(parent, key)
+
+
+def _increment(parent: Any, key: str, value: Any, _insert: bool) -> None:
+    current = parent.get(key, 0) if isinstance(parent, dict) else _get(parent, key)
+    if not (_is_number(current) and _is_number(value)):
+        raise errors.bad_request("incr needs a number at the path and a number value.")
+    parent[int(key) if isinstance(parent, list) else key] = current + value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_OPERATIONS = {
+    "add": _put,
+    "set": _put,
+    "replace": _replace,
+    "remove": _remove_op,
+    "incr": _increment,
+}
 
 
 def _remove(parent: Any, key: str) -> None:

@@ -16,6 +16,8 @@ from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emu
 
 
 @pytest.fixture(scope="session")
-def cosmos_emulator_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCosmosEmulator]:
+def cosmos_emulator_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningCosmosEmulator]:
     with cosmos_emulator(tmp_path_factory.mktemp("cosmos-emulator")) as emulator:
         yield emulator

@@ -27,6 +27,7 @@ _TOKEN = re.compile(
     r"""|(?P<param>@\w+)|(?P<word>[A-Za-z_]\w*)|(?P<op><=|>=|!=|<>|[=<>(),.\[\]*]))"""
 )
 _UNDEFINED = object()
+_UNSUPPORTED_CLAUSES = ("GROUP", "OFFSET", "LIMIT", "JOIN", "IN", "DISTINCT")
 Row = Mapping[str, Any]
 Predicate = Callable[[Row], bool]
 Operand = Callable[[Row], Any]
@@ -169,11 +170,15 @@ class _Parser:
         if self.peek("TOP"):
             self.take("TOP")
             top = int(self.next_token()[1])
+        if self.peek("DISTINCT"):
+            self._unsupported()
         select, paths = self._selection()
         self.take("FROM")
         self.alias = self.next_token()[1]
         if self.peek("AS"):
             self.take("AS")
+        if self.peek(*_UNSUPPORTED_CLAUSES):
+            self._unsupported()
         if self.position < len(self.tokens) and not self.peek("WHERE", "ORDER"):
             self.alias = self.next_token()[1]  # FROM root r: the second name is the alias
         self._check_alias(paths)
@@ -190,8 +195,12 @@ class _Parser:
                 self.take(",")
                 order.append(self._order_term())
         if self.position != len(self.tokens):
-            raise QueryNotSupportedError(f"unsupported clause at {self.tokens[self.position][1]!r}")
+            self._unsupported()
         return Query(select, tuple(path[1:] for path in paths), where, tuple(order), top)
+
+    def _unsupported(self) -> None:
+        clause = " ".join(value for _, value in self.tokens[self.position : self.position + 3])
+        raise QueryNotSupportedError(f"unsupported clause {clause!r}")
 
     def _selection(self) -> tuple[str, list[tuple[str, ...]]]:
         if self.peek("*"):

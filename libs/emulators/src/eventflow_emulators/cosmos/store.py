@@ -147,7 +147,9 @@ class Store:
             (row.db, row.id, row.rid, row.properties, row.next_range_id, row.generation),
         )
 
-    def update_container(self, rid: str, properties: bytes, next_range_id: int, generation: int) -> None:
+    def update_container(
+        self, rid: str, properties: bytes, next_range_id: int, generation: int
+    ) -> None:
         self._db.execute(
             "UPDATE containers SET properties = ?, next_range_id = ?, generation = ? WHERE rid = ?",
             (properties, next_range_id, generation, rid),
@@ -164,7 +166,10 @@ class Store:
             "WHERE coll_rid = ? ORDER BY CAST(id AS INTEGER)",
             (coll_rid,),
         )
-        return [RangeRow(*row[:6], bool(row[6]), row[7]) for row in rows]
+        return [
+            RangeRow(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7])
+            for row in rows
+        ]
 
     def insert_range(self, coll_rid: str, row: RangeRow) -> None:
         self._db.execute(
@@ -204,9 +209,7 @@ class Store:
             "DELETE FROM items WHERE coll_rid = ? AND pk = ? AND id = ?", (coll_rid, pk, item_id)
         )
 
-    def scan(
-        self, coll_rid: str, low: str, high: str, pk: str | None, now: float
-    ) -> list[ItemRow]:
+    def scan(self, coll_rid: str, low: str, high: str, pk: str | None, now: float) -> list[ItemRow]:
         """Live items with low <= epk < high (and partition key `pk` when given), in EPK order."""
         sql = f"SELECT {_ITEM_COLUMNS} FROM items WHERE coll_rid = ? AND epk >= ? AND epk < ? AND {_LIVE}"
         args: tuple[object, ...] = (coll_rid, low, high, now)

@@ -1,7 +1,7 @@
 """Start the emulator as a child process for a test or a local run.
 
-    with cosmos_emulator(tmp_path / "cosmos") as cosmos:
-        async with CosmosClient(cosmos.endpoint, credential=cosmos.key) as client: ...
+with cosmos_emulator(tmp_path / "cosmos") as cosmos:
+    async with CosmosClient(cosmos.endpoint, credential=cosmos.key) as client: ...
 """
 
 from __future__ import annotations

@@ -40,10 +40,15 @@ class MasterKey:
                x_date: str, date: str) -> None:  # fmt: skip
         """Raise 401 (with the service's wording) unless the request is signed with the key."""
         if not authorization:
-            raise CosmosError(401, "Required Header authorization is missing. Ensure a valid Authorization token is defined for the request.")
+            raise CosmosError(
+                401,
+                "Required Header authorization is missing. Ensure a valid Authorization token is defined for the request.",
+            )
         fields = dict(part.partition("=")[::2] for part in unquote(authorization).split("&"))
         if fields.get("type") != "master" or "sig" not in fields:
-            raise CosmosError(401, "The emulator accepts master-key authorization only (type=master).")
+            raise CosmosError(
+                401, "The emulator accepts master-key authorization only (type=master)."
+            )
         resource_type, link = resource_of(segments)
         expected = signature(self._key, verb, resource_type, link, x_date, date)
         if not hmac.compare_digest(expected, fields["sig"]):

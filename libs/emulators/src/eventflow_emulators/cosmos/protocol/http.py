@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -21,6 +22,7 @@ from eventflow_emulators.cosmos.admin import ADMIN_PREFIX, Controls, ThrottledEr
 from eventflow_emulators.cosmos.epk import EpkRange
 from eventflow_emulators.cosmos.errors import CosmosError
 from eventflow_emulators.cosmos.model import (
+    MAX_ITEM_BYTES,
     Account,
     ChangeFeedRequest,
     ItemOperation,
@@ -32,6 +34,7 @@ from eventflow_emulators.cosmos.model import (
     parse_partition_key_header,
 )
 from eventflow_emulators.cosmos.protocol.auth import MasterKey
+from eventflow_emulators.cosmos.resources import Container
 
 LOG = logging.getLogger("eventflow_emulators.cosmos")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,56 +74,65 @@ class CosmosProtocol:
             reply = self._dispatch(request, segments, body)
             self.controls.charge(reply.charge)
             if timeout_after:
-                raise CosmosError(408, "Request timed out after it was applied (injected by the emulator).")
+                raise CosmosError(
+                    408, "Request timed out after it was applied (injected by the emulator)."
+                )
+            self.controls.stats.answered(reply.status)
             return self._respond(reply, activity)
         except CosmosError as error:
+            self.controls.stats.answered(error.status)
             return self._error(error, activity)
 
     # -- dispatch -------------------------------------------------------------------------------
 
     def _dispatch(self, request: web.Request, segments: list[str], body: bytes) -> Reply:
-        method, headers, depth = request.method, request.headers, len(segments)
-        account = self.account
-        if depth == 0 and method == "GET":
-            return self._database_account(request)
-        if depth >= 1 and segments[0] != "dbs":
-            raise errors.bad_request(f"The emulator does not serve /{'/'.join(segments)}.")
-        if depth == 1:
-            if method == "POST" and headers.get("x-ms-documentdb-isquery"):
-                text, parameters = _query_body(body)
-                return account.list_databases(text, parameters)
-            if method == "POST":
-                return account.create_database(_object(body))
-            if method == "GET":
-                return account.list_databases(None, [])
-        if depth == 2:
-            if method == "GET":
-                return account.read_database(segments[1])
-            if method == "DELETE":
-                return account.delete_database(segments[1])
-        if depth == 3 and segments[2] == "colls":
-            if method == "POST" and headers.get("x-ms-documentdb-isquery"):
-                text, parameters = _query_body(body)
-                return account.list_containers(segments[1], text, parameters)
-            if method == "POST":
-                return account.create_container(segments[1], _object(body))
-            if method == "GET":
-                return account.list_containers(segments[1], None, [])
-        if depth == 4 and segments[2] == "colls":
-            if method == "GET":
-                return account.read_container(segments[1], segments[3])
-            if method == "PUT":
-                return account.replace_container(segments[1], segments[3], _object(body))
-            if method == "DELETE":
-                return account.delete_container(segments[1], segments[3])
-        if depth >= 5 and segments[2] == "colls":
-            return self._container_request(request, segments, body)
-        raise CosmosError(405, f"{method} /{'/'.join(segments)} is not supported by the emulator.")
+        call = Call(request, segments, body)
+        route = _ROUTES.get((_shape(segments), request.method))
+        if route is None:
+            raise CosmosError(
+                405, f"{request.method} /{'/'.join(segments)} is not supported by the emulator."
+            )
+        return route(self, call)
 
-    def _container_request(self, request: web.Request, segments: list[str], body: bytes) -> Reply:
-        method, headers = request.method, request.headers
-        container = self.account.container(segments[1], segments[3])
-        intended = headers.get("x-ms-cosmos-intended-collection-rid")
+    def _account(self, call: Call) -> Reply:
+        return self._database_account(call.request)
+
+    def _databases_post(self, call: Call) -> Reply:
+        if call.is_query:
+            return self.account.list_databases(*_query_body(call.body))
+        return self.account.create_database(_object(call.body))
+
+    def _databases_get(self, _call: Call) -> Reply:
+        return self.account.list_databases(None, [])
+
+    def _database_get(self, call: Call) -> Reply:
+        return self.account.read_database(call.segments[1])
+
+    def _database_delete(self, call: Call) -> Reply:
+        return self.account.delete_database(call.segments[1])
+
+    def _containers_post(self, call: Call) -> Reply:
+        if call.is_query:
+            return self.account.list_containers(call.segments[1], *_query_body(call.body))
+        return self.account.create_container(call.segments[1], _object(call.body))
+
+    def _containers_get(self, call: Call) -> Reply:
+        return self.account.list_containers(call.segments[1], None, [])
+
+    def _container_get(self, call: Call) -> Reply:
+        return self.account.read_container(call.segments[1], call.segments[3])
+
+    def _container_put(self, call: Call) -> Reply:
+        return self.account.replace_container(
+            call.segments[1], call.segments[3], _object(call.body)
+        )
+
+    def _container_delete(self, call: Call) -> Reply:
+        return self.account.delete_container(call.segments[1], call.segments[3])
+
+    def _container(self, call: Call) -> Container:
+        container = self.account.container(call.segments[1], call.segments[3])
+        intended = call.headers.get("x-ms-cosmos-intended-collection-rid")
         if intended is not None and intended != container.rid:
             # The container was deleted and recreated under the same name: the SDK refreshes its
             # cache on 400/1024 (azure/cosmos/exceptions.py `_container_recreate_exception`).
@@ -128,54 +140,91 @@ class CosmosProtocol:
                 "The collection rid in the request does not match the container.",
                 errors.COLLECTION_RID_MISMATCH,
             )
-        kind = segments[4]
-        if kind == "pkranges" and len(segments) == 5 and method == "GET":
-            return self.account.partition_key_ranges(segments[1], segments[3], headers.get("If-None-Match"))
-        if kind != "docs":
-            raise errors.bad_request(f"The emulator does not serve {kind} resources.")
-        if len(segments) == 5:
-            if method == "POST":
-                if headers.get("x-ms-documentdb-isquery"):
-                    text, parameters = _query_body(body)
-                    return self.account.query(container, QueryRequest(
-                        text, parameters, _scope(headers), headers.get("x-ms-continuation"),
-                        _max_items(headers)))  # fmt: skip
-                pk = _required_partition_key(headers)
-                if headers.get("x-ms-cosmos-is-batch-request"):
-                    return self.account.batch(container, pk, _batch_operations(container, pk, body))
-                kind_name = "upsert" if headers.get("x-ms-documentdb-is-upsert", "").lower() == "true" else "create"
-                operation = ItemOperation(kind_name, pk, body=_item_body(body),
-                                          if_match=headers.get("If-Match"),
-                                          if_none_match=headers.get("If-None-Match"))  # fmt: skip
-                return _minimal(self.account.write_item(container, operation), headers)
-            if method == "GET":
-                if headers.get("A-IM", "").lower() == "incremental feed":
-                    since = headers.get("If-Modified-Since")
-                    return self.account.change_feed(container, ChangeFeedRequest(
-                        _scope(headers), headers.get("If-None-Match"),
-                        None if since is None else parse_http_date(since), _max_items(headers)))  # fmt: skip
-                if "A-IM" in headers:
-                    raise errors.bad_request(f"A-IM {headers['A-IM']!r} (all versions and deletes) is not supported by the emulator.")
-                return self.account.query(container, QueryRequest(
-                    "SELECT * FROM c", [], _scope(headers, cross_partition=True),
-                    headers.get("x-ms-continuation"), _max_items(headers)))  # fmt: skip
-        if len(segments) == 6:
-            item_id = segments[5]
-            pk = _required_partition_key(headers)
-            if method == "GET":
-                return self.account.read_item(container, pk, item_id, headers.get("If-None-Match"))
-            conditions = {"if_match": headers.get("If-Match"), "if_none_match": headers.get("If-None-Match")}
-            if method == "PUT":
-                operation = ItemOperation("replace", pk, item_id, _item_body(body), **conditions)
-                return _minimal(self.account.write_item(container, operation), headers)
-            if method == "DELETE":
-                return self.account.write_item(container, ItemOperation("delete", pk, item_id, **conditions))
-            if method == "PATCH":
-                patch = _object(body)
-                operation = ItemOperation("patch", pk, item_id, patch=_list(patch.get("operations")),
-                                          condition=patch.get("condition"), **conditions)  # fmt: skip
-                return _minimal(self.account.write_item(container, operation), headers)
-        raise CosmosError(405, f"{method} /{'/'.join(segments)} is not supported by the emulator.")
+        return container
+
+    def _pkranges_get(self, call: Call) -> Reply:
+        self._container(call)
+        return self.account.partition_key_ranges(
+            call.segments[1], call.segments[3], call.headers.get("If-None-Match")
+        )
+
+    def _docs_post(self, call: Call) -> Reply:
+        container, headers = self._container(call), call.headers
+        if call.is_query:
+            text, parameters = _query_body(call.body)
+            return self.account.query(container, QueryRequest(
+                text, parameters, _scope(headers), headers.get("x-ms-continuation"),
+                _max_items(headers)))  # fmt: skip
+        pk = _required_partition_key(headers)
+        if headers.get("x-ms-cosmos-is-batch-request"):
+            return self.account.batch(container, pk, _batch_operations(container, pk, call.body))
+        kind = _post_kind(headers)
+        operation = ItemOperation(
+            kind,
+            pk,
+            body=_item_body(call.body),
+            if_match=call.if_match,
+            if_none_match=call.if_none_match,
+        )
+        return _minimal(self.account.write_item(container, operation), headers)
+
+    def _docs_get(self, call: Call) -> Reply:
+        container, headers = self._container(call), call.headers
+        feed = headers.get("A-IM")
+        if feed is None:
+            return self.account.query(container, QueryRequest(
+                "SELECT * FROM c", [], _scope(headers, cross_partition=True),
+                headers.get("x-ms-continuation"), _max_items(headers)))  # fmt: skip
+        if feed.lower() != "incremental feed":
+            raise errors.bad_request(
+                f"A-IM {feed!r} (all versions and deletes) is not supported by the emulator."
+            )
+        since = headers.get("If-Modified-Since")
+        return self.account.change_feed(container, ChangeFeedRequest(
+            _scope(headers), headers.get("If-None-Match"),
+            None if since is None else parse_http_date(since), _max_items(headers)))  # fmt: skip
+
+    def _doc_get(self, call: Call) -> Reply:
+        container = self._container(call)
+        pk = _required_partition_key(call.headers)
+        return self.account.read_item(
+            container, pk, call.segments[5], call.headers.get("If-None-Match")
+        )
+
+    def _doc_put(self, call: Call) -> Reply:
+        container = self._container(call)
+        pk = _required_partition_key(call.headers)
+        operation = ItemOperation(
+            "replace",
+            pk,
+            call.segments[5],
+            _item_body(call.body),
+            if_match=call.if_match,
+            if_none_match=call.if_none_match,
+        )
+        return _minimal(self.account.write_item(container, operation), call.headers)
+
+    def _doc_delete(self, call: Call) -> Reply:
+        container = self._container(call)
+        pk = _required_partition_key(call.headers)
+        return self.account.write_item(
+            container,
+            ItemOperation(
+                "delete",
+                pk,
+                call.segments[5],
+                if_match=call.if_match,
+                if_none_match=call.if_none_match,
+            ),
+        )
+
+    def _doc_patch(self, call: Call) -> Reply:
+        container = self._container(call)
+        pk = _required_partition_key(call.headers)
+        patch = _object(call.body)
+        operation = ItemOperation("patch", pk, call.segments[5], patch=_list(patch.get("operations")),
+                                  condition=patch.get("condition"), if_match=call.if_match, if_none_match=call.if_none_match)  # fmt: skip
+        return _minimal(self.account.write_item(container, operation), call.headers)
 
     def _database_account(self, request: web.Request) -> Reply:
         """The account, advertising the endpoint the client used (so endpoint discovery stays on
@@ -253,12 +302,82 @@ class CosmosProtocol:
             self.controls.reset()
             return {}
         if route == "split" and method == "POST":
-            children = self.account.split(body["database"], body["container"], str(body["range_id"]))
+            children = self.account.split(
+                body["database"], body["container"], str(body["range_id"])
+            )
             return {"children": [child.id for child in children]}
         if route == "ranges" and method == "GET":
-            container = self.account.container(request.query["database"], request.query["container"])
+            container = self.account.container(
+                request.query["database"], request.query["container"]
+            )
             return [container.range_to_wire(r) for r in container.live_ranges()]
         raise errors.not_found(f"No admin route {method} {ADMIN_PREFIX}{route}.")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the route handlers see it."""
+
+    request: web.Request
+    segments: list[str]
+    body: bytes
+
+    @property
+    def headers(self) -> Any:
+        return self.request.headers
+
+    @property
+    def is_query(self) -> bool:
+        return bool(self.request.headers.get("x-ms-documentdb-isquery"))
+
+    @property
+    def if_match(self) -> str | None:
+        value: str | None = self.request.headers.get("If-Match")
+        return value
+
+    @property
+    def if_none_match(self) -> str | None:
+        value: str | None = self.request.headers.get("If-None-Match")
+        return value
+
+
+_SHAPES = {0: "account", 1: "databases", 2: "database", 3: "containers", 4: "container"}
+
+
+def _shape(segments: list[str]) -> str:
+    """What a path names: account, databases, database, containers, container, pkranges, documents
+    or document; anything else is "unknown" (refused)."""
+    depth = len(segments)
+    if (depth and segments[0] != "dbs") or (depth >= 3 and segments[2] != "colls"):
+        return "unknown"
+    if depth >= 5:
+        return _CHILD_SHAPES.get((depth, segments[4]), "unknown")
+    return _SHAPES.get(depth, "unknown")
+
+
+_CHILD_SHAPES = {(5, "pkranges"): "pkranges", (5, "docs"): "documents", (6, "docs"): "document"}
+
+
+_ROUTES: dict[tuple[str, str], Callable[[CosmosProtocol, Call], Reply]] = {
+    ("account", "GET"): CosmosProtocol._account,
+    ("databases", "POST"): CosmosProtocol._databases_post,
+    ("databases", "GET"): CosmosProtocol._databases_get,
+    ("database", "GET"): CosmosProtocol._database_get,
+    ("database", "DELETE"): CosmosProtocol._database_delete,
+    ("containers", "POST"): CosmosProtocol._containers_post,
+    ("containers", "GET"): CosmosProtocol._containers_get,
+    ("container", "GET"): CosmosProtocol._container_get,
+    ("container", "PUT"): CosmosProtocol._container_put,
+    ("container", "DELETE"): CosmosProtocol._container_delete,
+    ("pkranges", "GET"): CosmosProtocol._pkranges_get,
+    ("documents", "POST"): CosmosProtocol._docs_post,
+    ("documents", "GET"): CosmosProtocol._docs_get,
+    ("document", "GET"): CosmosProtocol._doc_get,
+    ("document", "PUT"): CosmosProtocol._doc_put,
+    ("document", "DELETE"): CosmosProtocol._doc_delete,
+    ("document", "PATCH"): CosmosProtocol._doc_patch,
+}
+_DOCUMENT_OPERATIONS = {"GET": "read", "PUT": "replace", "DELETE": "delete", "PATCH": "patch"}
 
 
 # -- request parsing ----------------------------------------------------------------------------
@@ -266,17 +385,20 @@ class CosmosProtocol:
 
 def _operation_kind(method: str, segments: list[str], headers: Any) -> str:
     """The operation kind fault rules and throttling match on (admin.OPERATIONS)."""
-    depth = len(segments)
-    if depth == 0:
-        return "account"
-    if depth < 5:
+    shape = _shape(segments)
+    if shape in ("account", "pkranges"):
+        return shape
+    if shape == "document":
+        return _DOCUMENT_OPERATIONS.get(method, "metadata")
+    if shape != "documents":
         return "metadata"
-    if segments[4] == "pkranges":
-        return "pkranges"
-    if depth == 6:
-        return {"GET": "read", "PUT": "replace", "DELETE": "delete", "PATCH": "patch"}.get(method, "metadata")
     if method == "GET":
         return "change_feed" if "A-IM" in headers else "read_feed"
+    return _post_kind(headers)
+
+
+def _post_kind(headers: Any) -> str:
+    """A POST to a container's docs: a query, a batch, an upsert or a create."""
     if headers.get("x-ms-documentdb-isquery"):
         return "query"
     if headers.get("x-ms-cosmos-is-batch-request"):
@@ -301,8 +423,6 @@ def _list(value: Any) -> list[dict[str, Any]]:
 
 
 def _item_body(body: bytes) -> dict[str, Any]:
-    from eventflow_emulators.cosmos.model import MAX_ITEM_BYTES
-
     if len(body) > MAX_ITEM_BYTES:
         raise CosmosError(413, "Request size is too large.")
     return _object(body)
@@ -337,7 +457,10 @@ def _required_partition_key(headers: Any) -> list[Any]:
 def _scope(headers: Any, *, cross_partition: bool = False) -> Scope:
     pk = headers.get(PARTITION_KEY)
     epk = None
-    if headers.get("x-ms-read-key-type") == "EffectivePartitionKeyRange" or "x-ms-start-epk" in headers:
+    if (
+        headers.get("x-ms-read-key-type") == "EffectivePartitionKeyRange"
+        or "x-ms-start-epk" in headers
+    ):
         epk = EpkRange(headers.get("x-ms-start-epk", ""), headers.get("x-ms-end-epk", "FF"))
     enabled = headers.get("x-ms-documentdb-query-enablecrosspartition", "").lower() == "true"
     return Scope(headers.get(RANGE_ID), epk,
@@ -359,7 +482,7 @@ def _batch_operations(container: Any, pk: list[Any], body: bytes) -> list[ItemOp
         raise errors.bad_request("The batch body is not valid JSON.") from None
     operations = []
     for entry in _list(raw):
-        kind = _BATCH_KINDS.get(entry.get("operationType"))
+        kind = _BATCH_KINDS.get(str(entry.get("operationType")))
         if kind is None:
             raise errors.bad_request(f"Unknown batch operationType {entry.get('operationType')!r}.")
         resource = entry.get("resourceBody")

@@ -1,0 +1,268 @@
+"""The emulator through the real azure-cosmos aio SDK: behaviour the conformance suite cannot
+check on other backends (auth, placement, faults, restarts, the process itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import string
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.cosmos import PartitionKey
+from azure.cosmos.aio import CosmosClient
+from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceNotFoundError
+
+from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
+
+WRONG_KEY = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk="
+
+
+@pytest.fixture
+async def container(cosmos_emulator_server: RunningCosmosEmulator) -> AsyncIterator[Any]:
+    async with CosmosClient(
+        cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key
+    ) as client:
+        database = await client.create_database_if_not_exists("sdk-tests")
+        yield await database.create_container(
+            id=f"c{uuid.uuid4().hex[:12]}", partition_key=PartitionKey(path="/pk")
+        )
+
+
+async def collect(iterable: Any) -> list[Any]:
+    return [item async for item in iterable]
+
+
+async def test_a_wrong_key_is_refused_with_401(
+    cosmos_emulator_server: RunningCosmosEmulator,
+) -> None:
+    # The client reads the account first (GET /), which is signed like any request.
+    client = CosmosClient(cosmos_emulator_server.endpoint, credential=WRONG_KEY)
+    try:
+        with pytest.raises(CosmosHttpResponseError) as caught:
+            async with client:
+                await client.create_database_if_not_exists("never")
+    finally:
+        await client.close()
+    assert caught.value.status_code == 401
+    assert "Unauthorized" in str(caught.value.message)
+
+
+async def test_connection_string_works(cosmos_emulator_server: RunningCosmosEmulator) -> None:
+    async with CosmosClient.from_connection_string(
+        cosmos_emulator_server.connection_string
+    ) as client:
+        database = await client.create_database_if_not_exists("sdk-tests")
+        assert (await database.read())["id"] == "sdk-tests"
+
+
+async def test_items_land_in_the_feed_range_the_sdk_computes(container: Any) -> None:
+    # The placement is the server's (it answers the change feed of each range); the point range
+    # is the SDK's own hash (azure/cosmos/partition_key.py). They must agree for every key.
+    rng = random.Random(7)
+    keys = ["".join(rng.choices(string.printable, k=rng.randint(0, 30))) for _ in range(40)]
+    keys = list(dict.fromkeys(keys))
+    for key in keys:
+        await container.create_item({"id": "x", "pk": key})
+    ranges = await collect(container.read_feed_ranges())
+    placed = 0
+    for feed_range in ranges:
+        pager = container.query_items_change_feed(feed_range=feed_range, start_time="Beginning")
+        for item in await collect(pager):
+            point = await container.feed_range_from_partition_key(item["pk"])
+            assert await container.is_feed_range_subset(feed_range, point)
+            placed += 1
+    assert placed == len(keys)
+
+
+async def test_nested_partition_key_path(cosmos_emulator_server: RunningCosmosEmulator) -> None:
+    async with CosmosClient(
+        cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key
+    ) as client:
+        database = await client.create_database_if_not_exists("sdk-tests")
+        nested = await database.create_container(
+            id=f"n{uuid.uuid4().hex[:12]}", partition_key=PartitionKey(path="/customer/id")
+        )
+        await nested.create_item({"id": "o1", "customer": {"id": "c7"}})
+        assert (await nested.read_item("o1", partition_key="c7"))["customer"]["id"] == "c7"
+        found = await collect(
+            nested.query_items("SELECT * FROM c WHERE c.customer.id = 'c7'", partition_key="c7")
+        )
+        assert [item["id"] for item in found] == ["o1"]
+
+
+async def test_items_over_2_mb_are_refused_with_413(container: Any) -> None:
+    with pytest.raises(CosmosHttpResponseError) as caught:
+        await container.create_item({"id": "big", "pk": "p", "blob": "x" * (2 * 1024 * 1024)})
+    assert caught.value.status_code == 413
+
+
+async def test_patch_through_the_sdk(container: Any) -> None:
+    await container.create_item({"id": "a", "pk": "p", "n": 1})
+    patched = await container.patch_item("a", partition_key="p", patch_operations=[
+        {"op": "incr", "path": "/n", "value": 5}, {"op": "set", "path": "/state", "value": "done"}])  # fmt: skip
+    assert (patched["n"], patched["state"]) == (6, "done")
+
+
+async def test_one_503_is_retried_by_the_sdk_two_are_not(
+    container: Any, cosmos_emulator_server: RunningCosmosEmulator
+) -> None:
+    # The SDK retries a 503 once on a one-region account, writes included
+    # (azure/cosmos/_service_unavailable_retry_policy.py `ShouldRetry`).
+    admin = cosmos_emulator_server.admin
+    admin.inject_fault("unavailable", operation="create", path_contains=container.id)
+    await container.create_item({"id": "a", "pk": "p"})
+    admin.inject_fault("unavailable", count=2, operation="create", path_contains=container.id)
+    with pytest.raises(CosmosHttpResponseError) as caught:
+        await container.create_item({"id": "b", "pk": "p"})
+    assert caught.value.status_code == 503
+    with pytest.raises(CosmosResourceNotFoundError):
+        await container.read_item("b", partition_key="p")
+
+
+async def test_a_timeout_after_apply_leaves_the_write_done(
+    container: Any, cosmos_emulator_server: RunningCosmosEmulator
+) -> None:
+    # A 408 on a write is not retried (azure/cosmos/_timeout_failover_retry_policy.py: writes
+    # only with retry_write), so the caller sees the timeout although the item was written.
+    cosmos_emulator_server.admin.inject_fault(
+        "timeout-after-apply", operation="create", path_contains=container.id
+    )
+    with pytest.raises(CosmosHttpResponseError) as caught:
+        await container.create_item({"id": "a", "pk": "p"})
+    assert caught.value.status_code == 408
+    assert (await container.read_item("a", partition_key="p"))["id"] == "a"
+
+
+async def test_a_timeout_on_a_read_is_retried(
+    container: Any, cosmos_emulator_server: RunningCosmosEmulator
+) -> None:
+    admin = cosmos_emulator_server.admin
+    await container.create_item({"id": "a", "pk": "p"})
+    faulted = admin.status()["faulted"]
+    admin.inject_fault("timeout", operation="read", path_contains=container.id)
+    assert (await container.read_item("a", partition_key="p"))["id"] == "a"
+    assert admin.status()["faulted"] == faulted + 1
+
+
+async def test_an_outage_fails_requests_until_it_ends(
+    container: Any, cosmos_emulator_server: RunningCosmosEmulator
+) -> None:
+    admin = cosmos_emulator_server.admin
+    await container.create_item({"id": "a", "pk": "p"})
+    admin.outage(1.5, path_contains=container.id)
+    with pytest.raises(CosmosHttpResponseError) as caught:
+        await container.read_item("a", partition_key="p")
+    assert caught.value.status_code == 503
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await container.read_item("a", partition_key="p")
+            break
+        except CosmosHttpResponseError:
+            assert time.monotonic() < deadline, "the outage did not end"
+            await asyncio.sleep(0.1)
+
+
+async def test_reset_removes_faults(
+    container: Any, cosmos_emulator_server: RunningCosmosEmulator
+) -> None:
+    admin = cosmos_emulator_server.admin
+    admin.inject_fault("unavailable", count=50, path_contains=container.id)
+    assert admin.status()["faults"]
+    admin.reset_faults()
+    assert admin.status()["faults"] == []
+    await container.create_item({"id": "a", "pk": "p"})
+
+
+def test_admin_command_line(cosmos_emulator_server: RunningCosmosEmulator) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "eventflow_emulators.cosmos", "admin", "--endpoint",
+         cosmos_emulator_server.endpoint, "status"],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    assert "requests" in json.loads(result.stdout)
+
+
+async def test_data_and_change_feed_position_survive_a_restart(tmp_path: Path) -> None:
+    async def write_and_read(endpoint: str, key: str, token: str | None) -> tuple[list[str], str]:
+        async with CosmosClient(endpoint, credential=key) as client:
+            database = await client.create_database_if_not_exists("durable")
+            box = await database.create_container_if_not_exists(
+                id="box", partition_key=PartitionKey(path="/pk")
+            )
+            await box.create_item({"id": uuid.uuid4().hex, "pk": "p", "run": token is None})
+            kwargs: dict[str, Any] = (
+                {"continuation": token} if token else {"start_time": "Beginning"}
+            )
+            pager = box.query_items_change_feed(**kwargs).by_page()
+            items = [item async for page in pager async for item in page]
+            return [
+                str(item["run"]) for item in items
+            ], box.client_connection.last_response_headers["etag"]
+
+    with cosmos_emulator(tmp_path) as first:
+        seen, token = await write_and_read(first.endpoint, first.key, None)
+    assert seen == ["True"]
+    with cosmos_emulator(tmp_path) as second:
+        seen, _ = await write_and_read(second.endpoint, second.key, token)
+    assert seen == ["False"]
+
+
+def test_sigterm_stops_the_process_with_exit_code_0(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eventflow_emulators.cosmos", "--port", "0", "--data", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("eventflow-cosmos-emulator listening on http://127.0.0.1:")
+    assert not line.rstrip().endswith(":0/")
+    process.terminate()
+    assert process.wait(timeout=10) == 0
+
+
+async def test_query_of_a_feed_range_and_paged_read_all(container: Any) -> None:
+    # query_items(feed_range=...) routes by pk range id plus EPK bounds
+    # (aio/_cosmos_client_connection_async.py `__QueryFeed`, feed_range branch).
+    keys = [f"k{n}" for n in range(30)]
+    for key in keys:
+        await container.create_item({"id": "x", "pk": key})
+    seen: list[str] = []
+    for feed_range in await collect(container.read_feed_ranges()):
+        found = await collect(container.query_items("SELECT * FROM c", feed_range=feed_range))
+        seen += [item["pk"] for item in found]
+    assert sorted(seen) == sorted(keys)
+    pages = container.read_all_items(max_item_count=7).by_page()
+    sizes = [len(await collect(page)) async for page in pages]
+    assert sum(sizes) == 30
+    assert max(sizes) <= 7
+
+
+async def test_a_recreated_container_is_found_by_an_old_proxy(
+    cosmos_emulator_server: RunningCosmosEmulator,
+) -> None:
+    # The SDK sends the container rid it cached; a recreated container answers 400/1024 and the
+    # SDK refreshes its cache and retries (azure/cosmos/aio/_retry_utility_async.py).
+    endpoint, key = cosmos_emulator_server.endpoint, cosmos_emulator_server.key
+    name = f"r{uuid.uuid4().hex[:12]}"
+    async with (
+        CosmosClient(endpoint, credential=key) as first,
+        CosmosClient(endpoint, credential=key) as second,
+    ):
+        database = await first.create_database_if_not_exists("sdk-tests")
+        old = await database.create_container(id=name, partition_key=PartitionKey(path="/pk"))
+        await old.create_item({"id": "a", "pk": "p"})
+        other = second.get_database_client("sdk-tests")
+        await other.delete_container(name)
+        await other.create_container(id=name, partition_key=PartitionKey(path="/pk"))
+        await old.create_item({"id": "b", "pk": "p"})
+        found = await collect(old.query_items("SELECT VALUE c.id FROM c", partition_key="p"))
+        assert found == ["b"]

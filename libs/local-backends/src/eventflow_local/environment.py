@@ -2,7 +2,7 @@
 
 Every process that opens the same folder sees the same databases, containers, hubs and queues,
 so the four services can run as separate processes on one machine. Each service kind has its
-own file (cosmos.sqlite3, eventhubs.sqlite3, servicebus.sqlite3) so that their writers do not
+own file (eventhubs.sqlite3, servicebus.sqlite3) so that their writers do not
 wait on each other.
 """
 
@@ -15,7 +15,7 @@ from eventflow_local._sqlite import Database
 from eventflow_local.faults import SCHEMA as FAULTS_SCHEMA
 from eventflow_local.faults import FaultKind, set_fault
 
-SERVICES = ("cosmos", "eventhubs", "servicebus")
+SERVICES = ("eventhubs", "servicebus")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class LocalEnvironment:
         latency_ms: int = 0,
     ) -> None:
         """Make the next `count` calls of `operation` ("<service>.<method>", e.g.
-        "cosmos.execute_item_batch") fail with `kind`, in every process of this environment."""
+        "servicebus.send_messages") fail with `kind`, in every process of this environment."""
         service = operation.split(".", 1)[0]
         database = self.open(service, "")
         try:

@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from azure.cosmos import PartitionKey
 from azure.eventhub import EventData
 from azure.servicebus import ServiceBusMessage
 
 from eventflow_local.checkpoints import SqliteCheckpointStore
-from eventflow_local.cosmos import CosmosClient
 from eventflow_local.environment import LocalEnvironment
 from eventflow_local.eventhubs import LOCAL_NAMESPACE, EventHubProducerClient, create_event_hub
 from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient
@@ -76,23 +74,6 @@ async def eventually(check: Any, wait: float = 20.0, what: str = "condition") ->
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {wait}s")
         await asyncio.sleep(0.05)
-
-
-async def test_a_write_in_one_process_is_in_another_processs_change_feed(tmp_path: Path) -> None:
-    environment = LocalEnvironment(tmp_path)
-    async with CosmosClient(environment) as client:
-        database = await client.create_database_if_not_exists("db")
-        container = await database.create_container_if_not_exists(
-            "items", partition_key=PartitionKey("/pk")
-        )
-        pager = container.query_items_change_feed(start_time="Now").by_page()
-        assert [page async for page in pager] == []
-        token = container.client_connection.last_response_headers["etag"]
-        with workers(("cosmos-write", tmp_path, "25")) as (writer,):
-            await eventually(lambda: writer.lines, what="the writer to finish")
-        pager = container.query_items_change_feed(continuation=token).by_page()
-        items = [item async for page in pager async for item in page]
-    assert sorted(item["n"] for item in items) == list(range(25))
 
 
 async def test_two_consumer_processes_split_the_hub_and_a_killed_ones_partitions_are_taken_over(

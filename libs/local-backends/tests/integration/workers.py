@@ -1,6 +1,5 @@
 """Worker processes for the cross-process tests: each prints JSON lines on stdout as it goes.
 
-python workers.py cosmos-write FOLDER COUNT
 python workers.py eh-consume FOLDER OWNER
 python workers.py sb-sessions FOLDER QUEUE
 python workers.py sb-take-one FOLDER QUEUE
@@ -16,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from azure.cosmos import PartitionKey
 from azure.servicebus import NEXT_AVAILABLE_SESSION
 from azure.servicebus.exceptions import OperationTimeoutError
 
 from eventflow_local.checkpoints import SqliteCheckpointStore
-from eventflow_local.cosmos import CosmosClient
 from eventflow_local.environment import LocalEnvironment
 from eventflow_local.eventhubs import EventHubConsumerClient
 from eventflow_local.servicebus import ServiceBusClient
@@ -30,17 +27,6 @@ from eventflow_local.servicebus import ServiceBusClient
 def emit(**fields: Any) -> None:
     sys.stdout.write(orjson.dumps(fields | {"t": time.time()}).decode() + "\n")
     sys.stdout.flush()
-
-
-async def cosmos_write(environment: LocalEnvironment, count: int) -> None:
-    async with CosmosClient(environment) as client:
-        database = await client.create_database_if_not_exists("db")
-        container = await database.create_container_if_not_exists(
-            "items", partition_key=PartitionKey("/pk")
-        )
-        for n in range(count):
-            await container.create_item({"id": f"item-{n}", "pk": f"p{n % 5}", "n": n})
-        emit(written=count)
 
 
 async def eh_consume(environment: LocalEnvironment, owner: str) -> None:
@@ -97,7 +83,6 @@ def main() -> None:
     args = parser.parse_args()
     environment = LocalEnvironment(args.folder)
     commands = {
-        "cosmos-write": lambda: cosmos_write(environment, int(args.argument)),
         "eh-consume": lambda: eh_consume(environment, args.argument),
         "sb-sessions": lambda: sb_sessions(environment, args.argument),
         "sb-take-one": lambda: sb_take_one(environment, args.argument),

@@ -1,58 +1,16 @@
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from azure.cosmos import PartitionKey
-from azure.cosmos.exceptions import CosmosHttpResponseError
 from azure.eventhub import EventData
 from azure.eventhub.exceptions import ConnectionLostError
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.exceptions import ServiceBusConnectionError, ServiceBusServerBusyError
 
-from eventflow_local.cosmos import CosmosClient
 from eventflow_local.environment import LocalEnvironment
 from eventflow_local.eventhubs import EventHubProducerClient, create_event_hub
 from eventflow_local.faults import FaultKind
 from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient
-
-
-async def test_cosmos_faults_use_the_sdk_status_codes_and_run_out(tmp_path: Path) -> None:
-    environment = LocalEnvironment(tmp_path)
-    async with CosmosClient(environment) as client:
-        database = await client.create_database_if_not_exists("db")
-        container = await database.create_container_if_not_exists(
-            "c", partition_key=PartitionKey("/pk")
-        )
-        environment.inject_fault("cosmos.create_item", FaultKind.THROTTLED, count=2)
-        for _ in range(2):
-            with pytest.raises(CosmosHttpResponseError) as caught:
-                await container.create_item({"id": "a", "pk": "p"})
-            assert caught.value.status_code == 429
-        await container.create_item({"id": "a", "pk": "p"})
-        environment.inject_fault("cosmos.execute_item_batch", FaultKind.TRANSIENT)
-        with pytest.raises(CosmosHttpResponseError) as caught:
-            await container.execute_item_batch(
-                [("create", ({"id": "b", "pk": "p"},))], partition_key="p"
-            )
-        assert caught.value.status_code == 503
-        environment.inject_fault("cosmos.read_item", FaultKind.TIMEOUT)
-        with pytest.raises(CosmosHttpResponseError) as caught:
-            await container.read_item("a", partition_key="p")
-        assert caught.value.status_code == 408
-
-
-async def test_latency_slows_a_call_without_failing_it(tmp_path: Path) -> None:
-    environment = LocalEnvironment(tmp_path)
-    async with CosmosClient(environment) as client:
-        database = await client.create_database_if_not_exists("db")
-        container = await database.create_container_if_not_exists(
-            "c", partition_key=PartitionKey("/pk")
-        )
-        environment.inject_fault("cosmos.upsert_item", FaultKind.LATENCY, latency_ms=300)
-        started = time.monotonic()
-        await container.upsert_item({"id": "a", "pk": "p"})
-        assert time.monotonic() - started >= 0.3
 
 
 async def test_a_fault_injected_from_another_client_reaches_this_one(tmp_path: Path) -> None:

@@ -60,15 +60,18 @@ async def serve(arguments: argparse.Namespace) -> None:
     site = web.TCPSite(runner, arguments.host, arguments.port, reuse_address=True)
     await site.start()
     port = runner.addresses[0][1]
-    sys.stdout.write(f"eventflow-cosmos-emulator listening on http://{arguments.host}:{port}/\n")
-    sys.stdout.flush()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before the line a supervisor waits for
         loop.add_signal_handler(signum, stop.set)
+    sys.stdout.write(f"eventflow-cosmos-emulator listening on http://{arguments.host}:{port}/\n")
+    sys.stdout.flush()
     purge = asyncio.create_task(_purge_forever(account))
     try:
         await stop.wait()
+        # Under one supervisor (make dev) every process gets the stop signal at once: serving a
+        # little longer lets the services finish their own shutdown writes (lease releases).
+        await asyncio.sleep(arguments.shutdown_delay)
     finally:
         purge.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -88,6 +91,8 @@ def _server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", default=EMULATOR_KEY, help="base64 master key")
     parser.add_argument("--request-units-per-second", type=float, default=None,
                         help="throttle (429) past this budget; default: never")  # fmt: skip
+    parser.add_argument("--shutdown-delay", type=float, default=0.0,
+                        help="seconds to keep serving after SIGTERM/SIGINT (default 0)")  # fmt: skip
     return parser
 
 

@@ -95,7 +95,9 @@ class OrderOut(BaseModel):
         )  # fmt: skip
 
 
-def get_service(request: Request) -> OrderService:
+async def get_service(request: Request) -> OrderService:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, which cost about
+    # a tenth of the producer's CPU per request (benchmarks/producer.py).
     service: OrderService = request.app.state.service
     return service
 

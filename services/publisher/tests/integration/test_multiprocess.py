@@ -1,5 +1,6 @@
-"""Three publisher processes on the Cosmos DB emulator (and the Event Hubs stand-in): a balanced split of sixteen leases, a kill -9
-taken over after expiry, and every event on the hub at least once, in order per order."""
+"""Three publisher processes on the Cosmos DB emulator (and the Event Hubs stand-in): a balanced split of sixteen leases,
+four ranges split while changes flow, a kill -9 taken over after expiry, and every event on the hub at least once, in
+order per order, with the twenty leases spread over the survivors."""
 
 from __future__ import annotations
 
@@ -68,14 +69,19 @@ async def test_three_processes_balance_survive_a_kill_and_publish_everything_in_
         while sorted((await owners()).values()) != [5, 5, 6]:
             assert time.monotonic() < deadline, f"never balanced: {await owners()}"
             await asyncio.sleep(0.1)
-        written = await store.write_events(orders=12, per_order=4)
+        written = await store.write_events(orders=12, per_order=2)
+        for range_id in ("0", "5", "10", "15"):  # splits while changes flow
+            await asyncio.to_thread(store.cosmos.admin.split, store.database, "orders", range_id)
+            written += await store.write_events(
+                orders=12, per_order=1, start=len(written) // 12 + 1
+            )
         processes["a"].send_signal(signal.SIGKILL)
         processes["a"].wait()
-        written += await store.write_events(orders=12, per_order=4, start=5)
-        deadline = time.monotonic() + 30
+        written += await store.write_events(orders=12, per_order=2, start=len(written) // 12 + 1)
+        deadline = time.monotonic() + 60
         while set((await owners()).elements()) != {"b", "c"} or sorted(
             (await owners()).values()
-        ) != [8, 8]:
+        ) != [10, 10]:
             assert time.monotonic() < deadline, f"a's leases never taken over: {await owners()}"
             await asyncio.sleep(0.1)
         expected = {f"order-{n}": list(range(1, 9)) for n in range(12)}

@@ -24,6 +24,8 @@ class Unavailable(Exception):
 
 @dataclass
 class Write:
+    """One accepted lease write: `token` is the writer's (the new one for an acquisition)."""
+
     lease_id: str
     kind: str
     owner: str | None
@@ -59,9 +61,8 @@ class FakeLeaseStore:
         current = self._check(kind, lease)
         written = replace(current, etag=self._etag(), **changes)
         self.leases[lease.id] = written
-        self.writes.append(
-            Write(lease.id, kind, written.owner, written.owner_token, written.continuation)
-        )
+        writer = written.owner_token if kind == "acquire" else lease.owner_token
+        self.writes.append(Write(lease.id, kind, written.owner, writer, written.continuation))
         return written
 
     def add(

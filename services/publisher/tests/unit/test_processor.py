@@ -5,6 +5,7 @@ resumed, adaptive polling, progress health and splits."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from eventflow_publisher.changefeed import (
     ChangeFeedProcessor,
@@ -286,3 +289,95 @@ async def test_leases_of_the_previous_version_are_taken_and_of_a_newer_one_left_
     await asyncio.sleep(0.3)
     assert running.processor.owned == ([] if version > 2 else [next(iter(store.leases))])
     await running.stop()
+
+
+class StallableStore:
+    """One instance's view of the shared lease store, whose listing can stall (as an event loop
+    stall or a slow store would hold up balancing) while its other calls go through."""
+
+    def __init__(self, shared: FakeLeaseStore) -> None:
+        self.shared = shared
+        self.paused_until = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.shared, name)
+
+    async def list_leases(self) -> list[Any]:
+        await asyncio.sleep(max(0.0, self.paused_until - time.monotonic()))
+        return await self.shared.list_leases()
+
+
+def store_of(running: Running) -> StallableStore:
+    leases = running.processor.leases
+    assert isinstance(leases, StallableStore)
+    return leases
+
+
+def scaled_clock(rate: float) -> float:
+    return time.monotonic() * rate
+
+
+ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["start", "start", "stall", "crash", "stop", "write", "wait"]),
+        st.sampled_from(["a", "b"]),  # names repeat: restarts and twins under one name
+        st.sampled_from([0.5, 1.0, 2.0]),  # how fast this instance's monotonic clock runs
+    ),
+    min_size=3,
+    max_size=10,
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(actions=ACTIONS)
+# A restart under the same name while the first process's balancing is stalled.
+@example(
+    actions=[("start", "a", 1.0), ("stall", "a", 1.0), ("start", "a", 1.0), ("write", "a", 1.0)]
+)
+# A second instance whose clock runs fast steals while the first one's balancing is stalled.
+@example(actions=[("start", "a", 1.0), ("stall", "b", 1.0), ("start", "b", 2.0), ("write", "b", 1.0),
+                  ("wait", "a", 1.0)])  # fmt: skip
+def test_no_interleaving_lets_two_acquisitions_write_one_lease_or_a_checkpoint_go_back(
+    actions: list[tuple[str, str, float]],
+) -> None:
+    """From any sequence of starts (same names included), crashes, graceful stops, writes and
+    pauses, with instances whose clocks run at different rates: once an acquisition is recorded, no
+    earlier acquisition of that lease writes again, and checkpoints never move backwards."""
+
+    async def scenario() -> None:
+        feed, store = FakeChangeFeed([LOW, HIGH]), FakeLeaseStore()
+        running: list[Running] = []
+        for kind, name, rate in actions:
+            if kind == "start":
+                clock = functools.partial(scaled_clock, rate)
+                view = StallableStore(store)
+                running.append(Running(ChangeFeedProcessor(
+                    feed=feed, leases=view, handler=Recorder(),
+                    options=ProcessorOptions(instance_name=name, **FAST), monotonic=clock,
+                )))  # fmt: skip
+            elif kind == "stall" and running:
+                # Its balancing stops learning anything while its workers go on writing: only the
+                # fencing of the store keeps them from overwriting another acquisition.
+                store_of(running[0]).paused_until = time.monotonic() + 0.6
+            elif kind in ("crash", "stop") and running:
+                victim = running.pop(0)
+                await (victim.crash() if kind == "crash" else victim.stop())
+            elif kind == "write":
+                feed.append(LOW, *documents(f"l{len(store.writes)}-", 3))
+                feed.append(HIGH, *documents(f"h{len(store.writes)}-", 3))
+            await asyncio.sleep(0.15)
+        await asyncio.sleep(0.5)
+        for survivor in running:
+            await survivor.stop()
+        for lease_id in {w.lease_id for w in store.writes}:
+            positions_never_go_back(store, lease_id)
+            retired: set[str | None] = set()
+            current: str | None = None
+            for write in (w for w in store.writes if w.lease_id == lease_id):
+                if write.kind == "acquire":
+                    retired.add(current)
+                    current = write.token
+                elif write.kind in ("renew", "checkpoint"):
+                    assert write.token not in retired, f"a retired acquisition wrote {lease_id}"
+
+    asyncio.run(scenario())

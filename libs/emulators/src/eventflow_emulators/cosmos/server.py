@@ -56,16 +56,17 @@ async def serve(arguments: argparse.Namespace) -> None:
     controls = Controls(request_units_per_second=arguments.request_units_per_second)
     runner = web.AppRunner(build_app(account, controls, arguments.key), access_log=None,
                            handle_signals=False)  # fmt: skip
+    # Handlers first: a supervisor may send SIGTERM as soon as it reads the listening line.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     await runner.setup()
     site = web.TCPSite(runner, arguments.host, arguments.port, reuse_address=True)
     await site.start()
     port = runner.addresses[0][1]
     sys.stdout.write(f"eventflow-cosmos-emulator listening on http://{arguments.host}:{port}/\n")
     sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     purge = asyncio.create_task(_purge_forever(account))
     try:
         await stop.wait()

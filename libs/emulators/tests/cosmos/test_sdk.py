@@ -266,3 +266,34 @@ async def test_a_recreated_container_is_found_by_an_old_proxy(
         await old.create_item({"id": "b", "pk": "p"})
         found = await collect(old.query_items("SELECT VALUE c.id FROM c", partition_key="p"))
         assert found == ["b"]
+
+
+async def test_batch_runs_every_operation_kind(container: Any) -> None:
+    # Every op kind the SDK formats (azure/cosmos/_base.py `_format_batch_operations`).
+    created = await container.create_item({"id": "r", "pk": "p", "n": 1})
+    await container.create_item({"id": "gone", "pk": "p"})
+    results = await container.execute_item_batch(
+        [
+            ("create", ({"id": "c", "pk": "p"},)),
+            ("upsert", ({"id": "u", "pk": "p"},)),
+            ("replace", ("r", {"id": "r", "pk": "p", "n": 2}), {"if_match_etag": created["_etag"]}),
+            ("patch", ("r", [{"op": "incr", "path": "/n", "value": 1}]), {"filter_predicate": "FROM c WHERE c.n = 2"}),
+            ("read", ("r",)),
+            ("delete", ("gone",)),
+        ],
+        partition_key="p",
+    )  # fmt: skip
+    assert [r["statusCode"] for r in results] == [201, 201, 200, 200, 200, 204]
+    assert results[4]["resourceBody"]["n"] == 3
+    with pytest.raises(CosmosResourceNotFoundError):
+        await container.read_item("gone", partition_key="p")
+
+
+async def test_a_batch_over_2_mb_is_refused_with_413(container: Any) -> None:
+    half = "x" * (1024 * 1024 + 10)
+    with pytest.raises(CosmosHttpResponseError) as caught:
+        await container.execute_item_batch(
+            [("create", ({"id": "a", "pk": "p", "blob": half},)), ("create", ({"id": "b", "pk": "p", "blob": half},))],
+            partition_key="p",
+        )  # fmt: skip
+    assert caught.value.status_code == 413

@@ -387,11 +387,12 @@ class Account:
         now = self.clock()
         results: list[ItemResult] = []
         failure: tuple[int, CosmosError] | None = None
+        batch_pk = partition_key_text(pk)
         try:
             with self.store.transaction():
                 for index, operation in enumerate(operations):
                     try:
-                        if partition_key_text(operation.pk) != partition_key_text(pk):
+                        if partition_key_text(operation.pk) != batch_pk:
                             raise errors.bad_request(
                                 "PartitionKey extracted from document doesn't match the one "
                                 "specified in the header.", errors.PARTITION_KEY_MISMATCH,

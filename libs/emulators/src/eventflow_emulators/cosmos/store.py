@@ -36,7 +36,6 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (coll_rid, pk, id)
 );
 CREATE INDEX IF NOT EXISTS items_by_lsn ON items (coll_rid, lsn, seq);
-CREATE INDEX IF NOT EXISTS items_by_epk ON items (coll_rid, epk);
 CREATE INDEX IF NOT EXISTS items_by_expiry ON items (expires) WHERE expires IS NOT NULL;
 """
 

@@ -157,6 +157,9 @@ class CosmosProtocol:
                 _max_items(headers)))  # fmt: skip
         pk = _required_partition_key(headers)
         if headers.get("x-ms-cosmos-is-batch-request"):
+            if len(call.body) > MAX_ITEM_BYTES:
+                # The whole batch payload is limited to 2 MB (docs: transactional-batch.md).
+                raise CosmosError(413, "Request size is too large.")
             return self.account.batch(container, pk, _batch_operations(container, pk, call.body))
         kind = _post_kind(headers)
         operation = ItemOperation(

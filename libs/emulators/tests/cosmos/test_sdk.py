@@ -297,3 +297,10 @@ async def test_a_batch_over_2_mb_is_refused_with_413(container: Any) -> None:
             partition_key="p",
         )  # fmt: skip
     assert caught.value.status_code == 413
+
+
+async def test_an_unsupported_query_is_refused_naming_the_clause(container: Any) -> None:
+    with pytest.raises(CosmosHttpResponseError) as caught:
+        await collect(container.query_items("SELECT DISTINCT c.kind FROM c", partition_key="p"))
+    assert caught.value.status_code == 400
+    assert "DISTINCT" in str(caught.value.message)

@@ -18,7 +18,7 @@ from eventflow_emulators.cosmos.model import (
     Scope,
 )
 from eventflow_emulators.cosmos.resources import Container
-from eventflow_emulators.cosmos.store import Store
+from eventflow_emulators.cosmos.store import Store, StoreInUseError
 
 
 class Clock:
@@ -327,3 +327,11 @@ def test_hierarchical_and_v1_partition_keys_are_refused(account: Account) -> Non
         with pytest.raises(CosmosError) as caught:
             account.create_container("db", {"id": "x", "partitionKey": definition})
         assert caught.value.status == 400
+
+
+def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    first = Store(tmp_path / "c.sqlite")
+    with pytest.raises(StoreInUseError):
+        Store(tmp_path / "c.sqlite")
+    first.close()
+    Store(tmp_path / "c.sqlite").close()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.cosmos import CosmosClient as SyncCosmosClient
 from azure.cosmos import PartitionKey
 from azure.cosmos.aio import CosmosClient
 from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceNotFoundError
@@ -304,3 +305,39 @@ async def test_an_unsupported_query_is_refused_naming_the_clause(container: Any)
         await collect(container.query_items("SELECT DISTINCT c.kind FROM c", partition_key="p"))
     assert caught.value.status_code == 400
     assert "DISTINCT" in str(caught.value.message)
+
+
+def test_the_sync_client_works_too(cosmos_emulator_server: RunningCosmosEmulator) -> None:
+    with SyncCosmosClient(
+        cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key
+    ) as client:
+        database = client.create_database_if_not_exists("sdk-tests")
+        box = database.create_container_if_not_exists(
+            id=f"s{uuid.uuid4().hex[:12]}", partition_key=PartitionKey(path="/pk")
+        )
+        box.create_item({"id": "a", "pk": "p"})
+        assert box.read_item("a", partition_key="p")["id"] == "a"
+        assert [
+            item["id"]
+            for item in box.query_items("SELECT * FROM c", enable_cross_partition_query=True)
+        ] == ["a"]
+        assert [item["id"] for item in box.query_items_change_feed(start_time="Beginning")] == ["a"]
+
+
+async def test_a_feed_range_query_after_a_split_reads_both_children(
+    container: Any, cosmos_emulator_server: RunningCosmosEmulator
+) -> None:
+    # The query's feed-range path re-resolves its range on 410/1002
+    # (aio/_cosmos_client_connection_async.py `__QueryFeed`, feed_range branch).
+    keys = [f"k{n}" for n in range(40)]
+    for key in keys:
+        await container.create_item({"id": "x", "pk": key})
+    parent = (await collect(container.read_feed_ranges()))[0]
+    inside = [
+        key for key in keys
+        if await container.is_feed_range_subset(parent, await container.feed_range_from_partition_key(key))
+    ]  # fmt: skip
+    database = container.container_link.split("/")[1]
+    cosmos_emulator_server.admin.split(database, container.id, "0")
+    found = await collect(container.query_items("SELECT * FROM c", feed_range=parent))
+    assert sorted(item["pk"] for item in found) == sorted(inside)

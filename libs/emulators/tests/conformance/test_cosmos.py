@@ -628,6 +628,25 @@ class CosmosConformance(BackendCases):
         with pytest.raises(ValueError, match="out of range"):
             await drain(container, continuation=token)
 
+    async def test_sdk_cannot_resume_a_token_saved_mid_way_through_a_multi_range_read(
+        self, container: Container
+    ) -> None:
+        # Known SDK behaviour (azure-cosmos 4.17.1): a "Beginning" read over several ranges starts
+        # every sub-token as null, and `CompositeContinuationToken.from_json` refuses null
+        # (py:_change_feed/composite_continuation_token.py L62), so a token saved after the first
+        # page, before every range was visited, cannot be resumed. Save tokens after a full drain,
+        # or keep one feed range per reader (one range per lease).
+        for n in range(20):
+            await container.create_item(doc(f"key-{n}", id="a"))
+        if len(await collect(container.read_feed_ranges())) < 2:
+            pytest.skip("needs a container with more than one feed range")
+        pager = container.query_items_change_feed(
+            start_time="Beginning", max_item_count=2
+        ).by_page()
+        assert len([item async for item in await anext(pager)]) == 2
+        with pytest.raises(ValueError, match="Missing token"):
+            await drain(container, continuation=pager.continuation_token)
+
     async def test_a_token_of_a_start_now_read_resumes_with_later_changes_only(
         self, container: Container
     ) -> None:

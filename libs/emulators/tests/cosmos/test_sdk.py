@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import random
 import string
 import subprocess
@@ -341,3 +343,68 @@ async def test_a_feed_range_query_after_a_split_reads_both_children(
     cosmos_emulator_server.admin.split(database, container.id, "0")
     found = await collect(container.query_items("SELECT * FROM c", feed_range=parent))
     assert sorted(item["pk"] for item in found) == sorted(inside)
+
+
+async def test_committed_writes_survive_a_killed_emulator(tmp_path: Path) -> None:
+    async def connect(endpoint: str, key: str, work: Any) -> Any:
+        async with CosmosClient(endpoint, credential=key) as client:
+            database = await client.create_database_if_not_exists("durable")
+            box = await database.create_container_if_not_exists(
+                id="box", partition_key=PartitionKey(path="/pk")
+            )
+            return await work(box)
+
+    async def write(box: Any) -> None:
+        await box.execute_item_batch([("create", ({"id": "a", "pk": "p"},)), ("create", ({"id": "b", "pk": "p"},))], partition_key="p")  # fmt: skip
+
+    async def read(box: Any) -> list[str]:
+        return [item["id"] async for item in box.query_items("SELECT * FROM c", partition_key="p")]
+
+    with cosmos_emulator(tmp_path) as first:
+        await connect(first.endpoint, first.key, write)
+        os.kill(first.pid, signal.SIGKILL)
+    with cosmos_emulator(tmp_path) as second:
+        assert sorted(await connect(second.endpoint, second.key, read)) == ["a", "b"]
+
+
+WRITER = """
+import asyncio, sys
+from azure.cosmos.aio import CosmosClient
+
+async def main(endpoint, key, name, writer):
+    async with CosmosClient(endpoint, credential=key) as client:
+        box = client.get_database_client("sdk-tests").get_container_client(name)
+        for n in range(40):
+            await box.create_item({"id": f"{writer}-{n}", "pk": f"k{n % 7}"})
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_writers_in_other_processes_and_a_change_feed_reader(
+    container: Any, cosmos_emulator_server: RunningCosmosEmulator
+) -> None:
+    # Every write from every client process shows up once, in its range's feed.
+    endpoint, key = cosmos_emulator_server.endpoint, cosmos_emulator_server.key
+    writers = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", WRITER, endpoint, key, container.id, name)
+        for name in ("w1", "w2")
+    ]  # fmt: skip
+    ranges = await collect(container.read_feed_ranges())
+    tokens: dict[int, str | None] = dict.fromkeys(range(len(ranges)))
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while len(seen) < 80 and time.monotonic() < deadline:
+        for index, feed_range in enumerate(ranges):
+            token = tokens[index]
+            kwargs: dict[str, Any] = (
+                {"continuation": token}
+                if token
+                else {"feed_range": feed_range, "start_time": "Beginning"}
+            )
+            pager = container.query_items_change_feed(**kwargs).by_page()
+            seen += [item["id"] async for page in pager async for item in page]
+            tokens[index] = container.client_connection.last_response_headers["etag"]
+        await asyncio.sleep(0.05)
+    assert [await writer.wait() for writer in writers] == [0, 0]
+    assert len(seen) == len(set(seen)) == 80

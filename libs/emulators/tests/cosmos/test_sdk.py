@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import random
+import signal
 import string
 import subprocess
 import sys

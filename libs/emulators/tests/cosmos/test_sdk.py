@@ -408,3 +408,38 @@ async def test_writers_in_other_processes_and_a_change_feed_reader(
         await asyncio.sleep(0.05)
     assert [await writer.wait() for writer in writers] == [0, 0]
     assert len(seen) == len(set(seen)) == 80
+
+
+RECREATE = """
+import asyncio, sys
+from azure.cosmos import PartitionKey
+from azure.cosmos.aio import CosmosClient
+
+async def main(endpoint, key, name):
+    async with CosmosClient(endpoint, credential=key) as client:
+        database = client.get_database_client("sdk-tests")
+        await database.delete_container(name)
+        await database.create_container(id=name, partition_key=PartitionKey(path="/pk"))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_a_container_recreated_after_a_split_gets_a_fresh_routing_map(
+    cosmos_emulator_server: RunningCosmosEmulator,
+) -> None:
+    # The SDK caches routing maps per endpoint and container name and refreshes them
+    # incrementally with If-None-Match (_routing/aio/routing_map_provider.py); a container
+    # recreated by another process must not look unchanged to that refresh.
+    endpoint, key = cosmos_emulator_server.endpoint, cosmos_emulator_server.key
+    name = f"s{uuid.uuid4().hex[:12]}"
+    async with CosmosClient(endpoint, credential=key) as client:
+        database = await client.create_database_if_not_exists("sdk-tests")
+        box = await database.create_container(id=name, partition_key=PartitionKey(path="/pk"))
+        cosmos_emulator_server.admin.split("sdk-tests", name, "0")
+        assert len(await collect(box.read_feed_ranges(force_refresh=True))) == 5
+        other = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", RECREATE, endpoint, key, name
+        )
+        assert await other.wait() == 0
+        assert len(await collect(box.read_feed_ranges(force_refresh=True))) == 4

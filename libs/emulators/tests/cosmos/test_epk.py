@@ -59,7 +59,7 @@ def test_every_epk_sorts_below_the_top_of_the_space() -> None:
         assert MIN_EPK < epk < "40" < MAX_EPK
 
 
-def test_initial_ranges_cut_where_azure_cuts() -> None:
+def test_initial_ranges_split_the_hash_space_evenly() -> None:
     ranges = initial_ranges(4)
     assert [(r.min, r.max) for r in ranges] == [
         ("", "0FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"),

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import socket
 import string
 import subprocess
 import sys
@@ -23,7 +24,11 @@ from azure.cosmos import PartitionKey
 from azure.cosmos.aio import CosmosClient
 from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceNotFoundError
 
-from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
+from eventflow_emulators.cosmos.testing import (
+    EmulatorStartError,
+    RunningCosmosEmulator,
+    cosmos_emulator,
+)
 
 WRONG_KEY = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk="
 
@@ -443,3 +448,15 @@ async def test_a_container_recreated_after_a_split_gets_a_fresh_routing_map(
         )
         assert await other.wait() == 0
         assert len(await collect(box.read_feed_ranges(force_refresh=True))) == 4
+
+
+def test_a_failed_start_raises_with_the_emulators_log(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with (
+            pytest.raises(EmulatorStartError, match="address already in use"),
+            cosmos_emulator(tmp_path, port=port),
+        ):
+            pytest.fail("the emulator started on a port in use")

@@ -78,13 +78,20 @@ async def serve(arguments: argparse.Namespace) -> None:
         store.close()
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _server_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventflow-cosmos-emulator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
     parser.add_argument("--data", default=".local/cosmos", help="folder of the SQLite file")
-    parser.add_argument("--partition-key-ranges", type=int, default=4,
+    parser.add_argument("--partition-key-ranges", type=_positive, default=4,
                         help="partition key ranges of a new container (default 4)")  # fmt: skip
     parser.add_argument("--key", default=EMULATOR_KEY, help="base64 master key")
     parser.add_argument("--request-units-per-second", type=float, default=None,

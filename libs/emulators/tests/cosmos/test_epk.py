@@ -9,6 +9,9 @@ public API for random keys.
 from __future__ import annotations
 
 import pytest
+from azure.cosmos import PartitionKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventflow_emulators.cosmos.epk import (
     MAX_EPK,
@@ -56,7 +59,7 @@ def test_every_epk_sorts_below_the_top_of_the_space() -> None:
         assert MIN_EPK < epk < "40" < MAX_EPK
 
 
-def test_initial_ranges_cut_where_azure_cuts() -> None:
+def test_initial_ranges_split_the_hash_space_evenly() -> None:
     ranges = initial_ranges(4)
     assert [(r.min, r.max) for r in ranges] == [
         ("", "0FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"),
@@ -80,3 +83,20 @@ def test_halves_of_a_range_meet_in_the_middle_and_cover_it() -> None:
 def test_a_range_too_small_to_split_is_refused() -> None:
     with pytest.raises(ValueError, match="too small"):
         EpkRange("00000000000000000000000000000000", "00000000000000000000000000000001").halves()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(),
+        st.integers(-(2**53), 2**53),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.booleans(),
+        st.none(),
+    )
+)
+def test_effective_partition_key_equals_the_sdks_for_any_value(value: object) -> None:
+    # The SDK's own computation (azure/cosmos/partition_key.py), used here as the oracle only;
+    # the emulator never imports it.
+    expected = PartitionKey(path="/pk")._get_epk_range_for_partition_key(value).min
+    assert effective_partition_key([value]) == expected

@@ -18,7 +18,7 @@ from eventflow_emulators.cosmos.model import (
     Scope,
 )
 from eventflow_emulators.cosmos.resources import Container
-from eventflow_emulators.cosmos.store import Store
+from eventflow_emulators.cosmos.store import Store, StoreInUseError
 
 
 class Clock:
@@ -246,6 +246,16 @@ def test_partition_key_ranges_are_an_incremental_feed(account: Account) -> None:
     assert [(r["id"], r["parents"]) for r in ranges] == [("4", ["1"]), ("5", ["1"])]
 
 
+def test_a_ranges_etag_of_another_container_gets_the_full_list(account: Account) -> None:
+    make(account, "old")
+    account.split("db", "old", "0")
+    stale = account.partition_key_ranges("db", "old", None).etag
+    make(account, "new")
+    reply = account.partition_key_ranges("db", "new", stale)
+    assert reply.status == 200
+    assert len(orjson.loads(reply.body or b"")["PartitionKeyRanges"]) == 4
+
+
 def test_state_survives_reopening_the_store(tmp_path: Path, clock: Clock) -> None:
     first = Account(Store(tmp_path / "c.sqlite"), clock=clock)
     first.create_database({"id": "db"})
@@ -327,3 +337,11 @@ def test_hierarchical_and_v1_partition_keys_are_refused(account: Account) -> Non
         with pytest.raises(CosmosError) as caught:
             account.create_container("db", {"id": "x", "partitionKey": definition})
         assert caught.value.status == 400
+
+
+def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    first = Store(tmp_path / "c.sqlite")
+    with pytest.raises(StoreInUseError):
+        Store(tmp_path / "c.sqlite")
+    first.close()
+    Store(tmp_path / "c.sqlite").close()

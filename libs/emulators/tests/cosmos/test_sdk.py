@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
+import socket
 import string
 import subprocess
 import sys
@@ -16,11 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.cosmos import CosmosClient as SyncCosmosClient
 from azure.cosmos import PartitionKey
 from azure.cosmos.aio import CosmosClient
 from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceNotFoundError
 
-from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
+from eventflow_emulators.cosmos.testing import (
+    EmulatorStartError,
+    RunningCosmosEmulator,
+    cosmos_emulator,
+)
 
 WRONG_KEY = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk="
 
@@ -266,3 +274,189 @@ async def test_a_recreated_container_is_found_by_an_old_proxy(
         await old.create_item({"id": "b", "pk": "p"})
         found = await collect(old.query_items("SELECT VALUE c.id FROM c", partition_key="p"))
         assert found == ["b"]
+
+
+async def test_batch_runs_every_operation_kind(container: Any) -> None:
+    # Every op kind the SDK formats (azure/cosmos/_base.py `_format_batch_operations`).
+    created = await container.create_item({"id": "r", "pk": "p", "n": 1})
+    await container.create_item({"id": "gone", "pk": "p"})
+    results = await container.execute_item_batch(
+        [
+            ("create", ({"id": "c", "pk": "p"},)),
+            ("upsert", ({"id": "u", "pk": "p"},)),
+            ("replace", ("r", {"id": "r", "pk": "p", "n": 2}), {"if_match_etag": created["_etag"]}),
+            ("patch", ("r", [{"op": "incr", "path": "/n", "value": 1}]), {"filter_predicate": "FROM c WHERE c.n = 2"}),
+            ("read", ("r",)),
+            ("delete", ("gone",)),
+        ],
+        partition_key="p",
+    )  # fmt: skip
+    assert [r["statusCode"] for r in results] == [201, 201, 200, 200, 200, 204]
+    assert results[4]["resourceBody"]["n"] == 3
+    with pytest.raises(CosmosResourceNotFoundError):
+        await container.read_item("gone", partition_key="p")
+
+
+async def test_a_batch_over_2_mb_is_refused_with_413(container: Any) -> None:
+    half = "x" * (1024 * 1024 + 10)
+    with pytest.raises(CosmosHttpResponseError) as caught:
+        await container.execute_item_batch(
+            [("create", ({"id": "a", "pk": "p", "blob": half},)), ("create", ({"id": "b", "pk": "p", "blob": half},))],
+            partition_key="p",
+        )  # fmt: skip
+    assert caught.value.status_code == 413
+
+
+async def test_an_unsupported_query_is_refused_naming_the_clause(container: Any) -> None:
+    with pytest.raises(CosmosHttpResponseError) as caught:
+        await collect(container.query_items("SELECT DISTINCT c.kind FROM c", partition_key="p"))
+    assert caught.value.status_code == 400
+    assert "DISTINCT" in str(caught.value.message)
+
+
+def test_the_sync_client_works_too(cosmos_emulator_server: RunningCosmosEmulator) -> None:
+    with SyncCosmosClient(
+        cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key
+    ) as client:
+        database = client.create_database_if_not_exists("sdk-tests")
+        box = database.create_container_if_not_exists(
+            id=f"s{uuid.uuid4().hex[:12]}", partition_key=PartitionKey(path="/pk")
+        )
+        box.create_item({"id": "a", "pk": "p"})
+        assert box.read_item("a", partition_key="p")["id"] == "a"
+        assert [
+            item["id"]
+            for item in box.query_items("SELECT * FROM c", enable_cross_partition_query=True)
+        ] == ["a"]
+        assert [item["id"] for item in box.query_items_change_feed(start_time="Beginning")] == ["a"]
+
+
+async def test_a_feed_range_query_after_a_split_reads_both_children(
+    container: Any, cosmos_emulator_server: RunningCosmosEmulator
+) -> None:
+    # The query's feed-range path re-resolves its range on 410/1002
+    # (aio/_cosmos_client_connection_async.py `__QueryFeed`, feed_range branch).
+    keys = [f"k{n}" for n in range(40)]
+    for key in keys:
+        await container.create_item({"id": "x", "pk": key})
+    parent = (await collect(container.read_feed_ranges()))[0]
+    inside = [
+        key for key in keys
+        if await container.is_feed_range_subset(parent, await container.feed_range_from_partition_key(key))
+    ]  # fmt: skip
+    database = container.container_link.split("/")[1]
+    cosmos_emulator_server.admin.split(database, container.id, "0")
+    found = await collect(container.query_items("SELECT * FROM c", feed_range=parent))
+    assert sorted(item["pk"] for item in found) == sorted(inside)
+
+
+async def test_committed_writes_survive_a_killed_emulator(tmp_path: Path) -> None:
+    async def connect(endpoint: str, key: str, work: Any) -> Any:
+        async with CosmosClient(endpoint, credential=key) as client:
+            database = await client.create_database_if_not_exists("durable")
+            box = await database.create_container_if_not_exists(
+                id="box", partition_key=PartitionKey(path="/pk")
+            )
+            return await work(box)
+
+    async def write(box: Any) -> None:
+        await box.execute_item_batch([("create", ({"id": "a", "pk": "p"},)), ("create", ({"id": "b", "pk": "p"},))], partition_key="p")  # fmt: skip
+
+    async def read(box: Any) -> list[str]:
+        return [item["id"] async for item in box.query_items("SELECT * FROM c", partition_key="p")]
+
+    with cosmos_emulator(tmp_path) as first:
+        await connect(first.endpoint, first.key, write)
+        os.kill(first.pid, signal.SIGKILL)
+    with cosmos_emulator(tmp_path) as second:
+        assert sorted(await connect(second.endpoint, second.key, read)) == ["a", "b"]
+
+
+WRITER = """
+import asyncio, sys
+from azure.cosmos.aio import CosmosClient
+
+async def main(endpoint, key, name, writer):
+    async with CosmosClient(endpoint, credential=key) as client:
+        box = client.get_database_client("sdk-tests").get_container_client(name)
+        for n in range(40):
+            await box.create_item({"id": f"{writer}-{n}", "pk": f"k{n % 7}"})
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_writers_in_other_processes_and_a_change_feed_reader(
+    container: Any, cosmos_emulator_server: RunningCosmosEmulator
+) -> None:
+    # Every write from every client process shows up once, in its range's feed.
+    endpoint, key = cosmos_emulator_server.endpoint, cosmos_emulator_server.key
+    writers = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", WRITER, endpoint, key, container.id, name)
+        for name in ("w1", "w2")
+    ]  # fmt: skip
+    ranges = await collect(container.read_feed_ranges())
+    tokens: dict[int, str | None] = dict.fromkeys(range(len(ranges)))
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while len(seen) < 80 and time.monotonic() < deadline:
+        for index, feed_range in enumerate(ranges):
+            token = tokens[index]
+            kwargs: dict[str, Any] = (
+                {"continuation": token}
+                if token
+                else {"feed_range": feed_range, "start_time": "Beginning"}
+            )
+            pager = container.query_items_change_feed(**kwargs).by_page()
+            seen += [item["id"] async for page in pager async for item in page]
+            tokens[index] = container.client_connection.last_response_headers["etag"]
+        await asyncio.sleep(0.05)
+    assert [await writer.wait() for writer in writers] == [0, 0]
+    assert len(seen) == len(set(seen)) == 80
+
+
+RECREATE = """
+import asyncio, sys
+from azure.cosmos import PartitionKey
+from azure.cosmos.aio import CosmosClient
+
+async def main(endpoint, key, name):
+    async with CosmosClient(endpoint, credential=key) as client:
+        database = client.get_database_client("sdk-tests")
+        await database.delete_container(name)
+        await database.create_container(id=name, partition_key=PartitionKey(path="/pk"))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_a_container_recreated_after_a_split_gets_a_fresh_routing_map(
+    cosmos_emulator_server: RunningCosmosEmulator,
+) -> None:
+    # The SDK caches routing maps per endpoint and container name and refreshes them
+    # incrementally with If-None-Match (_routing/aio/routing_map_provider.py); a container
+    # recreated by another process must not look unchanged to that refresh.
+    endpoint, key = cosmos_emulator_server.endpoint, cosmos_emulator_server.key
+    name = f"s{uuid.uuid4().hex[:12]}"
+    async with CosmosClient(endpoint, credential=key) as client:
+        database = await client.create_database_if_not_exists("sdk-tests")
+        box = await database.create_container(id=name, partition_key=PartitionKey(path="/pk"))
+        cosmos_emulator_server.admin.split("sdk-tests", name, "0")
+        assert len(await collect(box.read_feed_ranges(force_refresh=True))) == 5
+        other = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", RECREATE, endpoint, key, name
+        )
+        assert await other.wait() == 0
+        assert len(await collect(box.read_feed_ranges(force_refresh=True))) == 4
+
+
+def test_a_failed_start_raises_with_the_emulators_log(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with (
+            pytest.raises(EmulatorStartError, match="address already in use"),
+            cosmos_emulator(tmp_path, port=port),
+        ):
+            pytest.fail("the emulator started on a port in use")

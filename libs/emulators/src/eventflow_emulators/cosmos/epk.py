@@ -163,10 +163,11 @@ class EpkRange:
 
 
 def initial_ranges(count: int) -> list[EpkRange]:
-    """`count` ranges covering the whole space, cut where Azure cuts a new container.
+    """`count` ranges covering the whole space: an even split of the hash-V2 space, inner bounds
+    i * 2**126 / n - 1 as 32 hex digits (for 4: 0FFF…F, 1FFF…F, 2FFF…F), "" and "FF" at the ends.
 
-    Azure's boundaries for n physical partitions are i * 2**126 / n - 1 written as 32 hex digits
-    (for 4: 0FFF…F, 1FFF…F, 2FFF…F), with "" and "FF" at the ends.
+    The shape (32-digit bounds, "" and "FF") is the service's; its exact cut points for a new
+    container depend on its physical layout and were not verified against an account.
     """
     if count < 1:
         raise ValueError("a container needs at least one partition key range")

@@ -306,8 +306,10 @@ class Account:
         feed until it sees a literal 304: azure/cosmos/_routing/_routing_map_provider_common.py
         `evaluate_drain_page`)."""
         container = self.container(database, name)
-        etag = f'"{container.generation}"'
-        since = _generation(if_none_match)
+        # The ETag names the container's incarnation too: a client whose cached map belongs to a
+        # deleted container of the same name must get the full list, not a 304.
+        etag = f'"{container.rid}:{container.generation}"'
+        since = _generation(if_none_match, container.rid)
         if since is not None and since >= container.generation:
             return Reply(304, etag=etag)
         ranges = [r for r in container.live_ranges() if since is None or r.generation > since]
@@ -387,11 +389,12 @@ class Account:
         now = self.clock()
         results: list[ItemResult] = []
         failure: tuple[int, CosmosError] | None = None
+        batch_pk = partition_key_text(pk)
         try:
             with self.store.transaction():
                 for index, operation in enumerate(operations):
                     try:
-                        if partition_key_text(operation.pk) != partition_key_text(pk):
+                        if partition_key_text(operation.pk) != batch_pk:
                             raise errors.bad_request(
                                 "PartitionKey extracted from document doesn't match the one "
                                 "specified in the header.", errors.PARTITION_KEY_MISMATCH,
@@ -737,13 +740,12 @@ def _check_conditions(existing: ItemRow | None, operation: ItemOperation) -> Non
         raise errors.precondition_failed()
 
 
-def _generation(if_none_match: str | None) -> int | None:
-    if not if_none_match:
+def _generation(if_none_match: str | None, rid: str) -> int | None:
+    """The topology generation an If-None-Match names, if it is one of this container's."""
+    owner, _, generation = (if_none_match or "").strip('"').rpartition(":")
+    if owner != rid or not generation.isdigit():
         return None
-    try:
-        return int(if_none_match.strip('"'))
-    except ValueError:
-        return None
+    return int(generation)
 
 
 def _start_lsn(if_none_match: str | None, partition: PartitionRange) -> int:

@@ -347,10 +347,10 @@ def parse_query(text: str, parameters: Sequence[Mapping[str, Any]] | None = None
 
     Raises QueryNotSupportedError for anything outside the subset described in this module.
     """
-    bound = {str(p["name"]): p["value"] for p in parameters or ()}
     try:
+        bound = {str(p["name"]): p["value"] for p in parameters or ()}
         return _Parser(text, bound).parse()
-    except (IndexError, KeyError, ValueError) as error:
+    except (IndexError, KeyError, TypeError, ValueError) as error:
         if isinstance(error, QueryNotSupportedError):
             raise
         raise QueryNotSupportedError(f"cannot parse the query: {error}") from None

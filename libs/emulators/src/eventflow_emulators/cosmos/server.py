@@ -56,14 +56,15 @@ async def serve(arguments: argparse.Namespace) -> None:
     controls = Controls(request_units_per_second=arguments.request_units_per_second)
     runner = web.AppRunner(build_app(account, controls, arguments.key), access_log=None,
                            handle_signals=False)  # fmt: skip
+    # Handlers first: a supervisor may send SIGTERM as soon as it reads the listening line.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     await runner.setup()
     site = web.TCPSite(runner, arguments.host, arguments.port, reuse_address=True)
     await site.start()
     port = runner.addresses[0][1]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):  # before the line a supervisor waits for
-        loop.add_signal_handler(signum, stop.set)
     sys.stdout.write(f"eventflow-cosmos-emulator listening on http://{arguments.host}:{port}/\n")
     sys.stdout.flush()
     purge = asyncio.create_task(_purge_forever(account))
@@ -80,13 +81,20 @@ async def serve(arguments: argparse.Namespace) -> None:
         store.close()
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _server_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventflow-cosmos-emulator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
     parser.add_argument("--data", default=".local/cosmos", help="folder of the SQLite file")
-    parser.add_argument("--partition-key-ranges", type=int, default=4,
+    parser.add_argument("--partition-key-ranges", type=_positive, default=4,
                         help="partition key ranges of a new container (default 4)")  # fmt: skip
     parser.add_argument("--key", default=EMULATOR_KEY, help="base64 master key")
     parser.add_argument("--request-units-per-second", type=float, default=None,

@@ -8,6 +8,7 @@ are stored as the exact JSON bytes the service returns, so a point read sends th
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +37,6 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (coll_rid, pk, id)
 );
 CREATE INDEX IF NOT EXISTS items_by_lsn ON items (coll_rid, lsn, seq);
-CREATE INDEX IF NOT EXISTS items_by_epk ON items (coll_rid, epk);
 CREATE INDEX IF NOT EXISTS items_by_expiry ON items (expires) WHERE expires IS NOT NULL;
 """
 
@@ -83,6 +83,10 @@ class ItemRow:
     body: bytes
 
 
+class StoreInUseError(RuntimeError):
+    """The data file is held by another emulator process."""
+
+
 _LIVE = "(expires IS NULL OR expires > ?)"
 _ITEM_COLUMNS = "pk, id, epk, lsn, seq, ts, expires, body"
 
@@ -92,6 +96,14 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The model caches the file's state in memory, so a second emulator on the same file
+        # would diverge from it: hold an exclusive lock for the life of the store.
+        self._lock = (path.parent / f"{path.name}.lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise StoreInUseError(f"another emulator is using {path}") from None
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
@@ -100,6 +112,7 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+        self._lock.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -9,6 +9,7 @@ and a few headers the operation (`x-ms-documentdb-isquery`, `x-ms-cosmos-is-batc
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,13 @@ class CosmosProtocol:
         except CosmosError as error:
             self.controls.stats.answered(error.status)
             return self._error(error, activity)
+        except sqlite3.Error as failure:
+            # The store failed (disk full, file removed): the service's equivalent is a 500.
+            LOG.exception("store failure")
+            self.controls.stats.answered(500)
+            return self._error(
+                CosmosError(500, f"The emulator's store failed: {failure}"), activity
+            )
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -150,6 +158,11 @@ class CosmosProtocol:
 
     def _docs_post(self, call: Call) -> Reply:
         container, headers = self._container(call), call.headers
+        if headers.get("x-ms-cosmos-is-query-plan-request"):
+            # The SDK asks only after a 400/1004, which this emulator never answers.
+            raise errors.bad_request(
+                "The emulator serves no query plans: it executes the supported queries itself."
+            )
         if call.is_query:
             text, parameters = _query_body(call.body)
             return self.account.query(container, QueryRequest(
@@ -157,6 +170,9 @@ class CosmosProtocol:
                 _max_items(headers)))  # fmt: skip
         pk = _required_partition_key(headers)
         if headers.get("x-ms-cosmos-is-batch-request"):
+            if len(call.body) > MAX_ITEM_BYTES:
+                # The whole batch payload is limited to 2 MB (docs: transactional-batch.md).
+                raise CosmosError(413, "Request size is too large.")
             return self.account.batch(container, pk, _batch_operations(container, pk, call.body))
         kind = _post_kind(headers)
         operation = ItemOperation(
@@ -482,6 +498,8 @@ def _batch_operations(container: Any, pk: list[Any], body: bytes) -> list[ItemOp
         raise errors.bad_request("The batch body is not valid JSON.") from None
     operations = []
     for entry in _list(raw):
+        if not isinstance(entry, dict):
+            raise errors.bad_request("Each batch operation must be a JSON object.")
         kind = _BATCH_KINDS.get(str(entry.get("operationType")))
         if kind is None:
             raise errors.bad_request(f"Unknown batch operationType {entry.get('operationType')!r}.")

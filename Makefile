@@ -112,10 +112,11 @@ conformance-emulators: setup ## the conformance suite against a running `make up
 	EVENTFLOW_CONFORMANCE_SERVICEBUS_CONNECTION_STRING='$(EMULATOR_SB)' \
 	EVENTFLOW_CONFORMANCE_SERVICEBUS_SESSION_QUEUE=conformance-sessions EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE=conformance-plain \
 	EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS=5 \
-	$(RUN) pytest libs/local-backends/tests/conformance -k "EmulatorOrAzure" $(PYTEST_ARGS)
+	$(RUN) pytest $(wildcard libs/*/tests/conformance) -k "EmulatorOrAzure" $(PYTEST_ARGS)
 
 .PHONY: bench
 bench: setup ## benchmarks (not part of make test); figures go to docs/performance.md by hand
+	$(RUN) python benchmarks/cosmos_emulator.py
 	$(RUN) python benchmarks/producer.py
 	$(RUN) python benchmarks/publisher.py
 	$(RUN) python benchmarks/subscriber.py

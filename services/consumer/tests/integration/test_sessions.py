@@ -17,6 +17,7 @@ from eventflow_consumer.admin import run as admin
 from eventflow_consumer.bootstrap import Resources, open_resources
 from eventflow_consumer.handling import InboxHandler
 from eventflow_consumer.main import worker_of
+from eventflow_consumer.session_state import SessionState
 from eventflow_consumer.sessions import SessionWorker
 from eventflow_consumer.settings import Settings
 from eventflow_local import FaultKind, LocalEnvironment
@@ -346,6 +347,43 @@ async def test_unblock_replays_under_the_block_policy_whatever_the_command_lines
         summary = await resources.store.get("o1")
         assert summary is not None
         assert summary["last_sequence"] == 1
+
+
+async def test_on_accept_the_recorded_deferrals_are_reconciled_with_the_broker(
+    environment: LocalEnvironment, monkeypatch: Any, capsys: Any
+) -> None:
+    created, added, submitted, _ = order_events("o1")
+    await send(environment, inbox_message(created, "o1"), inbox_message(added, "o1"))
+    async with (
+        ServiceBusClient(environment) as client,
+        client.get_queue_receiver("inbox", session_id="o1", max_wait_time=2) as receiver,
+    ):
+        first, second = await receiver.receive_messages(max_message_count=2, max_wait_time=2)
+        await receiver.defer_message(first)
+        await receiver.complete_message(second)  # recorded, but settled before it was forgotten
+        recorded = [first.sequence_number, second.sequence_number]
+        state = SessionState(blocked=True, reason="invalid-json: x", deferred=recorded)
+        await receiver.session.set_state(state.to_bytes())
+    await send(environment, inbox_message(submitted, "o1"))
+    async with consumer(environment, poison_policy="block") as resources:
+        await until(lambda: _queue_empty(environment), "the new message deferred")
+        (record,) = await resources.store.list_blocked()  # repaired from the state
+        assert record["reason"] == "invalid-json: x"
+    async with (
+        ServiceBusClient(environment) as client,
+        client.get_queue_receiver("inbox", session_id="o1", max_wait_time=2) as receiver,
+    ):
+        state = SessionState.from_bytes(await receiver.session.get_state())
+    assert state.deferred[0] == first.sequence_number
+    assert len(state.deferred) == 2  # the settled one dropped, the new one recorded
+    monkeypatch.setenv("CONSUMER_LOCAL_DIR", str(environment.folder))
+    async with consumer(environment) as resources:
+        assert await admin(["unblock", "o1", "--wait", "20"]) == 0
+        await until(
+            at_sequence(resources, "o1", 3),
+            "replayed: 1, then 3 over the gap left by 2 (settled with no effect)",
+        )
+    assert '"blocked_again":false' in capsys.readouterr().out
 
 
 async def _has_dead_letters(environment: LocalEnvironment) -> bool:

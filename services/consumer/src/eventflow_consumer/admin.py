@@ -102,8 +102,10 @@ async def resubmit(
 ) -> int:
     """Moves up to `limit` dead-letters (those named by `ids`, when given) back to the inbox. The
     whole dead-letter queue is searched: messages not wanted stay locked until the end, so each
-    receive brings new ones, and are then abandoned back."""
+    receive brings new ones, and are then abandoned back; the search ends when the queue has no
+    more, or (a long queue, where the first locks expired) when it only brings back seen ones."""
     wanted, moved, passed = set(ids), 0, []
+    seen: set[int] = set()
     async with (
         resources.servicebus.get_queue_receiver(
             settings.inbox_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=1
@@ -115,6 +117,9 @@ async def resubmit(
                 batch = await dlq.receive_messages(max_message_count=PAGE, max_wait_time=1)
                 if not batch:
                     break
+                if all(m.sequence_number in seen for m in batch):
+                    break  # held locks expired and the scan came round again: all was seen
+                seen.update(m.sequence_number for m in batch)
                 for message in batch:
                     if (ids and message.message_id not in wanted) or moved >= limit:
                         passed.append(message)

@@ -368,6 +368,7 @@ class SessionWorker:
             description = (f"session {delivery.session_id} is blocked and already holds {len(state.deferred)} "
                            f"deferred messages (the limit); resubmit after unblocking")  # fmt: skip
             await held.channel.dead_letter(inbound, "deferral-limit", description)
+            self._observer.settled(Decision("dead_letter", reason="deferral-limit"), 0.0)
             LOG.warning("dead-lettered", reason="deferral-limit", message_id=delivery.message_id)
             return
         state.record(delivery.sequence_number, delivery.event_sequence)

@@ -257,10 +257,7 @@ async def test_block_defers_the_session_until_unblocked_then_replays_in_order(
 async def test_the_admin_lists_and_resubmits_dead_letters_under_a_new_id_by_default(
     environment: LocalEnvironment, monkeypatch: Any, capsys: Any
 ) -> None:
-    await send(environment, inbox_message(b"{not json", "o9", "bad-1"))
-    async with consumer(environment):
-        await until(lambda: _has_dead_letters(environment), "dead-lettered")
-    monkeypatch.setenv("CONSUMER_LOCAL_DIR", str(environment.folder))
+    await one_dead_letter(environment, monkeypatch, "bad-1")
     assert await admin(["dead-letters"]) == 0
     assert '"reason":"invalid-json"' in capsys.readouterr().out
     assert await admin(["resubmit", "--message-id", "bad-1"]) == 0
@@ -277,10 +274,7 @@ async def test_the_admin_lists_and_resubmits_dead_letters_under_a_new_id_by_defa
 async def test_a_copy_that_keeps_its_id_leaves_the_original_in_the_dead_letter_queue(
     environment: LocalEnvironment, monkeypatch: Any, capsys: Any
 ) -> None:
-    await send(environment, inbox_message(b"{not json", "o9", "bad-1"))
-    async with consumer(environment):
-        await until(lambda: _has_dead_letters(environment), "dead-lettered")
-    monkeypatch.setenv("CONSUMER_LOCAL_DIR", str(environment.folder))
+    await one_dead_letter(environment, monkeypatch, "bad-1")
     assert await admin(["resubmit", "--message-id", "bad-1", "--keep-message-id"]) == 0
     assert '"original":"kept in the dead-letter queue"' in capsys.readouterr().out
     # Inside the duplicate-detection window the copy was dropped: the original is all there is.
@@ -384,6 +378,14 @@ async def test_on_accept_the_recorded_deferrals_are_reconciled_with_the_broker(
             "replayed: 1, then 3 over the gap left by 2 (settled with no effect)",
         )
     assert '"blocked_again":false' in capsys.readouterr().out
+
+
+async def one_dead_letter(environment: LocalEnvironment, monkeypatch: Any, message_id: str) -> None:
+    """A malformed message dead-lettered by the consumer, and the CLI pointed at the environment."""
+    await send(environment, inbox_message(b"{not json", "o9", message_id))
+    async with consumer(environment):
+        await until(lambda: _has_dead_letters(environment), "dead-lettered")
+    monkeypatch.setenv("CONSUMER_LOCAL_DIR", str(environment.folder))
 
 
 async def _has_dead_letters(environment: LocalEnvironment) -> bool:

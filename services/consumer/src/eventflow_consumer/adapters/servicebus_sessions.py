@@ -46,6 +46,9 @@ class ServiceBusSessionChannel:
 
     def __init__(self, receiver: Any) -> None:
         self._receiver = receiver
+        # The SDK's receivers are not coroutine-safe, and the lock renewal runs beside the worker:
+        # every call on the receiver takes its turn.
+        self._turn = asyncio.Lock()
 
     @property
     def session_id(self) -> str:
@@ -53,7 +56,8 @@ class ServiceBusSessionChannel:
 
     async def _call(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await operation(*args, **kwargs)
+            async with self._turn:
+                return await operation(*args, **kwargs)
         except (SessionLockLostError, MessageLockLostError) as error:
             raise ChannelLost(repr(error)) from error
 

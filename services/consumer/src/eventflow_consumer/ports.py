@@ -57,7 +57,8 @@ class BlockedSessions(Protocol):
     written before a block, repaired from the state on accept, and cleared after an unblock."""
 
     async def set_blocked(self, session_id: str, reason: str) -> None:
-        """Idempotent (an upsert). Raises TransientStoreError."""
+        """Idempotent: creates the record, or gives an existing one the current reason (keeping
+        when it was first blocked). Raises TransientStoreError."""
         ...
 
     async def clear_blocked(self, session_id: str) -> None:

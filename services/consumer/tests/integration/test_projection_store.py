@@ -81,9 +81,15 @@ class ProjectionStoreCases(BackendCases):
         self, store: CosmosProjectionStore
     ) -> None:
         await store.set_blocked("o7", "invalid-json: bad")
-        await store.set_blocked("o7", "sequence-gap: repaired on a later accept")  # keeps the first
+        (first,) = await store.list_blocked()
+        await store.set_blocked("o7", "invalid-json: bad")  # a repair on a later accept
+        await store.set_blocked("o7", "sequence-gap: blocked again by a replay")
         (record,) = await store.list_blocked()
-        assert (record["order_id"], record["reason"]) == ("o7", "invalid-json: bad")
+        assert (record["order_id"], record["reason"]) == (
+            "o7",
+            "sequence-gap: blocked again by a replay",
+        )
+        assert record["blocked_at"] == first["blocked_at"]
         assert await store.is_blocked("o7")
         await store.clear_blocked("o7")
         assert not await store.is_blocked("o7")

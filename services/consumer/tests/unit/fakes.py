@@ -75,7 +75,7 @@ class FakeStore:
 
     async def set_blocked(self, session_id: str, reason: str) -> None:
         self._call("set_blocked")
-        self.blocked.setdefault(session_id, reason)
+        self.blocked[session_id] = reason
 
     async def clear_blocked(self, session_id: str) -> None:
         self._call("clear_blocked")

@@ -135,14 +135,19 @@ class CosmosProjectionStore:
     # -- blocked sessions: a record per blocked session, for the operator CLI -------------------
 
     async def set_blocked(self, session_id: str, reason: str) -> None:
-        """Creates the record, or keeps the one there (with its first reason and time)."""
+        """Creates the record; one that exists keeps its time and takes the current reason."""
         record = {"id": f"blocked:{session_id}", "order_id": session_id, "kind": "blocked-session",
                   "reason": reason, "blocked_at": datetime.now(UTC).isoformat()}  # fmt: skip
         try:
             await _guarded(lambda: self._container.create_item(record))
+            return
         except CosmosHttpResponseError as error:
             if error.status_code != 409:
                 raise
+        existing = await self._read(record["id"], session_id)
+        if existing is not None and existing.get("reason") != reason:
+            record["blocked_at"] = existing.get("blocked_at", record["blocked_at"])
+            await _guarded(lambda: self._container.upsert_item(record))
 
     async def is_blocked(self, session_id: str) -> bool:
         return await self._read(f"blocked:{session_id}", session_id) is not None

@@ -52,6 +52,11 @@ class ConsumerMetrics(ConsumerObserver):
             "early events held to wait for their predecessor",
             registry=r,
         )
+        self._abandoned = Counter(
+            "eventflow_consumer_abandoned",
+            "messages abandoned after an unexpected error",
+            registry=r,
+        )
         self._blocked = Counter(
             "eventflow_consumer_sessions_blocked", "sessions this process blocked", registry=r
         )
@@ -89,6 +94,9 @@ class ConsumerMetrics(ConsumerObserver):
 
     def blocked(self) -> None:
         self._blocked.inc()
+
+    def abandoned(self) -> None:
+        self._abandoned.inc()
 
     def store_unavailable(self) -> None:
         self._store_up.set(0)

@@ -67,6 +67,8 @@ class ConsumerObserver:
 
     def blocked(self) -> None: ...
 
+    def abandoned(self) -> None: ...
+
     def store_unavailable(self) -> None: ...
 
     def store_available(self, outage_seconds: float) -> None: ...
@@ -280,6 +282,7 @@ class SessionWorker:
                 "handling failed unexpectedly; abandoned", message_id=inbound.delivery.message_id
             )
             await held.channel.abandon(inbound)
+            self._observer.abandoned()
             raise SessionFailed(repr(error)) from error
         self._observer.settled(decision, time.perf_counter() - started)
         return decision

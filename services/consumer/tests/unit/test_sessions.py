@@ -30,6 +30,7 @@ FAST = {"retry_initial_seconds": 0.001, "retry_max_seconds": 0.005, "gap_wait_se
 class Observer(ConsumerObserver):
     def __init__(self) -> None:
         self.unavailable = 0
+        self.abandons = 0
         self.outages: list[float] = []
 
     def store_unavailable(self) -> None:
@@ -37,6 +38,9 @@ class Observer(ConsumerObserver):
 
     def store_available(self, outage_seconds: float) -> None:
         self.outages.append(outage_seconds)
+
+    def abandoned(self) -> None:
+        self.abandons += 1
 
 
 def worker(
@@ -102,10 +106,11 @@ async def test_stopping_during_an_outage_lets_the_session_go_unsettled() -> None
 async def test_an_unexpected_error_abandons_the_message_explicitly_then_fails_the_session() -> None:
     store = FakeStore()
     store.broken = KeyError("bug")
-    channel = FakeChannel("o1", order_events("o1")[:1])
+    channel, observer = FakeChannel("o1", order_events("o1")[:1]), Observer()
     with pytest.raises(SessionFailed):
-        await drain(worker(store), channel)
+        await drain(worker(store, observer), channel)
     assert channel.outcomes("abandon") == [("abandon", 1)]
+    assert observer.abandons == 1
 
 
 # -- item 6 ------------------------------------------------------------------------------------

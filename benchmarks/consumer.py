@@ -151,7 +151,7 @@ class _MemoryStore:
     ) -> None:
         if event_id is not None:
             self.marks.add(event_id)
-        self.summaries[summary.order_id] = (summary, event_id)
+        self.summaries[summary.order_id] = (summary, f"token-{len(self.marks)}")
 
     async def set_blocked(self, session_id: str, reason: str) -> None:
         return None

@@ -25,10 +25,12 @@ from typing import Any
 import orjson
 from azure.servicebus import ServiceBusMessage
 
-from eventflow_consumer.adapters.servicebus_sessions import SessionPump, SessionWorker
+from eventflow_consumer.adapters.servicebus_sessions import SessionPump
 from eventflow_consumer.bootstrap import open_resources
-from eventflow_consumer.handling import InboxHandler, SessionState
+from eventflow_consumer.handling import Delivery, InboxHandler
+from eventflow_consumer.ports import Inbound
 from eventflow_consumer.projection import OrderSummary
+from eventflow_consumer.sessions import SessionWorker
 from eventflow_consumer.settings import Settings
 from eventflow_contracts import (
     OrderCancelled,
@@ -70,7 +72,7 @@ async def end_to_end(orders: int, folder: Path, concurrency: int) -> dict[str, A
                                         for raw in order_events(f"o{n}")])  # fmt: skip
     settings = Settings(mode="local", local_dir=folder, session_idle_seconds=0.2)
     async with open_resources(settings) as resources:
-        worker = SessionWorker(InboxHandler(resources.store), resources.store, policy="skip")
+        worker = SessionWorker(InboxHandler(resources.store), resources.store)
         pump = SessionPump(
             resources.servicebus,
             "inbox",
@@ -94,25 +96,38 @@ async def end_to_end(orders: int, folder: Path, concurrency: int) -> dict[str, A
     }
 
 
-class _Message:
-    def __init__(self, raw: bytes, session_id: str, sequence_number: int) -> None:
-        self.body, self.session_id, self.sequence_number = raw, session_id, sequence_number
-        self.message_id, self.delivery_count, self.application_properties = (
-            orjson.loads(raw)["id"],
-            0,
-            {},
-        )
+class _Channel:
+    """One session's messages in memory: the worker's SessionChannel port, settling nothing."""
 
+    def __init__(self, session_id: str, inbound: list[Inbound]) -> None:
+        self.session_id, self._inbound = session_id, inbound
 
-class _Session:
+    async def get_state(self) -> bytes | None:
+        return None
+
     async def set_state(self, state: bytes) -> None:
         return None
 
+    async def receive(self, max_count: int, wait: float) -> list[Inbound]:
+        batch, self._inbound = self._inbound[:max_count], self._inbound[max_count:]
+        return batch
 
-class _Receiver:
-    session = _Session()
+    async def receive_deferred(self, sequence_number: int) -> Inbound | None:
+        return None
 
-    async def complete_message(self, message: Any) -> None:
+    async def deferred_present(self, sequence_numbers: list[int]) -> set[int]:
+        return set()
+
+    async def complete(self, inbound: Inbound) -> None:
+        return None
+
+    async def abandon(self, inbound: Inbound) -> None:
+        return None
+
+    async def defer(self, inbound: Inbound) -> None:
+        return None
+
+    async def dead_letter(self, inbound: Inbound, reason: str, description: str) -> None:
         return None
 
 
@@ -131,11 +146,12 @@ class _MemoryStore:
         self,
         summary: OrderSummary,
         token: str | None,
-        event_id: str,
+        event_id: str | None,
         committed_at: datetime | None = None,
     ) -> None:
-        self.marks.add(event_id)
-        self.summaries[summary.order_id] = (summary, event_id)
+        if event_id is not None:
+            self.marks.add(event_id)
+        self.summaries[summary.order_id] = (summary, f"token-{len(self.marks)}")
 
     async def set_blocked(self, session_id: str, reason: str) -> None:
         return None
@@ -145,18 +161,17 @@ class _MemoryStore:
 
 
 async def own_cpu(orders: int) -> float:
-    messages = [
-        (f"o{n}", _Message(raw, f"o{n}", s))
+    channels = [
+        _Channel(f"o{n}", [Inbound(Delivery(raw, orjson.loads(raw)["id"], f"o{n}", s, 0, {}), s)
+                           for s, raw in enumerate(order_events(f"o{n}"))])
         for n in range(orders)
-        for s, raw in enumerate(order_events(f"o{n}"))
-    ]
+    ]  # fmt: skip
     store = _MemoryStore()
-    worker = SessionWorker(InboxHandler(store), store, policy="skip")
-    states: dict[str, SessionState] = {}
+    worker = SessionWorker(InboxHandler(store), store)
     started = time.process_time()
-    for session, message in messages:
-        await worker.one(_Receiver(), message, states.setdefault(session, SessionState()))
-    return round((time.process_time() - started) / len(messages) * 1e6, 1)
+    for channel in channels:
+        await worker.drain(channel, idle_seconds=0, stopping=lambda: False)
+    return round((time.process_time() - started) / (orders * 4) * 1e6, 1)
 
 
 async def main() -> None:

@@ -2,7 +2,9 @@
 restart of a random worker every few seconds, then every guarantee is checked; prints a summary
 table and writes it to .local/chaos-summary.json (or --out).
 
-    uv run python tools/chaos.py [--orders 200] [--commands 10] [--kill-every 2.0]
+    uv run python tools/chaos.py [--orders 200] [--commands 10] [--kill-every 2.0] [--seed N]
+
+Every check raises (never `assert`, which `python -O` removes); a broken guarantee exits with status 1.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.harness import chaos
+from tests.e2e.harness import WORKER_KINDS, GuaranteeBrokenError, chaos
 
 
 async def main() -> None:
@@ -26,16 +28,35 @@ async def main() -> None:
     parser.add_argument("--commands", type=int, default=10)
     parser.add_argument("--kill-every", type=float, default=2.0)
     parser.add_argument("--pace", type=float, default=0.2)
+    parser.add_argument(
+        "--seed", type=int, default=None, help="replay a run (default: a random seed)"
+    )
     parser.add_argument("--out", type=Path, default=Path(".local/chaos-summary.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chaos-") as folder:
-        summary = await chaos(Path(folder) / "local", orders=args.orders, commands_per_order=args.commands,
-                              kill_every=args.kill_every, pace=args.pace)  # fmt: skip
+        try:
+            summary = await chaos(Path(folder) / "local", orders=args.orders, commands_per_order=args.commands,
+                                  kill_every=args.kill_every, pace=args.pace, seed=args.seed)  # fmt: skip
+        except GuaranteeBrokenError as error:
+            sys.stderr.write(f"a guarantee broke: {error}\n")
+            sys.exit(1)
+    problems = [
+        *(f"no {kind} was killed" for kind in WORKER_KINDS if kind not in summary["killed"]),
+        *(
+            ["events handled != events committed"]
+            if summary["events_handled"] != summary["events_committed"]
+            else []
+        ),
+        *(["no duplicate was injected"] if not summary["inbox_duplicates_injected"] else []),
+    ]
+    if problems:
+        sys.stderr.write(f"chaos run (seed {summary['seed']}) incomplete: {'; '.join(problems)}\n")
+        sys.exit(1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     rows = "\n".join(f"| {key} | {value} |" for key, value in summary.items())
     sys.stdout.write(
-        f"| measure | value |\n| --- | --- |\n{rows}\n\nall guarantees held; summary in {args.out}\n"
+        f"| measure | value |\n| --- | --- |\n{rows}\n\nall guarantees held (seed {summary['seed']}); summary in {args.out}\n"
     )
 
 

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from azure.cosmos.aio import CosmosClient
 from azure.eventhub import EventData
 from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
 
+from eventflow_contracts import ContractError, read_routing
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
 from eventflow_local import LocalEnvironment
 from eventflow_local.eventhubs import EventHubProducerClient, create_event_hub
@@ -35,6 +37,17 @@ FAST = {
     "CONSUMER_SESSION_RENEW_SECONDS": "2",
 }  # fmt: skip
 COMMANDS = ("producer", "publisher", "subscriber", "consumer")
+WORKER_KINDS = ("publisher", "subscriber", "consumer")
+STATUS_EVENTS = ("OrderCreated", "OrderSubmitted", "OrderCancelled")
+
+
+class GuaranteeBrokenError(Exception):
+    """A check of the harness failed. Raised explicitly (not `assert`), so `python -O` cannot skip it."""
+
+
+def require(condition: object, message: str) -> None:
+    if not condition:
+        raise GuaranteeBrokenError(message)
 
 
 def free_port() -> int:
@@ -116,7 +129,7 @@ class System:
                             break
                     except httpx.TransportError:
                         pass
-                    assert time.monotonic() < deadline, f"{url} never answered"
+                    require(time.monotonic() < deadline, f"{url} never answered")
                     await asyncio.sleep(0.1)
 
     @property
@@ -127,13 +140,15 @@ class System:
     def consumer_url(self) -> str:
         return f"http://127.0.0.1:{self.consumer_port}"
 
+    def workers(self) -> list[str]:
+        return [name for name in self.processes if not name.startswith("producer")]
+
     def kill_random_worker(self, rng: random.Random) -> str:
-        """kill -9 a publisher, subscriber or consumer process (not consumer-0: it serves reads) and
-        start it again."""
-        victims = [
-            name for name in self.processes if not name.startswith(("producer", "consumer-0"))
-        ]
-        name = rng.choice(victims)
+        """kill -9 a publisher, subscriber or consumer process (consumer-0, which serves the reads,
+        included) and start it again."""
+        return self.kill(rng.choice(self.workers()))
+
+    def kill(self, name: str) -> str:
         self.processes[name].send_signal(signal.SIGKILL)
         self.processes[name].wait()
         self.kills += 1
@@ -192,7 +207,7 @@ class Load:
             line = {"sku": f"SKU-{n}", "quantity": 1 + n % 5, "unit_price": f"{1 + n % 7}.25"}
             created = await client.post("/orders", json={"customer_id": f"c-{n}", "currency": "EUR", "lines": [line] if n % 3 else []},
                                         headers={"Idempotency-Key": f"load-{n}-{rng.random()}"})  # fmt: skip
-            assert created.status_code == 201, created.text
+            require(created.status_code == 201, created.text)
             order_id, etag = created.json()["id"], created.headers["etag"]
             self.orders.append(order_id)
             self.committed_events += 1
@@ -218,7 +233,7 @@ class Load:
                     self.committed_events += 1
                     self.accepted[path] += 1
                 else:
-                    assert response.status_code in (409, 412), response.text
+                    require(response.status_code in (409, 412), response.text)
                     self.rejected[response.status_code] += 1
                     etag = (await client.get(f"/orders/{order_id}")).headers["etag"]
 
@@ -250,11 +265,15 @@ async def settle(system: System, orders: list[str], wait: float) -> float:
         }
         pending = set(orders)
         while pending:
-            assert time.monotonic() - started < wait, (
-                f"{len(pending)} orders never settled, e.g. {sorted(pending)[:3]}"
+            require(
+                time.monotonic() - started < wait,
+                f"{len(pending)} orders never settled, e.g. {sorted(pending)[:3]}",
             )
             for order_id in list(pending):
-                response = await client.get(f"{system.consumer_url}/orders/{order_id}")
+                try:
+                    response = await client.get(f"{system.consumer_url}/orders/{order_id}")
+                except httpx.TransportError:
+                    break  # consumer-0 is restarting after a kill: ask again on the next round
                 if (
                     response.status_code == 200
                     and response.json()["last_sequence"] == versions[order_id]
@@ -274,19 +293,46 @@ async def check_guarantees(system: System, orders: list[str]) -> dict[str, Any]:
         for order_id in orders:
             entity = (await client.get(f"{system.producer_url}/orders/{order_id}")).json()
             summary = (await client.get(f"{system.consumer_url}/orders/{order_id}")).json()
-            assert summary["last_sequence"] == entity["version"]
-            assert (summary["status"], summary["total"], summary["currency"]) == (
-                entity["status"],
-                entity["total"],
-                entity["currency"],
+            events = (await client.get(f"{system.producer_url}/orders/{order_id}/events")).json()
+            require(
+                summary["last_sequence"] == entity["version"],
+                f"{order_id}: projection behind the entity",
             )
-            assert summary["lines"] == entity["lines"], "no effect applied twice, none lost"
+            require(
+                (summary["status"], summary["total"], summary["currency"])
+                == (entity["status"], entity["total"], entity["currency"]),
+                f"{order_id}: projection differs from the entity",
+            )
+            require(
+                summary["lines"] == entity["lines"], f"{order_id}: an effect applied twice or lost"
+            )
+            require(
+                summary.get("skipped", []) == [],
+                f"{order_id}: events skipped: {summary.get('skipped')}",
+            )
+            # The status history must follow the producer's own events, not merely be sorted.
+            transitions = [
+                int(e["sequence"]) for e in events if e["type"].split(".")[-2] in STATUS_EVENTS
+            ]
             history = [h["sequence"] for h in summary["status_history"]]
-            assert history == sorted(history), "per-order order"
+            require(
+                history == transitions,
+                f"{order_id}: status history {history} != events {transitions}",
+            )
             marks = [m async for m in summaries.query_items(
                 "SELECT * FROM c WHERE c.order_id = @o AND c.kind = 'inbox-mark'",
                 parameters=[{"name": "@o", "value": order_id}], partition_key=order_id)]  # fmt: skip
-            assert len(marks) == entity["version"], "one inbox mark per committed event"
+            # One mark per committed event id, and none for anything else: a lost event, an effect
+            # applied under another id, or an event applied twice under two ids would all show here.
+            committed = sorted(f"inbox:{e['id']}" for e in events)
+            require(
+                len(events) == entity["version"],
+                f"{order_id}: the outbox lists {len(events)} events",
+            )
+            require(
+                sorted(m["id"] for m in marks) == committed,
+                f"{order_id}: inbox marks differ from the events",
+            )
             handled += len(marks)
     async with (
         ServiceBusClient(system.environment) as bus,
@@ -296,11 +342,48 @@ async def check_guarantees(system: System, orders: list[str]) -> dict[str, Any]:
             m.session_id: m.dead_letter_reason
             for m in await dlq.peek_messages(max_message_count=100)
         }
-    assert dead == {
-        "eventflow.unroutable": "unroutable:invalid-json",
-        "malformed": "not-a-cloudevent",
-    }, dead
+    expected = {"eventflow.unroutable": "unroutable:invalid-json", "malformed": "not-a-cloudevent"}
+    require(dead == expected, f"dead-letters: {dead}")
     return {"events_handled": handled, "dead_lettered": dead}
+
+
+async def inject_duplicates(
+    system: System, orders: list[str], rng: random.Random, count: int
+) -> int:
+    """Copies of committed events straight into the inbox under new message ids (as a publisher or
+    subscriber replay past the duplicate-detection window would send them): only the consumer's own
+    duplicate handling can absorb them. Returns how many were sent."""
+    copies: list[ServiceBusMessage] = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        for order_id in rng.sample(orders, min(count, len(orders))):
+            events = (await client.get(f"{system.producer_url}/orders/{order_id}/events")).json()
+            event = rng.choice(events)
+            copies.append(ServiceBusMessage(orjson.dumps(event), session_id=order_id,
+                                            message_id=f"chaos-copy:{event['id']}"))  # fmt: skip
+    async with ServiceBusClient(system.environment) as bus, bus.get_queue_sender("inbox") as sender:
+        await sender.send_messages(copies)
+    return len(copies)
+
+
+async def inbox_drained(system: System, wait: float) -> None:
+    """Poll (with a deadline) until the inbox holds no active or deferred message."""
+    deadline = time.monotonic() + wait
+    while True:
+        async with ServiceBusAdministrationClient(system.environment) as admin:
+            counts = await admin.get_queue_runtime_properties("inbox")
+        if counts["active_message_count"] == counts["deferred_message_count"] == 0:
+            return
+        require(time.monotonic() < deadline, f"the inbox never drained: {counts}")
+        await asyncio.sleep(0.2)
+
+
+def kill_plan(system: System, rng: random.Random) -> list[str]:
+    """The first kills: one worker of every kind, consumer-0 (which serves the reads) among them."""
+    plan = [rng.choice([w for w in system.workers() if w.startswith(kind) and w != "consumer-0"])
+            for kind in WORKER_KINDS]  # fmt: skip
+    plan.append("consumer-0")
+    rng.shuffle(plan)
+    return plan
 
 
 async def chaos(
@@ -310,11 +393,15 @@ async def chaos(
     commands_per_order: int,
     kill_every: float,
     pace: float = 0.1,
-    seed: int = 11,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """Two replicas of each worker, a REST load, a kill -9 (and restart) of a random worker every
-    `kill_every` seconds while the load runs; then the e2e checks and a summary."""
-    rng = random.Random(seed)
+    """Two replicas of each worker, a REST load, a kill -9 (and restart) of a worker every
+    `kill_every` seconds while the load runs — every kind of worker at least once —, injected
+    duplicates; then the e2e checks and a summary. The load and the kills draw from separate RNGs,
+    both derived from `seed` (random when None, and reported in the summary to replay a run)."""
+    seed = random.SystemRandom().randrange(2**32) if seed is None else seed
+    sys.stderr.write(f"chaos seed: {seed}\n")
+    load_rng, kill_rng = random.Random(f"load-{seed}"), random.Random(f"kills-{seed}")
     system = System(folder, replicas={"publisher": 2, "subscriber": 2, "consumer": 2})
     await system.start()
     killed: list[str] = []
@@ -323,43 +410,59 @@ async def chaos(
         load = Load(pace=pace)
         started = time.monotonic()
         running = asyncio.create_task(
-            load.run(system.producer_url, orders, commands_per_order, rng, concurrency=4)
+            load.run(system.producer_url, orders, commands_per_order, load_rng, concurrency=4)
         )
-        while not running.done():
+        plan = kill_plan(system, kill_rng)
+        while not running.done() or plan:
             await asyncio.sleep(kill_every)
-            if not running.done():
-                killed.append(system.kill_random_worker(rng))
+            killed.append(system.kill(plan.pop(0)) if plan else system.kill_random_worker(kill_rng))
         await running
         load_seconds = time.monotonic() - started
+        injected = await inject_duplicates(system, load.orders, load_rng, count=max(1, orders // 4))
         drain_seconds = await settle(system, load.orders, wait=300)
+        await inbox_drained(system, wait=120)
         result = await check_guarantees(system, load.orders)
     finally:
         system.stop()
-    duplicates = await _duplicates_absorbed(system)
+    duplicates = await _duplicates_on_the_hub(system)
     return {
-        "orders": orders, "commands": sum(load.accepted.values()) + sum(load.rejected.values()),
+        "seed": seed, "orders": orders, "commands": sum(load.accepted.values()) + sum(load.rejected.values()),
         "events_committed": load.committed_events, "events_handled": result["events_handled"],
         "kills": len(killed), "killed": dict(Counter(name.split("-")[0] for name in killed)),
+        "consumer_0_killed": "consumer-0" in killed, "inbox_duplicates_injected": injected,
         "load_seconds": round(load_seconds, 1), "drain_seconds": round(drain_seconds, 1), **duplicates,
     }  # fmt: skip
 
 
-async def _duplicates_absorbed(system: System) -> dict[str, int]:
-    """Replays the pipeline absorbed: events the hub holds more than once (publisher replays) and
-    what the consumers counted as duplicates (their logs say nothing at WARNING, so count the hub)."""
+async def _duplicates_on_the_hub(system: System) -> dict[str, int]:
+    """Replays the pipeline absorbed upstream: event ids the hub holds more than once (a publisher
+    that re-published after a kill), read from the CloudEvents themselves."""
     from eventflow_local.eventhubs import EventHubConsumerClient  # noqa: PLC0415
 
     seen: Counter[str] = Counter()
     consumer = EventHubConsumerClient(
         system.environment, eventhub_name="orders", consumer_group="chaos-audit"
     )
+    last = {pid: (await consumer.get_partition_properties(pid))["last_enqueued_sequence_number"]
+            for pid in await consumer.get_partition_ids()}  # fmt: skip
+    reached: dict[str, int] = dict.fromkeys(last, -1)
 
-    async def on_batch(_: Any, events: list[Any]) -> None:
+    async def on_batch(context: Any, events: list[Any]) -> None:
         for event in events:
-            seen[event.properties.get(b"event_id", b"").decode() or str(event.sequence_number)] += 1
+            reached[context.partition_id] = event.sequence_number
+            try:
+                seen[read_routing(b"".join(event.body)).id] += 1
+            except ContractError:
+                seen[f"unroutable:{event.sequence_number}"] += 1
 
     task = asyncio.create_task(consumer.receive_batch(on_batch, starting_position="-1"))
-    await asyncio.sleep(2.0)
+    deadline = time.monotonic() + 60
+    while any(reached[pid] < last[pid] for pid in last):
+        require(
+            time.monotonic() < deadline,
+            f"the hub audit never read the whole hub: {reached} < {last}",
+        )
+        await asyncio.sleep(0.1)
     await consumer.close()
     await task
     return {

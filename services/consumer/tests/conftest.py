@@ -49,6 +49,13 @@ def order_events(order_id: str) -> list[bytes]:
     ]
 
 
+def item_added(order_id: str, sequence: int) -> bytes:
+    """An OrderItemAdded at any sequence (for gaps and late events)."""
+    return encode_event(
+        new_event(OrderItemAdded(order_id=order_id, line=LINE), source="/test", sequence=sequence)
+    )
+
+
 def inbox_message(
     body: bytes, session_id: str, message_id: str | None = None, **properties: Any
 ) -> ServiceBusMessage:

@@ -32,6 +32,7 @@ from azure.servicebus import (
 from azure.servicebus.exceptions import (
     MessageAlreadySettled,
     MessageLockLostError,
+    MessageNotFoundError,
     MessageSizeExceededError,
     MessagingEntityAlreadyExistsError,
     MessagingEntityNotFoundError,
@@ -711,7 +712,9 @@ class ServiceBusReceiver:
                     (queue.name, seq, DEFERRED),
                 ).fetchone()
                 if row is None or (self._session and row["session_id"] != self._session.session_id):
-                    raise ServiceBusError(f"No deferred message with sequence number {seq}.")
+                    raise MessageNotFoundError(
+                        message=f"No deferred message with sequence number {seq}."
+                    )
                 found.append(self._lock(connection, queue.name, seq, until))
             return found
 
@@ -849,15 +852,16 @@ class ServiceBusReceiver:
         return message.locked_until_utc
 
     async def close(self) -> None:
-        """Release the session lock; messages this receiver still holds return to the queue."""
+        """Release the session lock; messages this receiver still holds return to the queue as
+        they were. As on Service Bus, closing counts no delivery: only an abandon or an expired
+        lock does."""
         if not self._open:
             return
         self._open = False
 
         def work(connection: sqlite3.Connection) -> None:
             connection.execute(
-                f"UPDATE sb_messages SET delivery_count = delivery_count + 1, {self._unlock_sql()} "
-                "WHERE queue = ? AND locked_by = ?",
+                f"UPDATE sb_messages SET {self._unlock_sql()} WHERE queue = ? AND locked_by = ?",
                 (self._queue_name, self._id),
             )
             connection.execute(

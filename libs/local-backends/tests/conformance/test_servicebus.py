@@ -28,6 +28,7 @@ from azure.servicebus.aio import ServiceBusClient as AzureServiceBusClient
 from azure.servicebus.exceptions import (
     MessageAlreadySettled,
     MessageLockLostError,
+    MessageNotFoundError,
     MessageSizeExceededError,
     MessagingEntityNotFoundError,
     OperationTimeoutError,
@@ -292,6 +293,31 @@ class ServiceBusConformance:
         async with self.session_receiver(broker, session, wait=2) as receiver:
             (again,) = await receive_all(receiver, 1)
             await receiver.complete_message(again)
+
+    async def test_closing_a_receiver_without_settling_counts_no_delivery(
+        self, broker: Broker
+    ) -> None:
+        # Only an abandon or an expired lock counts a delivery: a consumer that lets a poison
+        # message go by closing its receiver would see it again forever.
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            (first,) = await receive_all(receiver, 1)
+        async with self.session_receiver(broker, session, wait=2) as receiver:
+            (again,) = await receive_all(receiver, 1)
+            await receiver.complete_message(again)
+        assert (first.delivery_count, again.delivery_count) == (0, 0)
+
+    async def test_a_missing_deferred_message_is_not_found(self, broker: Broker) -> None:
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await receiver.defer_message(received)
+            (deferred,) = await receiver.receive_deferred_messages([received.sequence_number])
+            await receiver.complete_message(deferred)
+            with pytest.raises(MessageNotFoundError):
+                await receiver.receive_deferred_messages([received.sequence_number])
 
     async def test_settling_twice_is_refused(self, broker: Broker) -> None:
         session = new_session()

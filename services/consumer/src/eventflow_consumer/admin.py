@@ -1,20 +1,24 @@
 """The operator's CLI for the consumer's inbox.
 
     eventflow-consumer-admin dead-letters [--limit N]          list dead-letters with their reasons
-    eventflow-consumer-admin resubmit [--message-id ID ...] [--new-message-id] [--limit N]
+    eventflow-consumer-admin resubmit [--message-id ID ...] [--keep-message-id] [--limit N]
     eventflow-consumer-admin blocked                           list blocked sessions
     eventflow-consumer-admin unblock SESSION [--wait SECONDS]  unblock, replaying deferred messages in order
 
-Uses the consumer's own settings (CONSUMER_* environment variables). A resubmitted copy keeps the
-message id, session id and properties; Service Bus drops it as a duplicate while the original id is
-within the queue's duplicate-detection window, so use --new-message-id then (the consumer's inbox
-marks still keep the effect once: they are keyed by the event id in the body).
+Uses the consumer's own settings (CONSUMER_* environment variables). A resubmitted copy gets a new
+message id by default, so Service Bus duplicate detection cannot drop it, and the original leaves
+the dead-letter queue only once the copy is sent (the consumer's inbox marks still keep the effect
+once: they are keyed by the event id in the body). With --keep-message-id the copy keeps the
+original id, which Service Bus silently drops inside the duplicate-detection window: the original
+then stays in the dead-letter queue, to be purged by hand once the copy is seen handled.
+Bad input gets a one-line error and exit status 2; an operation that finds nothing to do, 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
@@ -23,67 +27,128 @@ from typing import Any
 
 import orjson
 from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
-from azure.servicebus.exceptions import OperationTimeoutError, SessionCannotBeLockedError
+from azure.servicebus.exceptions import (
+    MessageLockLostError,
+    OperationTimeoutError,
+    SessionCannotBeLockedError,
+)
 
+from eventflow_consumer.adapters.servicebus_sessions import ServiceBusSessionChannel
 from eventflow_consumer.bootstrap import Resources, open_resources
-from eventflow_consumer.handling import SessionState, body_of, properties_of
+from eventflow_consumer.handling import body_of, properties_of
 from eventflow_consumer.main import worker_of
+from eventflow_consumer.sessions import NotBlocked
 from eventflow_consumer.settings import Settings
+
+PAGE = 100
 
 
 def emit(record: dict[str, Any]) -> None:
     sys.stdout.write(orjson.dumps(record, default=str).decode() + "\n")
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
+
+
 async def dead_letters(resources: Resources, settings: Settings, limit: int) -> int:
+    """Pages through the dead-letter queue by sequence number (peek neither locks nor counts)."""
     async with resources.servicebus.get_queue_receiver(
         settings.inbox_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER
     ) as dlq:
-        for message in await dlq.peek_messages(max_message_count=limit):
-            emit({"sequence_number": message.sequence_number, "message_id": message.message_id,
-                  "session_id": message.session_id, "reason": message.dead_letter_reason,
-                  "description": message.dead_letter_error_description, "delivery_count": message.delivery_count,
-                  "subject": message.subject})  # fmt: skip
+        listed, start = 0, 0
+        while listed < limit:
+            page = await dlq.peek_messages(
+                max_message_count=min(PAGE, limit - listed), sequence_number=start
+            )
+            if not page:
+                break
+            for message in page:
+                emit({"sequence_number": message.sequence_number, "message_id": message.message_id,
+                      "session_id": message.session_id, "reason": message.dead_letter_reason,
+                      "description": message.dead_letter_error_description,
+                      "delivery_count": message.delivery_count, "subject": message.subject})  # fmt: skip
+            listed += len(page)
+            start = int(page[-1].sequence_number) + 1
     return 0
 
 
+def copy_of(message: Any, message_id: str) -> ServiceBusMessage:
+    properties: dict[str | bytes, Any] = dict(properties_of(message.application_properties).items())
+    return ServiceBusMessage(
+        body_of(message.body), message_id=message_id, session_id=message.session_id, subject=message.subject,
+        content_type=message.content_type, application_properties=properties,
+    )  # fmt: skip
+
+
 async def resubmit(
-    resources: Resources, settings: Settings, ids: Sequence[str], new_ids: bool, limit: int
+    resources: Resources, settings: Settings, ids: Sequence[str], keep_ids: bool, limit: int
 ) -> int:
-    moved = 0
+    """Moves up to `limit` dead-letters (those named by `ids`, when given) back to the inbox. The
+    whole dead-letter queue is searched: messages not wanted stay locked until the end, so each
+    receive brings new ones, and are then abandoned back; the search ends when the queue has no
+    more, or (a long queue, where the first locks expired) when it only brings back seen ones."""
+    wanted, moved, passed = set(ids), 0, []
+    seen: set[int] = set()
     async with (
         resources.servicebus.get_queue_receiver(
             settings.inbox_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=1
         ) as dlq,
         resources.servicebus.get_queue_sender(settings.inbox_queue) as sender,
     ):
-        for message in await dlq.receive_messages(max_message_count=limit, max_wait_time=1):
-            if ids and message.message_id not in ids:
-                await dlq.abandon_message(message)
-                continue
-            message_id = (
-                f"{message.message_id}:resubmitted:{uuid.uuid4().hex[:8]}"[-128:]
-                if new_ids
-                else message.message_id
-            )
-            properties: dict[str | bytes, Any] = dict(
-                properties_of(message.application_properties).items()
-            )
-            copy = ServiceBusMessage(
-                body_of(message.body), message_id=message_id, session_id=message.session_id, subject=message.subject,
-                content_type=message.content_type, application_properties=properties,
-            )  # fmt: skip
-            await sender.send_messages(copy)
-            await dlq.complete_message(message)
-            moved += 1
-            emit(
-                {
-                    "resubmitted": message.message_id,
-                    "as": message_id,
-                    "session_id": message.session_id,
-                }
-            )
-    return 0 if moved or not ids else 1
+        try:
+            while moved < limit and (not ids or wanted):
+                batch = await dlq.receive_messages(max_message_count=PAGE, max_wait_time=1)
+                if not batch:
+                    break
+                if all(m.sequence_number in seen for m in batch):
+                    break  # held locks expired and the scan came round again: all was seen
+                seen.update(m.sequence_number for m in batch)
+                for message in batch:
+                    if (ids and message.message_id not in wanted) or moved >= limit:
+                        passed.append(message)
+                        continue
+                    wanted.discard(message.message_id)
+                    await _move(dlq, sender, message, keep_ids, passed)
+                    moved += 1
+        finally:
+            for message in passed:
+                with contextlib.suppress(MessageLockLostError):  # expired: it is back already
+                    await dlq.abandon_message(message)
+    for missing in sorted(wanted):
+        emit({"error": f"no dead-letter with message id {missing}"})
+    return 1 if wanted or (ids and not moved) else 0
+
+
+async def _move(dlq: Any, sender: Any, message: Any, keep_ids: bool, passed: list[Any]) -> None:
+    message_id = (
+        message.message_id
+        if keep_ids
+        else f"{message.message_id}:resubmitted:{uuid.uuid4().hex[:8]}"[-128:]
+    )
+    await sender.send_messages(copy_of(message, message_id))
+    if keep_ids:
+        passed.append(message)  # a copy with the same id may be dropped as a duplicate: keep it
+    else:
+        await dlq.complete_message(message)
+    emit({"resubmitted": message.message_id, "as": message_id, "session_id": message.session_id,
+          "original": "kept in the dead-letter queue" if keep_ids else "removed"})  # fmt: skip
 
 
 async def blocked(resources: Resources) -> int:
@@ -99,6 +164,8 @@ async def blocked(resources: Resources) -> int:
 
 
 async def unblock(resources: Resources, settings: Settings, session_id: str, wait: float) -> int:
+    """Replays under the block policy, whatever this command line's own policy setting is: the
+    session was blocked by that policy, and a poison message among the deferred blocks it again."""
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -113,51 +180,68 @@ async def unblock(resources: Resources, settings: Settings, session_id: str, wai
                 return 1
             await asyncio.sleep(0.5)
     async with receiver:
-        state = SessionState.from_bytes(await receiver.session.get_state())
-        replaying = list(state.deferred)
-        state.blocked, state.reason = False, None
-        await receiver.session.set_state(state.to_bytes())
-        await resources.store.clear_blocked(session_id)
-        await worker_of(settings, resources).replay_deferred(receiver, state)
-        emit(
-            {
-                "unblocked": session_id,
-                "replayed": replaying,
-                "blocked_again": state.blocked,
-                "reason": state.reason,
-            }
-        )
+        worker = worker_of(settings, resources, policy="block")
+        try:
+            replayed, state = await worker.unblock(
+                ServiceBusSessionChannel(receiver), lambda: False
+            )
+        except NotBlocked:
+            if await resources.store.is_blocked(session_id):
+                await resources.store.clear_blocked(session_id)
+                emit(
+                    {
+                        "unblocked": session_id,
+                        "replayed": [],
+                        "note": "the session was not blocked; stale record cleared",
+                    }
+                )
+                return 0
+            emit({"error": f"session {session_id} is not blocked"})
+            return 1
+    emit(
+        {
+            "unblocked": session_id,
+            "replayed": replayed,
+            "blocked_again": state.blocked,
+            "reason": state.reason,
+        }
+    )
     return 0
 
 
-async def run(argv: Sequence[str] | None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="eventflow-consumer-admin", description=__doc__.split("\n")[0]
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="eventflow-consumer-admin", description=(__doc__ or "").split("\n")[0]
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = root.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("dead-letters")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=positive_int, default=100)
     moving = commands.add_parser("resubmit")
     moving.add_argument("--message-id", action="append", default=[])
-    moving.add_argument("--new-message-id", action="store_true")
-    moving.add_argument("--limit", type=int, default=100)
+    moving.add_argument("--keep-message-id", action="store_true",
+                        help="keep the original id (the original then stays in the dead-letter queue)")  # fmt: skip
+    moving.add_argument("--limit", type=positive_int, default=100)
     commands.add_parser("blocked")
     unblocking = commands.add_parser("unblock")
     unblocking.add_argument("session_id")
     unblocking.add_argument(
         "--wait",
-        type=float,
+        type=positive_float,
         default=60.0,
         help="seconds to wait for a consumer to release the session",
     )
-    args = parser.parse_args(argv)
+    return root
+
+
+async def run(argv: Sequence[str] | None) -> int:
+    args = parser().parse_args(argv)
     settings = Settings()
     async with open_resources(settings) as resources:
         if args.command == "dead-letters":
             return await dead_letters(resources, settings, args.limit)
         if args.command == "resubmit":
             return await resubmit(
-                resources, settings, args.message_id, args.new_message_id, args.limit
+                resources, settings, args.message_id, args.keep_message_id, args.limit
             )
         if args.command == "blocked":
             return await blocked(resources)

@@ -1,20 +1,25 @@
-"""What to do with one inbox message: decode, skip duplicates, apply the effect with its inbox mark
-atomically, or decide to dead-letter or abandon. No SDK here; the session worker settles."""
+"""What to do with one inbox message: decode, recognise duplicates, apply the effect with its inbox
+mark atomically, or decide to dead-letter or to wait for an earlier event. No SDK here; the session
+worker settles. A store that is unavailable is never the message's fault: the handler raises
+TransientStoreError and the worker retries for as long as the outage lasts."""
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal
 
-import orjson
 import structlog
 
-from eventflow_consumer.projection import OrderSummary, PermanentFailure, apply
-from eventflow_contracts import ContractError, decode_event
+from eventflow_consumer.ports import AlreadyAppliedError, ProjectionStore
+from eventflow_consumer.projection import (
+    WHOLE_STATE_EVENTS,
+    PermanentFailure,
+    Position,
+    apply,
+    position,
+)
+from eventflow_contracts import ContractError, decode_event, read_routing
 
 LOG = structlog.get_logger("eventflow_consumer.handling")
 MARKER_PROPERTY = "eventflow_unroutable"
@@ -35,35 +40,23 @@ class Delivery:
     def is_marker(self) -> bool:
         return bool(self.properties.get(MARKER_PROPERTY))
 
-
-@dataclass
-class SessionState:
-    """Kept in the Service Bus session state: the last applied sequence of the order, and whether
-    the session is blocked (with the sequence numbers of the messages deferred meanwhile)."""
-
-    last_sequence: int = 0
-    blocked: bool = False
-    reason: str | None = None
-    deferred: list[int] = field(default_factory=list)
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps({"last_sequence": self.last_sequence, "blocked": self.blocked, "reason": self.reason,
-                             "deferred": self.deferred})  # fmt: skip
-
-    @classmethod
-    def from_bytes(cls, raw: bytes | None) -> SessionState:
-        if not raw:
-            return cls()
-        document = orjson.loads(raw)
-        return cls(document.get("last_sequence", 0), document.get("blocked", False), document.get("reason"),
-                   list(document.get("deferred", [])))  # fmt: skip
+    @property
+    def event_sequence(self) -> int | None:
+        """The event's per-order sequence, read from the envelope only; None when unreadable."""
+        if self.is_marker:
+            return None
+        try:
+            return read_routing(self.body).sequence
+        except ContractError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """complete (with or without an effect), dead_letter (reason, description), or abandon."""
+    """complete (with or without an effect), dead_letter (reason, description), or wait (the
+    event is early: an event before it has not been applied yet)."""
 
-    action: Literal["complete", "dead_letter", "abandon"]
+    action: Literal["complete", "dead_letter", "wait"]
     effect: bool = False
     duplicate: str | None = None
     reason: str | None = None
@@ -72,45 +65,24 @@ class Decision:
     sequence: int | None = None
 
 
-class AlreadyAppliedError(Exception):
-    """The inbox already holds this event's mark: its effect was applied before."""
-
-
-class TransientStoreError(Exception):
-    """The store refused for now (throttled, unavailable, or a concurrent write): retry."""
-
-
-class ProjectionStore(Protocol):
-    async def load(self, order_id: str) -> tuple[OrderSummary, str] | None:
-        """The summary and its concurrency token, or None."""
-        ...
-
-    async def has_mark(self, order_id: str, event_id: str) -> bool:
-        """Whether the inbox mark of `event_id` exists (while its TTL keeps it)."""
-        ...
-
-    async def commit(
-        self,
-        summary: OrderSummary,
-        token: str | None,
-        event_id: str,
-        committed_at: datetime | None = None,
-    ) -> None:
-        """Write the summary (created when token is None, else replaced on the token) and the inbox
-        mark (with when the event was committed upstream, for latency) in one atomic write.
-        Raises AlreadyAppliedError, TransientStoreError."""
-        ...
-
-
 class InboxHandler:
+    """Decides one delivery. `handle` is idempotent: the effect and its inbox mark are one write."""
+
     def __init__(
-        self, store: ProjectionStore, *, attempts: int = 3, retry_delay: float = 0.2
+        self, store: ProjectionStore, *, whole_state: tuple[type, ...] = WHOLE_STATE_EVENTS
     ) -> None:
         self._store = store
-        self._attempts = attempts
-        self._retry_delay = retry_delay
+        self._whole_state = whole_state
 
-    async def handle(self, delivery: Delivery, state: SessionState) -> Decision:
+    async def handle(
+        self, delivery: Delivery, *, accept_gap: bool = False, skip_poison: bool = False
+    ) -> Decision:
+        """`accept_gap`: the wait for missing events is over and the skip policy applies, so an
+        early event is applied and the missing sequences recorded as skipped. `skip_poison`: an
+        event that breaks a projection rule is recorded as skipped in the projection before it is
+        dead-lettered, so the events after it follow without a gap.
+        Raises TransientStoreError (the store is unavailable: retry) and nothing else for the
+        store; every other outcome is a Decision."""
         if delivery.is_marker:
             reason = str(delivery.properties.get("reason", "unroutable"))
             return Decision(
@@ -124,36 +96,49 @@ class InboxHandler:
             return Decision(
                 "dead_letter", reason=error.reason.value, description=error.detail, poison=True
             )
-        if event.sequence <= state.last_sequence:
-            return Decision("complete", duplicate="sequence", sequence=event.sequence)
-        for attempt in range(1, self._attempts + 1):
-            try:
-                return await self._apply(event)
-            except TransientStoreError as error:
-                if attempt == self._attempts:
-                    return Decision("abandon", reason="transient", description=str(error))
-                await asyncio.sleep(random.uniform(0, self._retry_delay * 2**attempt))
-        raise AssertionError("unreachable")
+        if event.partitionkey != delivery.session_id:
+            # Applying it would change another order than the one its session serialises.
+            return Decision(
+                "dead_letter", reason="session-mismatch", sequence=event.sequence,
+                description=f"session {delivery.session_id!r} carries an event of order {event.partitionkey!r}",
+            )  # fmt: skip
+        return await self._apply(event, accept_gap=accept_gap, skip_poison=skip_poison)
 
-    async def _apply(self, event: Any) -> Decision:
-        order_id = event.partitionkey
+    async def _apply(self, event: Any, *, accept_gap: bool, skip_poison: bool) -> Decision:
+        order_id, sequence = event.partitionkey, event.sequence
         if await self._store.has_mark(order_id, event.id):
-            return Decision("complete", duplicate="inbox", sequence=event.sequence)
+            return Decision("complete", duplicate="inbox", sequence=sequence)
         loaded = await self._store.load(order_id)
         summary, token = loaded if loaded else (None, None)
-        if summary is not None and event.sequence <= summary.last_sequence:
-            return Decision("complete", duplicate="sequence", sequence=event.sequence)
+        where = position(summary, event, self._whole_state)
+        if where is not Position.NEXT and not (where is Position.EARLY and accept_gap):
+            return _not_applicable(where, order_id, sequence)
         try:
-            changed = apply(summary, event)
+            changed = apply(summary, event, accept_gap=accept_gap, whole_state=self._whole_state)
         except PermanentFailure as failure:
+            if skip_poison and summary is not None:
+                await self._store.commit(summary.skip(sequence), token, None)
             return Decision(
-                "dead_letter", reason=failure.reason, description=failure.description, poison=True
-            )
+                "dead_letter", reason=failure.reason, description=failure.description,
+                poison=True, sequence=sequence,
+            )  # fmt: skip
         try:
             await self._store.commit(changed, token, event.id, event.time)
         except AlreadyAppliedError:
-            return Decision("complete", duplicate="inbox", sequence=event.sequence)
-        return Decision("complete", effect=True, sequence=event.sequence)
+            return Decision("complete", duplicate="inbox", sequence=sequence)
+        return Decision("complete", effect=True, sequence=sequence)
+
+
+def _not_applicable(where: Position, order_id: str, sequence: int) -> Decision:
+    if where is Position.SKIPPED:
+        return Decision(
+            "dead_letter", reason="skipped-earlier", sequence=sequence,
+            description=f"sequence {sequence} of order {order_id} was skipped by the skip policy before "
+                        "this copy arrived; the projection has moved past it",
+        )  # fmt: skip
+    if where is Position.DUPLICATE:
+        return Decision("complete", duplicate="sequence", sequence=sequence)
+    return Decision("wait", sequence=sequence)
 
 
 def properties_of(raw: dict[Any, Any] | None) -> dict[str, Any]:

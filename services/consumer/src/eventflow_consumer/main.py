@@ -8,21 +8,32 @@ import signal
 import structlog
 from aiohttp import web
 
-from eventflow_consumer.adapters.servicebus_sessions import SessionPump, SessionWorker
+from eventflow_consumer.adapters.servicebus_sessions import SessionPump
 from eventflow_consumer.bootstrap import Resources, open_resources
 from eventflow_consumer.handling import InboxHandler
 from eventflow_consumer.logs import configure_logging
 from eventflow_consumer.observability import ConsumerMetrics, http_app
+from eventflow_consumer.sessions import PoisonPolicy, SessionWorker, WorkerSettings
 from eventflow_consumer.settings import Settings
 
 LOG = structlog.get_logger("eventflow_consumer")
 
 
 def worker_of(
-    settings: Settings, resources: Resources, metrics: ConsumerMetrics | None = None
+    settings: Settings,
+    resources: Resources,
+    metrics: ConsumerMetrics | None = None,
+    *,
+    policy: PoisonPolicy | None = None,
 ) -> SessionWorker:
-    handler = InboxHandler(resources.store, attempts=settings.transient_attempts)
-    return SessionWorker(handler, resources.store, policy=settings.poison_policy, observer=metrics)
+    """`policy` overrides the setting (an unblock replays under the block policy)."""
+    worker_settings = WorkerSettings(
+        policy=policy or settings.poison_policy, gap_wait_seconds=settings.gap_wait_seconds,
+        retry_max_seconds=settings.store_retry_max_seconds, max_deferred=settings.max_deferred_per_session,
+    )  # fmt: skip
+    return SessionWorker(
+        InboxHandler(resources.store), resources.store, worker_settings, observer=metrics
+    )
 
 
 async def run(settings: Settings) -> None:
@@ -32,18 +43,17 @@ async def run(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with open_resources(settings) as resources:
-
-        async def count_blocked() -> int:
-            return len(await resources.store.list_blocked())
-
+        worker = worker_of(settings, resources, metrics)
         pump = SessionPump(
-            resources.servicebus, settings.inbox_queue, worker_of(settings, resources, metrics),
+            resources.servicebus, settings.inbox_queue, worker,
             concurrency=settings.max_concurrent_sessions, idle_seconds=settings.session_idle_seconds,
             renew_seconds=settings.session_renew_seconds,
         )  # fmt: skip
         running = asyncio.create_task(pump.run())
         runner = web.AppRunner(
-            http_app(metrics, resources.store.get, count_blocked, lambda: not running.done()),
+            http_app(
+                metrics, resources.store.get, lambda: not running.done() and worker.health.available
+            ),
             access_log=None,
         )
         await runner.setup()

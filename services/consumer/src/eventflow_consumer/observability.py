@@ -1,7 +1,10 @@
-"""Metrics, health and the read API: GET /orders/{id}, /healthz, /readyz, /metrics."""
+"""Metrics, health and the read API: GET /orders/{id}, /healthz, /readyz, /metrics.
+
+Metrics come from counters kept in memory by this process: a scrape never queries the store."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,58 +17,70 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import TypeAdapter, ValidationError
 
-from eventflow_consumer.adapters.servicebus_sessions import ConsumerObserver
 from eventflow_consumer.handling import Decision
+from eventflow_consumer.ports import TransientStoreError
+from eventflow_consumer.sessions import ConsumerObserver
+from eventflow_contracts.values import OrderId
+
+PROBLEM = "application/problem+json"
+_ORDER_ID: TypeAdapter[str] = TypeAdapter(OrderId)
 
 
 class ConsumerMetrics(ConsumerObserver):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        r = self.registry
         self._handled = Counter(
-            "eventflow_consumer_handled",
-            "messages whose effect was applied",
-            registry=self.registry,
+            "eventflow_consumer_handled", "messages whose effect was applied", registry=r
         )
         self._duplicates = Counter(
             "eventflow_consumer_duplicates",
             "duplicates completed without effect",
             ["by"],
-            registry=self.registry,
+            registry=r,
         )
         self._dead = Counter(
-            "eventflow_consumer_dead_lettered",
-            "messages dead-lettered",
-            ["reason"],
-            registry=self.registry,
+            "eventflow_consumer_dead_lettered", "messages dead-lettered", ["reason"], registry=r
+        )
+        self._deferred = Counter(
+            "eventflow_consumer_deferred", "messages deferred in blocked sessions", registry=r
+        )
+        self._waited = Counter(
+            "eventflow_consumer_waited",
+            "early events held to wait for their predecessor",
+            registry=r,
         )
         self._abandoned = Counter(
             "eventflow_consumer_abandoned",
-            "messages abandoned after transient failures",
-            registry=self.registry,
+            "messages abandoned after an unexpected error",
+            registry=r,
         )
-        self._deferred = Counter(
-            "eventflow_consumer_deferred",
-            "messages deferred in blocked sessions",
-            registry=self.registry,
+        self._blocked = Counter(
+            "eventflow_consumer_sessions_blocked", "sessions this process blocked", registry=r
         )
-        self.blocked_sessions = Gauge(
-            "eventflow_consumer_blocked_sessions",
-            "sessions blocked by a poison message",
-            registry=self.registry,
+        self._store_up = Gauge(
+            "eventflow_consumer_store_available", "1 while the projection store answers", registry=r
         )
+        self._store_up.set(1)
+        self._store_failures = Counter(
+            "eventflow_consumer_store_failures",
+            "store calls that failed transiently (retried)",
+            registry=r,
+        )
+        self._outages = Histogram(
+            "eventflow_consumer_store_outage_seconds", "how long store outages lasted",
+            buckets=(1, 5, 15, 60, 300, 900, 3600, math.inf), registry=r,
+        )  # fmt: skip
         self._latency = Histogram(
-            "eventflow_consumer_handler_seconds",
-            "time to handle one message",
-            registry=self.registry,
+            "eventflow_consumer_handler_seconds", "time to handle one message", registry=r
         )
 
     def settled(self, decision: Decision, seconds: float) -> None:
         self._latency.observe(seconds)
         if decision.action == "dead_letter":
             self._dead.labels(reason=decision.reason or "unknown").inc()
-        elif decision.action == "abandon":
-            self._abandoned.inc()
         elif decision.duplicate:
             self._duplicates.labels(by=decision.duplicate).inc()
         elif decision.effect:
@@ -74,20 +89,58 @@ class ConsumerMetrics(ConsumerObserver):
     def deferred(self) -> None:
         self._deferred.inc()
 
+    def waited(self) -> None:
+        self._waited.inc()
+
+    def blocked(self) -> None:
+        self._blocked.inc()
+
+    def abandoned(self) -> None:
+        self._abandoned.inc()
+
+    def store_unavailable(self) -> None:
+        self._store_up.set(0)
+        self._store_failures.inc()
+
+    def store_available(self, outage_seconds: float) -> None:
+        self._store_up.set(1)
+        self._outages.observe(outage_seconds)
+
+
+def problem(
+    status: int, kind: str, title: str, detail: str | None = None, **headers: str
+) -> web.Response:
+    """An RFC 9457 problem document."""
+    body: dict[str, Any] = {
+        "type": f"urn:eventflow:problem:{kind}",
+        "title": title,
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    return web.json_response(body, status=status, content_type=PROBLEM, headers=headers or None)
+
 
 def http_app(
     metrics: ConsumerMetrics,
     read_order: Callable[[str], Awaitable[dict[str, Any] | None]],
-    count_blocked: Callable[[], Awaitable[int]],
     ready: Callable[[], bool],
 ) -> web.Application:
     async def order(request: web.Request) -> web.Response:
-        found = await read_order(request.match_info["order_id"])
+        order_id = request.match_info["order_id"]
+        try:
+            _ORDER_ID.validate_python(order_id)
+        except ValidationError:
+            return problem(400, "invalid-order-id", "Invalid order id",
+                           "an order id is 1-64 letters, digits, '_' or '-', starting with a letter or digit")  # fmt: skip
+        try:
+            found = await read_order(order_id)
+        except TransientStoreError as error:
+            retry = max(1, math.ceil(error.retry_after or 1))
+            return problem(503, "store-unavailable", "The projection store is unavailable",
+                           str(error), **{"Retry-After": str(retry)})  # fmt: skip
         if found is None:
-            return web.json_response(
-                {"type": "urn:eventflow:problem:order-not-found", "title": "No such order", "status": 404},
-                status=404, content_type="application/problem+json",
-            )  # fmt: skip
+            return problem(404, "order-not-found", "No such order")
         return web.json_response(found)
 
     async def healthz(_: web.Request) -> web.Response:
@@ -101,7 +154,6 @@ def http_app(
         )
 
     async def prometheus(_: web.Request) -> web.Response:
-        metrics.blocked_sessions.set(await count_blocked())
         response = web.Response(body=generate_latest(metrics.registry))
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         return response

@@ -37,7 +37,15 @@ class Settings(BaseSettings):
     inbox_mark_ttl_seconds: int = Field(
         default=14 * 24 * 3600, ge=3600, description="longer than any replay window"
     )
-    transient_attempts: int = Field(default=3, ge=1)
+    gap_wait_seconds: float = Field(
+        default=30.0, gt=0, description="how long an early event waits for the events before it"
+    )
+    store_retry_max_seconds: float = Field(
+        default=5.0, gt=0, description="cap of the backoff while the store is unavailable"
+    )
+    max_deferred_per_session: int = Field(
+        default=1000, ge=1, le=2000, description="keeps the session state far below 256 KB"
+    )
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8003, ge=0, le=65535)

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
+from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
 from eventflow_local import LocalEnvironment
 from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient
 
@@ -28,9 +31,10 @@ pytestmark = pytest.mark.slow
 
 
 class Consumer:
-    def __init__(self, environment: LocalEnvironment, name: str) -> None:
-        settings = {"CONSUMER_MODE": "local", "CONSUMER_LOCAL_DIR": str(environment.folder), "CONSUMER_HTTP_PORT": "0",
-                    "CONSUMER_SESSION_IDLE_SECONDS": "0.3", "CONSUMER_MAX_CONCURRENT_SESSIONS": "2"}  # fmt: skip
+    def __init__(self, environment: LocalEnvironment, name: str, port: int = 0) -> None:
+        settings = {"CONSUMER_MODE": "local", "CONSUMER_LOCAL_DIR": str(environment.folder), "CONSUMER_HTTP_PORT": str(port),
+                    "CONSUMER_SESSION_IDLE_SECONDS": "0.3", "CONSUMER_MAX_CONCURRENT_SESSIONS": "2",
+                    "CONSUMER_STORE_RETRY_MAX_SECONDS": "0.2"}  # fmt: skip
         self.name = name
         self.process = subprocess.Popen([sys.executable, "-m", "eventflow_consumer.main"], env={**os.environ, **settings},
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -92,3 +96,45 @@ async def test_two_processes_share_the_sessions_without_overlap(
         for order_id in orders:
             summary = await container.read_item(order_id, partition_key=order_id)
             assert (summary["last_sequence"], summary["status"]) == (4, "cancelled")
+
+
+async def test_a_store_outage_turns_the_process_unready_until_it_ends(
+    environment: LocalEnvironment,
+    cosmos_database: CosmosDatabase,
+    cosmos_emulator_server: RunningCosmosEmulator,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    admin = cosmos_emulator_server.admin
+    admin.inject_fault(
+        "unavailable", count=10**6, operation="batch", path_contains=f"/dbs/{cosmos_database.name}/"
+    )
+    async with ServiceBusClient(environment) as client, client.get_queue_sender("inbox") as sender:
+        await sender.send_messages(inbox_message(order_events("o1")[0], "o1"))
+    consumer = Consumer(environment, "a", port)
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            await ready_is(http, 503, "unready during the outage")
+            admin.reset_faults()
+            await ready_is(http, 200, "ready once the store answers")
+        deadline = time.monotonic() + 30
+        while not consumer.applied:
+            assert time.monotonic() < deadline, "the held message applied after the outage"
+            await asyncio.sleep(0.1)
+    finally:
+        consumer.process.send_signal(signal.SIGTERM)
+        assert consumer.process.wait(timeout=30) == 0
+
+
+async def ready_is(http: aiohttp.ClientSession, status: int, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            async with http.get("/readyz") as response:
+                if response.status == status:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass  # not listening yet
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.1)

@@ -62,12 +62,35 @@ class ProjectionStoreCases(BackendCases):
             await store.commit(apply(loaded[0], event), loaded[1], event.id)
         assert (await store.get("o1") or {})["status"] == "cancelled"
 
+    async def test_a_skip_is_recorded_without_an_inbox_mark(
+        self, store: CosmosProjectionStore
+    ) -> None:
+        created = decode_event(order_events("o2")[0])
+        await store.commit(apply(None, created), None, created.id)
+        loaded = await store.load("o2")
+        assert loaded is not None
+        await store.commit(loaded[0].skip(2), loaded[1], None)
+        summary = await store.load("o2")
+        assert summary is not None
+        assert (summary[0].last_sequence, summary[0].skipped) == (2, (2,))
+        assert await store.has_mark("o2", created.id)
+
     async def test_blocked_sessions_are_recorded_listed_and_cleared(
         self, store: CosmosProjectionStore
     ) -> None:
         await store.set_blocked("o7", "invalid-json: bad")
-        assert [record["order_id"] for record in await store.list_blocked()] == ["o7"]
+        (first,) = await store.list_blocked()
+        await store.set_blocked("o7", "invalid-json: bad")  # a repair on a later accept
+        await store.set_blocked("o7", "sequence-gap: blocked again by a replay")
+        (record,) = await store.list_blocked()
+        assert (record["order_id"], record["reason"]) == (
+            "o7",
+            "sequence-gap: blocked again by a replay",
+        )
+        assert record["blocked_at"] == first["blocked_at"]
+        assert await store.is_blocked("o7")
         await store.clear_blocked("o7")
+        assert not await store.is_blocked("o7")
         await store.clear_blocked("o7")
         assert await store.list_blocked() == []
 
@@ -93,6 +116,7 @@ class TestOnCosmosDbServer(ProjectionStoreCases):
     not_applicable: ClassVar[dict[str, str]] = {
         "test_a_second_commit_of_one_event_is_already_applied": "its batches accept only creates (this one replaces)",
         "test_later_events_replace_the_summary_on_its_token": "its batches accept only creates (these replace)",
+        "test_a_skip_is_recorded_without_an_inbox_mark": "its batches accept only creates (a skip replaces)",
     }
 
     @pytest.fixture

@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from azure.servicebus import ServiceBusSubQueue
 
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump, delivery_of
 from eventflow_consumer.admin import run as admin
 from eventflow_consumer.bootstrap import Resources, open_resources
-from eventflow_consumer.handling import InboxHandler, SessionState
+from eventflow_consumer.handling import InboxHandler
 from eventflow_consumer.main import worker_of
+from eventflow_consumer.session_state import SessionState
+from eventflow_consumer.sessions import SessionWorker
 from eventflow_consumer.settings import Settings
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
 from eventflow_local import LocalEnvironment
@@ -34,14 +37,29 @@ def settings_for(environment: LocalEnvironment, **changes: Any) -> Settings:
 
 
 @asynccontextmanager
-async def consumer(environment: LocalEnvironment, **changes: Any) -> AsyncIterator[Resources]:
+async def consumer(
+    environment: LocalEnvironment,
+    worker: Callable[[Settings, Resources], SessionWorker] = worker_of,
+    **changes: Any,
+) -> AsyncIterator[Resources]:
+    async with running(environment, worker, **changes) as (resources, _, _):
+        yield resources
+
+
+@asynccontextmanager
+async def running(
+    environment: LocalEnvironment,
+    worker: Callable[[Settings, Resources], SessionWorker] = worker_of,
+    **changes: Any,
+) -> AsyncIterator[tuple[Resources, SessionWorker, asyncio.Task[None]]]:
     settings = settings_for(environment, **changes)
     async with open_resources(settings) as resources:
-        pump = SessionPump(resources.servicebus, "inbox", worker_of(settings, resources), concurrency=2,
+        session_worker = worker(settings, resources)
+        pump = SessionPump(resources.servicebus, "inbox", session_worker, concurrency=2,
                            idle_seconds=0.3, renew_seconds=0.5)  # fmt: skip
         task = asyncio.create_task(pump.run())
         try:
-            yield resources
+            yield resources, session_worker, task
         finally:
             pump.stop()
             await task
@@ -64,7 +82,12 @@ async def dead_letters(environment: LocalEnvironment) -> list[Any]:
         ServiceBusClient(environment) as client,
         client.get_queue_receiver("inbox", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq,
     ):
-        return list(await dlq.peek_messages(max_message_count=100))
+        found: list[Any] = []
+        while page := await dlq.peek_messages(
+            max_message_count=100, sequence_number=(found[-1].sequence_number + 1) if found else 0
+        ):
+            found.extend(page)
+        return found
 
 
 def at_sequence(resources: Resources, order_id: str, sequence: int) -> Callable[[], Any]:
@@ -129,23 +152,64 @@ async def test_an_out_of_order_replay_is_harmless(environment: LocalEnvironment)
     )
 
 
-async def test_past_max_delivery_count_a_message_is_dead_lettered(
+async def test_a_store_outage_longer_than_every_delivery_spends_none_of_them(
     environment: LocalEnvironment,
     cosmos_database: CosmosDatabase,
     cosmos_emulator_server: RunningCosmosEmulator,
 ) -> None:
+    # 8 s of 503s from the store outlast the 2 s lock and 3 deliveries of this queue.
     admin = cosmos_emulator_server.admin
-    admin.inject_fault(
-        "unavailable", count=1000, operation="batch", path_contains=f"/dbs/{cosmos_database.name}/"
-    )
     await send(environment, inbox_message(order_events("o1")[0], "o1"))
+    admin.outage(8.0, operation="batch", path_contains=f"/dbs/{cosmos_database.name}/")
     try:
-        async with consumer(environment, transient_attempts=1):
-            await until(lambda: _has_dead_letters(environment), "dead-lettered", wait=30)
+        async with running(environment, store_retry_max_seconds=0.5) as (resources, worker, _):
+            await until(_async(lambda: not worker.health.available), "unready during the outage")
+            await until(at_sequence(resources, "o1", 1), "applied once the store is back", wait=60)
+            await until(_async(lambda: worker.health.available), "ready again")
     finally:
         admin.reset_faults()
+    assert await dead_letters(environment) == []
+
+
+async def test_one_failing_session_never_stops_the_others(environment: LocalEnvironment) -> None:
+    def broken_for_bad(settings: Settings, resources: Resources) -> SessionWorker:
+        return SessionWorker(InboxHandler(BrokenFor("bad", resources.store)), resources.store)
+
+    await send(environment, inbox_message(order_events("bad")[0], "bad"))
+    await send(environment, *(inbox_message(raw, "o1") for raw in order_events("o1")))
+    async with running(environment, broken_for_bad) as (resources, _, pump):
+        await until(at_sequence(resources, "o1", 4), "other sessions go on")
+        # Abandoned explicitly on every failure: Service Bus counts each and dead-letters it at last.
+        await until(lambda: _has_dead_letters(environment), "the failing message dead-lettered")
+        assert not pump.done()
     (dead,) = await dead_letters(environment)
-    assert dead.dead_letter_reason == "MaxDeliveryCountExceeded"
+    assert (dead.session_id, dead.dead_letter_reason) == ("bad", "MaxDeliveryCountExceeded")
+
+
+class BrokenFor:
+    """The real store, except that every read of one order fails with an unexpected error."""
+
+    def __init__(self, order_id: str, store: Any) -> None:
+        self._order_id, self._store = order_id, store
+
+    async def has_mark(self, order_id: str, event_id: str) -> bool:
+        if order_id == self._order_id:
+            raise RuntimeError("a bug that only this order meets")
+        result: bool = await self._store.has_mark(order_id, event_id)
+        return result
+
+    async def load(self, order_id: str) -> Any:
+        return await self._store.load(order_id)
+
+    async def commit(self, *args: Any) -> None:
+        await self._store.commit(*args)
+
+
+def _async(check: Callable[[], bool]) -> Callable[[], Any]:
+    async def checked() -> bool:
+        return check()
+
+    return checked
 
 
 async def test_a_crash_with_the_lock_held_redelivers_and_the_effect_stays_single(
@@ -160,7 +224,7 @@ async def test_a_crash_with_the_lock_held_redelivers_and_the_effect_stays_single
         )
         await receiver.__aenter__()
         (message,) = await receiver.receive_messages(max_wait_time=2)
-        decision = await InboxHandler(resources.store).handle(delivery_of(message), SessionState())
+        decision = await InboxHandler(resources.store).handle(delivery_of(message))
         assert (
             decision.effect
         )  # applied; then the process dies before completing: locks simply expire
@@ -201,16 +265,13 @@ async def test_block_defers_the_session_until_unblocked_then_replays_in_order(
     assert (dead.message_id, dead.dead_letter_reason) == ("poison", "invalid-json")
 
 
-async def test_the_admin_lists_and_resubmits_dead_letters(
+async def test_the_admin_lists_and_resubmits_dead_letters_under_a_new_id_by_default(
     environment: LocalEnvironment, monkeypatch: Any, capsys: Any
 ) -> None:
-    await send(environment, inbox_message(b"{not json", "o9", "bad-1"))
-    async with consumer(environment):
-        await until(lambda: _has_dead_letters(environment), "dead-lettered")
-    monkeypatch.setenv("CONSUMER_LOCAL_DIR", str(environment.folder))
+    await one_dead_letter(environment, monkeypatch, "bad-1")
     assert await admin(["dead-letters"]) == 0
     assert '"reason":"invalid-json"' in capsys.readouterr().out
-    assert await admin(["resubmit", "--message-id", "bad-1", "--new-message-id"]) == 0
+    assert await admin(["resubmit", "--message-id", "bad-1"]) == 0
     assert '"resubmitted":"bad-1"' in capsys.readouterr().out
     assert await dead_letters(environment) == []
     async with (
@@ -219,6 +280,123 @@ async def test_the_admin_lists_and_resubmits_dead_letters(
     ):
         (copy,) = await receiver.peek_messages()
     assert copy.message_id.startswith("bad-1:resubmitted:")
+
+
+async def test_a_copy_that_keeps_its_id_leaves_the_original_in_the_dead_letter_queue(
+    environment: LocalEnvironment, monkeypatch: Any, capsys: Any
+) -> None:
+    await one_dead_letter(environment, monkeypatch, "bad-1")
+    assert await admin(["resubmit", "--message-id", "bad-1", "--keep-message-id"]) == 0
+    assert '"original":"kept in the dead-letter queue"' in capsys.readouterr().out
+    # Inside the duplicate-detection window the copy was dropped: the original is all there is.
+    assert [m.message_id for m in await dead_letters(environment)] == ["bad-1"]
+
+
+async def test_resubmit_finds_a_message_id_past_the_first_page(
+    environment: LocalEnvironment, monkeypatch: Any, capsys: Any
+) -> None:
+    await send(environment, *(inbox_message(b"{not json", "o9", f"bad-{n}") for n in range(130)))
+    async with (
+        ServiceBusClient(environment) as client,
+        client.get_queue_receiver("inbox", session_id="o9", max_wait_time=2) as receiver,
+    ):
+        while batch := await receiver.receive_messages(max_message_count=50, max_wait_time=0.5):
+            for message in batch:
+                await receiver.dead_letter_message(message, reason="test")
+    monkeypatch.setenv("CONSUMER_LOCAL_DIR", str(environment.folder))
+    assert await admin(["resubmit", "--message-id", "bad-127"]) == 0
+    assert '"resubmitted":"bad-127"' in capsys.readouterr().out
+    assert len(await dead_letters(environment)) == 129
+    assert await admin(["resubmit", "--message-id", "no-such-message"]) == 1
+    capsys.readouterr()
+    assert await admin(["dead-letters", "--limit", "120"]) == 0
+    listed = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith('{"sequence_number"')
+    ]
+    assert len(listed) == 120
+
+
+async def test_the_admin_refuses_bad_input(
+    environment: LocalEnvironment, monkeypatch: Any, capsys: Any
+) -> None:
+    monkeypatch.setenv("CONSUMER_LOCAL_DIR", str(environment.folder))
+    for argv in (
+        ["dead-letters", "--limit", "0"],
+        ["resubmit", "--limit", "-3"],
+        ["unblock", "o1", "--wait", "x"],
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            await admin(argv)
+        assert exit_.value.code == 2
+        assert "error:" in capsys.readouterr().err
+    assert await admin(["unblock", "no-such-order", "--wait", "5"]) == 1
+    assert '"error":"session no-such-order is not blocked"' in capsys.readouterr().out
+
+
+async def test_unblock_replays_under_the_block_policy_whatever_the_command_lines_policy(
+    environment: LocalEnvironment, monkeypatch: Any, capsys: Any
+) -> None:
+    created, added, _, _ = order_events("o1")
+    await send(environment, inbox_message(created, "o1"), inbox_message(b"{not json", "o1", "poison-1"),
+               inbox_message(b"{again", "o1", "poison-2"), inbox_message(added, "o1"))  # fmt: skip
+    async with consumer(environment, poison_policy="block") as resources:
+        await until(lambda: _queue_empty(environment), "deferred behind the block")
+        monkeypatch.setenv("CONSUMER_LOCAL_DIR", str(environment.folder))
+        monkeypatch.setenv("CONSUMER_POISON_POLICY", "skip")
+        assert await admin(["unblock", "o1", "--wait", "20"]) == 0
+        assert '"blocked_again":true' in capsys.readouterr().out
+        (record,) = await resources.store.list_blocked()
+        assert record["reason"].startswith("invalid-json")
+        summary = await resources.store.get("o1")
+        assert summary is not None
+        assert summary["last_sequence"] == 1
+
+
+async def test_on_accept_the_recorded_deferrals_are_reconciled_with_the_broker(
+    environment: LocalEnvironment, monkeypatch: Any, capsys: Any
+) -> None:
+    created, added, submitted, _ = order_events("o1")
+    await send(environment, inbox_message(created, "o1"), inbox_message(added, "o1"))
+    async with (
+        ServiceBusClient(environment) as client,
+        client.get_queue_receiver("inbox", session_id="o1", max_wait_time=2) as receiver,
+    ):
+        first, second = await receiver.receive_messages(max_message_count=2, max_wait_time=2)
+        await receiver.defer_message(first)
+        await receiver.complete_message(second)  # recorded, but settled before it was forgotten
+        recorded = [first.sequence_number, second.sequence_number]
+        state = SessionState(blocked=True, reason="invalid-json: x", deferred=recorded)
+        await receiver.session.set_state(state.to_bytes())
+    await send(environment, inbox_message(submitted, "o1"))
+    async with consumer(environment, poison_policy="block") as resources:
+        await until(lambda: _queue_empty(environment), "the new message deferred")
+        (record,) = await resources.store.list_blocked()  # repaired from the state
+        assert record["reason"] == "invalid-json: x"
+    async with (
+        ServiceBusClient(environment) as client,
+        client.get_queue_receiver("inbox", session_id="o1", max_wait_time=2) as receiver,
+    ):
+        state = SessionState.from_bytes(await receiver.session.get_state())
+    assert state.deferred[0] == first.sequence_number
+    assert len(state.deferred) == 2  # the settled one dropped, the new one recorded
+    monkeypatch.setenv("CONSUMER_LOCAL_DIR", str(environment.folder))
+    async with consumer(environment) as resources:
+        assert await admin(["unblock", "o1", "--wait", "20"]) == 0
+        await until(
+            at_sequence(resources, "o1", 3),
+            "replayed: 1, then 3 over the gap left by 2 (settled with no effect)",
+        )
+    assert '"blocked_again":false' in capsys.readouterr().out
+
+
+async def one_dead_letter(environment: LocalEnvironment, monkeypatch: Any, message_id: str) -> None:
+    """A malformed message dead-lettered by the consumer, and the CLI pointed at the environment."""
+    await send(environment, inbox_message(b"{not json", "o9", message_id))
+    async with consumer(environment):
+        await until(lambda: _has_dead_letters(environment), "dead-lettered")
+    monkeypatch.setenv("CONSUMER_LOCAL_DIR", str(environment.folder))
 
 
 async def _has_dead_letters(environment: LocalEnvironment) -> bool:

@@ -3,55 +3,19 @@ from typing import Any
 import orjson
 import pytest
 
-from eventflow_consumer.handling import (
-    AlreadyAppliedError,
-    Delivery,
-    InboxHandler,
-    SessionState,
-    TransientStoreError,
-    properties_of,
-)
-from eventflow_consumer.projection import OrderSummary
+from eventflow_consumer.handling import Delivery, InboxHandler, properties_of
+from eventflow_consumer.ports import TransientStoreError
 
-from ..conftest import order_events  # type: ignore[import-not-found]
-
-
-class FakeStore:
-    def __init__(self, transient: int = 0) -> None:
-        self.summaries: dict[str, tuple[OrderSummary, str]] = {}
-        self.marks: set[str] = set()
-        self.transient = transient
-        self.commits = 0
-
-    async def load(self, order_id: str) -> tuple[OrderSummary, str] | None:
-        return self.summaries.get(order_id)
-
-    async def has_mark(self, order_id: str, event_id: str) -> bool:
-        return event_id in self.marks
-
-    async def commit(
-        self, summary: OrderSummary, token: str | None, event_id: str, committed_at: Any = None
-    ) -> None:
-        if self.transient:
-            self.transient -= 1
-            raise TransientStoreError("throttled")
-        if event_id in self.marks:
-            raise AlreadyAppliedError(event_id)
-        self.commits += 1
-        self.marks.add(event_id)
-        self.summaries[summary.order_id] = (summary, str(self.commits))
+from ..conftest import item_added, order_events  # type: ignore[import-not-found]
+from .fakes import FakeStore  # type: ignore[import-not-found]
 
 
 def delivery(body: bytes, **properties: Any) -> Delivery:
     return Delivery(body, "m", "o1", 1, 0, properties)
 
 
-async def handle(
-    store: FakeStore, body: bytes, state: SessionState | None = None, **properties: Any
-) -> Any:
-    return await InboxHandler(store, retry_delay=0.001).handle(
-        delivery(body, **properties), state or SessionState()
-    )
+async def handle(store: FakeStore, body: bytes, **properties: Any) -> Any:
+    return await InboxHandler(store).handle(delivery(body, **properties))
 
 
 async def test_an_event_is_applied_with_its_mark() -> None:
@@ -69,8 +33,12 @@ async def test_the_same_event_twice_changes_nothing_the_second_time() -> None:
     assert store.commits == 1
 
 
-async def test_a_sequence_at_or_below_the_session_state_is_a_duplicate() -> None:
-    decision = await handle(FakeStore(), order_events("o1")[1], SessionState(last_sequence=2))
+async def test_a_sequence_at_or_below_the_projection_is_a_duplicate() -> None:
+    store = FakeStore()
+    for raw in order_events("o1")[:2]:
+        await handle(store, raw)
+    store.marks.clear()  # the marks' TTL has passed: the summary's own sequence still knows
+    decision = await handle(store, order_events("o1")[1])
     assert (decision.action, decision.duplicate) == ("complete", "sequence")
 
 
@@ -94,8 +62,14 @@ async def test_a_marker_is_dead_lettered_with_its_reason_and_is_not_poison() -> 
     )
 
 
-async def test_a_rule_the_event_breaks_is_a_poison_dead_letter() -> None:
+async def test_an_event_before_its_order_exists_waits_then_breaks_a_rule_once_the_wait_is_over() -> (
+    None
+):
     decision = await handle(FakeStore(), order_events("o1")[1])
+    assert (decision.action, decision.sequence) == ("wait", 2)
+    decision = await InboxHandler(FakeStore()).handle(
+        delivery(order_events("o1")[1]), accept_gap=True
+    )
     assert (decision.action, decision.reason, decision.poison) == (
         "dead_letter",
         "unknown-order",
@@ -103,16 +77,32 @@ async def test_a_rule_the_event_breaks_is_a_poison_dead_letter() -> None:
     )
 
 
-async def test_transient_failures_are_retried_then_abandoned() -> None:
-    store = FakeStore(transient=2)
-    assert (await handle(store, order_events("o1")[0])).effect
-    store = FakeStore(transient=5)
-    decision = await handle(store, order_events("o1")[0])
-    assert (decision.action, decision.reason) == ("abandon", "transient")
+async def test_an_early_event_waits_and_applies_over_the_gap_when_accepted() -> None:
+    store = FakeStore()
+    await handle(store, order_events("o1")[0])
+    assert (await handle(store, item_added("o1", 3))).action == "wait"
+    decision = await InboxHandler(store).handle(delivery(item_added("o1", 3)), accept_gap=True)
+    assert decision.effect
+    assert (store.summary("o1").last_sequence, store.summary("o1").skipped) == (3, (2,))
 
 
-def test_session_state_round_trips_and_properties_decode() -> None:
-    state = SessionState(3, True, "poison", [7, 9])
-    assert SessionState.from_bytes(state.to_bytes()) == state
-    assert SessionState.from_bytes(None) == SessionState()
+async def test_a_store_outage_is_raised_not_decided() -> None:
+    with pytest.raises(TransientStoreError):
+        await handle(FakeStore(failing=1), order_events("o1")[0])
+
+
+async def test_a_message_whose_session_is_not_its_order_is_dead_lettered() -> None:
+    store = FakeStore()
+    decision = await InboxHandler(store).handle(
+        Delivery(order_events("o1")[0], "m", "o2", 1, 0, {})
+    )
+    assert (decision.action, decision.reason, decision.poison) == (
+        "dead_letter",
+        "session-mismatch",
+        False,
+    )
+    assert store.log == []
+
+
+def test_properties_decode() -> None:
     assert properties_of({b"type": b"t", b"sequence": 3}) == {"type": "t", "sequence": 3}

@@ -1,6 +1,6 @@
 import pytest
 
-from eventflow_consumer.projection import OrderSummary, PermanentFailure, apply
+from eventflow_consumer.projection import OrderSummary, PermanentFailure, Position, apply, position
 from eventflow_contracts import decode_event
 
 from ..conftest import order_events  # type: ignore[import-not-found]
@@ -32,3 +32,19 @@ def test_events_that_cannot_follow_are_permanent_failures(steps: list[int], reas
     with pytest.raises(PermanentFailure) as failure:
         apply(summary, history[steps[-1]])
     assert failure.value.reason == reason
+
+
+def test_skipping_records_the_skipped_sequences_and_a_late_copy_is_no_duplicate() -> None:
+    created, added, submitted, _ = events()
+    summary = apply(apply(None, created), submitted, accept_gap=True)
+    assert (summary.last_sequence, summary.skipped) == (3, (2,))
+    assert OrderSummary.from_document(summary.to_document()) == summary
+    assert position(summary, added) is Position.SKIPPED
+    assert position(summary, created) is Position.DUPLICATE
+
+
+def test_position_is_decided_by_the_event_kind() -> None:
+    created, _, submitted, _ = events()
+    summary = apply(None, created)
+    assert position(summary, submitted) is Position.EARLY
+    assert position(summary, submitted, whole_state=(type(submitted.data),)) is Position.NEXT

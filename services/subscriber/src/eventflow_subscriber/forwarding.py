@@ -11,7 +11,14 @@ from typing import Protocol
 
 import structlog
 
-from eventflow_subscriber.routing import Filtered, HubEvent, InboxMessage, route, too_large
+from eventflow_subscriber.routing import (
+    Filtered,
+    HubEvent,
+    InboxMessage,
+    route,
+    too_large,
+    type_names,
+)
 
 LOG = structlog.get_logger("eventflow_subscriber.forwarding")
 
@@ -81,8 +88,11 @@ class Forwarder:
         observer: ForwarderObserver | None = None,
     ) -> None:
         self._sender = sender
+        # One Service Bus sender serves every partition's callback, and the SDK's senders are not
+        # coroutine-safe: sends take turns.
+        self._sending = asyncio.Lock()
         self._hub = hub
-        self._subscribed = subscribed
+        self._subscribed = None if subscribed is None else type_names(subscribed)
         self._max_message_bytes = max_message_bytes
         self._retry = retry or RetryPolicy()
         self._observer = observer or ForwarderObserver()
@@ -125,7 +135,8 @@ class Forwarder:
     async def _send(self, messages: Sequence[InboxMessage]) -> SendResult:
         for attempt in range(1, self._retry.max_attempts + 1):
             try:
-                return await self._sender.send(messages)
+                async with self._sending:
+                    return await self._sender.send(messages)
             except SendRefusedError as error:
                 self._observer.send_retry(busy=error.busy)
                 if attempt == self._retry.max_attempts:

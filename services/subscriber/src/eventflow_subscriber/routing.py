@@ -8,7 +8,8 @@ can trace back to the original event.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import re
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,18 @@ from eventflow_contracts import CONTENT_TYPE, ContractError, ErrorReason, read_r
 UNROUTABLE_SESSION = "eventflow.unroutable"
 UNROUTABLE_SUBJECT = "eventflow.unroutable"
 MARKER_PROPERTY = "eventflow_unroutable"
+_VERSION_SUFFIX = re.compile(r"\.v[0-9]+$")
+
+
+def type_name(event_type: str) -> str:
+    """An event type without its version: `eventflow.orders.OrderCreated.v2` → `eventflow.orders.OrderCreated`.
+    The filter works on names, so a new version of a subscribed type is never filtered out (that
+    would leave a permanent gap in its order's sequence)."""
+    return _VERSION_SUFFIX.sub("", event_type)
+
+
+def type_names(event_types: Iterable[str]) -> frozenset[str]:
+    return frozenset(type_name(t) for t in event_types)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +98,13 @@ def route(
 ) -> InboxMessage | Filtered:
     """The inbox message for `event`, a marker when it cannot be routed, or Filtered.
 
-    `subscribed` None means every type. `max_message_bytes` is what the queue accepts for a body."""
+    `subscribed` None means every type; its entries are compared by type name, in any version.
+    `max_message_bytes` is what the queue accepts for a body."""
     try:
         routing = read_routing(event.body, max_bytes=max_message_bytes)
     except ContractError as error:
         return marker(event, hub, error.reason.value, error.detail)
-    if subscribed is not None and routing.type not in subscribed:
+    if subscribed is not None and type_name(routing.type) not in type_names(subscribed):
         return Filtered(routing.type)
     properties: dict[str, Any] = {
         "type": routing.type, "specversion": "1.0", "source": routing.source,

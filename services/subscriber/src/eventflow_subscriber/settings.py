@@ -10,6 +10,16 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from eventflow_subscriber.routing import type_names
+
+# What the consumer's order-summary projection applies: without any one of them its orders would
+# meet a gap that never closes.
+PROJECTION_NEEDS = (
+    "eventflow.orders.OrderCreated",
+    "eventflow.orders.OrderItemAdded",
+    "eventflow.orders.OrderSubmitted",
+    "eventflow.orders.OrderCancelled",
+)
 LOWERCASE = "keep it lowercase: the checkpoint store lowercases blob names and KEDA reads them"
 
 
@@ -40,7 +50,12 @@ class Settings(BaseSettings):
     inbox_queue: str = "inbox"
 
     subscribed_types: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="empty: every type"
+        default_factory=list,
+        description="empty: every type; compared by type name, in any version",
+    )
+    required_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(PROJECTION_NEEDS),
+        description="types the consumer's projection cannot do without: a filter must let them through",
     )
     starting_position: str = Field(
         default="-1", description="without a checkpoint: -1 = beginning of retention"
@@ -60,7 +75,7 @@ class Settings(BaseSettings):
     health_port: int = Field(default=8002, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("subscribed_types", mode="before")
+    @field_validator("subscribed_types", "required_types", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return (
@@ -68,6 +83,18 @@ class Settings(BaseSettings):
             if isinstance(value, str)
             else value
         )
+
+    @model_validator(mode="after")
+    def _filter_keeps_what_the_consumer_needs(self) -> Self:
+        if not self.subscribed_types:
+            return self
+        missing = sorted(type_names(self.required_types) - type_names(self.subscribed_types))
+        if missing:
+            raise ValueError(
+                f"SUBSCRIBER_SUBSCRIBED_TYPES leaves out {', '.join(missing)}, which the consumer's projection "
+                "needs (its orders would wait forever for those events); add them or empty the filter"
+            )
+        return self
 
     @field_validator("eventhub_name", "consumer_group", "checkpoint_container")
     @classmethod

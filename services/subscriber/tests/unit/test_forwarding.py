@@ -1,3 +1,4 @@
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,3 +128,41 @@ async def test_unroutable_events_go_as_markers_beside_the_good_ones() -> None:
     await forwarder(inbox, counts).forward(events(b"garbage", event_bytes("o1", 1)))
     assert [m.is_marker for m in inbox.sent[0]] == [True, False]
     assert (counts.counts["forwarded"], counts.counts["markers"]) == (1, 1)
+
+
+class OverlapDetectingInbox(FakeInbox):
+    """Like one shared Service Bus sender: records whether two sends were ever in flight together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def send(self, messages: Sequence[InboxMessage]) -> SendResult:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(
+                0.01
+            )  # a send yields to the event loop while it waits for the broker
+            return await super().send(messages)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_partitions_forwarding_at_once_take_turns_on_the_shared_sender() -> None:
+    inbox = OverlapDetectingInbox()
+    shared = forwarder(inbox, Counts())
+    await asyncio.gather(*(shared.forward(events(event_bytes(f"o{p}", 1))) for p in range(4)))
+    assert len(inbox.sent) == 4
+    assert inbox.most_in_flight == 1
+
+
+async def test_the_filter_compares_type_names_in_any_version() -> None:
+    inbox, counts = FakeInbox(), Counts()
+    # Subscribing to a later version of a type must not filter out the version on the hub.
+    await forwarder(inbox, counts, {"eventflow.orders.OrderItemAdded.v2"}).forward(
+        events(event_bytes("o1", 1), event_bytes("o1", 2, cancelled=True))
+    )
+    assert [m.subject for m in inbox.sent[0]] == ["eventflow.orders.OrderItemAdded.v1"]
+    assert counts.counts["filtered"] == 1

@@ -1,46 +1,31 @@
-"""The Service Bus side: session receivers in peek-lock, settlement, session state and lock renewal.
-Works with the SDK's aio ServiceBusClient and with the local stand-in."""
+"""The Service Bus side: a session receiver as the worker's SessionChannel, and the pump that holds
+up to `concurrency` sessions at once. Written against azure-servicebus 7.15 aio (the local stand-in
+has the same surface)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import structlog
-from azure.servicebus import NEXT_AVAILABLE_SESSION
+from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusMessageState
 from azure.servicebus.exceptions import (
     MessageLockLostError,
+    MessageNotFoundError,
     OperationTimeoutError,
     ServiceBusError,
     SessionLockLostError,
 )
 
-from eventflow_consumer.handling import (
-    Decision,
-    Delivery,
-    InboxHandler,
-    SessionState,
-    body_of,
-    properties_of,
-)
+from eventflow_consumer.handling import Delivery, body_of, properties_of
+from eventflow_consumer.ports import ChannelLost, Inbound
+from eventflow_consumer.session_state import UnknownStateFormat
+from eventflow_consumer.sessions import LetGo, SessionFailed, SessionWorker
 
 LOG = structlog.get_logger("eventflow_consumer.sessions")
-PoisonPolicy = Literal["skip", "block"]
-
-
-class BlockedSessions(Protocol):
-    async def set_blocked(self, session_id: str, reason: str) -> None: ...
-
-    async def clear_blocked(self, session_id: str) -> None: ...
-
-
-class ConsumerObserver:
-    def settled(self, decision: Decision, seconds: float) -> None: ...
-
-    def deferred(self) -> None: ...
+PEEK_PAGE = 100
+FAILED_SESSION_PAUSE_SECONDS = 1.0
 
 
 def delivery_of(message: Any) -> Delivery:
@@ -51,97 +36,99 @@ def delivery_of(message: Any) -> Delivery:
     )  # fmt: skip
 
 
-class SessionWorker:
-    """Handles the messages of one held session, strictly in order, and settles each."""
+def inbound_of(message: Any) -> Inbound:
+    return Inbound(delivery_of(message), message)
 
-    def __init__(
-        self,
-        handler: InboxHandler,
-        blocked: BlockedSessions,
-        *,
-        policy: PoisonPolicy,
-        observer: ConsumerObserver | None = None,
-    ) -> None:
-        self._handler = handler
-        self._blocked = blocked
-        self._policy = policy
-        self._observer = observer or ConsumerObserver()
 
-    async def one(self, receiver: Any, message: Any, state: SessionState) -> None:
-        """Handle and settle `message`; state changes are saved before the message is settled."""
-        delivery = delivery_of(message)
-        log = LOG.bind(
-            session=delivery.session_id,
-            message_id=delivery.message_id,
-            sequence_number=delivery.sequence_number,
+class ServiceBusSessionChannel:
+    """A session receiver (already accepted) as a SessionChannel. Lock losses become ChannelLost;
+    other Service Bus errors pass through to the pump."""
+
+    def __init__(self, receiver: Any) -> None:
+        self._receiver = receiver
+        # The SDK's receivers are not coroutine-safe, and the lock renewal runs beside the worker:
+        # every call on the receiver takes its turn.
+        self._turn = asyncio.Lock()
+
+    @property
+    def session_id(self) -> str:
+        return str(self._receiver.session.session_id)
+
+    async def _call(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with self._turn:
+                return await operation(*args, **kwargs)
+        except (SessionLockLostError, MessageLockLostError) as error:
+            raise ChannelLost(repr(error)) from error
+
+    async def get_state(self) -> bytes | None:
+        state: bytes | None = await self._call(self._receiver.session.get_state)
+        return state
+
+    async def set_state(self, state: bytes) -> None:
+        await self._call(self._receiver.session.set_state, state)
+
+    async def renew_lock(self) -> None:
+        await self._call(self._receiver.session.renew_lock)
+
+    async def receive(self, max_count: int, wait: float) -> list[Inbound]:
+        # The SDK rejects max_wait_time <= 0; a short wait is the closest to "what is there now".
+        messages = await self._call(
+            self._receiver.receive_messages,
+            max_message_count=max_count,
+            max_wait_time=max(wait, 0.05),
         )
-        if state.blocked and not delivery.is_marker:
-            await receiver.defer_message(message)
-            state.deferred.append(delivery.sequence_number)
-            await receiver.session.set_state(state.to_bytes())
-            self._observer.deferred()
-            log.info("session blocked: message deferred", reason=state.reason)
-            return
-        started = time.perf_counter()
-        decision = await self._handler.handle(delivery, state)
-        if decision.action == "complete":
-            if decision.sequence is not None and decision.sequence > state.last_sequence:
-                state.last_sequence = decision.sequence
-                await receiver.session.set_state(state.to_bytes())
-            await receiver.complete_message(message)
-        elif decision.action == "dead_letter":
-            if decision.poison and self._policy == "block" and not delivery.is_marker:
-                state.blocked, state.reason = (
-                    True,
-                    f"{decision.reason}: {decision.description}"[:500],
-                )
-                await receiver.session.set_state(state.to_bytes())
-                await self._blocked.set_blocked(delivery.session_id, state.reason)
-                log.warning("session blocked by a poison message", reason=decision.reason)
-            await receiver.dead_letter_message(
-                message,
-                reason=decision.reason,
-                error_description=(decision.description or "")[:1000],
-            )
-            log.warning("dead-lettered", reason=decision.reason, description=decision.description)
-        else:
-            await receiver.abandon_message(message)
-            log.warning(
-                "abandoned after transient failures",
-                description=decision.description,
-                delivery_count=delivery.delivery_count,
-            )
-        if decision.effect:
-            log.info("applied", sequence=decision.sequence)
-        self._observer.settled(decision, time.perf_counter() - started)
+        return [inbound_of(m) for m in messages]
 
-    async def replay_deferred(self, receiver: Any, state: SessionState) -> None:
-        """After an unblock: the deferred messages, in the order they arrived, then on as usual."""
-        while state.deferred and not state.blocked:
-            sequence_number = state.deferred.pop(0)
-            (message,) = await receiver.receive_deferred_messages([sequence_number])
-            await receiver.session.set_state(state.to_bytes())
-            await self.one(receiver, message, state)
-
-    async def drain(
-        self, receiver: Any, *, idle_seconds: float, stopping: Callable[[], bool]
-    ) -> None:
-        """Handle the held session until it stays empty for `idle_seconds` or the worker stops."""
-        state = SessionState.from_bytes(await receiver.session.get_state())
-        if not state.blocked and state.deferred:
-            await self.replay_deferred(receiver, state)
-        while not stopping():
-            messages = await receiver.receive_messages(
-                max_message_count=20, max_wait_time=idle_seconds
+    async def receive_deferred(self, sequence_number: int) -> Inbound | None:
+        try:
+            (message,) = await self._call(
+                self._receiver.receive_deferred_messages, [sequence_number]
             )
-            if not messages:
-                return
-            for message in messages:
-                await self.one(receiver, message, state)
+        except MessageNotFoundError:
+            return None
+        return inbound_of(message)
+
+    async def deferred_present(self, sequence_numbers: list[int]) -> set[int]:
+        """Peeks the session from the lowest recorded number on (peek neither locks nor counts)."""
+        wanted, present = set(sequence_numbers), set()
+        start, last = min(wanted), max(wanted)
+        while start <= last:
+            page = await self._call(
+                self._receiver.peek_messages, max_message_count=PEEK_PAGE, sequence_number=start
+            )
+            if not page:
+                break
+            for message in page:
+                if (
+                    message.sequence_number in wanted
+                    and message.state == ServiceBusMessageState.DEFERRED
+                ):
+                    present.add(int(message.sequence_number))
+            start = int(page[-1].sequence_number) + 1
+        return present
+
+    async def complete(self, inbound: Inbound) -> None:
+        await self._call(self._receiver.complete_message, inbound.handle)
+
+    async def abandon(self, inbound: Inbound) -> None:
+        await self._call(self._receiver.abandon_message, inbound.handle)
+
+    async def defer(self, inbound: Inbound) -> None:
+        await self._call(self._receiver.defer_message, inbound.handle)
+
+    async def dead_letter(self, inbound: Inbound, reason: str, description: str) -> None:
+        await self._call(
+            self._receiver.dead_letter_message,
+            inbound.handle,
+            reason=reason,
+            error_description=description,
+        )
 
 
 class SessionPump:
-    """Up to `concurrency` sessions at once, each held by one loop until it goes idle."""
+    """Up to `concurrency` sessions at once, each held by one loop until it goes idle. A failure in
+    one session is logged and that session released; the other loops go on."""
 
     def __init__(
         self,
@@ -178,35 +165,67 @@ class SessionPump:
                 await receiver.__aenter__()
             except OperationTimeoutError:
                 continue  # no session with messages right now
-            except ServiceBusError as error:
+            except Exception as error:  # noqa: BLE001 - any failure to accept: retry after a pause
                 LOG.warning("could not accept a session; retrying", slot=slot, error=repr(error))
-                await asyncio.sleep(1.0)
+                await self._pause()
                 continue
-            self.active_sessions += 1
-            renewing = asyncio.create_task(self._keep_locked(receiver))
-            try:
-                await self._worker.drain(
-                    receiver, idle_seconds=self._idle, stopping=self._stopping.is_set
-                )
-            except (SessionLockLostError, MessageLockLostError) as error:
-                LOG.warning(
-                    "session lock lost; its messages return to the queue", error=repr(error)
-                )
-            except ServiceBusError as error:
-                LOG.warning("session failed; released", error=repr(error))
-            finally:
-                renewing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewing
-                self.active_sessions -= 1
-                with contextlib.suppress(ServiceBusError):
-                    await receiver.close()
+            if not await self._hold(receiver):
+                await self._pause()
 
-    async def _keep_locked(self, receiver: Any) -> None:
+    async def _hold(self, receiver: Any) -> bool:
+        """Drain one accepted session and release it; False when it failed."""
+        channel = ServiceBusSessionChannel(receiver)
+        log = LOG.bind(session=channel.session_id)
+        self.active_sessions += 1
+        renewing = asyncio.create_task(self._keep_locked(channel))
+        healthy = False
+        try:
+            await self._worker.drain(
+                channel, idle_seconds=self._idle, stopping=self._stopping.is_set
+            )
+            healthy = True
+        except ChannelLost as error:
+            log.warning("session lock lost; its messages return to the queue", error=str(error))
+        except LetGo as error:
+            healthy = True
+            log.warning(
+                "stopping during a store outage: session released unsettled", error=str(error)
+            )
+        except UnknownStateFormat as error:
+            log.error("session state in a format this consumer does not read; left to a newer replica",
+                      error=str(error))  # fmt: skip
+        except SessionFailed as error:
+            log.error("session failed; released after abandoning its message", error=str(error))
+        except ServiceBusError as error:
+            log.warning("Service Bus failed; session released", error=repr(error))
+        except Exception:
+            log.exception("session failed unexpectedly; released")
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            self.active_sessions -= 1
+            try:
+                await receiver.close()
+            except Exception as error:  # noqa: BLE001 - the lock expires on its own
+                log.warning("closing the session receiver failed", error=repr(error))
+        return healthy
+
+    async def _pause(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), FAILED_SESSION_PAUSE_SECONDS)
+
+    async def _keep_locked(self, channel: ServiceBusSessionChannel) -> None:
+        """Renews the session lock (which also holds its messages' locks) while the session is held,
+        including while the worker waits out a store outage."""
         while True:
             await asyncio.sleep(self._renew)
             try:
-                await receiver.session.renew_lock()
-            except ServiceBusError as error:
-                LOG.warning("session lock renewal failed", error=repr(error))
+                await channel.renew_lock()
+            except ChannelLost as error:
+                LOG.warning("session lock lost", session=channel.session_id, error=str(error))
                 return
+            except ServiceBusError as error:  # a broker blip: try again at the next period
+                LOG.warning(
+                    "session lock renewal failed", session=channel.session_id, error=repr(error)
+                )

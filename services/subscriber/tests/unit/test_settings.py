@@ -1,0 +1,26 @@
+"""Settings that would break the consumer are refused at start."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from eventflow_subscriber.settings import Settings
+
+
+def test_a_filter_that_leaves_out_a_type_the_projection_needs_is_refused() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(
+            subscribed_types="eventflow.orders.OrderCreated.v2,eventflow.orders.OrderItemAdded.v1"
+        )
+    message = str(refused.value)
+    assert "leaves out eventflow.orders.OrderCancelled, eventflow.orders.OrderSubmitted" in message
+
+
+def test_a_filter_with_every_needed_type_in_any_version_is_accepted() -> None:
+    settings = Settings(
+        subscribed_types="eventflow.orders.OrderCreated.v1,eventflow.orders.OrderItemAdded,"
+        "eventflow.orders.OrderSubmitted.v3,eventflow.orders.OrderCancelled.v1,other.Thing.v1"
+    )
+    assert len(settings.subscribed_types) == 5
+    assert Settings().subscribed_types == []  # no filter: every type

@@ -1,0 +1,243 @@
+"""Event Hubs at the wire: producer links, consumer links and the `$management` node.
+
+Addresses (azure-eventhub 5.15.1 `_producer.py`, `_consumer.py`): producers attach to
+`<hub>` or `<hub>/Partitions/<id>`; consumers to `<hub>/ConsumerGroups/<group>/Partitions/<id>`
+with an optional `apache.org:selector-filter:string` source filter and the
+`com.microsoft:epoch` link property (owner level).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..amqp import message as amqp_message
+from ..amqp.codec import Array, Symbol, Timestamp
+from ..amqp.connection import Delivery, Link, LinkRefused
+from ..nodes import ACCEPTED_STATE, ManagementError, Reply, rejected
+from .model import EntityNotFound, EventHubsModel, Partition, Position, ReaderRefused
+
+MAX_MESSAGE_SIZE = 1024 * 1024  # Standard tier and the emulator (event-hubs-quotas)
+
+SEQUENCE = Symbol("x-opt-sequence-number")
+OFFSET = Symbol("x-opt-offset")
+ENQUEUED = Symbol("x-opt-enqueued-time")
+PARTITION_KEY = Symbol("x-opt-partition-key")
+SELECTOR = "apache.org:selector-filter:string"
+EPOCH = "com.microsoft:epoch"
+
+_SELECTOR = re.compile(
+    r"amqp\.annotation\.(x-opt-offset|x-opt-sequence-number|x-opt-enqueued-time)\s*(>=|>)\s*'([^']*)'"
+)
+
+
+def parse_selector(text: str | None) -> Position:
+    """The SDK's selector (azure-eventhub `_utils.py` `event_position_selector`) as a position."""
+    if not text:
+        return Position("end")
+    match = _SELECTOR.search(text)
+    if match is None:
+        raise ValueError(f"unsupported selector {text!r}")
+    field, op, value = match.groups()
+    inclusive = op == ">="
+    if field == "x-opt-offset":
+        if value == "-1":
+            return Position("start")
+        if value == "@latest":
+            return Position("end")
+        return Position("offset", int(value), inclusive)
+    if field == "x-opt-sequence-number":
+        return Position("sequence", int(value), inclusive)
+    return Position("time", int(value), inclusive)
+
+
+def _selector_of(link: Link) -> str | None:
+    for key, value in link.source_filters.items():
+        if str(key) == SELECTOR or (hasattr(value, "descriptor") and str(value.descriptor) == SELECTOR):
+            inner = value.value if hasattr(value, "value") else value
+            return inner.decode() if isinstance(inner, bytes) else str(inner)
+    return None
+
+
+class ProducerHandler:
+    def __init__(self, model: EventHubsModel, hub: str, partition_id: str | None, guard: Any) -> None:
+        self.model = model
+        self.hub = hub
+        self.partition_id = partition_id
+        self.guard = guard  # fault controls: server-busy, apply-then-drop
+
+    def on_transfer(self, link: Link, delivery: Delivery) -> None:
+        refusal = self.guard.refusal("send")
+        if refusal is not None:
+            link.settle(delivery.delivery_id, rejected(*refusal))
+            return
+        if len(delivery.payload) > MAX_MESSAGE_SIZE:
+            link.settle(
+                delivery.delivery_id,
+                rejected(
+                    "amqp:link:message-size-exceeded",
+                    f"The received message (delivery-id:{delivery.delivery_id}, size:"
+                    f"{len(delivery.payload)} bytes) exceeds the limit ({MAX_MESSAGE_SIZE} bytes)",
+                ),
+            )
+            return
+        outer = amqp_message.parse(delivery.payload)
+        events = (
+            amqp_message.unbatch(outer)
+            if delivery.message_format == amqp_message.BATCH_FORMAT
+            else [outer]
+        )
+        key = outer.annotations.get(PARTITION_KEY)
+        if self.partition_id is not None:
+            part = self.model.partition(self.hub, self.partition_id)
+        else:
+            part = self.model.partitions[
+                (self.hub.lower(), self.model.route(self.hub, str(key) if key is not None else None))
+            ]
+        self.model.append(part, [_annotator(event, key) for event in events])
+        if self.guard.drop_after("send", link):
+            return
+        if not delivery.settled:
+            link.settle(delivery.delivery_id, ACCEPTED_STATE)
+
+    def on_flow(self, link: Link) -> None:
+        pass
+
+    def on_disposition(self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool) -> None:
+        pass
+
+    def on_detach(self, link: Link) -> None:
+        pass
+
+
+def _annotator(event: amqp_message.Message, key: Any) -> Any:
+    def build(seq: int, offset: int, enqueued_ms: int) -> bytes:
+        annotations: dict[Any, Any] = {
+            SEQUENCE: seq, OFFSET: str(offset), ENQUEUED: Timestamp(enqueued_ms),
+        }  # fmt: skip
+        event_key = event.annotations.get(PARTITION_KEY, key)
+        if event_key is not None:
+            annotations[PARTITION_KEY] = str(event_key)
+        return amqp_message.encode_message(event, annotations=annotations)
+
+    return build
+
+
+class ConsumerHandler:
+    """One consumer link: delivers from its position as credit allows; an owner-level reader."""
+
+    def __init__(self, model: EventHubsModel, part: Partition, group: str, link: Link) -> None:
+        self.model = model
+        self.part = part
+        self.group = group
+        self.link = link
+        epoch = link.properties.get(EPOCH)
+        self.owner_level: int | None = int(epoch) if epoch is not None else None
+        selector = _selector_of(link)
+        self.next_seq = model.start_sequence(part, parse_selector(selector))
+        self.settled = link.snd_settle_mode == 1
+        self.tag = 0
+
+    def displace(self, condition: str, description: str) -> None:
+        self.link.detach(condition, description)
+
+    def wake(self) -> None:
+        if self.link.can_send:
+            self.pump(self.link)
+
+    def pump(self, link: Link) -> None:
+        while link.can_send:
+            rows = self.model.read(self.part, self.next_seq, min(link.credit, 300))
+            if not rows:
+                return
+            for row in rows:
+                if not link.can_send:
+                    return
+                self.tag += 1
+                link.send(row.body, self.tag.to_bytes(8, "big"), settled=self.settled)
+                self.next_seq = row.seq + 1
+
+    def on_transfer(self, link: Link, delivery: Delivery) -> None:
+        pass
+
+    def on_flow(self, link: Link) -> None:
+        self.pump(link)
+
+    def on_disposition(self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool) -> None:
+        pass
+
+    def on_detach(self, link: Link) -> None:
+        self.model.close_reader(self.part, self.group, self)
+
+
+_CONSUMER = re.compile(r"^([^/]+)/ConsumerGroups/([^/]+)/Partitions/([^/]+)$", re.IGNORECASE)
+_PRODUCER = re.compile(r"^([^/]+)(?:/Partitions/([^/]+))?$", re.IGNORECASE)
+
+
+def attach(model: EventHubsModel, link: Link, path: str, guard: Any) -> Any | None:
+    """The handler for an Event Hubs link at `path`, or None when `path` names no hub."""
+    hub = path.split("/", 1)[0]
+    if hub.lower() not in model.hubs:
+        return None
+    try:
+        if link.sends:
+            match = _CONSUMER.match(path)
+            if match is None:
+                raise LinkRefused("amqp:not-found", f"'{path}' is not a consumer address")
+            _, group, partition_id = match.groups()
+            model.check_consumer_group(hub, group)
+            part = model.partition(hub, partition_id)
+            handler = ConsumerHandler(model, part, group, link)
+            model.open_reader(part, group, handler)
+            link.reply_properties = {Symbol(EPOCH): handler.owner_level} if handler.owner_level is not None else {}
+            return handler
+        match = _PRODUCER.match(path)
+        if match is None:
+            raise LinkRefused("amqp:not-found", f"'{path}' is not a producer address")
+        if match.group(2) is not None:
+            model.partition(hub, match.group(2))
+        link.max_message_size = MAX_MESSAGE_SIZE
+        return ProducerHandler(model, hub, match.group(2), guard)
+    except EntityNotFound as error:
+        raise LinkRefused("amqp:not-found", str(error)) from None
+    except ReaderRefused as error:
+        raise LinkRefused(error.condition, error.description) from None
+    except ValueError as error:
+        raise LinkRefused("amqp:invalid-field", str(error)) from None
+
+
+def management(model: EventHubsModel) -> Any:
+    """The `$management` READ operations (azure-eventhub aio/_client_base_async.py)."""
+
+    def operate(link: Link, request: amqp_message.Message) -> Reply:
+        app = request.application_properties or {}
+        if str(app.get("operation")) != "READ":
+            raise ManagementError(400, "amqp:not-implemented", f"unsupported operation {app.get('operation')!r}")
+        name = str(app.get("name"))
+        kind = str(app.get("type"))
+        try:
+            hub = model.hub(name)
+            if kind == "com.microsoft:eventhub":
+                return Reply(200, "OK", {
+                    "name": hub.name,
+                    "created_at": Timestamp(model.created_ms[hub.name.lower()]),
+                    "partition_count": hub.partition_count,
+                    "partition_ids": Array([str(i) for i in range(hub.partition_count)]),
+                })  # fmt: skip
+            if kind == "com.microsoft:partition":
+                partition_id = str(app.get("partition"))
+                props = model.properties(model.partition(name, partition_id))
+                return Reply(200, "OK", {
+                    "name": hub.name,
+                    "partition": partition_id,
+                    "begin_sequence_number": props["begin_sequence_number"],
+                    "last_enqueued_sequence_number": props["last_enqueued_sequence_number"],
+                    "last_enqueued_offset": props["last_enqueued_offset"],
+                    "last_enqueued_time_utc": Timestamp(int(props["last_enqueued_time_utc"])),  # type: ignore[call-overload]
+                    "is_partition_empty": props["is_partition_empty"],
+                })  # fmt: skip
+        except EntityNotFound as error:
+            raise ManagementError(404, "amqp:not-found", str(error)) from None
+        raise ManagementError(400, "amqp:not-implemented", f"unsupported type {kind!r}")
+
+    return operate

@@ -1,0 +1,445 @@
+"""Service Bus queues at the wire: sender links, receiver links and `<queue>/$management`.
+
+Sources: azure-servicebus 7.15.0 `_transport/_pyamqp_transport.py` (settlement outcomes: complete =
+accepted, abandon = modified(delivery-failed), defer = modified(undeliverable-here), dead-letter =
+rejected with `com.microsoft:dead-letter` and the reason in the error info; the lock token is the
+delivery tag as a GUID in .NET byte order), `_common/constants.py` (management operations and
+their fields) and `_common/mgmt_handlers.py` (the replies they expect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from ..amqp import message as amqp_message
+from ..amqp.codec import Array, Described, Symbol, Timestamp, ULong
+from ..amqp.connection import Delivery, Link, LinkRefused
+from ..amqp.frames import ACCEPTED, MODIFIED, REJECTED, RELEASED, descriptor_code
+from ..faults import Faults
+from ..nodes import ACCEPTED_STATE, ManagementError, Reply, entity_path, rejected
+from .model import (
+    MESSAGE_STATE,
+    Queue,
+    ServiceBusFault,
+    ServiceBusModel,
+    StoredMessage,
+)
+
+MAX_MESSAGE_SIZE = 256 * 1024  # Standard tier (service-bus-quotas); the SDK sizes batches by it
+SESSION_FILTER = "com.microsoft:session-filter"
+LOCKED_UNTIL_UTC = "com.microsoft:locked-until-utc"
+TIMEOUT = "com.microsoft:timeout"
+DEAD_LETTER = "com.microsoft:dead-letter"
+DEFAULT_ACCEPT_TIMEOUT_S = 60.0
+DOTNET_EPOCH_TICKS = 621355968000000000  # DateTime ticks at 1970-01-01 (azure-servicebus constants)
+
+SEQUENCE = Symbol("x-opt-sequence-number")
+ENQUEUED = Symbol("x-opt-enqueued-time")
+LOCKED_UNTIL = Symbol("x-opt-locked-until")
+MESSAGE_STATE_NAME = Symbol("x-opt-message-state")
+ENQUEUE_SEQUENCE = Symbol("x-opt-enqueue-sequence-number")
+SCHEDULED = "x-opt-scheduled-enqueue-time"
+DEADLETTER_SOURCE = Symbol("x-opt-deadletter-source")
+
+
+def ticks(ms: int) -> int:
+    return DOTNET_EPOCH_TICKS + ms * 10_000
+
+
+def _message_of(m: StoredMessage) -> amqp_message.Message:
+    if not isinstance(m.cache, amqp_message.Message):
+        m.cache = amqp_message.parse(m.body)
+    return m.cache
+
+
+def delivered_form(m: StoredMessage, queue: Queue) -> bytes:
+    """The message as a receiver gets it: the broker's annotations and delivery count added."""
+    message = _message_of(m)
+    if m.dead and (m.dl_reason is not None or m.dl_description is not None):
+        extra = {}
+        if m.dl_reason is not None:
+            extra["DeadLetterReason"] = m.dl_reason
+        if m.dl_description is not None:
+            extra["DeadLetterErrorDescription"] = m.dl_description
+        message = amqp_message.with_application_properties(message, extra)
+    annotations: dict[Any, Any] = {
+        ENQUEUED: Timestamp(m.enqueued_ms), SEQUENCE: m.seq,
+        ENQUEUE_SEQUENCE: m.seq, MESSAGE_STATE_NAME: MESSAGE_STATE[m.state],
+    }  # fmt: skip
+    if m.lock_token is not None:
+        annotations[LOCKED_UNTIL] = Timestamp(m.locked_until_ms)
+    return amqp_message.encode_message(message, delivery_count=m.delivery_count, annotations=annotations)
+
+
+def _items(delivery: Delivery) -> list[tuple[bytes, str | None, str | None, int | None, int | None]]:
+    outer = amqp_message.parse(delivery.payload)
+    if delivery.message_format == amqp_message.BATCH_FORMAT:
+        messages = [(section, amqp_message.parse(section)) for section in outer.data_sections()]
+    else:
+        messages = [(delivery.payload, outer)]
+    items = []
+    for body, message in messages:
+        session_id = message.prop("group_id")
+        message_id = message.prop("message_id")
+        ttl = message.header[2] if message.header else None
+        scheduled = message.annotations.get(SCHEDULED)
+        items.append((
+            body,
+            str(session_id) if session_id is not None else None,
+            str(message_id) if message_id is not None else None,
+            int(ttl) if ttl else None,
+            int(scheduled) if scheduled is not None else None,
+        ))  # fmt: skip
+    return items
+
+
+class SenderHandler:
+    def __init__(self, model: ServiceBusModel, queue: Queue, faults: Faults) -> None:
+        self.model = model
+        self.queue = queue
+        self.faults = faults
+
+    def on_transfer(self, link: Link, delivery: Delivery) -> None:
+        refusal = self.faults.refusal("send")
+        if refusal is not None:
+            link.settle(delivery.delivery_id, rejected(*refusal))
+            return
+        if len(delivery.payload) > MAX_MESSAGE_SIZE:
+            link.settle(delivery.delivery_id, rejected(
+                "amqp:link:message-size-exceeded",
+                f"The received message (delivery-id:{delivery.delivery_id}, size:"
+                f"{len(delivery.payload)} bytes) exceeds the limit ({MAX_MESSAGE_SIZE} bytes)",
+            ))  # fmt: skip
+            return
+        try:
+            self.model.send(self.queue, _items(delivery))
+        except ServiceBusFault as fault:
+            link.settle(delivery.delivery_id, rejected(fault.condition, fault.description))
+            return
+        if self.faults.drop_after("send", link):
+            return
+        if not delivery.settled:
+            link.settle(delivery.delivery_id, ACCEPTED_STATE)
+
+    def on_flow(self, link: Link) -> None:
+        pass
+
+    def on_disposition(self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool) -> None:
+        pass
+
+    def on_detach(self, link: Link) -> None:
+        pass
+
+
+class ReceiverHandler:
+    """A queue, DLQ or session receiver. Peek-lock unless the link is sender-settled
+    (receive-and-delete)."""
+
+    def __init__(self, model: ServiceBusModel, queue: Queue, link: Link, *, dead: bool,
+                 faults: Faults) -> None:  # fmt: skip
+        self.model = model
+        self.queue = queue
+        self.link = link
+        self.dead = dead
+        self.faults = faults
+        self.session_id: str | None = None
+        self.peek_lock = link.snd_settle_mode != 1
+        self._accepted = asyncio.Event()
+
+    @property
+    def is_session(self) -> bool:
+        return self.queue.config.requires_session and not self.dead
+
+    async def accept(self) -> None:
+        """Attach-time work: lock the session the filter names, or wait for one."""
+        if not self.is_session:
+            return
+        filters = self.link.source_filters
+        if SESSION_FILTER not in {str(k) for k in filters}:
+            raise LinkRefused(
+                "amqp:not-allowed",
+                "It is not possible for an entity that requires sessions to create a"
+                " non-sessionful message receiver.",
+            )
+        wanted = next(v for k, v in filters.items() if str(k) == SESSION_FILTER)
+        wanted = wanted.value if isinstance(wanted, Described) else wanted
+        wanted = wanted.decode() if isinstance(wanted, bytes) else wanted
+        timeout_ms = self.link.properties.get(TIMEOUT)
+        timeout = float(timeout_ms) / 1000 if timeout_ms else DEFAULT_ACCEPT_TIMEOUT_S
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                session_id = self.model.accept_session(self.queue, self, wanted)
+            except ServiceBusFault as fault:
+                raise LinkRefused(fault.condition, fault.description) from None
+            if session_id is not None:
+                break
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0 or self.link.connection.closed:
+                # What the service does when no session frees up in time: the SDK turns
+                # com.microsoft:timeout into OperationTimeoutError.
+                raise LinkRefused(TIMEOUT, "The operation did not complete within the allotted timeout.")
+            self._accepted.clear()
+            self.queue.waiting.append(self)
+            try:
+                await asyncio.wait_for(self._accepted.wait(), timeout=min(left, 1.0))
+            except TimeoutError:
+                pass
+            finally:
+                if self in self.queue.waiting:
+                    self.queue.waiting.remove(self)
+        self.session_id = session_id
+        source = list(self.link.source)
+        source[7] = {Symbol(SESSION_FILTER): session_id}
+        self.link.source = source
+        lock = self.queue.sessions[session_id]
+        self.link.reply_properties = {Symbol(LOCKED_UNTIL_UTC): ticks(lock.locked_until_ms)}
+
+    def wake(self) -> None:
+        self._accepted.set()
+        if self.link.attached and self.link.can_send:
+            self.pump(self.link)
+
+    def pump(self, link: Link) -> None:
+        if self.is_session:
+            lock = self.queue.sessions.get(self.session_id or "")
+            if lock is None or lock.holder is not self:
+                return  # the session lock is gone: nothing more for this receiver
+        taken = self.model.take(
+            self.queue, self, link.credit, dead=self.dead, session_id=self.session_id,
+            lock=self.peek_lock,
+        )  # fmt: skip
+        for m in taken:
+            tag = m.lock_token.bytes_le if m.lock_token is not None else uuid.uuid4().bytes_le
+            link.send(delivered_form(m, self.queue), tag, settled=not self.peek_lock)
+        if link.credit > 0 and self not in self.queue.waiting:
+            self.queue.waiting.append(self)
+        elif link.credit <= 0 and self in self.queue.waiting:
+            self.queue.waiting.remove(self)
+
+    def on_transfer(self, link: Link, delivery: Delivery) -> None:
+        pass
+
+    def on_flow(self, link: Link) -> None:
+        self.pump(link)
+
+    def on_disposition(self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool) -> None:
+        if not self.peek_lock or len(tag) != 16:
+            return
+        token = uuid.UUID(bytes_le=tag)
+        code = descriptor_code(state.descriptor) if isinstance(state, Described) else -1
+        fields = list(state.value or []) if isinstance(state, Described) else []
+        refusal = self.faults.refusal("settle") if code != RELEASED else None
+        outcome: Any = state
+        try:
+            if refusal is not None:
+                outcome = rejected(*refusal)
+            elif code == ACCEPTED:
+                self.model.complete(self.queue, token, self)
+            elif code == RELEASED:
+                self.model.release(self.queue, token)
+            elif code == MODIFIED:
+                undeliverable = len(fields) > 1 and bool(fields[1])
+                if undeliverable:
+                    self.model.defer(self.queue, token, self)
+                else:
+                    self.model.abandon(self.queue, token, self)
+            elif code == REJECTED:
+                reason, description = _dead_letter_details(fields)
+                self.model.dead_letter(self.queue, token, reason, description, self)
+                outcome = Described(ULong(REJECTED), [None])
+        except ServiceBusFault as fault:
+            outcome = rejected(fault.condition, fault.description)
+        if refusal is None and self.faults.drop_after("settle", link):
+            return
+        if not settled:
+            link.settle(delivery_id, outcome)
+
+    def on_detach(self, link: Link) -> None:
+        self.model.drop_receiver(self.queue, self)
+
+
+def _dead_letter_details(fields: list[Any]) -> tuple[str | None, str | None]:
+    error = fields[0] if fields else None
+    if not isinstance(error, Described):
+        return None, None
+    values = list(error.value or []) + [None, None, None]
+    info = values[2] or {}
+    reason = next((v for k, v in info.items() if str(k) == "DeadLetterReason"), None)
+    description = next((v for k, v in info.items() if str(k) == "DeadLetterErrorDescription"), None)
+    return (str(reason) if reason is not None else None,
+            str(description) if description is not None else None)  # fmt: skip
+
+
+async def attach(model: ServiceBusModel, link: Link, path: str, faults: Faults) -> Any | None:
+    """The handler for a queue link at `path`, or None when `path` names no queue."""
+    parts = path.split("/")
+    if parts[0].lower() not in model.queues:
+        return None
+    queue = model.queue(parts[0])
+    rest = "/".join(parts[1:]).lower()
+    if rest not in ("", "$deadletterqueue"):
+        raise LinkRefused("amqp:not-found", f"The messaging entity '{path}' could not be found.")
+    if not link.sends:
+        if rest:
+            raise LinkRefused("amqp:not-allowed", "Cannot send to a dead-letter queue.")
+        link.max_message_size = MAX_MESSAGE_SIZE
+        return SenderHandler(model, queue, faults)
+    handler = ReceiverHandler(model, queue, link, dead=bool(rest), faults=faults)
+    await handler.accept()
+    return handler
+
+
+def _receiver_of(link: Link, request: amqp_message.Message) -> ReceiverHandler | None:
+    """The receive link a management request speaks for (`associated-link-name`)."""
+    app = request.application_properties or {}
+    name = app.get("associated-link-name")
+    candidates = [
+        other.handler
+        for session in link.connection.sessions.values()
+        for other in session.links.values()
+        if isinstance(other.handler, ReceiverHandler) and (name is None or other.name == str(name))
+    ]
+    return candidates[-1] if candidates else None
+
+
+def management(model: ServiceBusModel, queue_path: str, faults: Faults) -> Any:
+    """The `<queue>/$management` operations the SDK sends (constants.py REQUEST_RESPONSE_*)."""
+
+    def operate(link: Link, request: amqp_message.Message) -> Reply:
+        app = request.application_properties or {}
+        operation = str(app.get("operation"))
+        body = request.body_value or {}
+        body = {str(k): v for k, v in body.items()} if isinstance(body, dict) else {}
+        name = entity_path(queue_path).split("/")[0]
+        dead = entity_path(queue_path).lower().endswith("/$deadletterqueue")
+        try:
+            queue = model.queue(name)
+            receiver = _receiver_of(link, request)
+            return _OPERATIONS[operation](model, queue, receiver, body, dead, faults, link)
+        except KeyError:
+            raise ManagementError(400, "amqp:not-implemented", f"operation {operation!r} is not supported") from None
+        except ServiceBusFault as fault:
+            raise ManagementError(fault.status, fault.condition, fault.description) from None
+
+    return operate
+
+
+def _tokens(body: dict[str, Any]) -> list[uuid.UUID]:
+    return [t if isinstance(t, uuid.UUID) else uuid.UUID(bytes=bytes(t)) for t in body.get("lock-tokens") or []]
+
+
+def _renew_lock(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
+    expirations = [Timestamp(model.renew_message_lock(queue, token)) for token in _tokens(body)]
+    return Reply(200, "OK", {"expirations": Array(expirations)})
+
+
+def _renew_session_lock(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
+    until = model.renew_session_lock(queue, str(body.get("session-id")))
+    return Reply(200, "OK", {"expiration": Timestamp(until)})
+
+
+def _get_state(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
+    state = model.get_session_state(queue, str(body.get("session-id")))
+    return Reply(200, "OK", {"session-state": state})
+
+
+def _set_state(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
+    state = body.get("session-state")
+    model.set_session_state(queue, str(body.get("session-id")), bytes(state) if state is not None else None)
+    return Reply(200, "OK", None)
+
+
+def _receive_deferred(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
+    if receiver is None:
+        raise ManagementError(400, "com.microsoft:argument-error", "no receive link for this request")
+    seqs = [int(s) for s in body.get("sequence-numbers") or []]
+    session_id = body.get("session-id")
+    found = model.receive_deferred(queue, receiver, seqs, str(session_id) if session_id else None)
+    messages = [
+        {"message": delivered_form(m, queue), "lock-token": m.lock_token}
+        for m in found
+    ]
+    if int(body.get("receiver-settle-mode") or 0) == 0:
+        for m in found:  # receive-and-delete
+            if m.lock_token is not None:
+                model.complete(queue, m.lock_token)
+    return Reply(200, "OK", {"messages": messages})
+
+
+def _peek(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], dead: bool, *_: Any) -> Reply:
+    session_id = body.get("session-id")
+    found = model.peek(queue, int(body.get("from-sequence-number") or 0), int(body.get("message-count") or 1),
+                       dead=dead, session_id=str(session_id) if session_id else None)  # fmt: skip
+    if not found:
+        return Reply(204, "No Content", None)
+    return Reply(200, "OK", {"messages": [{"message": delivered_form(m, queue)} for m in found]})
+
+
+def _update_disposition(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any],
+                        dead: bool, faults: Faults, link: Link) -> Reply:  # fmt: skip
+    refusal = faults.refusal("settle")
+    if refusal is not None:
+        raise ManagementError(503, *refusal)
+    status = str(body.get("disposition-status"))
+    for token in _tokens(body):
+        if status == "completed":
+            model.complete(queue, token)
+        elif status == "abandoned":
+            model.abandon(queue, token)
+        elif status == "defered":
+            model.defer(queue, token)
+        elif status == "suspended":
+            reason, description = body.get("deadletter-reason"), body.get("deadletter-description")
+            model.dead_letter(queue, token, str(reason) if reason is not None else None,
+                              str(description) if description is not None else None)  # fmt: skip
+        else:
+            raise ManagementError(400, "com.microsoft:argument-error", f"unknown disposition {status!r}")
+    if faults.drop_after("settle", link):
+        return Reply(-1)
+    return Reply(200, "OK", None)
+
+
+def _schedule(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
+    items = []
+    for entry in body.get("messages") or []:
+        entry = {str(k): v for k, v in entry.items()}
+        raw = bytes(entry["message"])
+        message = amqp_message.parse(raw)
+        session_id = message.prop("group_id")
+        message_id = message.prop("message_id")
+        ttl = message.header[2] if message.header else None
+        scheduled = message.annotations.get(SCHEDULED)
+        items.append((raw, str(session_id) if session_id is not None else None,
+                      str(message_id) if message_id is not None else None,
+                      int(ttl) if ttl else None, int(scheduled) if scheduled is not None else None))  # fmt: skip
+    seqs = model.send(queue, items)
+    return Reply(200, "OK", {"sequence-numbers": Array([int(s) for s in seqs])})
+
+
+def _cancel(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
+    model.cancel_scheduled(queue, [int(s) for s in body.get("sequence-numbers") or []])
+    return Reply(200, "OK", None)
+
+
+def _sessions(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
+    ids = sorted({m.session_id for m in queue.messages.values() if m.session_id and not m.dead})
+    if not ids:
+        return Reply(204, "No Content", None)
+    return Reply(200, "OK", {"skip": 0, "sessions-ids": Array(ids)})
+
+
+_OPERATIONS: dict[str, Any] = {
+    "com.microsoft:renew-lock": _renew_lock,
+    "com.microsoft:renew-session-lock": _renew_session_lock,
+    "com.microsoft:get-session-state": _get_state,
+    "com.microsoft:set-session-state": _set_state,
+    "com.microsoft:receive-by-sequence-number": _receive_deferred,
+    "com.microsoft:peek-message": _peek,
+    "com.microsoft:update-disposition": _update_disposition,
+    "com.microsoft:schedule-message": _schedule,
+    "com.microsoft:cancel-scheduled-message": _cancel,
+    "com.microsoft:get-message-sessions": _sessions,
+}

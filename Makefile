@@ -79,7 +79,7 @@ dev: setup ## run the whole system locally: four processes on the local stand-in
 	@echo "  or:   make demo   (in another terminal)"
 	@echo ""
 	EVENTFLOW_LOCAL_DIR=$(LOCAL_DIR) $(RUN) honcho -f Procfile start -p 5000 \
-		-c producer=1,publisher=$(PUBLISHERS),subscriber=$(SUBSCRIBERS),consumer=$(CONSUMERS),cosmos=1
+		-c producer=1,publisher=$(PUBLISHERS),subscriber=$(SUBSCRIBERS),consumer=$(CONSUMERS),cosmos=1,messaging=1,azurite=1
 
 .PHONY: dev-reset
 dev-reset: ## forget everything make dev stored

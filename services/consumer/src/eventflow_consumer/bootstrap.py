@@ -1,13 +1,12 @@
-"""The one place that chooses adapters: local stand-ins, emulators or Azure, by `settings.mode`."""
+"""The one place that chooses adapters: emulators (local or compose) or Azure, by `settings.mode`."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -56,24 +55,9 @@ async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
 
 
 async def _servicebus(settings: Settings, stack: AsyncExitStack) -> Any:
-    if settings.mode == "local":
-        from azure.servicebus.exceptions import MessagingEntityAlreadyExistsError  # noqa: PLC0415
-
-        from eventflow_local import LocalEnvironment  # noqa: PLC0415 - dev-only dependency
-        from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient  # noqa: PLC0415
-
-        environment = LocalEnvironment(settings.local_dir)
-        async with ServiceBusAdministrationClient(environment) as admin:
-            with suppress(MessagingEntityAlreadyExistsError):
-                await admin.create_queue(
-                    settings.inbox_queue, requires_session=True, requires_duplicate_detection=True,
-                    duplicate_detection_history_time_window=timedelta(minutes=10), max_delivery_count=10,
-                    lock_duration=timedelta(seconds=30),
-                )  # fmt: skip
-        return await stack.enter_async_context(ServiceBusClient(environment))
     from azure.servicebus.aio import ServiceBusClient as AzureServiceBusClient  # noqa: PLC0415
 
-    if settings.mode == "emulator":
+    if settings.mode != "azure":
         assert settings.servicebus_connection_string is not None
         servicebus = AzureServiceBusClient.from_connection_string(
             settings.servicebus_connection_string.get_secret_value()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
@@ -14,13 +13,16 @@ EMULATOR_KEY = (
     "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
 )
 LOCAL_COSMOS_ENDPOINT = "http://127.0.0.1:8081/"
+LOCAL_MESSAGING = (  # the project's Event Hubs + Service Bus emulator, with the official emulators' key
+    "Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=RootManageSharedAccessKey;"
+    "SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true"
+)
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONSUMER_", extra="ignore")
 
     mode: Literal["local", "emulator", "azure"] = "local"
-    local_dir: Path = Path(".local")
     servicebus_namespace: str | None = None
     servicebus_connection_string: SecretStr | None = None
     inbox_queue: str = "inbox"
@@ -56,6 +58,9 @@ class Settings(BaseSettings):
         if self.mode == "local":  # the project's own emulators on this machine (make dev)
             self.cosmos_endpoint = self.cosmos_endpoint or LOCAL_COSMOS_ENDPOINT
             self.cosmos_key = self.cosmos_key or SecretStr(EMULATOR_KEY)
+            self.servicebus_connection_string = self.servicebus_connection_string or SecretStr(
+                LOCAL_MESSAGING
+            )
         if self.mode == "emulator" and not (
             self.servicebus_connection_string and self.cosmos_endpoint and self.cosmos_key
         ):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
@@ -19,13 +18,13 @@ LOCAL_COSMOS_ENDPOINT = "http://127.0.0.1:8081/"
 
 
 class Settings(BaseSettings):
-    """`mode` picks the backends: `local` (the SQLite stand-ins in `local_dir`), `emulator`
-    (the Cosmos DB emulator, with its well-known key) or `azure` (managed identity, no keys)."""
+    """`mode` picks the backends: `local` (the project's emulators on this machine, endpoints and
+    keys by default), `emulator` (an emulator named by endpoint and key: compose, the official
+    one) or `azure` (managed identity, no keys). The SDK code path is the same for all three."""
 
     model_config = SettingsConfigDict(env_prefix="PRODUCER_", extra="ignore")
 
     mode: Literal["local", "emulator", "azure"] = "local"
-    local_dir: Path = Path(".local")
     cosmos_endpoint: str | None = None
     cosmos_key: SecretStr | None = None
     database: str = "eventflow"

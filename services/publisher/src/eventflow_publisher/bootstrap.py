@@ -1,4 +1,4 @@
-"""The one place that chooses adapters: local stand-ins, emulators or Azure, by `settings.mode`."""
+"""The one place that chooses adapters: emulators (local or compose) or Azure, by `settings.mode`."""
 
 from __future__ import annotations
 
@@ -78,20 +78,9 @@ async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
 
 async def _producer(settings: Settings, stack: AsyncExitStack) -> Any:
     """The Event Hubs producer for the mode."""
-    if settings.mode == "local":
-        from eventflow_local import LocalEnvironment  # noqa: PLC0415 - dev-only dependency
-        from eventflow_local.eventhubs import EventHubProducerClient, create_event_hub  # noqa: PLC0415
-
-        environment = LocalEnvironment(settings.local_dir)
-        await create_event_hub(
-            environment, settings.eventhub_name, partition_count=settings.local_hub_partitions
-        )
-        return await stack.enter_async_context(
-            EventHubProducerClient(environment, eventhub_name=settings.eventhub_name)
-        )
     from azure.eventhub.aio import EventHubProducerClient as AzureProducer  # noqa: PLC0415
 
-    if settings.mode == "emulator":
+    if settings.mode != "azure":
         assert settings.eventhubs_connection_string is not None
         producer = AzureProducer.from_connection_string(
             settings.eventhubs_connection_string.get_secret_value(),

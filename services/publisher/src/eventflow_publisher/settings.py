@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 from datetime import datetime
-from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
@@ -17,6 +16,10 @@ EMULATOR_KEY = (
     "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
 )
 LOCAL_COSMOS_ENDPOINT = "http://127.0.0.1:8081/"
+LOCAL_MESSAGING = (  # the project's Event Hubs + Service Bus emulator, with the official emulators' key
+    "Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=RootManageSharedAccessKey;"
+    "SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true"
+)
 
 
 def _instance_name() -> str:
@@ -27,7 +30,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PUBLISHER_", extra="ignore")
 
     mode: Literal["local", "emulator", "azure"] = "local"
-    local_dir: Path = Path(".local")
     cosmos_endpoint: str | None = None
     cosmos_key: SecretStr | None = None
     database: str = "eventflow"
@@ -37,9 +39,10 @@ class Settings(BaseSettings):
     eventhubs_namespace: str | None = Field(
         default=None, description="azure: <name>.servicebus.windows.net"
     )
-    eventhubs_connection_string: SecretStr | None = Field(default=None, description="emulator only")
+    eventhubs_connection_string: SecretStr | None = Field(
+        default=None, description="local / emulator"
+    )
     eventhub_name: str = "orders"
-    local_hub_partitions: int = Field(default=4, ge=1, le=32)
 
     processor_name: str = "publisher"
     instance_name: str = Field(default_factory=_instance_name)
@@ -80,6 +83,9 @@ class Settings(BaseSettings):
         if self.mode == "local":  # the project's own emulators on this machine (make dev)
             self.cosmos_endpoint = self.cosmos_endpoint or LOCAL_COSMOS_ENDPOINT
             self.cosmos_key = self.cosmos_key or SecretStr(EMULATOR_KEY)
+            self.eventhubs_connection_string = self.eventhubs_connection_string or SecretStr(
+                LOCAL_MESSAGING
+            )
         if self.mode == "emulator" and not (
             self.cosmos_endpoint and self.cosmos_key and self.eventhubs_connection_string
         ):

@@ -1,11 +1,10 @@
-"""The one place that chooses adapters: local stand-ins, emulators or Azure, by `settings.mode`."""
+"""The one place that chooses adapters: emulators (local or compose) or Azure, by `settings.mode`."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -14,7 +13,6 @@ from azure.core.exceptions import ResourceExistsError
 from eventflow_subscriber.settings import Settings
 
 LOG = structlog.get_logger("eventflow_subscriber.bootstrap")
-LOCAL_NAMESPACE = "eventflow.local"
 
 
 @dataclass(frozen=True)
@@ -47,39 +45,6 @@ async def _blob_store(settings: Settings, stack: AsyncExitStack, credential: Any
     return await stack.enter_async_context(store)
 
 
-async def _local(settings: Settings, stack: AsyncExitStack) -> Clients:
-    from azure.servicebus.exceptions import MessagingEntityAlreadyExistsError  # noqa: PLC0415
-
-    from eventflow_local import LocalEnvironment  # noqa: PLC0415 - dev-only dependency
-    from eventflow_local.checkpoints import SqliteCheckpointStore  # noqa: PLC0415
-    from eventflow_local.eventhubs import EventHubConsumerClient, create_event_hub  # noqa: PLC0415
-    from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient  # noqa: PLC0415
-
-    environment = LocalEnvironment(settings.local_dir)
-    await create_event_hub(environment, settings.eventhub_name)
-    async with ServiceBusAdministrationClient(environment) as admin:
-        with suppress(MessagingEntityAlreadyExistsError):
-            await admin.create_queue(
-                settings.inbox_queue, requires_session=True, requires_duplicate_detection=True,
-                duplicate_detection_history_time_window=timedelta(minutes=10), max_delivery_count=10,
-                lock_duration=timedelta(seconds=30),
-            )  # fmt: skip
-    store = (
-        await _blob_store(settings, stack)
-        if settings.local_checkpoints == "blob"
-        else await stack.enter_async_context(SqliteCheckpointStore(environment))
-    )
-    consumer = EventHubConsumerClient(
-        environment, eventhub_name=settings.eventhub_name, consumer_group=settings.consumer_group,
-        checkpoint_store=store, load_balancing_interval=settings.load_balancing_interval_seconds,
-        owner_id=settings.owner_id, fully_qualified_namespace=LOCAL_NAMESPACE,
-    )  # fmt: skip
-    client = await stack.enter_async_context(ServiceBusClient(environment))
-    return Clients(
-        consumer, await stack.enter_async_context(client.get_queue_sender(settings.inbox_queue))
-    )
-
-
 async def _azure_sdk(settings: Settings, stack: AsyncExitStack) -> Clients:
     from azure.eventhub.aio import EventHubConsumerClient  # noqa: PLC0415
     from azure.servicebus.aio import ServiceBusClient  # noqa: PLC0415
@@ -88,7 +53,7 @@ async def _azure_sdk(settings: Settings, stack: AsyncExitStack) -> Clients:
         "load_balancing_interval": settings.load_balancing_interval_seconds,
         "load_balancing_strategy": "greedy",
     }
-    if settings.mode == "emulator":
+    if settings.mode != "azure":
         assert settings.eventhubs_connection_string is not None
         assert settings.servicebus_connection_string is not None
         store = await _blob_store(settings, stack)
@@ -120,9 +85,7 @@ async def _azure_sdk(settings: Settings, stack: AsyncExitStack) -> Clients:
 @asynccontextmanager
 async def open_clients(settings: Settings) -> AsyncIterator[Clients]:
     async with AsyncExitStack() as stack:
-        clients = await (
-            _local(settings, stack) if settings.mode == "local" else _azure_sdk(settings, stack)
-        )
+        clients = await _azure_sdk(settings, stack)
         LOG.info("clients ready", mode=settings.mode, hub=settings.eventhub_name, consumer_group=settings.consumer_group,
                  inbox=settings.inbox_queue)  # fmt: skip
         yield clients

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -23,12 +22,20 @@ PROJECTION_NEEDS = (
 LOWERCASE = "keep it lowercase: the checkpoint store lowercases blob names and KEDA reads them"
 
 
+LOCAL_MESSAGING = (  # the project's Event Hubs + Service Bus emulator, with the official emulators' key
+    "Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=RootManageSharedAccessKey;"
+    "SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true"
+)
+LOCAL_STORAGE = (  # Azurite's published development account
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SUBSCRIBER_", extra="ignore")
 
     mode: Literal["local", "emulator", "azure"] = "local"
-    local_dir: Path = Path(".local")
-    local_checkpoints: Literal["sqlite", "blob"] = "sqlite"
 
     eventhubs_namespace: str | None = Field(
         default=None, description="azure: <name>.servicebus.windows.net"
@@ -40,7 +47,7 @@ class Settings(BaseSettings):
         default=None, description="azure: https://<account>.blob.core.windows.net"
     )
     storage_connection_string: SecretStr | None = Field(
-        default=None, description="emulator / local blob: Azurite"
+        default=None, description="local / emulator: Azurite"
     )
     checkpoint_container: str = "checkpoints"
     create_checkpoint_container: bool | None = None
@@ -105,6 +112,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _backend_settings_fit_the_mode(self) -> Self:
+        if (
+            self.mode == "local"
+        ):  # the project's own emulators and Azurite on this machine (make dev)
+            self.eventhubs_connection_string = self.eventhubs_connection_string or SecretStr(
+                LOCAL_MESSAGING
+            )
+            self.servicebus_connection_string = self.servicebus_connection_string or SecretStr(
+                LOCAL_MESSAGING
+            )
+            self.storage_connection_string = self.storage_connection_string or SecretStr(
+                LOCAL_STORAGE
+            )
         if self.mode == "emulator" and not (
             self.eventhubs_connection_string
             and self.storage_connection_string
@@ -126,14 +145,6 @@ class Settings(BaseSettings):
                 or self.servicebus_connection_string
             ):
                 raise ValueError("mode=azure uses managed identity: no connection strings")
-        if (
-            self.mode == "local"
-            and self.local_checkpoints == "blob"
-            and not self.storage_connection_string
-        ):
-            raise ValueError(
-                "local_checkpoints=blob needs SUBSCRIBER_STORAGE_CONNECTION_STRING (Azurite)"
-            )
         return self
 
     @property

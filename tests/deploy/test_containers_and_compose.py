@@ -216,6 +216,24 @@ def test_each_dockerfile_is_multi_stage_non_root_pid1_and_installs_only_its_serv
     assert not re.search(r"^(ENV|ARG) .*(KEY|PASSWORD|SECRET|CONNECTION)", text, re.MULTILINE), (
         "no secrets baked in"
     )
+    prefix = directory.split("-", maxsplit=1)[0].upper()
+    assert re.search(rf"^ENV {prefix}_MODE=azure$", text, re.MULTILINE), (
+        "Azure unless told otherwise"
+    )
+    assert "# syntax=" not in text, "the classic builder and BuildKit alike, no frontend to pull"
+
+
+@pytest.mark.parametrize("directory", SERVICES)
+def test_each_image_runs_its_environment_from_where_it_was_made(directory: str) -> None:
+    """uv writes the environment's absolute path into its console scripts' shebangs: the runtime
+    stage must copy it to the same path the build stage made it at."""
+    text = (ROOT / "services" / directory / "Dockerfile").read_text()
+    made_at = re.search(r"UV_PROJECT_ENVIRONMENT=(\S+)", text)
+    assert made_at, "the build stage names where uv makes the environment"
+    copied = re.search(r"^COPY --from=build \S* ?(\S+) (\S+)$", text, re.MULTILINE)
+    assert copied, "the runtime stage copies the environment"
+    assert copied.groups() == (made_at[1], made_at[1])
+    assert re.search(rf"^ENV PATH={re.escape(made_at[1])}/bin:", text, re.MULTILINE)
 
 
 @pytest.mark.slow

@@ -76,17 +76,30 @@ ensure_base() {
   [ "$(id -u)" -eq 0 ] || die "no $BASE_IMAGE here; making it with debootstrap needs root"
   command -v debootstrap >/dev/null 2>&1 || die "no $BASE_IMAGE here and debootstrap is not installed"
   say "making $BASE_IMAGE from Debian bookworm (debootstrap, $DEBIAN_MIRROR)"
-  local started=$SECONDS rootfs
+  local started=$SECONDS
+  make_base
+  say "base image made in $((SECONDS - started)) s"
+}
+
+# A subshell, so its EXIT trap removes the scratch root filesystem whichever way it ends: first
+# whatever debootstrap left mounted in it, then its files without crossing into other filesystems.
+make_base() (
   rootfs=$(mktemp -d "${TMPDIR:-/tmp}/eventflow-rootfs.XXXXXX")
-  # shellcheck disable=SC2064
-  trap "rm -rf '$rootfs'" RETURN
+  cleanup() {
+    awk -v root="$rootfs" 'index($2, root "/") == 1 {print $2}' /proc/mounts | sort -r \
+      | while read -r mount; do umount -l "$mount" || true; done
+    rm -rf --one-file-system "$rootfs"
+  }
+  trap cleanup EXIT
   debootstrap --variant=minbase --include=python3,python3-pip,python3-venv,ca-certificates \
     bookworm "$rootfs" "$DEBIAN_MIRROR" >"$STATE_DIR/debootstrap.log" 2>&1 \
     || die "debootstrap failed: $(tail -n 1 "$STATE_DIR/debootstrap.log")"
+  # laid out like the official image: pip installs into the system, `python` exists
   rm -f "$rootfs"/usr/lib/python3.11/EXTERNALLY-MANAGED
   ln -sf /usr/bin/python3 "$rootfs"/usr/bin/python
   # the registries may be reached through a local CA: the build stages use the host's bundle
-  cp /etc/ssl/certs/ca-certificates.crt "$rootfs"/etc/ssl/certs/ca-certificates.crt
+  cp /etc/ssl/certs/ca-certificates.crt "$rootfs"/etc/ssl/certs/ca-certificates.crt \
+    || die "no CA bundle at /etc/ssl/certs/ca-certificates.crt to give the base image"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" -c . | docker import \
     --change 'ENV UV_NATIVE_TLS=1' \
@@ -94,8 +107,7 @@ ensure_base() {
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["python3"]' \
     - "$BASE_IMAGE" >/dev/null || die "docker import of the base image failed"
-  say "base image made in $((SECONDS - started)) s"
-}
+)
 
 # Builds the four images with the classic builder (BuildKit would fetch its frontend image).
 build_images() {

@@ -17,9 +17,8 @@ engine_answers() { docker info >/dev/null 2>&1; }
 # docker.io (dockerd, containerd, runc) and debootstrap from Debian, when missing.
 ensure_packages() {
   local missing=()
-  command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+  { command -v dockerd && command -v docker; } >/dev/null 2>&1 || missing+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
-  command -v docker >/dev/null 2>&1 || missing+=(docker.io)
   [ ${#missing[@]} -eq 0 ] && return 0
   [ "$(id -u)" -eq 0 ] || die "needs root to install ${missing[*]} (apt-get)"
   command -v apt-get >/dev/null 2>&1 || die "no apt-get here to install ${missing[*]}"

@@ -37,6 +37,14 @@ test: setup ## run every test CI runs, with coverage
 	@echo "libs/contracts must stay at 95 % line coverage or more:"
 	$(RUN) coverage report --include='libs/contracts/*' --fail-under=95 --skip-covered
 
+.PHONY: images
+images: ## build the four service images (eventflow-<service>:dev) on the running Docker engine
+	tools/images/build.sh
+
+.PHONY: test-images
+test-images: setup ## build and run the four images on a local engine (installs and starts one when missing)
+	RUN='$(RUN)' PYTEST_ARGS='$(PYTEST_ARGS)' tools/images/test-images.sh
+
 .PHONY: test-unit
 test-unit: setup ## unit tests only
 	$(RUN) pytest libs/*/tests/unit $(wildcard services/*/tests/unit) $(PYTEST_ARGS)

@@ -1,4 +1,5 @@
-"""What can be checked here without Docker: the compose file (with the Compose v2 binary), the
+"""What can be checked here without Docker: the compose file (with the Compose v2 binary: the
+Event Hubs emulator's Blob and Table servers, pinned images, host ports), the
 emulator configs (against the constraints of the emulators' published Config-schema.json files —
 namespace names, entity counts, name patterns, duration and count ranges — transcribed as tests), the Dockerfiles,
 and the exact set of packages each image installs (by running its build stage's uv command)."""
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import compose
 import pytest
@@ -65,6 +67,65 @@ def test_the_four_services_build_from_their_dockerfiles_with_the_emulator_settin
         assert services[service]["environment"][f"{prefix}_MODE"] == "emulator"
     assert {"azurite", "eventhubs", "servicebus", "sqlserver", "cosmos"} <= set(services)
     assert services["servicebus"]["depends_on"]["sqlserver"]["condition"] == "service_healthy"
+
+
+def compose_services() -> dict[str, Any]:
+    result = compose_config(ROOT / "docker-compose.yml", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services: dict[str, Any] = json.loads(result.stdout)["services"]
+    return services
+
+
+def test_the_event_hubs_emulator_finds_blob_and_table_in_a_full_azurite() -> None:
+    """The emulator keeps checkpoints in Blob (BLOB_SERVER) and its metadata in Table
+    (METADATA_SERVER): both must name a service running Azurite with those endpoints open."""
+    services = compose_services()
+    eventhubs = services["eventhubs"]
+    for setting, option, port in (("BLOB_SERVER", "--blobHost", 10000),
+                                  ("METADATA_SERVER", "--tableHost", 10002)):  # fmt: skip
+        name = eventhubs["environment"][setting]
+        assert name in eventhubs["depends_on"], f"{setting}={name} is not started first"
+        server = services[name]
+        assert server["image"].startswith("mcr.microsoft.com/azure-storage/azurite:")
+        command = server.get("command")
+        if command is not None:  # the image's default command runs all three services
+            assert command[0] == "azurite", f"{name} runs {command[0]} only, not Blob and Table"
+            assert command[command.index(option) + 1] == "0.0.0.0", f"{option} not reachable"
+        assert port in {published["target"] for published in server["ports"]}
+
+
+def test_every_pulled_image_is_pinned() -> None:
+    for name, service in compose_services().items():
+        if "build" in service:
+            continue
+        image = service["image"]
+        if "@sha256:" in image:
+            continue
+        repository, _, tag = image.rpartition(":")
+        assert repository, f"{name}: {image} has no tag (that is :latest)"
+        assert "/" not in tag, f"{name}: {image} has no tag (that is :latest)"
+        assert not re.search(r"latest|preview|stable", tag), f"{name}: {image} is a moving tag"
+
+
+def test_each_host_port_is_published_once_on_loopback_and_make_dev_ports_stay_free() -> None:
+    published: dict[int, str] = {}
+    for name, service in compose_services().items():
+        for port in service.get("ports", []):
+            host_port = int(port["published"])
+            assert host_port not in published, f"{host_port}: {published.get(host_port)} and {name}"
+            published[host_port] = name
+            assert port.get("host_ip") == "127.0.0.1", f"{name}: {host_port} open beyond this host"
+    # make dev: publisher 5100, subscriber 5200, consumer read API 5300 (the producer's 8000 is
+    # the same service in both, never run together)
+    assert not {5100, 5200, 5300} & set(published), "taken by make dev"
+
+
+def test_the_services_run_read_only_as_the_images_make_images_builds() -> None:
+    services = compose_services()
+    for service, directory in {"producer": "producer-api", "publisher": "publisher",
+                               "subscriber": "subscriber", "consumer": "consumer"}.items():  # fmt: skip
+        assert services[service]["image"] == f"eventflow-{directory}:dev"
+        assert services[service]["read_only"] is True
 
 
 def iso_duration(value: str) -> timedelta:
@@ -155,6 +216,24 @@ def test_each_dockerfile_is_multi_stage_non_root_pid1_and_installs_only_its_serv
     assert not re.search(r"^(ENV|ARG) .*(KEY|PASSWORD|SECRET|CONNECTION)", text, re.MULTILINE), (
         "no secrets baked in"
     )
+    prefix = directory.split("-", maxsplit=1)[0].upper()
+    assert re.search(rf"^ENV {prefix}_MODE=azure$", text, re.MULTILINE), (
+        "Azure unless told otherwise"
+    )
+    assert "# syntax=" not in text, "the classic builder and BuildKit alike, no frontend to pull"
+
+
+@pytest.mark.parametrize("directory", SERVICES)
+def test_each_image_runs_its_environment_from_where_it_was_made(directory: str) -> None:
+    """uv writes the environment's absolute path into its console scripts' shebangs: the runtime
+    stage must copy it to the same path the build stage made it at."""
+    text = (ROOT / "services" / directory / "Dockerfile").read_text()
+    made_at = re.search(r"UV_PROJECT_ENVIRONMENT=(\S+)", text)
+    assert made_at, "the build stage names where uv makes the environment"
+    copied = re.search(r"^COPY --from=build \S* ?(\S+) (\S+)$", text, re.MULTILINE)
+    assert copied, "the runtime stage copies the environment"
+    assert copied.groups() == (made_at[1], made_at[1])
+    assert re.search(rf"^ENV PATH={re.escape(made_at[1])}/bin:", text, re.MULTILINE)
 
 
 @pytest.mark.slow

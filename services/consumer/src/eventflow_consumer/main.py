@@ -1,12 +1,19 @@
-"""Entry point. SIGTERM/SIGINT: accept no new session, finish the in-flight message, close."""
+"""Entry point. SIGTERM/SIGINT: accept no new session, finish the in-flight message, close; while
+still connecting at start, give up the connecting and exit 0. Invalid settings: one line on stderr
+naming them, exit 2."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
+from collections.abc import Awaitable
+from contextlib import AsyncExitStack
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
+from pydantic import ValidationError
 
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump
 from eventflow_consumer.bootstrap import Resources, open_resources
@@ -17,6 +24,43 @@ from eventflow_consumer.sessions import PoisonPolicy, SessionWorker, WorkerSetti
 from eventflow_consumer.settings import Settings
 
 LOG = structlog.get_logger("eventflow_consumer")
+T = TypeVar("T")
+
+
+def settings_problems(error: ValidationError) -> str:
+    """What is wrong with the settings, on one line, by environment variable; never their values."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        message = item["msg"].removeprefix("Value error, ")
+        name = "_".join(str(part) for part in item["loc"]).upper()
+        problems.append(f"{prefix}{name}: {message}" if name else message)
+    return " ".join("; ".join(problems).split())
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; invalid ones end the process with exit code 2."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        sys.stderr.write(f"eventflow-consumer: invalid settings: {settings_problems(error)}\n")
+        raise SystemExit(2) from None
+
+
+async def unless_stopped(stop: asyncio.Event, starting: Awaitable[T]) -> T | None:
+    """`starting`'s result, or None when `stop` is set first (`starting` is then cancelled)."""
+    started = asyncio.ensure_future(starting)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([started, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    await asyncio.wait([stopped])
+    if started.done():
+        return started.result()
+    started.cancel()
+    await asyncio.wait([started])
+    if not started.cancelled():
+        started.result()  # what it raised while being cancelled; a late result is closed by its owner
+    return None
 
 
 def worker_of(
@@ -42,7 +86,11 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with open_resources(settings) as resources:
+    async with AsyncExitStack() as stack:
+        resources = await unless_stopped(stop, stack.enter_async_context(open_resources(settings)))
+        if resources is None:
+            LOG.info("stopped while connecting")
+            return
         worker = worker_of(settings, resources, metrics)
         pump = SessionPump(
             resources.servicebus, settings.inbox_queue, worker,
@@ -71,7 +119,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level, service="consumer")
     asyncio.run(run(settings))
 

@@ -1,15 +1,62 @@
 """Entry point: settings, logging, the app, uvicorn. SIGTERM stops accepting, finishes in-flight
-requests, then closes the store (the app's lifespan)."""
+requests, then closes the store (the app's lifespan); while the app is still starting (the store
+still connecting) it gives up the start at once and exits 0. Invalid settings: one line on stderr
+naming them, exit 2."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import sys
+from types import FrameType
+
+import structlog
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from eventflow_producer.api import create_app
 from eventflow_producer.bootstrap import open_store
 from eventflow_producer.logs import configure_logging
 from eventflow_producer.settings import Settings
+
+LOG = structlog.get_logger("eventflow_producer")
+
+
+def settings_problems(error: ValidationError) -> str:
+    """What is wrong with the settings, on one line, by environment variable; never their values."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        message = item["msg"].removeprefix("Value error, ")
+        name = "_".join(str(part) for part in item["loc"]).upper()
+        problems.append(f"{prefix}{name}: {message}" if name else message)
+    return " ".join("; ".join(problems).split())
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; invalid ones end the process with exit code 2."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        sys.stderr.write(f"eventflow-producer-api: invalid settings: {settings_problems(error)}\n")
+        raise SystemExit(2) from None
+
+
+class Server(uvicorn.Server):
+    """uvicorn looks at a stop signal only once the app's startup is over, and the startup waits
+    for the store (retrying while it is unreachable). This server gives up the startup instead."""
+
+    serving: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self.serving = asyncio.current_task()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if not self.started and self.serving is not None:
+            self.serving.get_loop().call_soon_threadsafe(self.serving.cancel)
 
 
 def create_default_app() -> FastAPI:
@@ -20,11 +67,15 @@ def create_default_app() -> FastAPI:
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level)
     app = create_app(settings, open_store)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=20)  # fmt: skip
+    server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                                   access_log=False, timeout_graceful_shutdown=20))  # fmt: skip
+    try:
+        server.run()
+    except asyncio.CancelledError:
+        LOG.info("stopped while starting")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,20 @@
 """Entry point: settings, logging, resources, the processor and the health endpoint.
 SIGTERM/SIGINT: stop reading, finish the in-flight page and its checkpoint, release the leases,
-close the clients."""
+close the clients. A stop signal while still connecting at start gives up the connecting (exit 0).
+Invalid settings: one line on stderr naming them, exit 2."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
+from collections.abc import Awaitable
+from contextlib import AsyncExitStack
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
+from pydantic import ValidationError
 
 from eventflow_publisher.adapters.eventhubs_sender import EventHubsSender
 from eventflow_publisher.bootstrap import open_resources
@@ -19,6 +25,43 @@ from eventflow_publisher.publishing import EventPublisher, SendHealth
 from eventflow_publisher.settings import Settings
 
 LOG = structlog.get_logger("eventflow_publisher")
+T = TypeVar("T")
+
+
+def settings_problems(error: ValidationError) -> str:
+    """What is wrong with the settings, on one line, by environment variable; never their values."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        message = item["msg"].removeprefix("Value error, ")
+        name = "_".join(str(part) for part in item["loc"]).upper()
+        problems.append(f"{prefix}{name}: {message}" if name else message)
+    return " ".join("; ".join(problems).split())
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; invalid ones end the process with exit code 2."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        sys.stderr.write(f"eventflow-publisher: invalid settings: {settings_problems(error)}\n")
+        raise SystemExit(2) from None
+
+
+async def unless_stopped(stop: asyncio.Event, starting: Awaitable[T]) -> T | None:
+    """`starting`'s result, or None when `stop` is set first (`starting` is then cancelled)."""
+    started = asyncio.ensure_future(starting)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([started, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    await asyncio.wait([stopped])
+    if started.done():
+        return started.result()
+    started.cancel()
+    await asyncio.wait([started])
+    if not started.cancelled():
+        started.result()  # what it raised while being cancelled; a late result is closed by its owner
+    return None
 
 
 def options_of(settings: Settings) -> ProcessorOptions:
@@ -52,7 +95,13 @@ async def run(settings: Settings) -> None:
     await runner.setup()
     await web.TCPSite(runner, settings.health_host, settings.health_port).start()
     try:
-        async with open_resources(settings) as resources:
+        async with AsyncExitStack() as stack:
+            resources = await unless_stopped(
+                stop, stack.enter_async_context(open_resources(settings))
+            )
+            if resources is None:
+                LOG.info("stopped while connecting")
+                return
             publisher = EventPublisher(
                 EventHubsSender(resources.producer),
                 resources.poison,
@@ -79,7 +128,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level, service="publisher")
     asyncio.run(run(settings))
 

@@ -1,13 +1,20 @@
 """Entry point. SIGTERM/SIGINT: take no new batch, finish the in-flight ones and their checkpoints,
-close the consumer (releasing partition ownership) and the inbox sender."""
+close the consumer (releasing partition ownership) and the inbox sender. A stop signal while still
+connecting at start gives up the connecting (exit 0). Invalid settings: one line on stderr naming
+them, exit 2."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
+from collections.abc import Awaitable
+from contextlib import AsyncExitStack
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
+from pydantic import ValidationError
 
 from eventflow_subscriber.adapters.eventhubs_reader import Subscription
 from eventflow_subscriber.adapters.servicebus_inbox import ServiceBusInbox
@@ -18,6 +25,43 @@ from eventflow_subscriber.observability import SubscriberMetrics, health_app
 from eventflow_subscriber.settings import Settings
 
 LOG = structlog.get_logger("eventflow_subscriber")
+T = TypeVar("T")
+
+
+def settings_problems(error: ValidationError) -> str:
+    """What is wrong with the settings, on one line, by environment variable; never their values."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        message = item["msg"].removeprefix("Value error, ")
+        name = "_".join(str(part) for part in item["loc"]).upper()
+        problems.append(f"{prefix}{name}: {message}" if name else message)
+    return " ".join("; ".join(problems).split())
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; invalid ones end the process with exit code 2."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        sys.stderr.write(f"eventflow-subscriber: invalid settings: {settings_problems(error)}\n")
+        raise SystemExit(2) from None
+
+
+async def unless_stopped(stop: asyncio.Event, starting: Awaitable[T]) -> T | None:
+    """`starting`'s result, or None when `stop` is set first (`starting` is then cancelled)."""
+    started = asyncio.ensure_future(starting)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([started, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    await asyncio.wait([stopped])
+    if started.done():
+        return started.result()
+    started.cancel()
+    await asyncio.wait([started])
+    if not started.cancelled():
+        started.result()  # what it raised while being cancelled; a late result is closed by its owner
+    return None
 
 
 async def run(settings: Settings) -> None:
@@ -33,7 +77,11 @@ async def run(settings: Settings) -> None:
     await runner.setup()
     await web.TCPSite(runner, settings.health_host, settings.health_port).start()
     try:
-        async with open_clients(settings) as clients:
+        async with AsyncExitStack() as stack:
+            clients = await unless_stopped(stop, stack.enter_async_context(open_clients(settings)))
+            if clients is None:
+                LOG.info("stopped while connecting")
+                return
             forwarder = Forwarder(
                 ServiceBusInbox(clients.inbox_sender), hub=settings.eventhub_name,
                 subscribed=set(settings.subscribed_types) or None, max_message_bytes=settings.max_message_bytes,
@@ -56,7 +104,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level, service="subscriber")
     asyncio.run(run(settings))
 

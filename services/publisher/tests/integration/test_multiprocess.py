@@ -1,4 +1,4 @@
-"""Three publisher processes on the Cosmos DB emulator (and the Event Hubs stand-in): a balanced split of sixteen leases,
+"""Three publisher processes on the real SDKs against the Cosmos DB and messaging emulators: a balanced split of sixteen leases,
 four ranges split while changes flow, a kill -9 taken over after expiry, and every event on the hub at least once, in
 order per order, with the twenty leases spread over the survivors."""
 
@@ -11,25 +11,27 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
-from eventflow_local import LocalEnvironment
-from eventflow_local.eventhubs import EventHubConsumerClient, create_event_hub
+from eventflow_emulators.messaging.reading import hub_contents
+from eventflow_emulators.messaging.testing import RunningMessagingEmulator, messaging_emulator
 
 from ..conftest import Store  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.slow
 
 
-def publisher(store: Store, folder: Path, name: str) -> subprocess.Popen[bytes]:
+def publisher(store: Store, hub: RunningMessagingEmulator, name: str) -> subprocess.Popen[bytes]:
     settings = {**store.settings(),
-        "PUBLISHER_MODE": "local", "PUBLISHER_LOCAL_DIR": str(folder), "PUBLISHER_INSTANCE_NAME": name,
+        "PUBLISHER_MODE": "emulator", "PUBLISHER_EVENTHUBS_CONNECTION_STRING": hub.connection_string,
+        "PUBLISHER_INSTANCE_NAME": name,
         "PUBLISHER_POLL_DELAY_SECONDS": "0.05", "PUBLISHER_ACQUIRE_INTERVAL_SECONDS": "0.3",
         "PUBLISHER_RENEW_INTERVAL_SECONDS": "0.5", "PUBLISHER_LEASE_EXPIRY_SECONDS": "2",
-        "PUBLISHER_HEALTH_PORT": "0", "PUBLISHER_LOG_LEVEL": "WARNING", "PUBLISHER_LOCAL_HUB_PARTITIONS": "4",
+        "PUBLISHER_HEALTH_PORT": "0", "PUBLISHER_LOG_LEVEL": "WARNING",
     }  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-m", "eventflow_publisher.main"], env={**os.environ, **settings},
@@ -37,28 +39,26 @@ def publisher(store: Store, folder: Path, name: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-async def hub_events(environment: LocalEnvironment) -> list[tuple[str, dict]]:
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[RunningMessagingEmulator]:
+    """A messaging emulator of the test's own: its hub `orders` (4 partitions) starts empty."""
+    with messaging_emulator(tmp_path / "messaging") as emulator:
+        yield emulator
+
+
+async def hub_events(hub: RunningMessagingEmulator) -> list[tuple[str, dict]]:
     """Every event on the hub: (partition, CloudEvent), in partition order."""
-    found: list[tuple[str, dict]] = []
-    consumer = EventHubConsumerClient(environment, eventhub_name="orders", consumer_group="check")
-
-    async def on_batch(context, events) -> None:  # type: ignore[no-untyped-def]
-        found.extend((context.partition_id, orjson.loads(b"".join(e.body))) for e in events)
-
-    task = asyncio.create_task(consumer.receive_batch(on_batch, starting_position="-1"))
-    await asyncio.sleep(1.0)  # the stand-in consumer reads everything there is within this time
-    await consumer.close()
-    await task
-    return found
+    contents = await hub_contents(hub.connection_string, "orders")
+    return [
+        (pid, orjson.loads(b"".join(e.body))) for pid, events in contents.items() for e in events
+    ]
 
 
 @pytest.mark.parametrize("feed_ranges", [16])
 async def test_three_processes_balance_survive_a_kill_and_publish_everything_in_order(
-    store: Store, tmp_path: Path
+    store: Store, hub: RunningMessagingEmulator
 ) -> None:
-    hub = LocalEnvironment(tmp_path)
-    await create_event_hub(hub, "orders", partition_count=4)
-    processes = {name: publisher(store, tmp_path, name) for name in "abc"}
+    processes = {name: publisher(store, hub, name) for name in "abc"}
     try:
         leases = await store.lease_store()
 
@@ -112,9 +112,10 @@ async def test_three_processes_balance_survive_a_kill_and_publish_everything_in_
                 process.wait(timeout=20)
 
 
-async def test_sigterm_finishes_and_releases_every_lease(store: Store, tmp_path: Path) -> None:
-    await create_event_hub(LocalEnvironment(tmp_path), "orders", partition_count=4)
-    process = publisher(store, tmp_path, "solo")
+async def test_sigterm_finishes_and_releases_every_lease(
+    store: Store, hub: RunningMessagingEmulator
+) -> None:
+    process = publisher(store, hub, "solo")
     leases = await store.lease_store()
     deadline = time.monotonic() + 30
     while {lease.owner for lease in await leases.list_leases()} != {"solo"}:

@@ -1,5 +1,5 @@
-"""The whole system as OS processes on one local environment, a REST load, kills, and the checks of
-every guarantee in ARCHITECTURE.md. Used by the e2e test, the short chaos test and `make chaos`."""
+"""The whole system as OS processes on the real Azure SDKs against the project's emulators, a
+REST load, kills, and the checks of every guarantee in ARCHITECTURE.md. Used by the e2e test, the short chaos test and `make chaos`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,16 @@ import httpx
 import orjson
 from azure.cosmos.aio import CosmosClient
 from azure.eventhub import EventData
-from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
+from azure.eventhub.aio import EventHubProducerClient
+from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusMessage, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.exceptions import OperationTimeoutError
 
 from eventflow_contracts import ContractError, read_routing
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
-from eventflow_local import LocalEnvironment
-from eventflow_local.eventhubs import EventHubProducerClient, create_event_hub
-from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient
+from eventflow_emulators.messaging.reading import hub_contents
+from eventflow_emulators.messaging.testing import RunningMessagingEmulator, messaging_emulator
+from eventflow_local.servers import RunningServer, azurite
 
 FAST = {
     "PUBLISHER_ACQUIRE_INTERVAL_SECONDS": "1", "PUBLISHER_RENEW_INTERVAL_SECONDS": "1",
@@ -56,6 +58,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _inbox_config(folder: Path, *, lock_seconds: int) -> Path:
+    """The repository's Service Bus emulator config with the inbox's lock shortened."""
+    import json  # noqa: PLC0415
+
+    config = json.loads((Path(__file__).parents[2] / "emulators" / "servicebus.json").read_text())
+    for namespace in config["UserConfig"]["Namespaces"]:
+        for queue in namespace["Queues"]:
+            if queue["Name"] == "inbox":
+                queue["Properties"]["LockDuration"] = f"PT{lock_seconds}S"
+    path = folder / "servicebus.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
 @dataclass
 class System:
     folder: Path
@@ -68,35 +84,57 @@ class System:
     kills: int = 0
     emulators: ExitStack = field(default_factory=ExitStack)
     cosmos: RunningCosmosEmulator | None = None
+    messaging: RunningMessagingEmulator | None = None
+    blobs: RunningServer | None = None
 
-    @property
-    def environment(self) -> LocalEnvironment:
-        return LocalEnvironment(self.folder)
+    def backends(self) -> tuple[RunningCosmosEmulator, RunningMessagingEmulator, RunningServer]:
+        """The running emulators (Cosmos DB, messaging, Azurite); start() first."""
+        if self.cosmos is None or self.messaging is None or self.blobs is None:
+            raise GuaranteeBrokenError("the emulators are not running: start() first")
+        return self.cosmos, self.messaging, self.blobs
 
     def cosmos_client(self) -> CosmosClient:
-        assert self.cosmos is not None, "start() first"
-        return CosmosClient(self.cosmos.endpoint, credential=self.cosmos.key)
+        cosmos = self.backends()[0]
+        return CosmosClient(cosmos.endpoint, credential=cosmos.key)
+
+    def servicebus_client(self) -> ServiceBusClient:
+        return ServiceBusClient.from_connection_string(self._messaging().connection_string)
+
+    def _messaging(self) -> RunningMessagingEmulator:
+        return self.backends()[1]
 
     async def prepare(self) -> None:
-        """The emulators, and what infrastructure does in Azure: the hub and the inbox (short locks
-        for fast recovery)."""
+        """The emulators, with what infrastructure does in Azure: the hub (4 partitions) and the
+        inbox (sessions, duplicate detection; short locks for fast recovery), from config files in
+        the official emulators' format."""
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.cosmos = self.emulators.enter_context(cosmos_emulator(self.folder / "cosmos"))
-        await create_event_hub(self.environment, "orders", partition_count=4)
-        async with ServiceBusAdministrationClient(self.environment) as admin:
-            await admin.create_queue(
-                "inbox", requires_session=True, requires_duplicate_detection=True,
-                duplicate_detection_history_time_window=timedelta(minutes=10), max_delivery_count=10,
-                lock_duration=timedelta(seconds=5),
-            )  # fmt: skip
+        self.messaging = self.emulators.enter_context(messaging_emulator(
+            self.folder / "messaging", servicebus_config=_inbox_config(self.folder, lock_seconds=5),
+        ))  # fmt: skip
+        self.blobs = self.emulators.enter_context(azurite(self.folder))
+
+    def _backends(self, kind: str) -> dict[str, str]:
+        cosmos, bus, blobs = self.backends()
+        prefix, messaging = kind.upper(), bus.connection_string
+        if kind == "subscriber":
+            return {"SUBSCRIBER_EVENTHUBS_CONNECTION_STRING": messaging,
+                    "SUBSCRIBER_SERVICEBUS_CONNECTION_STRING": messaging,
+                    "SUBSCRIBER_STORAGE_CONNECTION_STRING": blobs.connection_string}  # fmt: skip
+        settings = {
+            f"{prefix}_COSMOS_ENDPOINT": cosmos.endpoint,
+            f"{prefix}_COSMOS_KEY": cosmos.key,
+        }
+        if kind == "publisher":
+            settings["PUBLISHER_EVENTHUBS_CONNECTION_STRING"] = messaging
+        if kind == "consumer":
+            settings["CONSUMER_SERVICEBUS_CONNECTION_STRING"] = messaging
+        return settings
 
     def _start(self, name: str) -> None:
         kind = name.split("-", maxsplit=1)[0]
-        settings = {**FAST, f"{kind.upper()}_MODE": "local", f"{kind.upper()}_LOCAL_DIR": str(self.folder),
+        settings = {**FAST, f"{kind.upper()}_MODE": "emulator", **self._backends(kind),
                     f"{kind.upper()}_LOG_LEVEL": "INFO" if kind == "producer" else "WARNING"}  # fmt: skip
-        if kind in ("producer", "publisher", "consumer"):
-            assert self.cosmos is not None
-            settings |= {f"{kind.upper()}_COSMOS_ENDPOINT": self.cosmos.endpoint,
-                         f"{kind.upper()}_COSMOS_KEY": self.cosmos.key}  # fmt: skip
         if kind == "producer":
             settings["PRODUCER_PORT"] = str(self.producer_port)
         elif kind == "consumer":
@@ -240,12 +278,14 @@ class Load:
 
 async def inject_malformed(system: System) -> None:
     """One malformed event straight into the hub, one straight into the inbox."""
-    async with EventHubProducerClient(system.environment, eventhub_name="orders") as producer:
+    async with EventHubProducerClient.from_connection_string(
+        system._messaging().connection_string, eventhub_name="orders"
+    ) as producer:
         batch = await producer.create_batch(partition_key="malformed")
         batch.add(EventData(b"{this is not json"))
         await producer.send_batch(batch)
     async with (
-        ServiceBusClient(system.environment) as client,
+        system.servicebus_client() as client,
         client.get_queue_sender("inbox") as sender,
     ):
         await sender.send_messages(
@@ -335,7 +375,7 @@ async def check_guarantees(system: System, orders: list[str]) -> dict[str, Any]:
             )
             handled += len(marks)
     async with (
-        ServiceBusClient(system.environment) as bus,
+        system.servicebus_client() as bus,
         bus.get_queue_receiver("inbox", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq,
     ):
         dead = {
@@ -360,21 +400,27 @@ async def inject_duplicates(
             event = rng.choice(events)
             copies.append(ServiceBusMessage(orjson.dumps(event), session_id=order_id,
                                             message_id=f"chaos-copy:{event['id']}"))  # fmt: skip
-    async with ServiceBusClient(system.environment) as bus, bus.get_queue_sender("inbox") as sender:
+    async with system.servicebus_client() as bus, bus.get_queue_sender("inbox") as sender:
         await sender.send_messages(copies)
     return len(copies)
 
 
 async def inbox_drained(system: System, wait: float) -> None:
-    """Poll (with a deadline) until the inbox holds no active or deferred message."""
+    """Poll (with a deadline) until no session of the inbox has a message to receive: an accept of
+    the next available session (no SDK retries, short wait) times out."""
     deadline = time.monotonic() + wait
-    while True:
-        async with ServiceBusAdministrationClient(system.environment) as admin:
-            counts = await admin.get_queue_runtime_properties("inbox")
-        if counts["active_message_count"] == counts["deferred_message_count"] == 0:
-            return
-        require(time.monotonic() < deadline, f"the inbox never drained: {counts}")
-        await asyncio.sleep(0.2)
+    async with system.servicebus_client() as bus:
+        while True:
+            receiver = bus.get_queue_receiver(
+                "inbox", session_id=NEXT_AVAILABLE_SESSION, max_wait_time=1, retry_total=0
+            )
+            try:
+                async with receiver:
+                    session = receiver.session.session_id
+            except OperationTimeoutError:
+                return
+            require(time.monotonic() < deadline, f"the inbox never drained (session {session})")
+            await asyncio.sleep(0.5)
 
 
 def kill_plan(system: System, rng: random.Random) -> list[str]:
@@ -437,34 +483,14 @@ async def chaos(
 async def _duplicates_on_the_hub(system: System) -> dict[str, int]:
     """Replays the pipeline absorbed upstream: event ids the hub holds more than once (a publisher
     that re-published after a kill), read from the CloudEvents themselves."""
-    from eventflow_local.eventhubs import EventHubConsumerClient  # noqa: PLC0415
-
     seen: Counter[str] = Counter()
-    consumer = EventHubConsumerClient(
-        system.environment, eventhub_name="orders", consumer_group="chaos-audit"
-    )
-    last = {pid: (await consumer.get_partition_properties(pid))["last_enqueued_sequence_number"]
-            for pid in await consumer.get_partition_ids()}  # fmt: skip
-    reached: dict[str, int] = dict.fromkeys(last, -1)
-
-    async def on_batch(context: Any, events: list[Any]) -> None:
+    contents = await hub_contents(system._messaging().connection_string, "orders", wait_seconds=60)
+    for events in contents.values():
         for event in events:
-            reached[context.partition_id] = event.sequence_number
             try:
                 seen[read_routing(b"".join(event.body)).id] += 1
             except ContractError:
                 seen[f"unroutable:{event.sequence_number}"] += 1
-
-    task = asyncio.create_task(consumer.receive_batch(on_batch, starting_position="-1"))
-    deadline = time.monotonic() + 60
-    while any(reached[pid] < last[pid] for pid in last):
-        require(
-            time.monotonic() < deadline,
-            f"the hub audit never read the whole hub: {reached} < {last}",
-        )
-        await asyncio.sleep(0.1)
-    await consumer.close()
-    await task
     return {
         "hub_events": sum(seen.values()),
         "hub_duplicates_absorbed": sum(count - 1 for count in seen.values()),

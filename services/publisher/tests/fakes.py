@@ -8,6 +8,7 @@ import itertools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from eventflow_publisher.changefeed import Backlog, Lease, LeaseLostError, Page, StartPosition
@@ -95,6 +96,8 @@ class FakeLeaseStore:
             lease.owner_token,
         ):
             raise LeaseLostError(lease.id)
+        if current.etag != lease.etag and current.owner is not None:
+            raise LeaseLostError(lease.id)  # its owner wrote since the listing: alive
         return self._write("acquire", current, owner=owner, owner_token=uuid.uuid4().hex)
 
     async def renew(self, lease: Lease) -> Lease:
@@ -111,9 +114,10 @@ class FakeLeaseStore:
     async def split(self, lease: Lease, children: Sequence[dict[str, Any]]) -> list[Lease]:
         self._check("split", lease)
         start = lease.start
-        if lease.checkpoint_ts is not None:
-            from datetime import UTC, datetime  # noqa: PLC0415
-
+        not_before = start.not_before_ts
+        if lease.checkpoint_ts is not None and (
+            not_before is None or lease.checkpoint_ts > not_before
+        ):
             start = StartPosition("time", datetime.fromtimestamp(lease.checkpoint_ts, UTC))
         created = [self.add(child, start) for child in children]
         del self.leases[lease.id]
@@ -134,6 +138,7 @@ class FakeChangeFeed:
     reads: int = 0
     failing_reads: int = 0
     unresumable: set[int] = field(default_factory=set)
+    multi_range: bool = False  # tokens read several sub-ranges in turn (after a split)
     empty_page_token: str | None = None
 
     def append(self, range_: dict[str, Any], *documents: dict[str, Any]) -> None:
@@ -142,7 +147,7 @@ class FakeChangeFeed:
     async def identity(self) -> str:
         return "rid"
 
-    async def feed_ranges(self) -> list[dict[str, Any]]:
+    async def feed_ranges(self, *, refresh: bool = True) -> list[dict[str, Any]]:
         return list(self.ranges)
 
     async def read_page(
@@ -157,12 +162,12 @@ class FakeChangeFeed:
         if self.failing_reads:
             self.failing_reads -= 1
             raise Unavailable("read")
-        position = int(continuation.lstrip("x")) if continuation else 0
+        position = int(continuation.lstrip("xm")) if continuation else 0
         waiting = self.items.get(bounds(feed_range), [])[position : position + max_items]
         reached = position + len(waiting)
         if not waiting and self.empty_page_token is not None:
             return Page([], self.empty_page_token)
-        token = str(reached)
+        token = f"m{reached}" if self.multi_range else str(reached)
         if reached in self.unresumable:
             self.unresumable.discard(reached)  # the SDK fills a missing sub-token on a later read
             token = f"x{reached}"
@@ -171,9 +176,12 @@ class FakeChangeFeed:
     def is_resumable(self, continuation: str) -> bool:
         return not continuation.startswith("x")
 
+    def spans_one_range(self, continuation: str) -> bool:
+        return not continuation.startswith("m")
+
     async def estimate(
         self, feed_range: dict[str, Any], *, continuation: str | None, start: StartPosition
     ) -> Backlog:
-        position = int(continuation.lstrip("x")) if continuation else 0
+        position = int(continuation.lstrip("xm")) if continuation else 0
         waiting = self.items.get(bounds(feed_range), [])[position:]
         return Backlog(len(waiting), waiting[0].get("_ts") if waiting else None)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AwareDatetime, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The Cosmos DB emulators' published well-known key (the official emulator's and this project's):
@@ -46,7 +45,10 @@ class Settings(BaseSettings):
 
     processor_name: str = "publisher"
     instance_name: str = Field(default_factory=_instance_name)
-    start: Literal["beginning", "now"] | datetime = "beginning"
+    start: Literal["beginning", "now"] | AwareDatetime = Field(
+        default="beginning",
+        description="a time needs its offset (e.g. 2026-11-28T08:00:00Z); `now` is this machine's clock",
+    )
     poll_delay_seconds: float = Field(
         default=0.1, gt=0, description="wait after a page that was not full; empty polls double it"
     )

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+import orjson
 import pytest
 from azure.cosmos import PartitionKey
 from azure.cosmos.aio import CosmosClient as AzureCosmosClient
@@ -142,6 +145,45 @@ class LeaseStoreCases(BackendCases):
         taken = await store.acquire(old, "new-replica")
         assert (taken.version, taken.continuation) == (2, "token-0")
         assert taken.owner_token is not None
+
+    async def test_a_previous_versions_point_in_time_continuation_is_read_again_from_the_start(
+        self, store: CosmosLeaseStore, container: Any
+    ) -> None:
+        """Version 1 handed point-in-time starts to the SDK; its tokens for them cannot be read
+        back (azure-cosmos 4.17.1: `ValueError: year ... is out of range`)."""
+        token = base64.b64encode(orjson.dumps({
+            "v": "v2", "containerRid": "x", "mode": "LatestVersion",
+            "startFrom": {"Type": "PointInTime", "PointInTimeMs": 1_700_000_000_000},
+            "continuation": {"v": "v2", "rid": "x", "continuation": [{"token": '"5"', "range": {}}]},
+        })).decode()  # fmt: skip
+        await container.create_item({
+            "id": f"{store.prefix}..-FF", "kind": "lease", "schema": "eventflow-lease-1",
+            "feed_range": RANGES[0], "owner": None, "continuation": token,
+            "start": StartPosition("time", datetime(2026, 5, 1, tzinfo=UTC)).to_document(),
+            "timestamp": 1.0, "properties": {},
+        })  # fmt: skip
+        (lease,) = await store.list_leases()
+        assert lease.continuation is None
+        assert lease.start.kind == "time"
+
+    async def test_a_newer_versions_lease_is_left_alone(
+        self, store: CosmosLeaseStore, container: Any
+    ) -> None:
+        await store.bootstrap(RANGES[:1], BEGINNING)
+        await container.create_item(
+            {"id": f"{store.prefix}..future", "kind": "lease", "version": 3}
+        )
+        assert [lease.version for lease in await store.list_leases()] == [2]
+
+    async def test_an_acquisition_loses_to_an_owner_that_wrote_since_the_listing(
+        self, store: CosmosLeaseStore
+    ) -> None:
+        await store.bootstrap(RANGES[:1], BEGINNING)
+        owned = await store.acquire((await store.list_leases())[0], "a")
+        (listed,) = await store.list_leases()
+        await store.renew(owned)  # the owner is alive: its write lands after the listing
+        with pytest.raises(LeaseLostError):
+            await store.acquire(listed, "b")
 
     async def test_release_clears_the_owner(self, store: CosmosLeaseStore) -> None:
         await store.bootstrap(RANGES, BEGINNING)

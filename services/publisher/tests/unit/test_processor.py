@@ -381,3 +381,22 @@ def test_no_interleaving_lets_two_acquisitions_write_one_lease_or_a_checkpoint_g
                     assert write.token not in retired, f"a retired acquisition wrote {lease_id}"
 
     asyncio.run(scenario())
+
+
+async def test_a_token_reading_several_ranges_in_turn_never_advances_the_checkpoint_time() -> None:
+    """After a split, one page comes from one child: its newest `_ts` says nothing of the other
+    child's waiting changes, so child leases must not start there."""
+    feed, store = FakeChangeFeed([WHOLE]), FakeLeaseStore()
+    feed.append(WHOLE, *documents("before", 2, ts=1000))
+    handler = Recorder()
+    running = start(feed, store, handler)
+    await eventually(
+        lambda: any(w.continuation == "2" for w in store.writes), "single-range checkpoint"
+    )
+    feed.multi_range = True
+    feed.append(WHOLE, *documents("child-a", 2, ts=2000))
+    await eventually(
+        lambda: any(w.continuation == "m4" for w in store.writes), "multi-range checkpoint"
+    )
+    assert store.leases["p..-FF"].checkpoint_ts == 1000, "the single-range bound is kept"
+    await running.stop()

@@ -25,16 +25,40 @@ LEASE_SCHEMA = f"eventflow-lease-{LEASE_VERSION}"
 MAX_CONFLICT_RETRIES = 5
 
 
+def _v2_state(token: str) -> dict[str, Any] | None:
+    """The decoded V2 continuation (read only, never edited), or None for any other token."""
+    try:
+        state = orjson.loads(base64.b64decode(token, validate=True))
+    except (binascii.Error, orjson.JSONDecodeError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def continuation_spans_one_range(token: str) -> bool:
+    """Whether a V2 token holds one sub-range (after a split it holds one per child)."""
+    state = _v2_state(token)
+    if state is None or not isinstance(state.get("continuation"), dict):
+        return True
+    parts = state["continuation"].get("continuation")
+    return not isinstance(parts, list) or len(parts) <= 1
+
+
+def is_point_in_time_token(token: str | None) -> bool:
+    """A token the SDK wrote for a point-in-time start: it cannot read it back (4.17.1)."""
+    state = _v2_state(token) if token else None
+    start = state.get("startFrom") if state else None
+    return isinstance(start, dict) and start.get("Type") == "PointInTime"
+
+
 def continuation_is_resumable(token: str) -> bool:
     """Whether the SDK can read `token` back. A V2 token (base64 JSON) lists one sub-token per
     physical partition of the range; a partition not read yet since a split has a null one, and
     the SDK refuses the whole token ("Invalid composite token [Missing token]"). Only read here,
     never edited. Anything that is not a V2 token is the SDK's own business: resumable."""
-    try:
-        state = orjson.loads(base64.b64decode(token, validate=True))
-    except (binascii.Error, orjson.JSONDecodeError, ValueError):
-        return True
-    if not isinstance(state, dict) or not isinstance(state.get("continuation"), dict):
+    state = _v2_state(token)
+    if state is None or is_point_in_time_token(token):
+        return state is None
+    if not isinstance(state.get("continuation"), dict):
         return True
     parts = state["continuation"].get("continuation")
     return isinstance(parts, list) and all(part.get("token") is not None for part in parts)
@@ -54,9 +78,10 @@ class CosmosChangeFeed:
         properties = await self._container.read()
         return str(properties["_rid"]).replace("/", "-")
 
-    async def feed_ranges(self) -> list[dict[str, Any]]:
+    async def feed_ranges(self, *, refresh: bool = True) -> list[dict[str, Any]]:
         return [
-            feed_range async for feed_range in self._container.read_feed_ranges(force_refresh=True)
+            feed_range
+            async for feed_range in self._container.read_feed_ranges(force_refresh=refresh)
         ]
 
     def _pages(self, feed_range: dict[str, Any], continuation: str | None, max_items: int) -> Any:
@@ -89,6 +114,9 @@ class CosmosChangeFeed:
 
     def is_resumable(self, continuation: str) -> bool:
         return continuation_is_resumable(continuation)
+
+    def spans_one_range(self, continuation: str) -> bool:
+        return continuation_spans_one_range(continuation)
 
     async def estimate(
         self, feed_range: dict[str, Any], *, continuation: str | None, start: StartPosition
@@ -198,12 +226,17 @@ class CosmosLeaseStore:
 
     @staticmethod
     def _lease(document: dict[str, Any]) -> Lease:
-        """A lease of this version or of version 1 (no version field, no owner token)."""
+        """A lease of this version or of version 1 (no version field, no owner token). Version 1
+        handed point-in-time starts to the SDK, whose tokens for them cannot be read back: such a
+        continuation is dropped, and the lease reads again from its start (duplicates, no loss)."""
+        continuation = document.get("continuation")
+        if is_point_in_time_token(continuation):
+            continuation = None
         return Lease(
             id=document["id"],
             feed_range=document["feed_range"],
             owner=document.get("owner"),
-            continuation=document.get("continuation"),
+            continuation=continuation,
             start=StartPosition.from_document(document["start"]),
             timestamp=float(document.get("timestamp") or 0.0),
             etag=document["_etag"],
@@ -230,11 +263,20 @@ class CosmosLeaseStore:
         found = self._container.query_items(
             query, parameters=[{"name": "@prefix", "value": f"{self.prefix}.."}]
         )
-        return [self._lease(document) async for document in found]
+        # A newer version's document may not parse as this version's lease: left alone.
+        return [
+            self._lease(document)
+            async for document in found
+            if int(document.get("version", 1)) <= LEASE_VERSION
+        ]
 
-    async def _fenced(self, lease: Lease, write: Callable[[Lease], Awaitable[Lease]]) -> Lease:
+    async def _fenced(
+        self, lease: Lease, write: Callable[[Lease], Awaitable[Lease]], *, acquiring: bool = False
+    ) -> Lease:
         """Run an ETag-conditional `write`; on a lost race re-read, and re-apply only while the
-        owner and the owner token are the ones `lease` had. 404: the lease is gone."""
+        owner and the owner token are the ones `lease` had (for an acquisition: only while the
+        lease is unowned: a write in between by its owner proves the owner alive). 404: the lease
+        is gone."""
         expected = (lease.owner, lease.owner_token)
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
@@ -248,11 +290,11 @@ class CosmosLeaseStore:
             if current is None:
                 raise LeaseLostError(lease.id)
             lease = self._lease(current)
-            if (lease.owner, lease.owner_token) != expected:
+            if (lease.owner, lease.owner_token) != expected or (acquiring and lease.owner):
                 raise LeaseLostError(lease.id)
         raise LeaseLostError(f"{lease.id}: kept conflicting after {MAX_CONFLICT_RETRIES} attempts")
 
-    async def _update(self, lease: Lease, **changes: Any) -> Lease:
+    async def _update(self, lease: Lease, *, acquiring: bool = False, **changes: Any) -> Lease:
         async def replace(current: Lease) -> Lease:
             replaced = await self._container.replace_item(
                 current.id, self._document(current, **changes), etag=current.etag,
@@ -260,10 +302,10 @@ class CosmosLeaseStore:
             )  # fmt: skip
             return self._lease(replaced)
 
-        return await self._fenced(lease, replace)
+        return await self._fenced(lease, replace, acquiring=acquiring)
 
     async def acquire(self, lease: Lease, owner: str) -> Lease:
-        return await self._update(lease, owner=owner, owner_token=uuid.uuid4().hex)
+        return await self._update(lease, acquiring=True, owner=owner, owner_token=uuid.uuid4().hex)
 
     async def renew(self, lease: Lease) -> Lease:
         return await self._update(lease)
@@ -275,10 +317,12 @@ class CosmosLeaseStore:
         await self._update(lease, owner=None, owner_token=None)
 
     async def split(self, lease: Lease, children: Sequence[dict[str, Any]]) -> list[Lease]:
-        if lease.checkpoint_ts is not None:
+        start = lease.start
+        not_before = start.not_before_ts
+        if lease.checkpoint_ts is not None and (
+            not_before is None or lease.checkpoint_ts > not_before
+        ):
             start = StartPosition("time", datetime.fromtimestamp(lease.checkpoint_ts, UTC))
-        else:
-            start = lease.start
         created = []
         for child in children:
             document = self._new_lease(child, start)

@@ -60,8 +60,9 @@ class ChangeFeed(Protocol):
         """A stable id of the monitored container (its resource id), for lease ids."""
         ...
 
-    async def feed_ranges(self) -> list[dict[str, Any]]:
-        """The container's current feed ranges (fresh from the service: splits show here)."""
+    async def feed_ranges(self, *, refresh: bool = True) -> list[dict[str, Any]]:
+        """The container's current feed ranges: fresh from the service with `refresh`, else as the
+        client last learnt them (it refreshes on its own when a read meets a split)."""
         ...
 
     async def read_page(
@@ -79,6 +80,11 @@ class ChangeFeed(Protocol):
     def is_resumable(self, continuation: str) -> bool:
         """Whether a read can resume from `continuation` (a token with a sub-range that was
         never read cannot: checkpointing it would break every later read)."""
+        ...
+
+    def spans_one_range(self, continuation: str) -> bool:
+        """Whether `continuation` stands at one position (not several sub-ranges read in turn,
+        as after a split): only then does the newest `_ts` read bound everything before it."""
         ...
 
     async def estimate(
@@ -109,6 +115,7 @@ class ProcessorOptions:
     shutdown_grace: float = 20.0
     stalled_after: float = 120.0
     oldest_change_limit: float | None = None
+    split_check_rounds: int = 10
 
 
 @dataclass
@@ -247,16 +254,23 @@ class _Worker:
         return [item for item in items if int(item.get("_ts", not_before)) >= not_before]
 
     async def _checkpoint(self, page: Page) -> bool:
+        """Store the page's position; False when it cannot be stored (the page will be read
+        again from the last checkpoint)."""
         continuation = page.continuation
         if continuation is None or continuation == self.lease.continuation:
-            return False
+            return True
         if not self.processor.feed.is_resumable(continuation):
             LOG.info(
                 "continuation not resumable yet; keeping the last checkpoint", lease=self.lease.id
             )
+            self.processor.split_suspected = True
             return False
-        stamps = [int(item["_ts"]) for item in page.items if "_ts" in item]
-        reached = max(stamps, default=self.lease.checkpoint_ts)
+        reached = self.lease.checkpoint_ts
+        if self.processor.feed.spans_one_range(continuation):
+            stamps = [int(item["_ts"]) for item in page.items if "_ts" in item]
+            reached = max(stamps, default=reached)
+        # else: after a split the token reads the children in turn, one page each; the newest
+        # `_ts` of one child's page says nothing of the other's, so the last bound is kept.
         leases = self.processor.leases
         await self.write(lambda lease: leases.checkpoint(lease, continuation, reached))
         self.status.checkpointed_at = self.processor.monotonic()
@@ -279,10 +293,13 @@ class _Worker:
                 changes = self._after_start(page.items)
                 if changes:
                     await processor.handler(self.context, changes)
-                await self._checkpoint(page)
+                stored = await self._checkpoint(page)
                 self.status.consecutive_failures = 0
                 if page.items:
                     processor.observer.page_handled(self.lease.id, len(changes))
+                if not stored:  # the same page comes back: not in a tight loop
+                    await self._pause(options.poll_delay)
+                    continue
                 if len(page.items) >= options.max_items:
                     delay = options.poll_delay
                     continue
@@ -328,6 +345,7 @@ class ChangeFeedProcessor:
         self.ready = asyncio.Event()
         self._observed: dict[str, tuple[str, float]] = {}
         self._rounds = 0
+        self.split_suspected = False
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -360,8 +378,7 @@ class ChangeFeedProcessor:
                 asyncio.create_task(self._every(self.options.lag_interval, self._assess, first=self.options.lag_interval)),
             ]  # fmt: skip
             await self._stopping.wait()
-            for loop in loops:
-                loop.cancel()
+            # A round in flight finishes (never a lease acquired and left without a worker).
             await asyncio.gather(*loops, return_exceptions=True)
             await self._shutdown()
         finally:
@@ -375,13 +392,19 @@ class ChangeFeedProcessor:
     async def _every(
         self, interval: float, action: Callable[[], Awaitable[None]], *, first: float
     ) -> None:
-        await asyncio.sleep(first)
-        while True:
+        """Run `action` every `interval` until stop(); a round in flight is never cut short."""
+        wait = first
+        while not await self._stopped_within(wait):
             try:
                 await action()
             except Exception as error:  # noqa: BLE001 - a failed round is retried next interval
                 LOG.warning("processor round failed", action=action.__name__, error=repr(error))
-            await asyncio.sleep(interval)
+            wait = interval
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
 
     def _observe(self, leases: Sequence[Lease], now: float) -> None:
         """Remember when this instance first saw each lease's current ETag."""
@@ -421,7 +444,11 @@ class ChangeFeedProcessor:
             listed = by_id.get(lease_id)
             if not worker.is_active() or listed is None or not self._is_mine(listed):
                 await self._retire(lease_id)
-        ranges = await self.feed.feed_ranges()
+        # A fresh read drops the client's whole routing-map cache: only every few rounds, or
+        # when a token showed a split; otherwise the client's own view (it refreshes on a 410).
+        refresh = self.split_suspected or self._rounds % self.options.split_check_rounds == 0
+        self.split_suspected = False
+        ranges = await self.feed.feed_ranges(refresh=refresh)
         for lease_id, worker in list(self.workers.items()):
             children = children_of(worker.lease.feed_range, ranges)
             if children:
@@ -446,6 +473,9 @@ class ChangeFeedProcessor:
         try:
             lease = await self.leases.acquire(listed, self.options.instance_name)
         except LeaseLostError:
+            return
+        except Exception as error:  # noqa: BLE001 - this lease is tried again next round
+            LOG.warning("lease acquisition failed", lease=listed.id, error=repr(error))
             return
         children = children_of(lease.feed_range, ranges)
         if children:
@@ -484,10 +514,18 @@ class ChangeFeedProcessor:
         backlog = status.backlog
         problem = None
         progressed = status.checkpointed_at or status.acquired_at
-        if backlog is not None and backlog.changes > 0 and now - progressed > options.stalled_after:
+        stuck = now - progressed > options.stalled_after
+        not_before = worker.lease.start.not_before_ts
+        oldest = backlog.oldest_ts if backlog is not None else None
+        if oldest is not None and not_before is not None and oldest < not_before:
+            oldest = None  # history before the start is skipped, not waiting
+        if stuck and status.consecutive_failures > 0:
+            problem = (f"{status.consecutive_failures} reads or handlings failed in a row; nothing "
+                       f"was checkpointed for {now - progressed:.0f} s")  # fmt: skip
+        elif stuck and backlog is not None and backlog.changes > 0:
             problem = f"changes wait but nothing was checkpointed for {now - progressed:.0f} s"
-        elif backlog is not None and backlog.oldest_ts is not None and options.oldest_change_limit:
-            age = time.time() - backlog.oldest_ts
+        elif oldest is not None and options.oldest_change_limit:
+            age = time.time() - oldest
             if age > options.oldest_change_limit:
                 problem = f"the oldest unpublished change is {age:.0f} s old"
         if problem and problem != status.stalled:
@@ -508,13 +546,16 @@ class ChangeFeedProcessor:
     async def _release(self, worker: _Worker) -> None:
         if worker.context.is_lost or worker.outlived():
             return
-        try:
-            async with worker.lock:
-                await self.leases.release(worker.lease)
-        except LeaseLostError:
-            return
-        except Exception as error:  # noqa: BLE001 - the lease then expires instead
-            LOG.warning(
-                "release failed; the lease will expire", lease=worker.lease.id, error=repr(error)
-            )
+        for attempt in range(1, 4):
+            try:
+                async with worker.lock:
+                    await self.leases.release(worker.lease)
+                break
+            except LeaseLostError:
+                return
+            except Exception as error:  # noqa: BLE001 - retried; else the lease expires instead
+                LOG.warning(
+                    "release failed", lease=worker.lease.id, attempt=attempt, error=repr(error)
+                )
+                await asyncio.sleep(backoff(attempt, self.options.retry_delay, 2.0))
         self.observer.lease_released(worker.lease.id)

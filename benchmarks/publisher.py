@@ -1,12 +1,11 @@
 """Publisher throughput, batch sizes and CPU per event, as a process of its own on the real SDKs.
 
 N outbox events are written to the `orders` container first (the Cosmos DB emulator, through the
-real SDK); then one publisher process starts and drains them into the hub. Reported per round:
-events/s (from the publisher's start until its metrics count N published), mean events per Event
-Hubs batch (its batch histogram), and the publisher process's CPU per event, both counted from
-its first send (user + system time
-from /proc, the whole process: own code and the SDKs; the emulators run in other processes and are
-excluded).
+real SDK); then one publisher process starts and drains them into the hub `orders` of the messaging
+emulator (4 partitions). Reported per round, counted from the publisher's first send: events/s,
+mean events per Event Hubs batch (its own batch histogram), and the publisher process's CPU per
+event (user + system time from /proc: own code and the SDKs; the emulators run in processes of
+their own and are excluded; their cost is in their own benchmarks).
 
     uv run python benchmarks/publisher.py [--events 20000] [--rounds 3] [--page 1000]
 """
@@ -34,9 +33,10 @@ from azure.cosmos.aio import CosmosClient
 
 from eventflow_contracts import OrderItemAdded, OrderLine, new_event, to_json_dict
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
+from eventflow_emulators.messaging.testing import messaging_emulator
 
 ORDERS = 500
-HUB_PARTITIONS = 4
+HUB_PARTITIONS = 4  # the hub `orders` of emulators/eventhubs.json
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -84,12 +84,13 @@ def metric(text: str, name: str) -> float:
 async def one_round(count: int, page: int, folder: Path) -> dict[str, Any]:
     with ExitStack() as stack:
         cosmos = stack.enter_context(cosmos_emulator(folder / "cosmos"))
+        hub = stack.enter_context(messaging_emulator(folder / "messaging"))
         await fill(cosmos, count)
         port = 18000 + os.getpid() % 1000
         settings = {
-            "PUBLISHER_MODE": "local", "PUBLISHER_LOCAL_DIR": str(folder),
+            "PUBLISHER_MODE": "emulator", "PUBLISHER_EVENTHUBS_CONNECTION_STRING": hub.connection_string,
             "PUBLISHER_COSMOS_ENDPOINT": cosmos.endpoint, "PUBLISHER_COSMOS_KEY": cosmos.key,
-            "PUBLISHER_LOCAL_HUB_PARTITIONS": str(HUB_PARTITIONS), "PUBLISHER_MAX_ITEMS_PER_PAGE": str(page),
+            "PUBLISHER_MAX_ITEMS_PER_PAGE": str(page),
             "PUBLISHER_HEALTH_PORT": str(port), "PUBLISHER_LOG_LEVEL": "WARNING",
         }  # fmt: skip
         process = subprocess.Popen([sys.executable, "-m", "eventflow_publisher.main"],

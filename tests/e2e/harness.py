@@ -30,7 +30,7 @@ from eventflow_contracts import ContractError, read_routing
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
 from eventflow_emulators.messaging.reading import hub_contents
 from eventflow_emulators.messaging.testing import RunningMessagingEmulator, messaging_emulator
-from eventflow_local.servers import RunningServer, azurite
+from eventflow_emulators.servers import RunningServer, azurite
 
 FAST = {
     "PUBLISHER_ACQUIRE_INTERVAL_SECONDS": "1", "PUBLISHER_RENEW_INTERVAL_SECONDS": "1",

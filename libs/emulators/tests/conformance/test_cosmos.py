@@ -31,10 +31,10 @@ from azure.cosmos.exceptions import (
     CosmosResourceNotFoundError,
 )
 
+from eventflow_emulators.conformance import BackendCases, setting_or_skip
 from eventflow_emulators.cosmos.admin import CosmosEmulatorAdmin
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
-from eventflow_local.pytest_fixtures import BackendCases, setting_or_skip
-from eventflow_local.servers import RunningServer
+from eventflow_emulators.servers import RunningServer
 
 Container = Any
 MakeContainer = Callable[..., Awaitable[Container]]

@@ -12,10 +12,10 @@ import pytest
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 from azure.storage.blob.aio import BlobServiceClient
 
+from eventflow_emulators.conformance import setting_or_skip
+from eventflow_emulators.servers import RunningServer
 from eventflow_local.checkpoints import SqliteCheckpointStore
 from eventflow_local.environment import LocalEnvironment
-from eventflow_local.pytest_fixtures import setting_or_skip
-from eventflow_local.servers import RunningServer
 
 NAMESPACE, HUB, GROUP = "ns.servicebus.windows.net", "orders", "inbox-subscriber"
 

@@ -22,6 +22,8 @@ from azure.eventhub import CloseReason, EventData
 from azure.eventhub.aio import EventHubConsumerClient as AzureConsumer
 from azure.eventhub.aio import EventHubProducerClient as AzureProducer
 
+from eventflow_emulators.conformance import setting_or_skip
+from eventflow_emulators.servers import RunningServer
 from eventflow_local.checkpoints import SqliteCheckpointStore
 from eventflow_local.environment import LocalEnvironment
 from eventflow_local.eventhubs import (
@@ -29,8 +31,6 @@ from eventflow_local.eventhubs import (
     EventHubProducerClient,
     create_event_hub,
 )
-from eventflow_local.pytest_fixtures import setting_or_skip
-from eventflow_local.servers import RunningServer
 
 from .test_checkpoint_store import blob_store
 

@@ -37,8 +37,8 @@ from azure.servicebus.exceptions import (
     SessionLockLostError,
 )
 
+from eventflow_emulators.conformance import setting_or_skip
 from eventflow_local.environment import LocalEnvironment
-from eventflow_local.pytest_fixtures import setting_or_skip
 from eventflow_local.servicebus import ServiceBusAdministrationClient
 from eventflow_local.servicebus import ServiceBusClient as LocalServiceBusClient
 

@@ -16,9 +16,9 @@ from eventflow_consumer.adapters.cosmos_projection import PARTITION_KEY_PATH, Co
 from eventflow_consumer.handling import AlreadyAppliedError
 from eventflow_consumer.projection import apply
 from eventflow_contracts import decode_event
+from eventflow_emulators.conformance import BackendCases
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
-from eventflow_local.pytest_fixtures import BackendCases
-from eventflow_local.servers import RunningServer
+from eventflow_emulators.servers import RunningServer
 
 from ..conftest import order_events  # type: ignore[import-not-found]
 

@@ -16,9 +16,9 @@ from azure.cosmos import PartitionKey
 from azure.cosmos.aio import CosmosClient as AzureCosmosClient
 
 from eventflow_contracts import OrderLine, decode_event, encode_event, new_event
+from eventflow_emulators.conformance import BackendCases
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
-from eventflow_local.pytest_fixtures import BackendCases
-from eventflow_local.servers import RunningServer
+from eventflow_emulators.servers import RunningServer
 from eventflow_producer.adapters.cosmos_store import PARTITION_KEY_PATH, CosmosOrderStore
 from eventflow_producer.domain import add_item, open_order
 from eventflow_producer.ports import ConcurrentChangeError, IdempotencyRecord, OrderExistsError

@@ -15,9 +15,9 @@ import pytest
 from azure.cosmos import PartitionKey
 from azure.cosmos.aio import CosmosClient as AzureCosmosClient
 
+from eventflow_emulators.conformance import BackendCases
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
-from eventflow_local.pytest_fixtures import BackendCases
-from eventflow_local.servers import RunningServer
+from eventflow_emulators.servers import RunningServer
 from eventflow_publisher.adapters.cosmos_changefeed import CosmosLeaseStore, CosmosPoisonStore
 from eventflow_publisher.changefeed import LeaseLostError, StartPosition
 

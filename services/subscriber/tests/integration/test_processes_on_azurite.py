@@ -18,8 +18,8 @@ import pytest
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 from azure.storage.blob.aio import BlobServiceClient
 
+from eventflow_emulators.servers import RunningServer
 from eventflow_local import LocalEnvironment
-from eventflow_local.servers import RunningServer
 
 from ..conftest import event_bytes, publish, read_inbox  # type: ignore[import-not-found]
 

@@ -60,6 +60,26 @@ def problem(
     )
 
 
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema with its local `$defs` references replaced by their definitions: a schema
+    placed inside an OpenAPI document resolves `#/$defs/...` against the document's root, where
+    nothing is, so generated clients failed on them."""
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref", "")
+            if isinstance(reference, str) and reference.startswith("#/$defs/"):
+                return resolve(definitions[reference.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
 def described(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for problem statuses a route may answer."""
     titles = {
@@ -70,7 +90,7 @@ def described(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         status: {
             "description": titles[status],
-            "content": {PROBLEM_CONTENT_TYPE: {"schema": Problem.model_json_schema()}},
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": _inlined(Problem.model_json_schema())}},
         }
         for status in statuses
     }

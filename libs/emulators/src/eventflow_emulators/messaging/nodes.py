@@ -79,11 +79,13 @@ class ResponseLinkHandler:
         pass
 
     def on_flow(self, link: Link) -> None:
-        while self.pending and link.can_send:
+        while self.pending and link.can_send():
             self.tag += 1
             link.send(self.pending.pop(0), self.tag.to_bytes(4, "big"), settled=True)
 
-    def on_disposition(self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool) -> None:
+    def on_disposition(
+        self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool
+    ) -> None:
         pass
 
     def on_detach(self, link: Link) -> None:
@@ -133,14 +135,18 @@ class RequestLinkHandler:
     def on_flow(self, link: Link) -> None:
         pass
 
-    def on_disposition(self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool) -> None:
+    def on_disposition(
+        self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool
+    ) -> None:
         pass
 
     def on_detach(self, link: Link) -> None:
         pass
 
 
-def attach_node(registry: ReplyLinks, link: Link, address: str, operation: Operation) -> Any:
+def attach_node(
+    registry: ReplyLinks, link: Link, address: str, operation: Operation
+) -> ResponseLinkHandler | RequestLinkHandler:
     """The handler for either half of a request/response pair at `address`."""
     if link.sends:
         key = (id(link.session), address)

@@ -333,6 +333,7 @@ class ServiceBusModel:
         """Up to `count` available messages of the queue (or its DLQ, or one session), in
         sequence order, locked to `receiver` (or removed when `lock` is false:
         receive-and-delete)."""
+        self.tick()
         now = self.clock()
         self._activate_due(queue, now)
         taken: list[StoredMessage] = []
@@ -376,7 +377,11 @@ class ServiceBusModel:
         now = self.clock()
         if m is not None and m.session_id is not None and not m.dead:
             lock = queue.sessions.get(m.session_id)
-            if lock is None or lock.locked_until_ms <= now or (receiver is not None and lock.holder is not receiver):
+            if (
+                lock is None
+                or lock.locked_until_ms <= now
+                or (receiver is not None and lock.holder is not receiver)
+            ):
                 raise SessionLockLost(
                     "The session lock has expired on the MessageSession. Accept a new MessageSession."
                 )
@@ -479,8 +484,14 @@ class ServiceBusModel:
         found = []
         for seq in seqs:
             m = queue.messages.get(seq)
-            if m is None or m.state != DEFERRED or (session_id is not None and m.session_id != session_id):
-                raise MessageNotFound(f"Failed to retrieve the deferred message with sequence number {seq}.")
+            if (
+                m is None
+                or m.state != DEFERRED
+                or (session_id is not None and m.session_id != session_id)
+            ):
+                raise MessageNotFound(
+                    f"Failed to retrieve the deferred message with sequence number {seq}."
+                )
             found.append(m)
         now = self.clock()
         for m in found:
@@ -505,9 +516,12 @@ class ServiceBusModel:
 
     # --- sessions --------------------------------------------------------------------------
 
-    def accept_session(self, queue: Queue, receiver: Receiver, session_id: str | None) -> str | None:
+    def accept_session(
+        self, queue: Queue, receiver: Receiver, session_id: str | None
+    ) -> str | None:
         """Lock a named session, or the next session with available messages (None when there
         is none: the caller waits and retries until its accept timeout)."""
+        self.tick()
         now = self.clock()
         self._activate_due(queue, now)
         if session_id is None:
@@ -571,7 +585,12 @@ class ServiceBusModel:
         now = self.clock()
         for queue in self.queues.values():
             for m in list(queue.messages.values()):
-                if not m.dead and m.lock_token is None and m.expires_ms is not None and m.expires_ms <= now:
+                if (
+                    not m.dead
+                    and m.lock_token is None
+                    and m.expires_ms is not None
+                    and m.expires_ms <= now
+                ):
                     self._expire(queue, m)
             window_ms = int(queue.config.duplicate_detection_window.total_seconds() * 1000)
             queue.duplicates = {k: v for k, v in queue.duplicates.items() if v >= now - window_ms}

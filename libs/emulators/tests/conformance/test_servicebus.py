@@ -477,6 +477,37 @@ class TestMessagingEmulator(ServiceBusConformance):
                 await receiver.complete_message(item)
         assert [b"".join(m.body) for m in received] == [b"once"]
 
+    async def test_a_settlement_applied_then_dropped_is_not_redelivered(
+        self, broker: Broker
+    ) -> None:
+        # The broker completes the message, then the connection drops before the outcome: the
+        # SDK reports a connection error, and the message is gone all the same.
+        assert broker.emulator is not None
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await asyncio.to_thread(broker.emulator.admin.apply_then_drop, "settle")
+            with pytest.raises(ServiceBusError):
+                await receiver.complete_message(received)
+        async with self.session_receiver(broker, session) as fresh:
+            assert await fresh.receive_messages(max_wait_time=1) == []
+
+    async def test_a_stall_delays_a_send_until_it_ends(self, broker: Broker) -> None:
+        assert broker.emulator is not None
+        session = new_session()
+        async with broker.client.get_queue_sender(broker.session_queue) as sender:
+            await sender.send_messages(message(session, b"warm-up"))
+            await asyncio.to_thread(broker.emulator.admin.stall, 2.0)
+            started = time.monotonic()
+            await sender.send_messages(message(session, b"stalled"))
+            assert time.monotonic() - started >= 1.5
+        async with self.session_receiver(broker, session) as receiver:
+            received = await receive_all(receiver, 2)
+            for item in received:
+                await receiver.complete_message(item)
+        assert [b"".join(m.body) for m in received] == [b"warm-up", b"stalled"]
+
     async def test_an_expired_session_lock_is_lost_on_settle(self, broker: Broker) -> None:
         assert broker.emulator is not None
         session = new_session()

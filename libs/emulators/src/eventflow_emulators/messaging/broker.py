@@ -28,6 +28,7 @@ class MessagingBroker:
         self.faults = Faults()
         self.connections: set[Connection] = set()
         self.replies = ReplyLinks()
+        self.stalled_until = 0.0
         self._eventhubs_management = eventhubs_links.management(eventhubs)
 
     # --- Broker protocol -------------------------------------------------------------------
@@ -118,7 +119,12 @@ class MessagingBroker:
             connection.abort()
         return len(dropped)
 
+    def stall_remaining(self) -> float:
+        return max(0.0, self.stalled_until - time.monotonic())
+
     def stall(self, seconds: float) -> int:
+        """Stop answering for `seconds`: open connections and those opened meanwhile."""
+        self.stalled_until = time.monotonic() + seconds
         for connection in self.connections:
             connection.stall(seconds)
         return len(self.connections)

@@ -85,6 +85,10 @@ class LinkHandler(Protocol):
 class Broker(Protocol):
     async def attach(self, link: Link) -> LinkHandler: ...
 
+    def stall_remaining(self) -> float:
+        """Seconds a new connection must wait before it is answered (a stall in progress)."""
+        ...
+
     def connection_lost(self, connection: Connection) -> None: ...
 
 
@@ -269,6 +273,9 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        remaining = self.broker.stall_remaining()
+        if remaining > 0:
+            self.stall(remaining)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:

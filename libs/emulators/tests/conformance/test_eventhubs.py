@@ -202,9 +202,16 @@ class EventHubsConformance(BackendCases):
         async with consuming(
             await hub.make_consumer(), starting_position="-1", fail_once=True
         ) as got:
-            # on_error runs in the failed partition's task, maybe after another partition
-            # delivered: wait for both before closing (closing cancels those tasks).
-            await eventually(lambda: key in got.bodies() and bool(got.errors), wait=20)
+            # on_error and on_partition_close run in the failed partition's task, maybe after
+            # another partition delivered: wait for all of it (closing cancels those tasks).
+            await eventually(
+                lambda: (
+                    key in got.bodies()
+                    and bool(got.errors)
+                    and any(reason == CloseReason.OWNERSHIP_LOST for _, reason in got.closed)
+                ),
+                wait=20,
+            )
         assert [type(e) for e in got.errors] == [RuntimeError]
         assert any(reason == CloseReason.OWNERSHIP_LOST for _, reason in got.closed)
 

@@ -130,25 +130,23 @@ def _variable(out: bytearray, small: int, large: int, data: bytes) -> None:
     out += data
 
 
-def _encode_int(out: bytearray, value: int) -> None:  # noqa: PLR0912 - a branch per int type
+def _unsigned(out: bytearray, value: int, codes: tuple[int, int, int], pack: Any) -> None:
+    """uint / ulong: the zero code, the one-byte code, or the full width."""
+    if value == 0:
+        out.append(codes[0])
+    elif value < 256:
+        out.append(codes[1])
+        out.append(value)
+    else:
+        out.append(codes[2])
+        out += pack(value)
+
+
+def _encode_int(out: bytearray, value: int) -> None:
     if isinstance(value, ULong):
-        if value == 0:
-            out.append(0x44)
-        elif value < 256:
-            out.append(0x53)
-            out.append(value)
-        else:
-            out.append(0x80)
-            out += _pack_Q(value)
+        _unsigned(out, value, (0x44, 0x53, 0x80), _pack_Q)
     elif isinstance(value, UInt):
-        if value == 0:
-            out.append(0x43)
-        elif value < 256:
-            out.append(0x52)
-            out.append(value)
-        else:
-            out.append(0x70)
-            out += _pack_I(value)
+        _unsigned(out, value, (0x43, 0x52, 0x70), _pack_I)
     elif isinstance(value, Timestamp):
         out.append(0x83)
         out += _pack_q(value)

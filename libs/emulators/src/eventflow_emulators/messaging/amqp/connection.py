@@ -74,12 +74,30 @@ class LinkHandler(Protocol):
         """Credit arrived on a link the broker sends on."""
 
     def on_disposition(
-        self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool
+        self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool, /
     ) -> None:
         """The client settled (or changed the state of) a delivery the broker sent."""
 
     def on_detach(self, link: Link, /) -> None:
         """The link is gone: detached by either side or the connection closed."""
+
+
+class BaseLinkHandler:
+    """A handler that ignores everything: handlers override what their link direction needs."""
+
+    def on_transfer(self, link: Link, delivery: Delivery, /) -> None:
+        pass
+
+    def on_flow(self, link: Link, /) -> None:
+        pass
+
+    def on_disposition(
+        self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool, /
+    ) -> None:
+        pass
+
+    def on_detach(self, link: Link, /) -> None:
+        pass
 
 
 class Broker(Protocol):

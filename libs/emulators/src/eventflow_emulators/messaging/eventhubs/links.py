@@ -14,9 +14,9 @@ from typing import Any
 
 from ..amqp import message as amqp_message
 from ..amqp.codec import Array, Symbol, Timestamp
-from ..amqp.connection import Delivery, Link, LinkRefused
+from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused
 from ..faults import Faults
-from ..nodes import ACCEPTED_STATE, ManagementError, Operation, Reply, rejected
+from ..nodes import ACCEPTED_STATE, ManagementError, Operation, Reply, oversize, rejected
 from .model import EntityNotFound, EventHubsModel, Partition, Position, ReaderRefused
 
 log = logging.getLogger("eventflow_emulators.messaging.eventhubs")
@@ -65,7 +65,7 @@ def _selector_of(link: Link) -> str | None:
     return None
 
 
-class ProducerHandler:
+class ProducerHandler(BaseLinkHandler):
     def __init__(
         self, model: EventHubsModel, hub: str, partition_id: str | None, guard: Any
     ) -> None:
@@ -79,15 +79,9 @@ class ProducerHandler:
         if refusal is not None:
             link.settle(delivery.delivery_id, rejected(*refusal))
             return
-        if len(delivery.payload) > MAX_MESSAGE_SIZE:
-            link.settle(
-                delivery.delivery_id,
-                rejected(
-                    "amqp:link:message-size-exceeded",
-                    f"The received message (delivery-id:{delivery.delivery_id}, size:"
-                    f"{len(delivery.payload)} bytes) exceeds the limit ({MAX_MESSAGE_SIZE} bytes)",
-                ),
-            )
+        too_big = oversize(delivery, MAX_MESSAGE_SIZE)
+        if too_big is not None:
+            link.settle(delivery.delivery_id, too_big)
             return
         outer = amqp_message.parse(delivery.payload)
         events = (
@@ -118,17 +112,6 @@ class ProducerHandler:
         if not delivery.settled:
             link.settle(delivery.delivery_id, ACCEPTED_STATE)
 
-    def on_flow(self, link: Link) -> None:
-        pass
-
-    def on_disposition(
-        self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool
-    ) -> None:
-        pass
-
-    def on_detach(self, link: Link) -> None:
-        pass
-
 
 def _annotator(event: amqp_message.Message, key: Any) -> Any:
     def build(seq: int, offset: int, enqueued_ms: int) -> bytes:
@@ -143,7 +126,7 @@ def _annotator(event: amqp_message.Message, key: Any) -> Any:
     return build
 
 
-class ConsumerHandler:
+class ConsumerHandler(BaseLinkHandler):
     """One consumer link: delivers from its position as credit allows; an owner-level reader."""
 
     def __init__(self, model: EventHubsModel, part: Partition, group: str, link: Link) -> None:
@@ -178,16 +161,8 @@ class ConsumerHandler:
                 link.send(row.body, self.tag.to_bytes(8, "big"), settled=self.settled)
                 self.next_seq = row.seq + 1
 
-    def on_transfer(self, link: Link, delivery: Delivery) -> None:
-        pass
-
     def on_flow(self, link: Link) -> None:
         self.pump(link)
-
-    def on_disposition(
-        self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool
-    ) -> None:
-        pass
 
     def on_detach(self, _link: Link) -> None:
         self.model.close_reader(self.part, self.group, self)

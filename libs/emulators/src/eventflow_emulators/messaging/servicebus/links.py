@@ -17,10 +17,18 @@ from typing import Any
 
 from ..amqp import message as amqp_message
 from ..amqp.codec import Array, Described, Symbol, Timestamp, ULong
-from ..amqp.connection import Delivery, Link, LinkRefused
+from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused
 from ..amqp.frames import ACCEPTED, MODIFIED, REJECTED, RELEASED, descriptor_code
 from ..faults import Faults
-from ..nodes import ACCEPTED_STATE, ManagementError, Operation, Reply, entity_path, rejected
+from ..nodes import (
+    ACCEPTED_STATE,
+    ManagementError,
+    Operation,
+    Reply,
+    entity_path,
+    oversize,
+    rejected,
+)
 from .model import (
     MESSAGE_STATE,
     MessageLockLost,
@@ -104,7 +112,7 @@ def _items(delivery: Delivery) -> list[Item]:
     return [_item(delivery.payload, outer)]
 
 
-class SenderHandler:
+class SenderHandler(BaseLinkHandler):
     def __init__(self, model: ServiceBusModel, queue: Queue, faults: Faults) -> None:
         self.model = model
         self.queue = queue
@@ -115,12 +123,9 @@ class SenderHandler:
         if refusal is not None:
             link.settle(delivery.delivery_id, rejected(*refusal))
             return
-        if len(delivery.payload) > MAX_MESSAGE_SIZE:
-            link.settle(delivery.delivery_id, rejected(
-                "amqp:link:message-size-exceeded",
-                f"The received message (delivery-id:{delivery.delivery_id}, size:"
-                f"{len(delivery.payload)} bytes) exceeds the limit ({MAX_MESSAGE_SIZE} bytes)",
-            ))  # fmt: skip
+        too_big = oversize(delivery, MAX_MESSAGE_SIZE)
+        if too_big is not None:
+            link.settle(delivery.delivery_id, too_big)
             return
         try:
             self.model.send(self.queue, _items(delivery))
@@ -132,19 +137,8 @@ class SenderHandler:
         if not delivery.settled:
             link.settle(delivery.delivery_id, ACCEPTED_STATE)
 
-    def on_flow(self, link: Link) -> None:
-        pass
 
-    def on_disposition(
-        self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool
-    ) -> None:
-        pass
-
-    def on_detach(self, link: Link) -> None:
-        pass
-
-
-class ReceiverHandler:
+class ReceiverHandler(BaseLinkHandler):
     """A queue, DLQ or session receiver. Peek-lock unless the link is sender-settled
     (receive-and-delete)."""
 
@@ -231,9 +225,6 @@ class ReceiverHandler:
             self.queue.waiting.append(self)
         elif link.credit <= 0 and self in self.queue.waiting:
             self.queue.waiting.remove(self)
-
-    def on_transfer(self, link: Link, delivery: Delivery) -> None:
-        pass
 
     def on_flow(self, link: Link) -> None:
         self.pump(link)

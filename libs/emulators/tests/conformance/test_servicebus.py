@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import pytest
@@ -396,6 +397,51 @@ class ServiceBusConformance(BackendCases):
     ) -> None:
         with pytest.raises(ServiceBusError):
             await self.send(broker, message(None))
+
+    async def test_a_scheduled_message_arrives_at_its_time_or_not_once_cancelled(
+        self, broker: Broker
+    ) -> None:
+        # learn.microsoft.com/azure/service-bus-messaging/message-sequencing ("Scheduled
+        # messages"): not receivable before the scheduled time; cancelling removes it.
+        session = new_session()
+        due = datetime.now(UTC) + timedelta(seconds=4)  # room for the calls before the check
+        async with broker.client.get_queue_sender(broker.session_queue) as sender:
+            kept, cancelled = await sender.schedule_messages(
+                [message(session, b"kept"), message(session, b"cancelled")], due
+            )
+            await sender.cancel_scheduled_messages(cancelled)
+        async with self.session_receiver(broker, session) as receiver:
+            assert await receiver.receive_messages(max_wait_time=0.5) == []
+            received = await receive_all(receiver, 1, wait=8)
+            assert [m.sequence_number for m in received] == [kept]
+            assert received[0].enqueued_time_utc >= due - timedelta(seconds=1)
+            await receiver.complete_message(received[0])
+            assert await receiver.receive_messages(max_wait_time=1) == []
+
+    async def test_peeking_continues_from_the_last_sequence_number(self, broker: Broker) -> None:
+        # The SDK asks for from-sequence-number = last peeked + 1 (mgmt_handlers.py peek_op).
+        session = new_session()
+        await self.send(broker, *[message(session, str(n).encode()) for n in range(4)])
+        async with self.session_receiver(broker, session) as receiver:
+            first = await receiver.peek_messages(max_message_count=2)
+            second = await receiver.peek_messages(max_message_count=2)
+            for item in await receive_all(receiver, 4):
+                await receiver.complete_message(item)
+        assert [b"".join(m.body) for m in first + second] == [b"0", b"1", b"2", b"3"]
+
+    async def test_renewing_a_message_lock_keeps_the_message(self, broker: Broker) -> None:
+        sent = message(None, b"long")
+        await self.send(broker, sent, queue=broker.plain_queue)
+        async with broker.client.get_queue_receiver(
+            broker.plain_queue, max_wait_time=2
+        ) as receiver:
+            found = await receive_one(receiver, sent.message_id)
+            first_until = found.locked_until_utc
+            await asyncio.sleep(broker.lock_seconds * 0.6)  # lock time is the point of this case
+            renewed = await receiver.renew_message_lock(found)
+            assert renewed > first_until
+            await asyncio.sleep(broker.lock_seconds * 0.6)
+            await receiver.complete_message(found)
 
     async def test_sending_to_a_missing_queue_is_an_error(self, broker: Broker) -> None:
         with pytest.raises(MessagingEntityNotFoundError):

@@ -3,6 +3,7 @@ SDKs' timing against it where the services' code depends on it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -74,6 +75,38 @@ async def test_events_and_messages_survive_a_restart(tmp_path: Path) -> None:
             (received,) = await receiver.receive_messages(max_wait_time=2)
             await receiver.complete_message(received)
         assert str(received) == marker
+
+
+PRODUCER = """
+import asyncio, sys
+from azure.eventhub import EventData
+from azure.eventhub.aio import EventHubProducerClient
+
+async def main():
+    async with EventHubProducerClient.from_connection_string(sys.argv[1]) as producer:
+        for _ in range(5):
+            batch = await producer.create_batch(partition_id="3")
+            for _ in range(20):
+                batch.add(EventData(b"x"))
+            await producer.send_batch(batch)
+
+asyncio.run(main())
+"""
+
+
+def test_several_client_processes_at_once(tmp_path: Path) -> None:
+    """Three producer processes (the hub named by EntityPath) send 100 events each at once."""
+    with messaging_emulator(tmp_path) as emulator:
+        entity = emulator.connection_string + ";EntityPath=conformance"
+        workers = [subprocess.Popen([sys.executable, "-c", PRODUCER, entity]) for _ in range(3)]
+        assert [w.wait(120) for w in workers] == [0, 0, 0]
+        props = asyncio.run(partition_properties(entity, "3"))
+    assert props["last_enqueued_sequence_number"] == 299
+
+
+async def partition_properties(connection_string: str, partition: str) -> dict[str, object]:
+    async with EventHubProducerClient.from_connection_string(connection_string) as producer:
+        return dict(await producer.get_partition_properties(partition))
 
 
 @pytest.mark.parametrize(("retries", "low", "high"), [(0, 0.9, 4.0), (3, 5.0, 40.0)])

@@ -325,6 +325,8 @@ class ServiceBusModel:
         for seq in list(queue.scheduled):
             m = queue.messages[seq]
             if m.scheduled_ms is None or m.scheduled_ms <= now:
+                # A scheduled message is enqueued when its time comes (message-sequencing).
+                m.enqueued_ms = max(m.enqueued_ms, m.scheduled_ms or 0)
                 m.state, m.scheduled_ms = ACTIVE, None
                 queue.scheduled.discard(seq)
 

@@ -1,6 +1,2 @@
-"""Conformance fixtures: the emulator (session-wide); the npm servers come from eventflow_local's
-pytest plugin."""
-
-from eventflow_emulators.cosmos.pytest_fixtures import cosmos_emulator_server
-
-__all__ = ["cosmos_emulator_server"]
+"""The conformance suite's fixtures (the emulators, Azurite, cosmosdb-server) come from the
+`eventflow_emulators` pytest plugin."""

@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import urllib.request
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -113,7 +114,7 @@ class MessagingEmulatorAdmin:
             self.admin_url + path, data=data, method="GET" if data is None else "POST",
             headers={"content-type": "application/json"},
         )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - local admin URL
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
             answer: dict[str, Any] = json.loads(response.read())
             return answer
 
@@ -170,25 +171,21 @@ def cli(argv: list[str] | None = None) -> int:
     drop.add_argument("--count", type=int, default=1)
     args = parser.parse_args(argv)
     admin = MessagingEmulatorAdmin(args.admin_url)
-    result: Any
-    if args.command == "health":
-        result = admin.health()
-    elif args.command == "drop-connections":
-        result = admin.drop_connections()
-    elif args.command == "clear":
-        result = admin.clear()
-    elif args.command == "stall":
-        result = admin.stall(args.seconds)
-    elif args.command == "server-busy":
-        result = admin.server_busy(args.seconds, args.operation)
-    elif args.command == "steal-partition":
-        result = admin.steal_partition(args.hub, args.partition, args.consumer_group)
-    elif args.command == "expire-lock":
-        result = admin.expire_lock(args.queue, session_id=args.session_id,
-                                   sequence_number=args.sequence_number)  # fmt: skip
-    else:
-        result = admin.apply_then_drop(args.operation, args.count)
-    print(json.dumps(result))
+    actions: dict[str, Callable[[], Any]] = {
+        "health": admin.health,
+        "drop-connections": admin.drop_connections,
+        "clear": admin.clear,
+        "stall": lambda: admin.stall(args.seconds),
+        "server-busy": lambda: admin.server_busy(args.seconds, args.operation),
+        "steal-partition": lambda: admin.steal_partition(
+            args.hub, args.partition, args.consumer_group
+        ),
+        "expire-lock": lambda: admin.expire_lock(
+            args.queue, session_id=args.session_id, sequence_number=args.sequence_number
+        ),
+        "apply-then-drop": lambda: admin.apply_then_drop(args.operation, args.count),
+    }
+    sys.stdout.write(json.dumps(actions[args.command]()) + "\n")
     return 0
 
 

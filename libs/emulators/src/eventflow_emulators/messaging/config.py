@@ -13,7 +13,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-DEFAULT_RETENTION = timedelta(hours=1)  # the Event Hubs emulator keeps events 1 h (overview-emulator)
+DEFAULT_RETENTION = timedelta(
+    hours=1
+)  # the Event Hubs emulator keeps events 1 h (overview-emulator)
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,9 @@ def load_servicebus(path: Path | None) -> list[QueueConfig]:
                 QueueConfig(
                     name=queue["Name"],
                     requires_session=bool(props.get("RequiresSession", False)),
-                    requires_duplicate_detection=bool(props.get("RequiresDuplicateDetection", False)),
+                    requires_duplicate_detection=bool(
+                        props.get("RequiresDuplicateDetection", False)
+                    ),
                     duplicate_detection_window=duration(
                         "DuplicateDetectionHistoryTimeWindow", timedelta(minutes=10)
                     ),

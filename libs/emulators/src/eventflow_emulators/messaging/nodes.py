@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from .amqp import message as amqp_message
 from .amqp.codec import Described, Symbol, ULong
-from .amqp.connection import Delivery, Link, Session
+from .amqp.connection import BaseLinkHandler, Delivery, Link, Session
 from .amqp.frames import ACCEPTED, REJECTED, error_fields
 
 log = logging.getLogger("eventflow_emulators.messaging")
@@ -24,6 +24,17 @@ ACCEPTED_STATE = Described(ULong(ACCEPTED), [])
 
 def rejected(condition: str, description: str) -> Described:
     return Described(ULong(REJECTED), [error_fields(condition, description)])
+
+
+def oversize(delivery: Delivery, limit: int) -> Described | None:
+    """The rejection of a transfer bigger than the entity's max-message-size, if it is."""
+    if len(delivery.payload) <= limit:
+        return None
+    return rejected(
+        "amqp:link:message-size-exceeded",
+        f"The received message (delivery-id:{delivery.delivery_id}, size:"
+        f"{len(delivery.payload)} bytes) exceeds the limit ({limit} bytes)",
+    )
 
 
 def entity_path(address: str) -> str:
@@ -62,7 +73,7 @@ class ReplyLinks:
         return self.links.get((id(session), address))
 
 
-class ResponseLinkHandler:
+class ResponseLinkHandler(BaseLinkHandler):
     """The client's receiving half: replies queue here until the client gives credit."""
 
     def __init__(self, registry: ReplyLinks, key: tuple[int, str]) -> None:
@@ -75,23 +86,17 @@ class ResponseLinkHandler:
         self.pending.append(payload)
         self.on_flow(link)
 
-    def on_transfer(self, link: Link, delivery: Delivery) -> None:
-        pass
-
     def on_flow(self, link: Link) -> None:
-        while self.pending and link.can_send:
+        while self.pending and link.can_send():
             self.tag += 1
             link.send(self.pending.pop(0), self.tag.to_bytes(4, "big"), settled=True)
-
-    def on_disposition(self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool) -> None:
-        pass
 
     def on_detach(self, link: Link) -> None:
         if self.registry.links.get(self.key) is link:
             del self.registry.links[self.key]
 
 
-class RequestLinkHandler:
+class RequestLinkHandler(BaseLinkHandler):
     """The client's sending half: each request runs `operation` and is answered on the pair."""
 
     def __init__(self, registry: ReplyLinks, address: str, operation: Operation) -> None:
@@ -130,17 +135,10 @@ class RequestLinkHandler:
             return
         reply_link.handler.send(reply_link, payload)
 
-    def on_flow(self, link: Link) -> None:
-        pass
 
-    def on_disposition(self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool) -> None:
-        pass
-
-    def on_detach(self, link: Link) -> None:
-        pass
-
-
-def attach_node(registry: ReplyLinks, link: Link, address: str, operation: Operation) -> Any:
+def attach_node(
+    registry: ReplyLinks, link: Link, address: str, operation: Operation
+) -> ResponseLinkHandler | RequestLinkHandler:
     """The handler for either half of a request/response pair at `address`."""
     if link.sends:
         key = (id(link.session), address)

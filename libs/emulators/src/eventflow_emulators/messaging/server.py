@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -51,7 +52,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5672, help="AMQP port; 0 picks a free one")
-    parser.add_argument("--admin-port", type=int, default=0, help="fault-control HTTP port; 0 picks")
+    parser.add_argument(
+        "--admin-port", type=int, default=0, help="fault-control HTTP port; 0 picks"
+    )
     parser.add_argument("--eventhubs-config", type=Path)
     parser.add_argument("--servicebus-config", type=Path)
     parser.add_argument("--data", type=Path, default=Path(".local/messaging"))
@@ -65,9 +68,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
 async def serve(options: Options, *, ready: asyncio.Event | None = None) -> None:
     store = Store(options.data)
     eventhubs = EventHubsModel(load_eventhubs(options.eventhubs_config), store)
-    servicebus = ServiceBusModel(load_servicebus(options.servicebus_config), store)
-    broker = MessagingBroker(eventhubs, servicebus, {options.key_name: options.key})
     loop = asyncio.get_running_loop()
+    servicebus = ServiceBusModel(
+        load_servicebus(options.servicebus_config), store, schedule=loop.call_later
+    )
+    broker = MessagingBroker(eventhubs, servicebus, {options.key_name: options.key})
 
     def new_connection() -> Connection:
         connection = Connection(broker, on_close=broker.connection_lost)
@@ -80,8 +85,10 @@ async def serve(options: Options, *, ready: asyncio.Event | None = None) -> None
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    print(f"eventflow-messaging-emulator listening on amqp://{options.host}:{port}", flush=True)
-    print(f"eventflow-messaging-emulator admin on http://{options.host}:{admin_port}", flush=True)
+    # The one line a launcher waits for (testing.py), then the admin URL; flushed at once.
+    sys.stdout.write(f"eventflow-messaging-emulator listening on amqp://{options.host}:{port}\n")
+    sys.stdout.write(f"eventflow-messaging-emulator admin on http://{options.host}:{admin_port}\n")
+    sys.stdout.flush()
     if ready is not None:
         ready.set()
 
@@ -105,7 +112,8 @@ async def serve(options: Options, *, ready: asyncio.Event | None = None) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+    level = os.environ.get("EVENTFLOW_MESSAGING_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     asyncio.run(serve(parse_args(argv)))
     sys.exit(0)

@@ -122,12 +122,14 @@ class Store:
         ).fetchone()
         return (EventRow(*first) if first else None), (EventRow(*last) if last else None)
 
-    def first_seq_at(self, hub: str, partition: int, column: str, value: int, inclusive: bool) -> int | None:
+    def first_seq_at(
+        self, hub: str, partition: int, column: str, value: int, inclusive: bool
+    ) -> int | None:
         """The first sequence number whose offset or enqueued time passes `value`."""
         assert column in ("offset", "enqueued_ms")
         op = ">=" if inclusive else ">"
         row = self.db.execute(
-            f"SELECT seq FROM eh_events WHERE hub = ? AND partition = ? AND {column} {op} ?"  # noqa: S608
+            f"SELECT seq FROM eh_events WHERE hub = ? AND partition = ? AND {column} {op} ?"
             " ORDER BY seq LIMIT 1",
             (hub, partition, value),
         ).fetchone()
@@ -151,8 +153,21 @@ class Store:
             "SELECT * FROM sb_messages WHERE queue = ? ORDER BY seq", (queue,)
         ).fetchall()
         return [
-            MessageRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
-                       r[11], r[12])  # fmt: skip
+            MessageRow(
+                r[0],
+                r[1],
+                bool(r[2]),
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                r[9],
+                r[10],
+                r[11],
+                r[12],
+            )
             for r in rows
         ]
 
@@ -164,9 +179,21 @@ class Store:
         self.db.executemany(
             "INSERT OR REPLACE INTO sb_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (r.queue, r.seq, int(r.dead), r.state, r.session_id, r.message_id,
-                 r.delivery_count, r.enqueued_ms, r.scheduled_ms, r.expires_ms, r.dl_reason,
-                 r.dl_description, r.body)  # fmt: skip
+                (
+                    r.queue,
+                    r.seq,
+                    int(r.dead),
+                    r.state,
+                    r.session_id,
+                    r.message_id,
+                    r.delivery_count,
+                    r.enqueued_ms,
+                    r.scheduled_ms,
+                    r.expires_ms,
+                    r.dl_reason,
+                    r.dl_description,
+                    r.body,
+                )
                 for r in rows
             ],
         )
@@ -187,7 +214,9 @@ class Store:
             )
 
     def last_seq(self, queue: str) -> int:
-        row = self.db.execute("SELECT last_seq FROM sb_counters WHERE queue = ?", (queue,)).fetchone()
+        row = self.db.execute(
+            "SELECT last_seq FROM sb_counters WHERE queue = ?", (queue,)
+        ).fetchone()
         return int(row[0]) if row else 0
 
     def set_last_seq(self, queue: str, seq: int) -> None:
@@ -210,7 +239,9 @@ class Store:
             )
 
     def load_duplicates(self, queue: str, since_ms: int) -> dict[str, int]:
-        self.db.execute("DELETE FROM sb_duplicates WHERE queue = ? AND seen_ms < ?", (queue, since_ms))
+        self.db.execute(
+            "DELETE FROM sb_duplicates WHERE queue = ? AND seen_ms < ?", (queue, since_ms)
+        )
         rows = self.db.execute(
             "SELECT message_id, seen_ms FROM sb_duplicates WHERE queue = ?", (queue,)
         ).fetchall()

@@ -1,7 +1,7 @@
 """Start the emulator as a subprocess for tests and local tools.
 
-    with messaging_emulator(tmp_path) as emulator:
-        EventHubProducerClient.from_connection_string(emulator.connection_string, eventhub_name="orders")
+with messaging_emulator(tmp_path) as emulator:
+    EventHubProducerClient.from_connection_string(emulator.connection_string, eventhub_name="orders")
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ _ADMIN = re.compile(r"admin on (http://\S+)")
 @dataclass(frozen=True)
 class RunningMessagingEmulator:
     port: int
-    connection_string: str  # sb://127.0.0.1:<port>;SharedAccessKeyName=...;UseDevelopmentEmulator=true
+    connection_string: (
+        str  # sb://127.0.0.1:<port>;SharedAccessKeyName=...;UseDevelopmentEmulator=true
+    )
     admin: MessagingEmulatorAdmin
     pid: int
 
@@ -73,7 +75,12 @@ def messaging_emulator(
         command += ["--eventhubs-config", str(eventhubs_config)]
     if servicebus_config is not None:
         command += ["--servicebus-config", str(servicebus_config)]
-    log = tempfile.NamedTemporaryFile(prefix="messaging-emulator-", suffix=".log", delete=False)  # noqa: SIM115
+    kept = os.environ.get("EVENTFLOW_MESSAGING_EMULATOR_LOG")  # keep the log there, for debugging
+    log = (
+        open(kept, "wb")  # noqa: SIM115
+        if kept
+        else tempfile.NamedTemporaryFile(prefix="messaging-emulator-", suffix=".log", delete=False)  # noqa: SIM115
+    )
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     log_path = Path(log.name)
     try:
@@ -93,7 +100,8 @@ def messaging_emulator(
                 process.kill()
                 process.wait()
         log.close()
-        log_path.unlink(missing_ok=True)
+        if not kept:
+            log_path.unlink(missing_ok=True)
 
 
 def _wait_for_start(process: subprocess.Popen[bytes], log_path: Path) -> tuple[int, str]:

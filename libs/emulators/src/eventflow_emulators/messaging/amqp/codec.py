@@ -82,7 +82,7 @@ def encode(value: Any) -> bytes:
     return bytes(out)
 
 
-def encode_into(out: bytearray, value: Any) -> None:  # noqa: C901 - one branch per AMQP type
+def encode_into(out: bytearray, value: Any) -> None:  # noqa: PLR0912 - a branch per AMQP type
     if value is None:
         out.append(0x40)
     elif value is True:
@@ -130,25 +130,23 @@ def _variable(out: bytearray, small: int, large: int, data: bytes) -> None:
     out += data
 
 
+def _unsigned(out: bytearray, value: int, codes: tuple[int, int, int], pack: Any) -> None:
+    """uint / ulong: the zero code, the one-byte code, or the full width."""
+    if value == 0:
+        out.append(codes[0])
+    elif value < 256:
+        out.append(codes[1])
+        out.append(value)
+    else:
+        out.append(codes[2])
+        out += pack(value)
+
+
 def _encode_int(out: bytearray, value: int) -> None:
     if isinstance(value, ULong):
-        if value == 0:
-            out.append(0x44)
-        elif value < 256:
-            out.append(0x53)
-            out.append(value)
-        else:
-            out.append(0x80)
-            out += _pack_Q(value)
+        _unsigned(out, value, (0x44, 0x53, 0x80), _pack_Q)
     elif isinstance(value, UInt):
-        if value == 0:
-            out.append(0x43)
-        elif value < 256:
-            out.append(0x52)
-            out.append(value)
-        else:
-            out.append(0x70)
-            out += _pack_I(value)
+        _unsigned(out, value, (0x43, 0x52, 0x70), _pack_I)
     elif isinstance(value, Timestamp):
         out.append(0x83)
         out += _pack_q(value)
@@ -204,7 +202,7 @@ def _encode_map(out: bytearray, mapping: dict[Any, Any]) -> None:
     out += body
 
 
-def _array_element(value: Any) -> tuple[int, Callable[[bytearray, Any], None]]:
+def _array_element(value: Any) -> tuple[int, Callable[[bytearray, Any], None]]:  # noqa: PLR0911
     """The constructor byte and the constructor-less writer for an array's elements."""
     if isinstance(value, Symbol):
         return 0xB3, lambda out, v: _raw_var32(out, v.encode("ascii"))
@@ -276,7 +274,7 @@ def _described(data: bytes | memoryview, pos: int) -> tuple[Any, int]:
 
 
 def _fixed(value: Any) -> Callable[[bytes | memoryview, int], tuple[Any, int]]:
-    return lambda data, pos: (value, pos)
+    return lambda _data, pos: (value, pos)
 
 
 def _var(width: int, convert: Callable[[bytes], Any]) -> Callable[..., tuple[Any, int]]:
@@ -338,7 +336,9 @@ def _array(width: int) -> Callable[..., tuple[Any, int]]:
     return read
 
 
-def _struct(size: int, unpack: Callable[..., tuple[Any, ...]], wrap: Callable[[Any], Any] = int) -> Any:
+def _struct(
+    size: int, unpack: Callable[..., tuple[Any, ...]], wrap: Callable[[Any], Any] = int
+) -> Any:
     return lambda data, pos: (wrap(unpack(data, pos)[0]), pos + size)
 
 
@@ -373,7 +373,7 @@ _DECODERS: dict[int, Callable[[bytes | memoryview, int], tuple[Any, int]]] = {
     0xB1: _var(4, lambda b: b.decode("utf-8")),
     0xA3: _var(1, lambda b: Symbol(b.decode("ascii"))),
     0xB3: _var(4, lambda b: Symbol(b.decode("ascii"))),
-    0x45: lambda data, pos: ([], pos),
+    0x45: lambda _data, pos: ([], pos),
     0xC0: _compound(1, as_map=False),
     0xD0: _compound(4, as_map=False),
     0xC1: _compound(1, as_map=True),
@@ -392,5 +392,7 @@ def skip(data: bytes | memoryview, pos: int) -> int:
     if code in (0xA0, 0xA1, 0xA3, 0xC0, 0xC1, 0xE0):
         return pos + 2 + data[pos + 1]
     if code in (0xB0, 0xB1, 0xB3, 0xD0, 0xD1, 0xF0):
-        return pos + 5 + _unpack_I(data, pos + 1)[0]
-    return decode(data, pos)[1]
+        size: int = _unpack_I(data, pos + 1)[0]
+        return pos + 5 + size
+    end: int = decode(data, pos)[1]
+    return end

@@ -67,23 +67,45 @@ class Delivery:
 
 
 class LinkHandler(Protocol):
-    def on_transfer(self, link: Link, delivery: Delivery) -> None:
+    def on_transfer(self, link: Link, delivery: Delivery, /) -> None:
         """A whole message arrived on a link the client sends on; settle it with `link.settle`."""
 
-    def on_flow(self, link: Link) -> None:
+    def on_flow(self, link: Link, /) -> None:
         """Credit arrived on a link the broker sends on."""
 
     def on_disposition(
-        self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool
+        self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool, /
     ) -> None:
         """The client settled (or changed the state of) a delivery the broker sent."""
 
-    def on_detach(self, link: Link) -> None:
+    def on_detach(self, link: Link, /) -> None:
         """The link is gone: detached by either side or the connection closed."""
+
+
+class BaseLinkHandler:
+    """A handler that ignores everything: handlers override what their link direction needs."""
+
+    def on_transfer(self, link: Link, delivery: Delivery, /) -> None:
+        pass
+
+    def on_flow(self, link: Link, /) -> None:
+        pass
+
+    def on_disposition(
+        self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool, /
+    ) -> None:
+        pass
+
+    def on_detach(self, link: Link, /) -> None:
+        pass
 
 
 class Broker(Protocol):
     async def attach(self, link: Link) -> LinkHandler: ...
+
+    def stall_remaining(self) -> float:
+        """Seconds a new connection must wait before it is answered (a stall in progress)."""
+        ...
 
     def connection_lost(self, connection: Connection) -> None: ...
 
@@ -134,7 +156,6 @@ class Link:
     def source_filters(self) -> dict[Any, Any]:
         return dict(self.source[7] or {}) if self.source else {}
 
-    @property
     def can_send(self) -> bool:
         return (
             self.attached
@@ -144,9 +165,7 @@ class Link:
             and not self.connection.closed
         )
 
-    def send(
-        self, payload: bytes, tag: bytes, *, settled: bool, message_format: int = 0
-    ) -> int:
+    def send(self, payload: bytes, tag: bytes, *, settled: bool, message_format: int = 0) -> int:
         """Send one delivery (consumes one credit); returns its delivery id."""
         self.credit -= 1
         self.delivery_count += 1
@@ -249,7 +268,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, broker: Broker, *, on_close: Callable[[Connection], None]) -> None:
         self.broker = broker
-        self._on_close = on_close
+        self._closed_callback = on_close
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.expect_header = True
@@ -272,8 +291,13 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        remaining = self.broker.stall_remaining()
+        if remaining > 0:
+            self.stall(remaining)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.debug("connection %s lost: %r", self.peer, exc)
         self._teardown()
 
     def write(self, data: bytes) -> None:
@@ -321,7 +345,7 @@ class Connection(asyncio.Protocol):
         try:
             self.broker.connection_lost(self)
         finally:
-            self._on_close(self)
+            self._closed_callback(self)
 
     def close(self, condition: str | None = None, description: str | None = None) -> None:
         error = error_fields(condition, description) if condition else None
@@ -401,9 +425,19 @@ class Connection(asyncio.Protocol):
         self.write(
             build_frame(
                 OPEN,
-                ["eventflow-messaging-emulator", None, UInt(MAX_FRAME_SIZE), None, None, None,
-                 None, None, None, {Symbol("product"): "eventflow-messaging-emulator"}],
-            )  # fmt: skip
+                [
+                    "eventflow-messaging-emulator",
+                    None,
+                    UInt(MAX_FRAME_SIZE),
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    {Symbol("product"): "eventflow-messaging-emulator"},
+                ],
+            )
         )
         self.opened = True
         if idle_ms:
@@ -419,6 +453,8 @@ class Connection(asyncio.Protocol):
         self._heartbeat = asyncio.get_running_loop().call_later(every, beat)
 
     def _on_close(self, frame: Frame) -> None:
+        if frame.fields[0] is not None:
+            log.debug("connection %s closed by the client: %r", self.peer, frame.fields[0])
         self.write(build_frame(CLOSE, []))
         if self.transport is not None:
             self.transport.close()
@@ -432,10 +468,15 @@ class Connection(asyncio.Protocol):
         self.write(
             build_frame(
                 BEGIN,
-                [UShort(channel), UInt(0), UInt(SESSION_WINDOW), UInt(SESSION_WINDOW),
-                 UInt(2**32 - 1)],
+                [
+                    UShort(channel),
+                    UInt(0),
+                    UInt(SESSION_WINDOW),
+                    UInt(SESSION_WINDOW),
+                    UInt(2**32 - 1),
+                ],
                 channel=channel,
-            )  # fmt: skip
+            )
         )
 
     def _on_end(self, frame: Frame) -> None:
@@ -519,15 +560,18 @@ class Connection(asyncio.Protocol):
         session = self._session(frame)
         f = frame.fields
         next_incoming = f[0] if f[0] is not None else 0
-        session.remote_incoming_window = int(next_incoming) + int(f[1] or 0) - session.next_outgoing_id
+        session.remote_incoming_window = (
+            int(next_incoming) + int(f[1] or 0) - session.next_outgoing_id
+        )
         if f[4] is None:
-            for link in list(session.links.values()):
-                if link.sends and link.handler is not None and link.can_send:
-                    link.handler.on_flow(link)
+            for each in list(session.links.values()):
+                if each.sends and each.handler is not None and each.can_send():
+                    each.handler.on_flow(each)
             return
-        link = session.links.get(int(f[4]))
-        if link is None:
+        found = session.links.get(int(f[4]))
+        if found is None:
             return
+        link = found
         if link.sends:
             # credit = delivery-count(rcv) + link-credit(rcv) - delivery-count(snd) (2.6.7)
             rcv_count = int(f[5]) if f[5] is not None else 0
@@ -541,7 +585,7 @@ class Connection(asyncio.Protocol):
                 return
             if f[9]:
                 session.send_flow(link)
-            if link.handler is not None and link.attached and link.can_send:
+            if link.handler is not None and link.attached and link.can_send():
                 link.handler.on_flow(link)
         elif f[9]:
             session.send_flow(link)

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from .codec import Described, ULong, decode, encode_into
+from .codec import Described, Symbol, ULong, decode, encode_into
 
 AMQP_HEADER = b"AMQP\x00\x01\x00\x00"
 SASL_HEADER = b"AMQP\x03\x01\x00\x00"
@@ -108,6 +108,4 @@ EMPTY_FRAME = _header.pack(8, 2, FRAME_AMQP, 0)
 
 
 def error_fields(condition: str, description: str | None = None, info: Any = None) -> Described:
-    from .codec import Symbol
-
     return Described(ULong(ERROR), [Symbol(condition), description, info])

@@ -7,10 +7,22 @@ delivery re-encodes only the header (delivery count) and the message annotations
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .codec import Described, Raw, Symbol, ULong, UInt, decode, encode, encode_into, skip
+from .codec import (
+    Described,
+    Raw,
+    Symbol,
+    Timestamp,
+    UByte,
+    UInt,
+    ULong,
+    decode,
+    encode,
+    encode_into,
+    skip,
+)
 
 HEADER = 0x70
 DELIVERY_ANNOTATIONS = 0x71
@@ -108,7 +120,10 @@ def parse(payload: bytes) -> Message:
 
 
 def encode_message(
-    message: Message, *, delivery_count: int | None = None, annotations: dict[Any, Any] | None = None
+    message: Message,
+    *,
+    delivery_count: int | None = None,
+    annotations: dict[Any, Any] | None = None,
 ) -> bytes:
     """The message with the broker's header and annotations; the rest copied as received."""
     out = bytearray()
@@ -132,8 +147,6 @@ def encode_message(
 
 
 def _typed_header(header: list[Any]) -> list[Any]:
-    from .codec import UByte
-
     durable, priority, ttl, first, count = header[:5]
     return [
         durable,
@@ -145,8 +158,6 @@ def _typed_header(header: list[Any]) -> list[Any]:
 
 
 def _typed_properties(props: list[Any]) -> list[Any]:
-    from .codec import Timestamp
-
     typed = list(props[:13])
     for index in (6, 7):  # content-type, content-encoding are symbols
         if typed[index] is not None:
@@ -189,8 +200,6 @@ __all__ = [
 
 def with_application_properties(message: Message, extra: dict[str, Any]) -> Message:
     """A copy whose application properties have `extra` added (dead-letter reason and description)."""
-    from dataclasses import replace
-
     data = message.raw_rest
     rest = data
     if data[:1] == b"\x00":

@@ -8,14 +8,18 @@ with an optional `apache.org:selector-filter:string` source filter and the
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from ..amqp import message as amqp_message
 from ..amqp.codec import Array, Symbol, Timestamp
-from ..amqp.connection import Delivery, Link, LinkRefused
-from ..nodes import ACCEPTED_STATE, ManagementError, Reply, rejected
+from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused
+from ..faults import Faults
+from ..nodes import ACCEPTED_STATE, ManagementError, Operation, Reply, oversize, rejected
 from .model import EntityNotFound, EventHubsModel, Partition, Position, ReaderRefused
+
+log = logging.getLogger("eventflow_emulators.messaging.eventhubs")
 
 MAX_MESSAGE_SIZE = 1024 * 1024  # Standard tier and the emulator (event-hubs-quotas)
 
@@ -53,14 +57,18 @@ def parse_selector(text: str | None) -> Position:
 
 def _selector_of(link: Link) -> str | None:
     for key, value in link.source_filters.items():
-        if str(key) == SELECTOR or (hasattr(value, "descriptor") and str(value.descriptor) == SELECTOR):
+        if str(key) == SELECTOR or (
+            hasattr(value, "descriptor") and str(value.descriptor) == SELECTOR
+        ):
             inner = value.value if hasattr(value, "value") else value
             return inner.decode() if isinstance(inner, bytes) else str(inner)
     return None
 
 
-class ProducerHandler:
-    def __init__(self, model: EventHubsModel, hub: str, partition_id: str | None, guard: Any) -> None:
+class ProducerHandler(BaseLinkHandler):
+    def __init__(
+        self, model: EventHubsModel, hub: str, partition_id: str | None, guard: Any
+    ) -> None:
         self.model = model
         self.hub = hub
         self.partition_id = partition_id
@@ -71,15 +79,9 @@ class ProducerHandler:
         if refusal is not None:
             link.settle(delivery.delivery_id, rejected(*refusal))
             return
-        if len(delivery.payload) > MAX_MESSAGE_SIZE:
-            link.settle(
-                delivery.delivery_id,
-                rejected(
-                    "amqp:link:message-size-exceeded",
-                    f"The received message (delivery-id:{delivery.delivery_id}, size:"
-                    f"{len(delivery.payload)} bytes) exceeds the limit ({MAX_MESSAGE_SIZE} bytes)",
-                ),
-            )
+        too_big = oversize(delivery, MAX_MESSAGE_SIZE)
+        if too_big is not None:
+            link.settle(delivery.delivery_id, too_big)
             return
         outer = amqp_message.parse(delivery.payload)
         events = (
@@ -92,22 +94,23 @@ class ProducerHandler:
             part = self.model.partition(self.hub, self.partition_id)
         else:
             part = self.model.partitions[
-                (self.hub.lower(), self.model.route(self.hub, str(key) if key is not None else None))
+                (
+                    self.hub.lower(),
+                    self.model.route(self.hub, str(key) if key is not None else None),
+                )
             ]
-        self.model.append(part, [_annotator(event, key) for event in events])
+        rows = self.model.append(part, [_annotator(event, key) for event in events])
+        log.debug(
+            "appended %d to %s/%d at %d",
+            len(rows),
+            self.hub,
+            part.index,
+            rows[0].seq if rows else -1,
+        )
         if self.guard.drop_after("send", link):
             return
         if not delivery.settled:
             link.settle(delivery.delivery_id, ACCEPTED_STATE)
-
-    def on_flow(self, link: Link) -> None:
-        pass
-
-    def on_disposition(self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool) -> None:
-        pass
-
-    def on_detach(self, link: Link) -> None:
-        pass
 
 
 def _annotator(event: amqp_message.Message, key: Any) -> Any:
@@ -123,7 +126,7 @@ def _annotator(event: amqp_message.Message, key: Any) -> Any:
     return build
 
 
-class ConsumerHandler:
+class ConsumerHandler(BaseLinkHandler):
     """One consumer link: delivers from its position as credit allows; an owner-level reader."""
 
     def __init__(self, model: EventHubsModel, part: Partition, group: str, link: Link) -> None:
@@ -135,6 +138,7 @@ class ConsumerHandler:
         self.owner_level: int | None = int(epoch) if epoch is not None else None
         selector = _selector_of(link)
         self.next_seq = model.start_sequence(part, parse_selector(selector))
+        log.debug("reader on %s/%d from %d (%s)", part.hub, part.index, self.next_seq, selector)
         self.settled = link.snd_settle_mode == 1
         self.tag = 0
 
@@ -142,31 +146,25 @@ class ConsumerHandler:
         self.link.detach(condition, description)
 
     def wake(self) -> None:
-        if self.link.can_send:
+        if self.link.can_send():
             self.pump(self.link)
 
     def pump(self, link: Link) -> None:
-        while link.can_send:
+        while link.can_send():
             rows = self.model.read(self.part, self.next_seq, min(link.credit, 300))
             if not rows:
                 return
             for row in rows:
-                if not link.can_send:
+                if not link.can_send():
                     return
                 self.tag += 1
                 link.send(row.body, self.tag.to_bytes(8, "big"), settled=self.settled)
                 self.next_seq = row.seq + 1
 
-    def on_transfer(self, link: Link, delivery: Delivery) -> None:
-        pass
-
     def on_flow(self, link: Link) -> None:
         self.pump(link)
 
-    def on_disposition(self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool) -> None:
-        pass
-
-    def on_detach(self, link: Link) -> None:
+    def on_detach(self, _link: Link) -> None:
         self.model.close_reader(self.part, self.group, self)
 
 
@@ -174,7 +172,9 @@ _CONSUMER = re.compile(r"^([^/]+)/ConsumerGroups/([^/]+)/Partitions/([^/]+)$", r
 _PRODUCER = re.compile(r"^([^/]+)(?:/Partitions/([^/]+))?$", re.IGNORECASE)
 
 
-def attach(model: EventHubsModel, link: Link, path: str, guard: Any) -> Any | None:
+def attach(
+    model: EventHubsModel, link: Link, path: str, guard: Faults
+) -> ProducerHandler | ConsumerHandler | None:
     """The handler for an Event Hubs link at `path`, or None when `path` names no hub."""
     hub = path.split("/", 1)[0]
     if hub.lower() not in model.hubs:
@@ -189,7 +189,9 @@ def attach(model: EventHubsModel, link: Link, path: str, guard: Any) -> Any | No
             part = model.partition(hub, partition_id)
             handler = ConsumerHandler(model, part, group, link)
             model.open_reader(part, group, handler)
-            link.reply_properties = {Symbol(EPOCH): handler.owner_level} if handler.owner_level is not None else {}
+            link.reply_properties = (
+                {Symbol(EPOCH): handler.owner_level} if handler.owner_level is not None else {}
+            )
             return handler
         match = _PRODUCER.match(path)
         if match is None:
@@ -206,13 +208,15 @@ def attach(model: EventHubsModel, link: Link, path: str, guard: Any) -> Any | No
         raise LinkRefused("amqp:invalid-field", str(error)) from None
 
 
-def management(model: EventHubsModel) -> Any:
+def management(model: EventHubsModel) -> Operation:
     """The `$management` READ operations (azure-eventhub aio/_client_base_async.py)."""
 
-    def operate(link: Link, request: amqp_message.Message) -> Reply:
+    def operate(_link: Link, request: amqp_message.Message) -> Reply:
         app = request.application_properties or {}
         if str(app.get("operation")) != "READ":
-            raise ManagementError(400, "amqp:not-implemented", f"unsupported operation {app.get('operation')!r}")
+            raise ManagementError(
+                400, "amqp:not-implemented", f"unsupported operation {app.get('operation')!r}"
+            )
         name = str(app.get("name"))
         kind = str(app.get("type"))
         try:

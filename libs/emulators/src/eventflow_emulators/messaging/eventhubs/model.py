@@ -64,13 +64,17 @@ def now_ms() -> int:
 
 
 class EventHubsModel:
-    def __init__(self, hubs: list[HubConfig], store: Store, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self, hubs: list[HubConfig], store: Store, clock: Callable[[], int] = now_ms
+    ) -> None:
         self.store = store
         self.clock = clock
         self.hubs = {h.name.lower(): h for h in hubs}
         self.created_ms = {name: store.hub_created(name, clock()) for name in self.hubs}
         self.partitions: dict[tuple[str, int], Partition] = {}
-        self._round_robin = {name: itertools.cycle(range(h.partition_count)) for name, h in self.hubs.items()}
+        self._round_robin = {
+            name: itertools.cycle(range(h.partition_count)) for name, h in self.hubs.items()
+        }
         for name, hub in self.hubs.items():
             for index in range(hub.partition_count):
                 part = Partition(name, index)
@@ -135,7 +139,9 @@ class EventHubsModel:
     def purge(self) -> int:
         dropped = 0
         for name, hub in self.hubs.items():
-            dropped += self.store.purge_events(name, self.clock() - int(hub.retention.total_seconds() * 1000))
+            dropped += self.store.purge_events(
+                name, self.clock() - int(hub.retention.total_seconds() * 1000)
+            )
         return dropped
 
     # --- reading ---------------------------------------------------------------------------
@@ -148,7 +154,9 @@ class EventHubsModel:
         if position.kind == "sequence":
             return position.value if position.inclusive else position.value + 1
         column = "offset" if position.kind == "offset" else "enqueued_ms"
-        found = self.store.first_seq_at(part.hub, part.index, column, position.value, position.inclusive)
+        found = self.store.first_seq_at(
+            part.hub, part.index, column, position.value, position.inclusive
+        )
         return part.next_seq if found is None else found
 
     def read(self, part: Partition, from_seq: int, limit: int) -> list[EventRow]:

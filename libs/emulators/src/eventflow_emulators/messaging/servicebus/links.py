@@ -11,19 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..amqp import message as amqp_message
 from ..amqp.codec import Array, Described, Symbol, Timestamp, ULong
-from ..amqp.connection import Delivery, Link, LinkRefused
+from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused
 from ..amqp.frames import ACCEPTED, MODIFIED, REJECTED, RELEASED, descriptor_code
 from ..faults import Faults
-from ..nodes import ACCEPTED_STATE, ManagementError, Reply, entity_path, rejected
+from ..nodes import (
+    ACCEPTED_STATE,
+    ManagementError,
+    Operation,
+    Reply,
+    entity_path,
+    oversize,
+    rejected,
+)
 from .model import (
     MESSAGE_STATE,
+    MessageLockLost,
     Queue,
     ServiceBusFault,
     ServiceBusModel,
+    SessionLockLost,
     StoredMessage,
 )
 
@@ -54,7 +66,7 @@ def _message_of(m: StoredMessage) -> amqp_message.Message:
     return m.cache
 
 
-def delivered_form(m: StoredMessage, queue: Queue) -> bytes:
+def delivered_form(m: StoredMessage) -> bytes:
     """The message as a receiver gets it: the broker's annotations and delivery count added."""
     message = _message_of(m)
     if m.dead and (m.dl_reason is not None or m.dl_description is not None):
@@ -70,32 +82,37 @@ def delivered_form(m: StoredMessage, queue: Queue) -> bytes:
     }  # fmt: skip
     if m.lock_token is not None:
         annotations[LOCKED_UNTIL] = Timestamp(m.locked_until_ms)
-    return amqp_message.encode_message(message, delivery_count=m.delivery_count, annotations=annotations)
+    return amqp_message.encode_message(
+        message, delivery_count=m.delivery_count, annotations=annotations
+    )
 
 
-def _items(delivery: Delivery) -> list[tuple[bytes, str | None, str | None, int | None, int | None]]:
+Item = tuple[bytes, str | None, str | None, int | None, int | None]
+
+
+def _item(body: bytes, message: amqp_message.Message) -> Item:
+    """(body, session id, message id, ttl ms, scheduled enqueue ms) of one sent message."""
+    session_id = message.prop("group_id")
+    message_id = message.prop("message_id")
+    ttl = message.header[2] if message.header else None
+    scheduled = message.annotations.get(SCHEDULED)
+    return (
+        body,
+        str(session_id) if session_id is not None else None,
+        str(message_id) if message_id is not None else None,
+        int(ttl) if ttl else None,
+        int(scheduled) if scheduled is not None else None,
+    )
+
+
+def _items(delivery: Delivery) -> list[Item]:
     outer = amqp_message.parse(delivery.payload)
     if delivery.message_format == amqp_message.BATCH_FORMAT:
-        messages = [(section, amqp_message.parse(section)) for section in outer.data_sections()]
-    else:
-        messages = [(delivery.payload, outer)]
-    items = []
-    for body, message in messages:
-        session_id = message.prop("group_id")
-        message_id = message.prop("message_id")
-        ttl = message.header[2] if message.header else None
-        scheduled = message.annotations.get(SCHEDULED)
-        items.append((
-            body,
-            str(session_id) if session_id is not None else None,
-            str(message_id) if message_id is not None else None,
-            int(ttl) if ttl else None,
-            int(scheduled) if scheduled is not None else None,
-        ))  # fmt: skip
-    return items
+        return [_item(section, amqp_message.parse(section)) for section in outer.data_sections()]
+    return [_item(delivery.payload, outer)]
 
 
-class SenderHandler:
+class SenderHandler(BaseLinkHandler):
     def __init__(self, model: ServiceBusModel, queue: Queue, faults: Faults) -> None:
         self.model = model
         self.queue = queue
@@ -106,12 +123,9 @@ class SenderHandler:
         if refusal is not None:
             link.settle(delivery.delivery_id, rejected(*refusal))
             return
-        if len(delivery.payload) > MAX_MESSAGE_SIZE:
-            link.settle(delivery.delivery_id, rejected(
-                "amqp:link:message-size-exceeded",
-                f"The received message (delivery-id:{delivery.delivery_id}, size:"
-                f"{len(delivery.payload)} bytes) exceeds the limit ({MAX_MESSAGE_SIZE} bytes)",
-            ))  # fmt: skip
+        too_big = oversize(delivery, MAX_MESSAGE_SIZE)
+        if too_big is not None:
+            link.settle(delivery.delivery_id, too_big)
             return
         try:
             self.model.send(self.queue, _items(delivery))
@@ -123,17 +137,8 @@ class SenderHandler:
         if not delivery.settled:
             link.settle(delivery.delivery_id, ACCEPTED_STATE)
 
-    def on_flow(self, link: Link) -> None:
-        pass
 
-    def on_disposition(self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool) -> None:
-        pass
-
-    def on_detach(self, link: Link) -> None:
-        pass
-
-
-class ReceiverHandler:
+class ReceiverHandler(BaseLinkHandler):
     """A queue, DLQ or session receiver. Peek-lock unless the link is sender-settled
     (receive-and-delete)."""
 
@@ -180,7 +185,9 @@ class ReceiverHandler:
             if left <= 0 or self.link.connection.closed:
                 # What the service does when no session frees up in time: the SDK turns
                 # com.microsoft:timeout into OperationTimeoutError.
-                raise LinkRefused(TIMEOUT, "The operation did not complete within the allotted timeout.")
+                raise LinkRefused(
+                    TIMEOUT, "The operation did not complete within the allotted timeout."
+                )
             self._accepted.clear()
             self.queue.waiting.append(self)
             try:
@@ -199,7 +206,7 @@ class ReceiverHandler:
 
     def wake(self) -> None:
         self._accepted.set()
-        if self.link.attached and self.link.can_send:
+        if self.link.attached and self.link.can_send():
             self.pump(self.link)
 
     def pump(self, link: Link) -> None:
@@ -213,19 +220,18 @@ class ReceiverHandler:
         )  # fmt: skip
         for m in taken:
             tag = m.lock_token.bytes_le if m.lock_token is not None else uuid.uuid4().bytes_le
-            link.send(delivered_form(m, self.queue), tag, settled=not self.peek_lock)
+            link.send(delivered_form(m), tag, settled=not self.peek_lock)
         if link.credit > 0 and self not in self.queue.waiting:
             self.queue.waiting.append(self)
         elif link.credit <= 0 and self in self.queue.waiting:
             self.queue.waiting.remove(self)
 
-    def on_transfer(self, link: Link, delivery: Delivery) -> None:
-        pass
-
     def on_flow(self, link: Link) -> None:
         self.pump(link)
 
-    def on_disposition(self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool) -> None:
+    def on_disposition(
+        self, link: Link, delivery_id: int, tag: bytes, state: Any, settled: bool
+    ) -> None:
         if not self.peek_lock or len(tag) != 16:
             return
         token = uuid.UUID(bytes_le=tag)
@@ -250,6 +256,10 @@ class ReceiverHandler:
                 reason, description = _dead_letter_details(fields)
                 self.model.dead_letter(self.queue, token, reason, description, self)
                 outcome = Described(ULong(REJECTED), [None])
+        except MessageLockLost as fault:
+            # A session receiver's messages are locked by the session: a lost lock is the session's.
+            lost = SessionLockLost(fault.description) if self.is_session else fault
+            outcome = rejected(lost.condition, lost.description)
         except ServiceBusFault as fault:
             outcome = rejected(fault.condition, fault.description)
         if refusal is None and self.faults.drop_after("settle", link):
@@ -257,7 +267,7 @@ class ReceiverHandler:
         if not settled:
             link.settle(delivery_id, outcome)
 
-    def on_detach(self, link: Link) -> None:
+    def on_detach(self, _link: Link) -> None:
         self.model.drop_receiver(self.queue, self)
 
 
@@ -265,7 +275,7 @@ def _dead_letter_details(fields: list[Any]) -> tuple[str | None, str | None]:
     error = fields[0] if fields else None
     if not isinstance(error, Described):
         return None, None
-    values = list(error.value or []) + [None, None, None]
+    values = [*list(error.value or []), None, None, None]
     info = values[2] or {}
     reason = next((v for k, v in info.items() if str(k) == "DeadLetterReason"), None)
     description = next((v for k, v in info.items() if str(k) == "DeadLetterErrorDescription"), None)
@@ -273,7 +283,9 @@ def _dead_letter_details(fields: list[Any]) -> tuple[str | None, str | None]:
             str(description) if description is not None else None)  # fmt: skip
 
 
-async def attach(model: ServiceBusModel, link: Link, path: str, faults: Faults) -> Any | None:
+async def attach(
+    model: ServiceBusModel, link: Link, path: str, faults: Faults
+) -> SenderHandler | ReceiverHandler | None:
     """The handler for a queue link at `path`, or None when `path` names no queue."""
     parts = path.split("/")
     if parts[0].lower() not in model.queues:
@@ -305,7 +317,24 @@ def _receiver_of(link: Link, request: amqp_message.Message) -> ReceiverHandler |
     return candidates[-1] if candidates else None
 
 
-def management(model: ServiceBusModel, queue_path: str, faults: Faults) -> Any:
+@dataclass(frozen=True)
+class Request:
+    """One management request, with what its operation may need."""
+
+    model: ServiceBusModel
+    queue: Queue
+    receiver: ReceiverHandler | None
+    body: dict[str, Any]
+    dead: bool  # addressed to the dead-letter queue
+    faults: Faults
+    link: Link
+
+    def text(self, key: str) -> str | None:
+        value = self.body.get(key)
+        return str(value) if value is not None else None
+
+
+def management(model: ServiceBusModel, queue_path: str, faults: Faults) -> Operation:
     """The `<queue>/$management` operations the SDK sends (constants.py REQUEST_RESPONSE_*)."""
 
     def operate(link: Link, request: amqp_message.Message) -> Reply:
@@ -315,12 +344,16 @@ def management(model: ServiceBusModel, queue_path: str, faults: Faults) -> Any:
         body = {str(k): v for k, v in body.items()} if isinstance(body, dict) else {}
         name = entity_path(queue_path).split("/")[0]
         dead = entity_path(queue_path).lower().endswith("/$deadletterqueue")
+        handler = _OPERATIONS.get(operation)
+        if handler is None:
+            raise ManagementError(
+                400, "amqp:not-implemented", f"operation {operation!r} is not supported"
+            )
         try:
             queue = model.queue(name)
-            receiver = _receiver_of(link, request)
-            return _OPERATIONS[operation](model, queue, receiver, body, dead, faults, link)
-        except KeyError:
-            raise ManagementError(400, "amqp:not-implemented", f"operation {operation!r} is not supported") from None
+            return handler(
+                Request(model, queue, _receiver_of(link, request), body, dead, faults, link)
+            )
         except ServiceBusFault as fault:
             raise ManagementError(fault.status, fault.condition, fault.description) from None
 
@@ -328,110 +361,108 @@ def management(model: ServiceBusModel, queue_path: str, faults: Faults) -> Any:
 
 
 def _tokens(body: dict[str, Any]) -> list[uuid.UUID]:
-    return [t if isinstance(t, uuid.UUID) else uuid.UUID(bytes=bytes(t)) for t in body.get("lock-tokens") or []]
+    return [
+        t if isinstance(t, uuid.UUID) else uuid.UUID(bytes=bytes(t))
+        for t in body.get("lock-tokens") or []
+    ]
 
 
-def _renew_lock(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
-    expirations = [Timestamp(model.renew_message_lock(queue, token)) for token in _tokens(body)]
+def _renew_lock(r: Request) -> Reply:
+    expirations = [Timestamp(r.model.renew_message_lock(r.queue, t)) for t in _tokens(r.body)]
     return Reply(200, "OK", {"expirations": Array(expirations)})
 
 
-def _renew_session_lock(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
-    until = model.renew_session_lock(queue, str(body.get("session-id")))
+def _renew_session_lock(r: Request) -> Reply:
+    until = r.model.renew_session_lock(r.queue, str(r.text("session-id")))
     return Reply(200, "OK", {"expiration": Timestamp(until)})
 
 
-def _get_state(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
-    state = model.get_session_state(queue, str(body.get("session-id")))
+def _get_state(r: Request) -> Reply:
+    state = r.model.get_session_state(r.queue, str(r.text("session-id")))
     return Reply(200, "OK", {"session-state": state})
 
 
-def _set_state(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
-    state = body.get("session-state")
-    model.set_session_state(queue, str(body.get("session-id")), bytes(state) if state is not None else None)
+def _set_state(r: Request) -> Reply:
+    state = r.body.get("session-state")
+    r.model.set_session_state(
+        r.queue, str(r.text("session-id")), bytes(state) if state is not None else None
+    )
     return Reply(200, "OK", None)
 
 
-def _receive_deferred(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
-    if receiver is None:
-        raise ManagementError(400, "com.microsoft:argument-error", "no receive link for this request")
-    seqs = [int(s) for s in body.get("sequence-numbers") or []]
-    session_id = body.get("session-id")
-    found = model.receive_deferred(queue, receiver, seqs, str(session_id) if session_id else None)
-    messages = [
-        {"message": delivered_form(m, queue), "lock-token": m.lock_token}
-        for m in found
-    ]
-    if int(body.get("receiver-settle-mode") or 0) == 0:
-        for m in found:  # receive-and-delete
+def _receive_deferred(r: Request) -> Reply:
+    if r.receiver is None:
+        raise ManagementError(
+            400, "com.microsoft:argument-error", "no receive link for this request"
+        )
+    seqs = [int(s) for s in r.body.get("sequence-numbers") or []]
+    found = r.model.receive_deferred(r.queue, r.receiver, seqs, r.text("session-id"))
+    messages = [{"message": delivered_form(m), "lock-token": m.lock_token} for m in found]
+    if int(r.body.get("receiver-settle-mode") or 0) == 0:  # 0 = first: receive-and-delete
+        for m in found:
             if m.lock_token is not None:
-                model.complete(queue, m.lock_token)
+                r.model.complete(r.queue, m.lock_token)
     return Reply(200, "OK", {"messages": messages})
 
 
-def _peek(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], dead: bool, *_: Any) -> Reply:
-    session_id = body.get("session-id")
-    found = model.peek(queue, int(body.get("from-sequence-number") or 0), int(body.get("message-count") or 1),
-                       dead=dead, session_id=str(session_id) if session_id else None)  # fmt: skip
+def _peek(r: Request) -> Reply:
+    found = r.model.peek(
+        r.queue, int(r.body.get("from-sequence-number") or 0),
+        int(r.body.get("message-count") or 1), dead=r.dead, session_id=r.text("session-id"),
+    )  # fmt: skip
     if not found:
         return Reply(204, "No Content", None)
-    return Reply(200, "OK", {"messages": [{"message": delivered_form(m, queue)} for m in found]})
+    return Reply(200, "OK", {"messages": [{"message": delivered_form(m)} for m in found]})
 
 
-def _update_disposition(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any],
-                        dead: bool, faults: Faults, link: Link) -> Reply:  # fmt: skip
-    refusal = faults.refusal("settle")
+def _update_disposition(r: Request) -> Reply:
+    refusal = r.faults.refusal("settle")
     if refusal is not None:
         raise ManagementError(503, *refusal)
-    status = str(body.get("disposition-status"))
-    for token in _tokens(body):
+    status = r.text("disposition-status")
+    for token in _tokens(r.body):
         if status == "completed":
-            model.complete(queue, token)
+            r.model.complete(r.queue, token)
         elif status == "abandoned":
-            model.abandon(queue, token)
-        elif status == "defered":
-            model.defer(queue, token)
+            r.model.abandon(r.queue, token)
+        elif status == "defered":  # sic: the SDK's spelling (constants.py SETTLEMENT_DEFER)
+            r.model.defer(r.queue, token)
         elif status == "suspended":
-            reason, description = body.get("deadletter-reason"), body.get("deadletter-description")
-            model.dead_letter(queue, token, str(reason) if reason is not None else None,
-                              str(description) if description is not None else None)  # fmt: skip
+            r.model.dead_letter(
+                r.queue, token, r.text("deadletter-reason"), r.text("deadletter-description")
+            )
         else:
-            raise ManagementError(400, "com.microsoft:argument-error", f"unknown disposition {status!r}")
-    if faults.drop_after("settle", link):
+            raise ManagementError(
+                400, "com.microsoft:argument-error", f"unknown disposition {status!r}"
+            )
+    if r.faults.drop_after("settle", r.link):
         return Reply(-1)
     return Reply(200, "OK", None)
 
 
-def _schedule(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
+def _schedule(r: Request) -> Reply:
     items = []
-    for entry in body.get("messages") or []:
-        entry = {str(k): v for k, v in entry.items()}
-        raw = bytes(entry["message"])
-        message = amqp_message.parse(raw)
-        session_id = message.prop("group_id")
-        message_id = message.prop("message_id")
-        ttl = message.header[2] if message.header else None
-        scheduled = message.annotations.get(SCHEDULED)
-        items.append((raw, str(session_id) if session_id is not None else None,
-                      str(message_id) if message_id is not None else None,
-                      int(ttl) if ttl else None, int(scheduled) if scheduled is not None else None))  # fmt: skip
-    seqs = model.send(queue, items)
+    for entry in r.body.get("messages") or []:
+        fields = {str(k): v for k, v in entry.items()}
+        raw = bytes(fields["message"])
+        items.append(_item(raw, amqp_message.parse(raw)))
+    seqs = r.model.send(r.queue, items)
     return Reply(200, "OK", {"sequence-numbers": Array([int(s) for s in seqs])})
 
 
-def _cancel(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
-    model.cancel_scheduled(queue, [int(s) for s in body.get("sequence-numbers") or []])
+def _cancel(r: Request) -> Reply:
+    r.model.cancel_scheduled(r.queue, [int(s) for s in r.body.get("sequence-numbers") or []])
     return Reply(200, "OK", None)
 
 
-def _sessions(model: ServiceBusModel, queue: Queue, receiver: Any, body: dict[str, Any], *_: Any) -> Reply:
-    ids = sorted({m.session_id for m in queue.messages.values() if m.session_id and not m.dead})
+def _sessions(r: Request) -> Reply:
+    ids = sorted({m.session_id for m in r.queue.messages.values() if m.session_id and not m.dead})
     if not ids:
         return Reply(204, "No Content", None)
     return Reply(200, "OK", {"skip": 0, "sessions-ids": Array(ids)})
 
 
-_OPERATIONS: dict[str, Any] = {
+_OPERATIONS: dict[str, Callable[[Request], Reply]] = {
     "com.microsoft:renew-lock": _renew_lock,
     "com.microsoft:renew-session-lock": _renew_session_lock,
     "com.microsoft:get-session-state": _get_state,

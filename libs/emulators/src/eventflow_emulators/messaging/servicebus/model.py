@@ -127,6 +127,9 @@ class Queue:
         self.store = store
         self.clock = clock
         self.messages: dict[int, StoredMessage] = {}  # main queue and DLQ, by sequence number
+        # The same messages by session (None: no session), so a session receiver scans its own.
+        self.lanes: dict[str | None, dict[int, StoredMessage]] = {}
+        self.scheduled: set[int] = set()  # sequence numbers of messages not yet enqueued
         self.locks: dict[uuid.UUID, StoredMessage] = {}
         self.sessions: dict[str, SessionLock] = {}
         self.waiting: list[Receiver] = []  # receivers to wake when something becomes available
@@ -136,13 +139,13 @@ class Queue:
         if config.requires_duplicate_detection:
             self.duplicates = store.load_duplicates(self.name, clock() - window_ms)
         for row in store.load_messages(self.name):
-            self.messages[row.seq] = StoredMessage(
+            self.add(StoredMessage(
                 seq=row.seq, body=row.body, session_id=row.session_id, message_id=row.message_id,
                 enqueued_ms=row.enqueued_ms, expires_ms=row.expires_ms,
                 scheduled_ms=row.scheduled_ms, state=row.state, dead=row.dead,
                 delivery_count=row.delivery_count, dl_reason=row.dl_reason,
                 dl_description=row.dl_description,
-            )  # fmt: skip
+            ))  # fmt: skip
 
     @property
     def lock_ms(self) -> int:
@@ -152,6 +155,21 @@ class Queue:
         return MessageRow(self.name, m.seq, m.dead, m.state, m.session_id, m.message_id,
                           m.delivery_count, m.enqueued_ms, m.scheduled_ms, m.expires_ms,
                           m.dl_reason, m.dl_description, m.body)  # fmt: skip
+
+    def add(self, m: StoredMessage) -> None:
+        self.messages[m.seq] = m
+        if m.state == SCHEDULED:
+            self.scheduled.add(m.seq)
+        self.lanes.setdefault(m.session_id, {})[m.seq] = m
+
+    def remove(self, seq: int) -> None:
+        m = self.messages.pop(seq)
+        self.scheduled.discard(seq)
+        lane = self.lanes.get(m.session_id)
+        if lane is not None:
+            lane.pop(seq, None)
+            if not lane:
+                del self.lanes[m.session_id]
 
     def wake_all(self) -> None:
         for receiver in list(self.waiting):
@@ -290,7 +308,7 @@ class ServiceBusModel:
             if seen:
                 self.store.add_duplicates(queue.name, seen)
         for m in new:
-            queue.messages[m.seq] = m
+            queue.add(m)
         if new:
             queue.wake_all()
         return seqs
@@ -298,15 +316,19 @@ class ServiceBusModel:
     def cancel_scheduled(self, queue: Queue, seqs: list[int]) -> None:
         gone = [s for s in seqs if s in queue.messages and queue.messages[s].state == SCHEDULED]
         for seq in gone:
-            del queue.messages[seq]
+            queue.remove(seq)
         self.store.delete_messages(queue.name, gone)
 
     # --- receiving -------------------------------------------------------------------------
 
     def _activate_due(self, queue: Queue, now: int) -> None:
-        for m in queue.messages.values():
-            if m.state == SCHEDULED and m.scheduled_ms is not None and m.scheduled_ms <= now:
+        for seq in list(queue.scheduled):
+            m = queue.messages[seq]
+            if m.scheduled_ms is None or m.scheduled_ms <= now:
+                # A scheduled message is enqueued when its time comes (message-sequencing).
+                m.enqueued_ms = max(m.enqueued_ms, m.scheduled_ms or 0)
                 m.state, m.scheduled_ms = ACTIVE, None
+                queue.scheduled.discard(seq)
 
     def _expire(self, queue: Queue, m: StoredMessage) -> None:
         """TTL expiry: dead-letter if the queue says so, else drop."""
@@ -317,7 +339,7 @@ class ServiceBusModel:
                                       delivery_count=m.delivery_count, dl_reason=m.dl_reason,
                                       dl_description=m.dl_description)  # fmt: skip
         else:
-            del queue.messages[m.seq]
+            queue.remove(m.seq)
             self.store.delete_messages(queue.name, [m.seq])
 
     def take(
@@ -333,12 +355,19 @@ class ServiceBusModel:
         """Up to `count` available messages of the queue (or its DLQ, or one session), in
         sequence order, locked to `receiver` (or removed when `lock` is false:
         receive-and-delete)."""
+        self.tick()
         now = self.clock()
         self._activate_due(queue, now)
         taken: list[StoredMessage] = []
         expired: list[StoredMessage] = []
-        # `messages` is in sequence order: sequence numbers only grow and rows load ordered.
-        for m in queue.messages.values():
+        # In sequence order: sequence numbers only grow and rows load ordered. A session
+        # receiver scans only its session's lane.
+        scan = (
+            queue.lanes.get(session_id, {})
+            if queue.config.requires_session and not dead
+            else queue.messages
+        )
+        for m in list(scan.values()):
             if len(taken) >= count:
                 break
             if m.dead != dead or not queue.available(m, now):
@@ -355,7 +384,7 @@ class ServiceBusModel:
             if lock:
                 self._lock(queue, m, receiver, now)
             else:
-                del queue.messages[m.seq]
+                queue.remove(m.seq)
         if not lock and taken:
             self.store.delete_messages(queue.name, [m.seq for m in taken])
         return taken
@@ -376,7 +405,11 @@ class ServiceBusModel:
         now = self.clock()
         if m is not None and m.session_id is not None and not m.dead:
             lock = queue.sessions.get(m.session_id)
-            if lock is None or lock.locked_until_ms <= now or (receiver is not None and lock.holder is not receiver):
+            if (
+                lock is None
+                or lock.locked_until_ms <= now
+                or (receiver is not None and lock.holder is not receiver)
+            ):
                 raise SessionLockLost(
                     "The session lock has expired on the MessageSession. Accept a new MessageSession."
                 )
@@ -391,7 +424,7 @@ class ServiceBusModel:
     def complete(self, queue: Queue, token: uuid.UUID, receiver: Receiver | None = None) -> None:
         m = self._locked(queue, token, receiver)
         self._unlock(queue, m)
-        del queue.messages[m.seq]
+        queue.remove(m.seq)
         self.store.delete_messages(queue.name, [m.seq])
 
     def abandon(self, queue: Queue, token: uuid.UUID, receiver: Receiver | None = None) -> None:
@@ -479,8 +512,14 @@ class ServiceBusModel:
         found = []
         for seq in seqs:
             m = queue.messages.get(seq)
-            if m is None or m.state != DEFERRED or (session_id is not None and m.session_id != session_id):
-                raise MessageNotFound(f"Failed to retrieve the deferred message with sequence number {seq}.")
+            if (
+                m is None
+                or m.state != DEFERRED
+                or (session_id is not None and m.session_id != session_id)
+            ):
+                raise MessageNotFound(
+                    f"Failed to retrieve the deferred message with sequence number {seq}."
+                )
             found.append(m)
         now = self.clock()
         for m in found:
@@ -505,9 +544,12 @@ class ServiceBusModel:
 
     # --- sessions --------------------------------------------------------------------------
 
-    def accept_session(self, queue: Queue, receiver: Receiver, session_id: str | None) -> str | None:
+    def accept_session(
+        self, queue: Queue, receiver: Receiver, session_id: str | None
+    ) -> str | None:
         """Lock a named session, or the next session with available messages (None when there
         is none: the caller waits and retries until its accept timeout)."""
+        self.tick()
         now = self.clock()
         self._activate_due(queue, now)
         if session_id is None:
@@ -571,7 +613,12 @@ class ServiceBusModel:
         now = self.clock()
         for queue in self.queues.values():
             for m in list(queue.messages.values()):
-                if not m.dead and m.lock_token is None and m.expires_ms is not None and m.expires_ms <= now:
+                if (
+                    not m.dead
+                    and m.lock_token is None
+                    and m.expires_ms is not None
+                    and m.expires_ms <= now
+                ):
                     self._expire(queue, m)
             window_ms = int(queue.config.duplicate_detection_window.total_seconds() * 1000)
             queue.duplicates = {k: v for k, v in queue.duplicates.items() if v >= now - window_ms}

@@ -1,9 +1,12 @@
-"""Service Bus queues, sessions and settlement: one set of cases, every backend.
+"""Service Bus queues, sessions and settlement through the real azure-servicebus SDK: one set of
+cases, every backend.
 
-Backends: the SQLite stand-in (always), and the Service Bus emulator or Azure when
+Backends: this repository's messaging emulator (always; queues conformance-sessions and
+conformance-plain of emulators/servicebus.json, lock duration 5 s), and the Service Bus emulator
+or Azure when
 EVENTFLOW_CONFORMANCE_SERVICEBUS_CONNECTION_STRING is set, with two existing queues named by
 EVENTFLOW_CONFORMANCE_SERVICEBUS_SESSION_QUEUE (sessions, duplicate detection, max delivery count 3,
-lock duration LOCK_SECONDS) and EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE (no sessions).
+lock duration EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS, default 5) and EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE (no sessions).
 Every case uses its own session ids and message ids, so a shared broker needs no clean-up.
 """
 
@@ -11,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import pytest
@@ -37,12 +40,9 @@ from azure.servicebus.exceptions import (
     SessionLockLostError,
 )
 
-from eventflow_emulators.conformance import setting_or_skip
-from eventflow_local.environment import LocalEnvironment
-from eventflow_local.servicebus import ServiceBusAdministrationClient
-from eventflow_local.servicebus import ServiceBusClient as LocalServiceBusClient
+from eventflow_emulators.conformance import BackendCases, setting_or_skip
+from eventflow_emulators.messaging.testing import RunningMessagingEmulator
 
-LOCK_SECONDS = float(os.environ.get("EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS", "2"))
 MAX_DELIVERY_COUNT = 3
 
 
@@ -51,6 +51,9 @@ class Broker:
     client: Any
     session_queue: str
     plain_queue: str
+    lock_seconds: float
+    connection_string: str = ""
+    emulator: RunningMessagingEmulator | None = None
 
 
 def message(session_id: str | None, body: bytes = b"{}", **kwargs: Any) -> ServiceBusMessage:
@@ -112,7 +115,7 @@ async def dead_letters_of(broker: Broker, message_id: str, wait: float = 5.0) ->
     return []
 
 
-class ServiceBusConformance:
+class ServiceBusConformance(BackendCases):
     """The cases. A backend subclasses this and provides the `broker` fixture."""
 
     backend: ClassVar[str]
@@ -263,10 +266,18 @@ class ServiceBusConformance:
     ) -> None:
         session = new_session()
         await self.send(broker, message(session))
+        # SessionCannotBeLockedError is retryable (azure-servicebus exceptions.py), so with the
+        # default retries (about 6 s of back-off) a short session lock could expire and the
+        # contender win; without retries the refusal reaches the caller at once.
         async with self.session_receiver(broker, session) as holder:
-            with pytest.raises((SessionCannotBeLockedError, OperationTimeoutError)):
-                async with self.session_receiver(broker, session, wait=1):
-                    pass
+            async with AzureServiceBusClient.from_connection_string(
+                broker.connection_string, retry_total=0
+            ) as impatient:
+                with pytest.raises((SessionCannotBeLockedError, OperationTimeoutError)):
+                    async with impatient.get_queue_receiver(
+                        broker.session_queue, session_id=session, max_wait_time=1
+                    ):
+                        pass
             await holder.complete_message((await receive_all(holder, 1))[0])
 
     async def test_next_available_session_skips_held_and_empty_sessions(
@@ -333,7 +344,9 @@ class ServiceBusConformance:
         await self.send(broker, message(session))
         async with self.session_receiver(broker, session) as stale:
             (received,) = await receive_all(stale, 1)
-            await asyncio.sleep(LOCK_SECONDS + 0.5)  # the lock duration is the point of this case
+            await asyncio.sleep(
+                broker.lock_seconds + 0.5
+            )  # the lock duration is the point of this case
             async with self.session_receiver(broker, session, wait=5) as fresh:
                 (again,) = await receive_all(fresh, 1)
                 assert again.delivery_count == 1
@@ -347,7 +360,7 @@ class ServiceBusConformance:
         async with self.session_receiver(broker, session) as receiver:
             (received,) = await receive_all(receiver, 1)
             for _ in range(3):
-                await asyncio.sleep(LOCK_SECONDS / 2)
+                await asyncio.sleep(broker.lock_seconds / 2)
                 await receiver.session.renew_lock()
             await receiver.complete_message(received)
             with pytest.raises(TypeError):
@@ -365,6 +378,16 @@ class ServiceBusConformance:
             for item in received:
                 await receiver.complete_message(item)
         assert len(received) == added
+
+    async def test_a_message_near_the_size_limit_arrives_intact(self, broker: Broker) -> None:
+        # ~250 KB, under the Standard tier's 256 KB (service-bus-quotas), several frames each way.
+        session = new_session()
+        body = bytes(range(256)) * 975
+        await self.send(broker, message(session, body))
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await receiver.complete_message(received)
+        assert b"".join(received.body) == body
 
     async def test_a_message_larger_than_the_queue_accepts_is_refused(self, broker: Broker) -> None:
         with pytest.raises(MessageSizeExceededError):
@@ -396,7 +419,9 @@ class ServiceBusConformance:
             broker.plain_queue, max_wait_time=2
         ) as receiver:
             first = await receive_one(receiver, sent.message_id)
-            await asyncio.sleep(LOCK_SECONDS + 0.5)  # the lock duration is the point of this case
+            await asyncio.sleep(
+                broker.lock_seconds + 0.5
+            )  # the lock duration is the point of this case
             with pytest.raises(MessageLockLostError):
                 await receiver.complete_message(first)
             again = await receive_one(receiver, sent.message_id)
@@ -409,39 +434,178 @@ class ServiceBusConformance:
         with pytest.raises(ServiceBusError):
             await self.send(broker, message(None))
 
-    async def test_no_available_session_times_out(self, broker: Broker) -> None:
-        if self.backend != TestLocalStandIn.backend:
-            pytest.skip(
-                "a shared broker may hold other sessions: only a fresh queue proves the timeout"
+    async def test_a_scheduled_message_arrives_at_its_time_or_not_once_cancelled(
+        self, broker: Broker
+    ) -> None:
+        # learn.microsoft.com/azure/service-bus-messaging/message-sequencing ("Scheduled
+        # messages"): not receivable before the scheduled time; cancelling removes it.
+        session = new_session()
+        due = datetime.now(UTC) + timedelta(seconds=4)  # room for the calls before the check
+        async with broker.client.get_queue_sender(broker.session_queue) as sender:
+            kept, cancelled = await sender.schedule_messages(
+                [message(session, b"kept"), message(session, b"cancelled")], due
             )
-        with pytest.raises(OperationTimeoutError):
-            async with self.session_receiver(broker, NEXT_AVAILABLE_SESSION, wait=1):
-                pass
+            await sender.cancel_scheduled_messages(cancelled)
+        async with self.session_receiver(broker, session) as receiver:
+            assert await receiver.receive_messages(max_wait_time=0.5) == []
+            received = await receive_all(receiver, 1, wait=8)
+            assert [m.sequence_number for m in received] == [kept]
+            assert received[0].enqueued_time_utc >= due - timedelta(seconds=1)
+            await receiver.complete_message(received[0])
+            assert await receiver.receive_messages(max_wait_time=1) == []
 
+    async def test_peeking_continues_from_the_last_sequence_number(self, broker: Broker) -> None:
+        # The SDK asks for from-sequence-number = last peeked + 1 (mgmt_handlers.py peek_op).
+        session = new_session()
+        await self.send(broker, *[message(session, str(n).encode()) for n in range(4)])
+        async with self.session_receiver(broker, session) as receiver:
+            first = await receiver.peek_messages(max_message_count=2)
+            second = await receiver.peek_messages(max_message_count=2)
+            for item in await receive_all(receiver, 4):
+                await receiver.complete_message(item)
+        assert [b"".join(m.body) for m in first + second] == [b"0", b"1", b"2", b"3"]
 
-class TestLocalStandIn(ServiceBusConformance):
-    backend = "the local stand-in"
-
-    @pytest.fixture
-    async def broker(self, environment_folder: Path) -> AsyncIterator[Broker]:
-        environment = LocalEnvironment(environment_folder)
-        async with ServiceBusAdministrationClient(environment) as admin:
-            await admin.create_queue(
-                "inbox", requires_session=True, requires_duplicate_detection=True,
-                duplicate_detection_history_time_window=timedelta(minutes=1),
-                max_delivery_count=MAX_DELIVERY_COUNT, lock_duration=timedelta(seconds=LOCK_SECONDS),
-            )  # fmt: skip
-            await admin.create_queue(
-                "plain",
-                max_delivery_count=MAX_DELIVERY_COUNT,
-                lock_duration=timedelta(seconds=LOCK_SECONDS),
-            )
-        async with LocalServiceBusClient(environment) as client:
-            yield Broker(client, "inbox", "plain")
+    async def test_renewing_a_message_lock_keeps_the_message(self, broker: Broker) -> None:
+        sent = message(None, b"long")
+        await self.send(broker, sent, queue=broker.plain_queue)
+        async with broker.client.get_queue_receiver(
+            broker.plain_queue, max_wait_time=2
+        ) as receiver:
+            found = await receive_one(receiver, sent.message_id)
+            first_until = found.locked_until_utc
+            await asyncio.sleep(broker.lock_seconds * 0.6)  # lock time is the point of this case
+            renewed = await receiver.renew_message_lock(found)
+            assert renewed > first_until
+            await asyncio.sleep(broker.lock_seconds * 0.6)
+            await receiver.complete_message(found)
 
     async def test_sending_to_a_missing_queue_is_an_error(self, broker: Broker) -> None:
         with pytest.raises(MessagingEntityNotFoundError):
-            await self.send(broker, message(None), queue="missing")
+            await self.send(broker, message(None), queue=f"missing-{uuid.uuid4().hex[:8]}")
+
+    async def test_closing_a_session_receiver_unsettled_counts_no_delivery(
+        self, broker: Broker
+    ) -> None:
+        # Closing the link releases its unsettled messages (azure-servicebus 7.15.0 release
+        # notes: prefetched messages are released on close); a release is not a delivery
+        # attempt (AMQP 1.0 part 3.4.4 "released").
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            (first,) = await receive_all(receiver, 1)
+        async with self.session_receiver(broker, session) as receiver:
+            (again,) = await receive_all(receiver, 1)
+            await receiver.complete_message(again)
+        assert (first.delivery_count, again.delivery_count) == (0, 0)
+
+
+class TestMessagingEmulator(ServiceBusConformance):
+    backend = "the eventflow messaging emulator"
+
+    @pytest.fixture
+    async def broker(
+        self, messaging_emulator_server: RunningMessagingEmulator
+    ) -> AsyncIterator[Broker]:
+        connection_string = messaging_emulator_server.connection_string
+        async with AzureServiceBusClient.from_connection_string(connection_string) as client:
+            yield Broker(
+                client, "conformance-sessions", "conformance-plain", lock_seconds=5.0,
+                connection_string=connection_string, emulator=messaging_emulator_server,
+            )  # fmt: skip
+
+    async def test_a_session_receiver_is_dead_after_a_connection_drop(self, broker: Broker) -> None:
+        # A dropped connection takes the session lock with it; the SDK does not re-open a
+        # session receiver, so settling fails and a new receiver gets the message again.
+        assert broker.emulator is not None
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await asyncio.to_thread(broker.emulator.admin.drop_connections)
+            with pytest.raises(ServiceBusError):
+                await receiver.complete_message(received)
+        async with self.session_receiver(broker, session) as fresh:
+            (again,) = await receive_all(fresh, 1)
+            await fresh.complete_message(again)
+
+    async def test_server_busy_is_retried_by_the_sdk(self, broker: Broker) -> None:
+        # com.microsoft:server-busy is retryable: the SDK retries with back-off (retry_total 3,
+        # retry_backoff_factor 0.8 s) before the application would see ServiceBusServerBusyError
+        # (azure-servicebus _common/_configuration.py; exceptions.py ServiceBusServerBusyError).
+        assert broker.emulator is not None
+        session = new_session()
+        await asyncio.to_thread(broker.emulator.admin.server_busy, 1.0, ["send"])
+        started = time.monotonic()
+        await self.send(broker, message(session, b"eventually"))
+        assert time.monotonic() - started >= 0.5
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await receiver.complete_message(received)
+        assert b"".join(received.body) == b"eventually"
+
+    async def test_a_send_applied_then_dropped_is_retried_and_deduplicated(
+        self, broker: Broker
+    ) -> None:
+        # The broker stores the message, then the connection drops before the acknowledgement;
+        # the SDK retries the send and duplicate detection (same MessageId) drops the copy
+        # (learn.microsoft.com/azure/service-bus-messaging/duplicate-detection).
+        assert broker.emulator is not None
+        session = new_session()
+        await asyncio.to_thread(broker.emulator.admin.apply_then_drop, "send")
+        await self.send(broker, message(session, b"once"))
+        async with self.session_receiver(broker, session) as receiver:
+            received = await receive_all(receiver, 2, wait=2)
+            for item in received:
+                await receiver.complete_message(item)
+        assert [b"".join(m.body) for m in received] == [b"once"]
+
+    async def test_a_settlement_applied_then_dropped_is_not_redelivered(
+        self, broker: Broker
+    ) -> None:
+        # The broker completes the message, then the connection drops before the outcome: the
+        # SDK reports a connection error, and the message is gone all the same.
+        assert broker.emulator is not None
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await asyncio.to_thread(broker.emulator.admin.apply_then_drop, "settle")
+            with pytest.raises(ServiceBusError):
+                await receiver.complete_message(received)
+        async with self.session_receiver(broker, session) as fresh:
+            assert await fresh.receive_messages(max_wait_time=1) == []
+
+    async def test_a_stall_delays_a_send_until_it_ends(self, broker: Broker) -> None:
+        assert broker.emulator is not None
+        session = new_session()
+        async with broker.client.get_queue_sender(broker.session_queue) as sender:
+            await sender.send_messages(message(session, b"warm-up"))
+            await asyncio.to_thread(broker.emulator.admin.stall, 2.0)
+            started = time.monotonic()
+            await sender.send_messages(message(session, b"stalled"))
+            assert time.monotonic() - started >= 1.5
+        async with self.session_receiver(broker, session) as receiver:
+            received = await receive_all(receiver, 2)
+            for item in received:
+                await receiver.complete_message(item)
+        assert [b"".join(m.body) for m in received] == [b"warm-up", b"stalled"]
+
+    async def test_an_expired_session_lock_is_lost_on_settle(self, broker: Broker) -> None:
+        assert broker.emulator is not None
+        session = new_session()
+        await self.send(broker, message(session))
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            expired = await asyncio.to_thread(
+                broker.emulator.admin.expire_lock, broker.session_queue, session_id=session
+            )
+            assert expired == 1
+            with pytest.raises(SessionLockLostError):
+                await receiver.complete_message(received)
+        async with self.session_receiver(broker, session) as fresh:
+            (again,) = await receive_all(fresh, 1)
+            await fresh.complete_message(again)
+        assert again.delivery_count == 1
 
 
 class TestEmulatorOrAzure(ServiceBusConformance):
@@ -452,5 +616,6 @@ class TestEmulatorOrAzure(ServiceBusConformance):
         connection_string = setting_or_skip("EVENTFLOW_CONFORMANCE_SERVICEBUS_CONNECTION_STRING")
         session_queue = setting_or_skip("EVENTFLOW_CONFORMANCE_SERVICEBUS_SESSION_QUEUE")
         plain_queue = setting_or_skip("EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE")
+        lock_seconds = float(os.environ.get("EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS", "5"))
         async with AzureServiceBusClient.from_connection_string(connection_string) as client:
-            yield Broker(client, session_queue, plain_queue)
+            yield Broker(client, session_queue, plain_queue, lock_seconds, connection_string)

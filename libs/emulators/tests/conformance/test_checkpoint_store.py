@@ -1,21 +1,19 @@
-"""The Event Hubs CheckpointStore interface: the SQLite store and the SDK's BlobCheckpointStore on
-Azurite (or Azure Storage when EVENTFLOW_CONFORMANCE_STORAGE_CONNECTION_STRING is set)."""
+"""The Event Hubs CheckpointStore interface: the SDK's BlobCheckpointStore on Azurite (or Azure
+Storage when EVENTFLOW_CONFORMANCE_STORAGE_CONNECTION_STRING is set), the store the Event Hubs
+consumer cases of test_eventhubs.py run with."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 from azure.storage.blob.aio import BlobServiceClient
 
-from eventflow_emulators.conformance import setting_or_skip
+from eventflow_emulators.conformance import BackendCases, setting_or_skip
 from eventflow_emulators.servers import RunningServer
-from eventflow_local.checkpoints import SqliteCheckpointStore
-from eventflow_local.environment import LocalEnvironment
 
 NAMESPACE, HUB, GROUP = "ns.servicebus.windows.net", "orders", "inbox-subscriber"
 
@@ -54,7 +52,7 @@ async def blob_store(connection_string: str) -> BlobCheckpointStore:
     return BlobCheckpointStore.from_connection_string(connection_string, container_name=container)
 
 
-class CheckpointStoreConformance:
+class CheckpointStoreConformance(BackendCases):
     """The cases. A backend subclasses this and provides the `store` fixture."""
 
     backend: ClassVar[str]
@@ -91,10 +89,16 @@ class CheckpointStoreConformance:
         )
         assert [o["partition_id"] for o in won] == ["0"]
 
-    async def test_a_claim_without_an_etag_overwrites_an_existing_owner(self, store: Any) -> None:
+    async def test_a_claim_without_an_etag_loses_to_an_existing_owner(self, store: Any) -> None:
+        # The store claims without an etag with `If-None-Match: *` (checkpointstoreblobaio
+        # _blobstoragecsaio.py `_upload_ownership`). Azure Storage documents that header as
+        # "perform the operation only if the resource does not exist, and fail the operation if
+        # it does exist" (learn.microsoft.com/rest/api/storageservices/
+        # specifying-conditional-headers-for-blob-service-operations), so on an existing
+        # ownership blob Set Blob Metadata fails with 412 and the claim is lost.
         await store.claim_ownership([ownership("0", "a")])
-        await store.claim_ownership([ownership("0", "b")])
-        assert await owners(store) == {"0": "b"}
+        assert await store.claim_ownership([ownership("0", "b")]) == []
+        assert await owners(store) == {"0": "a"}
 
     async def test_releasing_clears_the_owner(self, store: Any) -> None:
         await store.claim_ownership([ownership("0", "a")])
@@ -122,17 +126,14 @@ class CheckpointStoreConformance:
         assert [c["sequence_number"] for c in found] == [5]
 
 
-class TestSqliteStore(CheckpointStoreConformance):
-    backend = "the SQLite checkpoint store"
-
-    @pytest.fixture
-    async def store(self, environment_folder: Path) -> AsyncIterator[Any]:
-        async with SqliteCheckpointStore(LocalEnvironment(environment_folder)) as store:
-            yield store
-
-
 class TestBlobStoreOnAzurite(CheckpointStoreConformance):
     backend = "BlobCheckpointStore on Azurite"
+    not_applicable: ClassVar[dict[str, str]] = {
+        "test_a_claim_without_an_etag_loses_to_an_existing_owner": (
+            "Azurite 3.35 ignores If-None-Match: * on Set Blob Metadata of an existing blob and"
+            " overwrites the owner, unlike the documented Azure Storage behaviour"
+        ),
+    }
 
     @pytest.fixture
     async def store(self, azurite_server: RunningServer) -> AsyncIterator[Any]:

@@ -18,7 +18,7 @@ from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
 from eventflow_subscriber.adapters.eventhubs_reader import Subscription
 from eventflow_subscriber.adapters.servicebus_inbox import ServiceBusInbox
-from eventflow_subscriber.forwarding import Forwarder, RetryPolicy
+from eventflow_subscriber.forwarding import Forwarder, ForwarderObserver, RetryPolicy
 
 from ..conftest import (  # type: ignore[import-not-found]
     INBOX,
@@ -40,6 +40,7 @@ async def subscriber(
     subscribed: Collection[str] | None = None,
     retry: RetryPolicy | None = None,
     service_bus_options: dict[str, Any] | None = None,
+    observer: ForwarderObserver | None = None,
 ) -> AsyncIterator[tuple[Subscription, asyncio.Task[None], BlobCheckpointStore]]:
     store = backends.checkpoint_store()
     consumer = backends.consumer(store, load_balancing_interval=LOAD_BALANCING_INTERVAL)
@@ -49,7 +50,7 @@ async def subscriber(
         client.get_queue_sender(INBOX) as sender,
     ):
         forwarder = forwarder_type(ServiceBusInbox(sender), hub="orders", subscribed=subscribed, max_message_bytes=250_000,
-                                   retry=retry or RetryPolicy(base_delay=0.01))  # fmt: skip
+                                   retry=retry or RetryPolicy(base_delay=0.01), observer=observer)  # fmt: skip
         subscription = Subscription(
             consumer, forwarder, max_batch_size=50, max_wait_time=None, starting_position="-1"
         )
@@ -151,3 +152,101 @@ async def test_a_malformed_event_on_the_hub_becomes_a_marker_and_the_rest_flows(
     details = orjson.loads(b"".join(marker.body))
     assert (details["eventhub"], details["sequence_number"]) == ("orders", 0)
     assert len(inbox["o1"]) == 1
+
+
+class Refusals(ForwarderObserver):
+    def __init__(self) -> None:
+        self.busy = 0
+
+    def send_retry(self, *, busy: bool) -> None:
+        self.busy += busy
+
+
+def orders(count: int, first_sequence: int = 1, keys: int = 5) -> list[tuple[str, bytes]]:
+    """`count` events over `keys` orders, each order's sequence numbers from `first_sequence` on."""
+    return [
+        (f"order-{n % keys}", event_bytes(f"order-{n % keys}", n // keys + first_sequence))
+        for n in range(count)
+    ]
+
+
+def in_order_once(inbox: dict[str, list[Any]], keys: int, per_order: int) -> None:
+    assert sorted(inbox) == [f"order-{n}" for n in range(keys)]
+    for messages in inbox.values():
+        sequences = [m.application_properties[b"sequence"] for m in messages]
+        assert sequences == list(range(1, per_order + 1)), "each event once, in order"
+
+
+async def test_a_busy_inbox_holds_the_checkpoint_until_it_accepts(backends: Backends) -> None:
+    """The emulator answers the inbox's sends with com.microsoft:server-busy until told to stop.
+    SDK settings: retry_total=1, retry_backoff_factor=0.05 (the SDK retries once, then raises
+    ServiceBusServerBusyError); the forwarder then backs off by its own policy (busy_delay cut from
+    10 s to 0.2 s here) and nothing is checkpointed while the inbox refuses."""
+    await publish(backends, orders(20))
+    backends.messaging.admin.server_busy(120, operations=["send"])
+    refusals = Refusals()
+    async with subscriber(
+        backends,
+        retry=RetryPolicy(base_delay=0.01, busy_delay=0.2, max_attempts=1000),
+        service_bus_options={"retry_total": 1, "retry_backoff_factor": 0.05},
+        observer=refusals,
+    ) as (_, task, store):
+
+        async def refused_twice() -> bool:
+            return refusals.busy >= 2
+
+        await eventually(refused_twice, what="the inbox refusing as busy")
+        assert await checkpointed(backends, store) == 0, "no checkpoint while the inbox refuses"
+        assert not task.done()
+        backends.messaging.admin.clear()
+        await eventually(all_checkpointed(backends, store, 20), what="every event checkpointed")
+    in_order_once(await read_inbox(backends), keys=5, per_order=4)
+
+
+async def test_a_lost_acknowledgement_of_an_inbox_send_is_absorbed_by_duplicate_detection(
+    backends: Backends,
+) -> None:
+    """The emulator stores the next inbox batches, then drops the connection before acknowledging
+    them; the SDK (default retry policy, 3 tries) sends each batch again on a new connection."""
+    await publish(backends, orders(20))
+    backends.messaging.admin.apply_then_drop("send", count=2)
+    async with subscriber(backends) as (_, _, store):
+        await eventually(all_checkpointed(backends, store, 20), what="every event checkpointed")
+    in_order_once(await read_inbox(backends), keys=5, per_order=4)
+
+
+async def test_the_subscriber_reconnects_after_the_connections_drop(backends: Backends) -> None:
+    """Every connection aborted (no close frame) while the subscriber runs: the SDKs reconnect,
+    the hub is read on from where it was and the inbox gets every event once."""
+    await publish(backends, orders(20))
+    async with subscriber(backends) as (_, task, store):
+        await eventually(
+            all_checkpointed(backends, store, 20), what="the first events checkpointed"
+        )
+        assert backends.messaging.admin.drop_connections() > 0
+        await publish(backends, orders(20, first_sequence=5))
+        await eventually(all_checkpointed(backends, store, 40), what="every event checkpointed")
+        assert not task.done()
+    in_order_once(await read_inbox(backends), keys=5, per_order=8)
+
+
+async def test_a_stolen_partition_is_claimed_again_and_read_from_its_checkpoint(
+    backends: Backends,
+) -> None:
+    """The emulator detaches every partition's reader with amqp:link:stolen (a higher owner level
+    took it): the SDK calls on_error and closes the partition; its next load-balancing round
+    claims it again and reads on from the checkpoint."""
+    await publish(backends, orders(20))
+    async with subscriber(backends) as (_, task, store):
+        await eventually(
+            all_checkpointed(backends, store, 20), what="the first events checkpointed"
+        )
+        stolen = sum(
+            backends.messaging.admin.steal_partition("orders", str(p), "inbox-subscriber")
+            for p in range(4)
+        )
+        assert stolen == 4
+        await publish(backends, orders(20, first_sequence=5))
+        await eventually(all_checkpointed(backends, store, 40), what="every event checkpointed")
+        assert not task.done()
+    in_order_once(await read_inbox(backends), keys=5, per_order=8)

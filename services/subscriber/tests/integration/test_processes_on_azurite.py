@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 
@@ -36,11 +38,11 @@ from ..conftest import (  # type: ignore[import-not-found]
 pytestmark = pytest.mark.slow
 
 
-def subscriber(backends: Backends) -> subprocess.Popen[bytes]:
+def subscriber(backends: Backends, **more: str) -> subprocess.Popen[bytes]:
     settings = backends.subscriber_settings() | {
         "SUBSCRIBER_LOAD_BALANCING_INTERVAL_SECONDS": "0.5",
         "SUBSCRIBER_HEALTH_PORT": "0", "SUBSCRIBER_LOG_LEVEL": "WARNING",
-    }  # fmt: skip
+    } | {f"SUBSCRIBER_{name.upper()}": value for name, value in more.items()}  # fmt: skip
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SUBSCRIBER_")}
     return subprocess.Popen([sys.executable, "-m", "eventflow_subscriber.main"], env=environment | settings,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -100,3 +102,85 @@ async def test_two_processes_split_the_hub_and_one_takes_over_after_a_kill(
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 assert process.wait(timeout=30) == 0, "SIGTERM ends the subscriber cleanly"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def metric(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_sigterm_finishes_the_batches_in_flight_checkpoints_them_and_releases_the_partitions(
+    backends: Backends,
+) -> None:
+    """The inbox answers server-busy, so the first batches stay in flight (the service's own SDK
+    retry settings and back-off); SIGTERM comes; the inbox recovers: the process forwards and
+    checkpoints what it had taken, takes nothing new, releases its partitions (the SDK empties
+    their owner id) and exits 0. A later process reads on from those checkpoints: every event once,
+    in order."""
+    admin = backends.messaging.admin
+    await publish(backends, [(f"order-{n % 10}", event_bytes(f"order-{n % 10}", n // 10 + 1)) for n in range(40)])  # fmt: skip
+    admin.server_busy(120, operations=["send"])
+    port = free_port()
+    first = subscriber(  # batches of 3: what is in flight is a part of the hub only
+        backends, health_port=str(port), drain_timeout_seconds="40", max_batch_size="3"
+    )
+    store = backends.checkpoint_store()
+    try:
+        async with store:
+
+            async def in_flight() -> bool:
+                return metric(port, "eventflow_subscriber_events_received_total") > 0
+
+            await eventually(in_flight, 40, "a batch taken from the hub")
+            assert await checkpointed(backends, store) == 0
+            first.send_signal(signal.SIGTERM)
+            admin.clear()
+            assert await asyncio.to_thread(first.wait, 60) == 0, (
+                "SIGTERM ends the subscriber cleanly"
+            )
+            drained = await checkpointed(backends, store)
+            assert 0 < drained <= 12, (
+                "the batches in flight (one a partition) were forwarded and checkpointed"
+            )
+            ownership = await store.list_ownership(backends.namespace, HUB, GROUP)
+            assert ownership, "the partitions were claimed"
+            assert not any(o.get("owner_id") for o in ownership), "every partition released"
+            inbox = await read_inbox(backends)
+            assert sum(len(messages) for messages in inbox.values()) == drained
+
+            second = subscriber(backends)
+            try:
+
+                async def all_checkpointed() -> bool:
+                    return await checkpointed(backends, store) == 40
+
+                await eventually(all_checkpointed, 40, "the rest read from the checkpoints")
+                second.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(second.wait, 30) == 0
+            finally:
+                if second.poll() is None:
+                    second.kill()
+                    second.wait()
+        for session, messages in (await read_inbox(backends)).items():
+            inbox.setdefault(session, []).extend(messages)
+        assert sorted(inbox) == [f"order-{n}" for n in range(10)]
+        for messages in inbox.values():
+            assert [m.application_properties[b"sequence"] for m in messages] == [1, 2, 3, 4]
+    finally:
+        admin.clear()
+        if first.poll() is None:
+            first.kill()
+            first.wait()

@@ -99,9 +99,8 @@ async def test_a_crash_between_send_and_checkpoint_is_absorbed_by_duplicate_dete
 
     await publish(backends, [(f"order-{n}", event_bytes(f"order-{n}", 1)) for n in range(8)])
     # The crashing process: its clients are never closed, as in a process that dies.
-    consumer = backends.consumer(
-        backends.checkpoint_store(), load_balancing_interval=LOAD_BALANCING_INTERVAL
-    )
+    crashed_store = backends.checkpoint_store()
+    consumer = backends.consumer(crashed_store, load_balancing_interval=LOAD_BALANCING_INTERVAL)
     sender = backends.service_bus().get_queue_sender(INBOX)
     forwarder = CrashAfterSending(ServiceBusInbox(sender), hub="orders", subscribed=None,
                                   max_message_bytes=250_000, retry=RetryPolicy(base_delay=0.01))  # fmt: skip
@@ -114,6 +113,7 @@ async def test_a_crash_between_send_and_checkpoint_is_absorbed_by_duplicate_dete
         other.cancel()  # everything of the crashed process stops at once: no drain, no release
     await asyncio.gather(task, return_exceptions=True)
     backends.messaging.admin.drop_connections()  # and its connections end with it
+    await crashed_store.close()  # only this test's HTTP session: the claims stay as they were
     async with backends.checkpoint_store() as store:
         assert await checkpointed(backends, store) == 0, "no checkpoint past the crash"
 

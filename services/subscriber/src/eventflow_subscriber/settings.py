@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -72,11 +70,6 @@ class Settings(BaseSettings):
     load_balancing_interval_seconds: float = Field(default=10.0, gt=0)
     max_message_bytes: int = Field(default=256 * 1024 - 8 * 1024, ge=1024)
     drain_timeout_seconds: float = Field(default=20.0, gt=0)
-    owner_id: str = Field(
-        default_factory=lambda: (
-            os.environ.get("CONTAINER_APP_REPLICA_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-        )
-    )
 
     health_host: str = "127.0.0.1"
     health_port: int = Field(default=8002, ge=0, le=65535)

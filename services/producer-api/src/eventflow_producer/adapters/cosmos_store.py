@@ -8,7 +8,7 @@ Documents of one order share its partition key (`/order_id`):
 
 Every write is one transactional batch, so an order and its events commit together or not at
 all; an event id derived from (order, sequence) makes a second writer of the same version fail.
-Works with the azure-cosmos aio ContainerProxy and with the local stand-in's.
+Works with the azure-cosmos aio ContainerProxy.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _unavailable(
 
 
 class CosmosOrderStore:
-    """The OrderStore port on a Cosmos DB container (SDK or local stand-in)."""
+    """The OrderStore port on a Cosmos DB container (the SDK's aio ContainerProxy)."""
 
     def __init__(
         self, container: Any, *, event_ttl_seconds: int, idempotency_ttl_seconds: int

@@ -1,5 +1,5 @@
 """The Event Hubs side: `receive_batch` with the checkpoint store, checkpointing after the inbox
-accepted the batch. Works with the SDK's EventHubConsumerClient and with the local stand-in."""
+accepted the batch. The SDK's EventHubConsumerClient."""
 
 from __future__ import annotations
 

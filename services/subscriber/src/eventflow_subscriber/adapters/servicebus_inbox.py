@@ -1,4 +1,4 @@
-"""ServiceBusInbox: the InboxSender port on a Service Bus queue sender (SDK or local stand-in)."""
+"""ServiceBusInbox: the InboxSender port on a Service Bus queue sender."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from azure.cosmos.aio import CosmosClient
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageState, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.exceptions import OperationTimeoutError, SessionCannotBeLockedError
+from pydantic import SecretStr
 
 from eventflow_consumer.settings import Settings
 from eventflow_contracts import (
@@ -150,8 +151,8 @@ class Backends:
 
     def settings(self, **changes: Any) -> Settings:
         return Settings(
-            mode="emulator", servicebus_connection_string=self.connection_string,
-            inbox_queue=self.queue, cosmos_endpoint=self.cosmos.endpoint, cosmos_key=self.cosmos.key,
+            mode="emulator", servicebus_connection_string=SecretStr(self.connection_string),
+            inbox_queue=self.queue, cosmos_endpoint=self.cosmos.endpoint, cosmos_key=SecretStr(self.cosmos.key),
             database=self.cosmos.name, **changes,
         )  # fmt: skip
 
@@ -206,7 +207,7 @@ class Backends:
                         ):
                             if any(m.state == ServiceBusMessageState.ACTIVE for m in page):
                                 return False
-                            start = page[-1].sequence_number + 1
+                            start = (page[-1].sequence_number or 0) + 1
                 except (SessionCannotBeLockedError, OperationTimeoutError):
                     return False
         return True

@@ -378,3 +378,48 @@ async def one_dead_letter(backends: Backends, monkeypatch: Any, message_id: str)
     await backends.send(inbox_message(b"{not json", "o9", message_id))
     async with consumer(backends):
         await until(backends.has_dead_letters, "dead-lettered")
+
+
+async def test_a_completion_lost_with_the_connection_leaves_each_effect_once(
+    backends: Backends,
+) -> None:
+    # The broker applies the first completion, then the connection drops before it answers. The
+    # SDK does not retry on a session receiver's connection: it raises, the pump releases the
+    # session, and whatever was not completed on the lost connection is received again on a new
+    # one, where the inbox marks complete the events already applied without a second effect.
+    await backends.send(*(inbox_message(raw, "o1") for raw in order_events("o1")))
+    backends.admin.apply_then_drop("settle")
+    try:
+        async with consumer(backends) as resources:
+            await until(at_sequence(resources, "o1", 4), "projected after the drop", wait=30)
+            await until(lambda: backends.settled("o1"), "every message completed", wait=30)
+            summary = await resources.store.get("o1")
+    finally:
+        backends.admin.clear()
+    assert summary is not None
+    assert (len(summary["lines"]), summary["status"]) == (2, "cancelled")
+    assert [h["sequence"] for h in summary["status_history"]] == [1, 3, 4]
+    assert await backends.dead_letters() == []
+
+
+async def test_a_busy_broker_refusing_completions_never_duplicates_an_effect(
+    backends: Backends,
+) -> None:
+    # 3 s of com.microsoft:server-busy on every settlement. The first event is applied, then its
+    # completion is refused until the SDK's own retries run out (3, backing off 0.05 s to 0.2 s on
+    # the pump's client); the pump releases the session with the message unsettled. Received
+    # again, the inbox mark makes it a duplicate, completed without effect once the broker takes
+    # completions again.
+    await backends.send(*(inbox_message(raw, "o1") for raw in order_events("o1")))
+    backends.admin.server_busy(3.0, operations=["settle"])
+    try:
+        async with consumer(backends) as resources:
+            await until(at_sequence(resources, "o1", 4), "projected", wait=30)
+            await until(lambda: backends.settled("o1"), "every message completed", wait=30)
+            summary = await resources.store.get("o1")
+    finally:
+        backends.admin.clear()
+    assert summary is not None
+    assert (len(summary["lines"]), summary["status"]) == (2, "cancelled")
+    assert [h["sequence"] for h in summary["status_history"]] == [1, 3, 4]
+    assert await backends.dead_letters() == []

@@ -1,39 +1,54 @@
-"""Consumer throughput and per-message CPU cost.
+"""Consumer throughput and CPU per message, on the real SDKs against the project's emulators.
 
-1. messages/s: one consumer process-worth of session loops (16 concurrent sessions) applying N
-   messages spread over sessions (orders) from the local Service Bus stand-in into the local Cosmos
-   stand-in, wall clock until every effect is applied.
-2. CPU per message of the consumer's own code: the session worker and handler (decode, duplicate
-   checks, projection) against an in-memory receiver and store; process CPU time.
+Per round and per shape (one event per session, ten events per session), in processes of their own:
+the messaging emulator (its repository config: the `inbox` queue with sessions and duplicate
+detection), the Cosmos DB emulator and one consumer process (`python -m eventflow_consumer.main`,
+its default settings: 16 concurrent sessions, 0.5 s session idle). Once the consumer answers
+/readyz, this process sends the messages (azure-servicebus, batches of 100) and the clock starts;
+it stops at the consumer's last `applied` log line.
 
-    uv run python benchmarks/consumer.py [--orders 500] [--events-per-order 4] [--rounds 3]
+- messages/s: messages / (last effect - first send).
+- CPU per message: each process's /proc/<pid>/stat utime + stime over that span, divided by the
+  messages (the consumer's includes its session accepts and releases, its idle polling and its
+  JSON logging; the emulators' columns show what the two servers cost for it).
+- own code: CPU per message of the consumer's session worker and handler alone (decode, duplicate
+  checks, projection) against an in-memory channel and store, in this process (process time),
+  without its logging (only warnings and errors are formatted here).
+
+    uv run python benchmarks/consumer.py [--messages 400] [--rounds 3] [--concurrency 16]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from datetime import datetime, timedelta
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 from azure.servicebus import ServiceBusMessage
+from azure.servicebus.aio import ServiceBusClient
 
-from eventflow_consumer.adapters.servicebus_sessions import SessionPump
-from eventflow_consumer.bootstrap import open_resources
 from eventflow_consumer.handling import Delivery, InboxHandler
 from eventflow_consumer.ports import Inbound
 from eventflow_consumer.projection import OrderSummary
 from eventflow_consumer.sessions import SessionWorker
-from eventflow_consumer.settings import Settings
 from eventflow_contracts import (
-    OrderCancelled,
     OrderCreated,
     OrderItemAdded,
     OrderLine,
@@ -41,58 +56,142 @@ from eventflow_contracts import (
     encode_event,
     new_event,
 )
-from eventflow_local import LocalEnvironment
-from eventflow_local.servicebus import ServiceBusAdministrationClient, ServiceBusClient
+from eventflow_emulators.cosmos.testing import cosmos_emulator
+from eventflow_emulators.messaging.testing import messaging_emulator
 
 LINE = OrderLine(sku="SKU-1", quantity=1, unit_price=Decimal("1.00"))
+TICKS = os.sysconf("SC_CLK_TCK")
+SEND_BATCH = 100
+START_TIMEOUT_S = 120.0
 
 
-def order_events(order_id: str) -> list[bytes]:
+def order_events(order_id: str, count: int) -> list[bytes]:
+    """`count` events of one order, sequences 1..count: created, items added, then submitted."""
     data: list[Any] = [
         OrderCreated(
             order_id=order_id, customer_id="c", lines=(LINE,), currency="EUR", total=Decimal("1.00")
-        ),
-        OrderItemAdded(order_id=order_id, line=LINE),
-        OrderSubmitted(order_id=order_id, currency="EUR", total=Decimal("2.00"), line_count=2),
-        OrderCancelled(order_id=order_id, reason="bench"),
+        )
     ]
+    data += [OrderItemAdded(order_id=order_id, line=LINE) for _ in range(max(count - 2, 0))]
+    if count > 1:
+        data.append(
+            OrderSubmitted(
+                order_id=order_id, currency="EUR", total=Decimal(count - 1), line_count=count - 1
+            )
+        )
     return [
         encode_event(new_event(d, source="/bench", sequence=n)) for n, d in enumerate(data, start=1)
     ]
 
 
-async def end_to_end(orders: int, folder: Path, concurrency: int) -> dict[str, Any]:
-    environment = LocalEnvironment(folder)
-    async with ServiceBusAdministrationClient(environment) as admin:
-        await admin.create_queue("inbox", requires_session=True, requires_duplicate_detection=True,
-                                 duplicate_detection_history_time_window=timedelta(minutes=10))  # fmt: skip
-    async with ServiceBusClient(environment) as client, client.get_queue_sender("inbox") as sender:
-        for n in range(orders):
-            await sender.send_messages([ServiceBusMessage(raw, session_id=f"o{n}", message_id=orjson.loads(raw)["id"])
-                                        for raw in order_events(f"o{n}")])  # fmt: skip
-    settings = Settings(mode="local", local_dir=folder, session_idle_seconds=0.2)
-    async with open_resources(settings) as resources:
-        worker = SessionWorker(InboxHandler(resources.store), resources.store)
-        pump = SessionPump(
-            resources.servicebus,
-            "inbox",
-            worker,
-            concurrency=concurrency,
-            idle_seconds=0.2,
-            renew_seconds=10,
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat (fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ConsumerProcess:
+    """The consumer as a child process; counts its `applied` log lines and notes the time and
+    the CPU of every process measured when the expected count is reached."""
+
+    def __init__(self, env: dict[str, str], expected: int, pids: dict[str, int]) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "eventflow_consumer.main"], env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+        self.pids = {"consumer": self.process.pid, **pids}
+        self.expected = expected
+        self.applied = 0
+        self.done = threading.Event()
+        self.finished_at = 0.0
+        self.cpu_at_end: dict[str, float] = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def cpu(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if b'"applied"' not in line or orjson.loads(line).get("event") != "applied":
+                continue
+            self.applied += 1
+            if self.applied == self.expected:
+                self.finished_at = time.perf_counter()
+                self.cpu_at_end = self.cpu()
+                self.done.set()
+
+    def wait_ready(self, port: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError):
+                pass  # not listening yet, or not ready
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the consumer exited with {self.process.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the consumer did not get ready")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+async def send_all(connection_string: str, messages: list[ServiceBusMessage]) -> None:
+    async with (
+        ServiceBusClient.from_connection_string(connection_string) as client,
+        client.get_queue_sender("inbox") as sender,
+    ):
+        for start in range(0, len(messages), SEND_BATCH):
+            await sender.send_messages(messages[start : start + SEND_BATCH])
+
+
+def end_to_end(messages: int, per_session: int, concurrency: int, folder: Path) -> dict[str, Any]:
+    sessions = max(messages // per_session, 1)
+    total = sessions * per_session
+    outgoing = [
+        ServiceBusMessage(raw, session_id=f"o{n}", message_id=orjson.loads(raw)["id"])
+        for n in range(sessions)
+        for raw in order_events(f"o{n}", per_session)
+    ]
+    with ExitStack() as stack:
+        messaging = stack.enter_context(messaging_emulator(folder / "messaging"))
+        cosmos = stack.enter_context(cosmos_emulator(folder / "cosmos"))
+        port = free_port()
+        env = {**os.environ, "CONSUMER_MODE": "emulator",
+               "CONSUMER_SERVICEBUS_CONNECTION_STRING": messaging.connection_string,
+               "CONSUMER_COSMOS_ENDPOINT": cosmos.endpoint, "CONSUMER_COSMOS_KEY": cosmos.key,
+               "CONSUMER_HTTP_PORT": str(port), "CONSUMER_MAX_CONCURRENT_SESSIONS": str(concurrency)}  # fmt: skip
+        consumer = ConsumerProcess(
+            env, total, {"messaging emulator": messaging.pid, "cosmos emulator": cosmos.pid}
         )
+        stack.callback(consumer.stop)
+        consumer.wait_ready(port)
+        before = consumer.cpu()
         started = time.perf_counter()
-        running = asyncio.create_task(pump.run())
-        for n in reversed(range(orders)):
-            while (await resources.store.get(f"o{n}") or {}).get("last_sequence") != 4:
-                await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        pump.stop()
-        await running
+        asyncio.run(send_all(messaging.connection_string, outgoing))
+        if not consumer.done.wait(600):
+            raise RuntimeError(f"only {consumer.applied} of {total} messages applied in 600 s")
+        elapsed = consumer.finished_at - started
+        cpu = {name: consumer.cpu_at_end[name] - before[name] for name in before}
     return {
-        "messages": orders * 4,
+        "sessions": sessions,
+        "messages": total,
         "seconds": round(elapsed, 2),
-        "messages_per_s": round(orders * 4 / elapsed, 1),
+        "messages_per_s": round(total / elapsed, 1),
+        "cpu_us_per_message": {name: round(value / total * 1e6) for name, value in cpu.items()},
     }
 
 
@@ -160,50 +259,73 @@ class _MemoryStore:
         return None
 
 
-async def own_cpu(orders: int) -> float:
+async def own_cpu(messages: int, per_session: int) -> float:
+    sessions = max(messages // per_session, 1)
     channels = [
         _Channel(f"o{n}", [Inbound(Delivery(raw, orjson.loads(raw)["id"], f"o{n}", s, 0, {}), s)
-                           for s, raw in enumerate(order_events(f"o{n}"))])
-        for n in range(orders)
+                           for s, raw in enumerate(order_events(f"o{n}", per_session))])
+        for n in range(sessions)
     ]  # fmt: skip
     store = _MemoryStore()
     worker = SessionWorker(InboxHandler(store), store)
     started = time.process_time()
     for channel in channels:
         await worker.drain(channel, idle_seconds=0, stopping=lambda: False)
-    return round((time.process_time() - started) / (orders * 4) * 1e6, 1)
+    return round((time.process_time() - started) / (sessions * per_session) * 1e6, 1)
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--orders", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--messages", type=int, default=400, help="messages per shape and round")
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="the consumer's concurrent sessions"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "consumer.json"
     )
     args = parser.parse_args()
-    throughput, cpu = [], []
-    for round_number in range(args.rounds):
-        sys.stderr.write(f"consumer round {round_number + 1}/{args.rounds} ...\n")
-        with tempfile.TemporaryDirectory(prefix="bench-consumer-") as folder:
-            throughput.append(await end_to_end(args.orders, Path(folder), args.concurrency))
-        cpu.append(await own_cpu(args.orders))
-    throughput.sort(key=lambda r: r["messages_per_s"])
-    median = throughput[len(throughput) // 2]
-    report = {"scenario": "consumer", "sessions": args.orders, "concurrent_sessions": args.concurrency, "end_to_end": median,
-              "rounds_messages_per_s": [r["messages_per_s"] for r in throughput],
-              "own_cpu_us_per_message_median": statistics.median(cpu), "own_cpu_rounds": cpu}  # fmt: skip
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    shapes: dict[int, dict[str, Any]] = {}
+    for per_session in (1, 10):
+        rounds, own = [], []
+        for round_number in range(args.rounds):
+            sys.stderr.write(
+                f"consumer, {per_session} per session: round {round_number + 1}/{args.rounds} ...\n"
+            )
+            with tempfile.TemporaryDirectory(prefix="bench-consumer-") as folder:
+                rounds.append(
+                    end_to_end(args.messages, per_session, args.concurrency, Path(folder))
+                )
+            own.append(asyncio.run(own_cpu(args.messages, per_session)))
+        rounds.sort(key=lambda r: r["messages_per_s"])
+        shapes[per_session] = {"median_round": rounds[len(rounds) // 2],
+                               "rounds_messages_per_s": [r["messages_per_s"] for r in rounds],
+                               "own_code_cpu_us_per_message_median": statistics.median(own)}  # fmt: skip
+    report = {"scenario": "consumer", "transport": "azure-servicebus + azure-cosmos on the project's emulators",
+              "concurrent_sessions": args.concurrency, "messages": args.messages, "rounds": args.rounds,
+              "cpu": "/proc/<pid>/stat utime + stime per process; own code: process time in-process",
+              "events_per_session": {str(k): v for k, v in shapes.items()}}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    sys.stdout.write(
-        f"consumer, {args.orders} sessions x 4 messages, {args.concurrency} concurrent sessions, {args.rounds} rounds\n"
-        "| measure | value |\n| --- | ---: |\n"
-        f"| messages/s, Service Bus stand-in → Cosmos stand-in | {median['messages_per_s']} |\n"
-        f"| CPU per message, consumer's own code (in-memory receiver and store) | {report['own_cpu_us_per_message_median']} µs |\n"
-        f"| rounds (messages/s) | {report['rounds_messages_per_s']} |\n"
-    )
+    lines = [
+        f"consumer on the real SDKs: messaging emulator → consumer process → Cosmos DB emulator; "
+        f"{args.messages} messages per shape, {args.concurrency} concurrent sessions, median of {args.rounds} rounds",
+        "CPU: /proc/<pid>/stat utime + stime of each process over the run; own code: process time, in-process",
+        "",
+        "| events per session | sessions | messages/s | rounds (messages/s) | consumer CPU µs/msg "
+        "| messaging emulator CPU µs/msg | Cosmos emulator CPU µs/msg | own code CPU µs/msg |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for per_session, shape in shapes.items():
+        median, cpu = shape["median_round"], shape["median_round"]["cpu_us_per_message"]
+        lines.append(
+            f"| {per_session} | {median['sessions']} | {median['messages_per_s']} | {shape['rounds_messages_per_s']} "
+            f"| {cpu['consumer']} | {cpu['messaging emulator']} | {cpu['cosmos emulator']} "
+            f"| {shape['own_code_cpu_us_per_message_median']} |"
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -1,19 +1,25 @@
-"""Fixtures for the consumer's tests: events as the subscriber forwards them, a local inbox, and a
-database of its own on the Cosmos DB emulator."""
+"""Fixtures for the consumer's tests: events as the subscriber forwards them, an inbox queue of the
+test's own on a messaging emulator (the real azure-servicebus SDK at the wire), and a database of its
+own on the Cosmos DB emulator."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.cosmos.aio import CosmosClient
-from azure.servicebus import ServiceBusMessage
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageState, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.exceptions import OperationTimeoutError, SessionCannotBeLockedError
+from pydantic import SecretStr
 
+from eventflow_consumer.settings import Settings
 from eventflow_contracts import (
     OrderCancelled,
     OrderCreated,
@@ -24,8 +30,8 @@ from eventflow_contracts import (
     new_event,
 )
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
-from eventflow_local import LocalEnvironment
-from eventflow_local.servicebus import ServiceBusAdministrationClient
+from eventflow_emulators.messaging.admin import MessagingEmulatorAdmin
+from eventflow_emulators.messaging.testing import RunningMessagingEmulator, messaging_emulator
 
 LINE = OrderLine(sku="SKU-1", quantity=2, unit_price=Decimal("5.00"))
 
@@ -98,13 +104,127 @@ def cosmos_database(
     return database
 
 
-@pytest.fixture
-async def environment(tmp_path: Path, cosmos_database: CosmosDatabase) -> LocalEnvironment:
-    environment = LocalEnvironment(tmp_path / "local")
-    async with ServiceBusAdministrationClient(environment) as admin:
-        await admin.create_queue(
-            "inbox", requires_session=True, requires_duplicate_detection=True,
-            duplicate_detection_history_time_window=timedelta(minutes=10), max_delivery_count=3,
-            lock_duration=timedelta(seconds=2),
+# The inbox as these tests want it: the production queue's properties, except a 2 s lock and 3
+# deliveries, so that lock expiry and MaxDeliveryCountExceeded happen within a test's time.
+INBOX_PROPERTIES = {
+    "RequiresSession": True,
+    "RequiresDuplicateDetection": True,
+    "DuplicateDetectionHistoryTimeWindow": "PT10M",
+    "MaxDeliveryCount": 3,
+    "LockDuration": "PT2S",
+    "DefaultMessageTimeToLive": "PT1H",
+    "DeadLetteringOnMessageExpiration": True,
+    "ForwardTo": "",
+    "ForwardDeadLetteredMessagesTo": "",
+}
+INBOX_QUEUES = 64  # one per test of the session; a test takes the next unused one
+
+
+@pytest.fixture(scope="session")
+def consumer_messaging(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RunningMessagingEmulator, Iterator[str]]]:
+    """A messaging emulator of the consumer's tests (their inbox properties differ from the
+    repository's config), with a pool of identical inbox queues, and the names not yet taken."""
+    folder = tmp_path_factory.mktemp("consumer-messaging")
+    queues = [
+        {"Name": f"inbox-{n:02d}", "Properties": INBOX_PROPERTIES} for n in range(INBOX_QUEUES)
+    ]
+    config = {"UserConfig": {"Namespaces": [{"Name": "sbemulatorns", "Queues": queues, "Topics": []}],
+                             "Logging": {"Type": "Console"}}}  # fmt: skip
+    (folder / "servicebus.json").write_text(json.dumps(config))
+    with messaging_emulator(
+        folder / "data", servicebus_config=folder / "servicebus.json"
+    ) as emulator:
+        yield emulator, iter(str(q["Name"]) for q in queues)
+
+
+@dataclass(frozen=True)
+class Backends:
+    """An inbox queue of the test's own on the messaging emulator and a database of its own on the
+    Cosmos DB emulator, with the consumer's settings for them and helpers on the real SDK."""
+
+    connection_string: str
+    queue: str
+    admin: MessagingEmulatorAdmin
+    cosmos: CosmosDatabase
+
+    def settings(self, **changes: Any) -> Settings:
+        return Settings(
+            mode="emulator", servicebus_connection_string=SecretStr(self.connection_string),
+            inbox_queue=self.queue, cosmos_endpoint=self.cosmos.endpoint, cosmos_key=SecretStr(self.cosmos.key),
+            database=self.cosmos.name, **changes,
         )  # fmt: skip
-    return environment
+
+    def environment(self) -> dict[str, str]:
+        """The same settings for a child process or the admin CLI (read from the environment)."""
+        return {"CONSUMER_MODE": "emulator", "CONSUMER_SERVICEBUS_CONNECTION_STRING": self.connection_string,
+                "CONSUMER_INBOX_QUEUE": self.queue, "CONSUMER_COSMOS_ENDPOINT": self.cosmos.endpoint,
+                "CONSUMER_COSMOS_KEY": self.cosmos.key, "CONSUMER_DATABASE": self.cosmos.name}  # fmt: skip
+
+    @asynccontextmanager
+    async def client(self, **options: Any) -> AsyncIterator[ServiceBusClient]:
+        async with ServiceBusClient.from_connection_string(
+            self.connection_string, **options
+        ) as client:
+            yield client
+
+    async def send(self, *messages: ServiceBusMessage) -> None:
+        async with self.client() as client, client.get_queue_sender(self.queue) as sender:
+            await sender.send_messages(list(messages))
+
+    async def dead_letters(self) -> list[Any]:
+        """Every dead-letter, paged through by sequence number (peek neither locks nor counts)."""
+        async with (
+            self.client() as client,
+            client.get_queue_receiver(self.queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq,
+        ):
+            found: list[Any] = []
+            while page := await dlq.peek_messages(
+                max_message_count=100,
+                sequence_number=(found[-1].sequence_number + 1) if found else 0,
+            ):
+                found.extend(page)
+            return found
+
+    async def has_dead_letters(self) -> bool:
+        return bool(await self.dead_letters())
+
+    async def settled(self, *session_ids: str) -> bool:
+        """Whether none of these sessions has an active message left (deferred ones are not
+        active): what the queue's active message count told, which no local client can read.
+        A session receiver may peek only while it holds the session, so a session a consumer
+        holds counts as not settled yet. No retries: a held session answers at once."""
+        async with self.client(retry_total=0) as client:
+            for session_id in session_ids:
+                try:
+                    async with client.get_queue_receiver(
+                        self.queue, session_id=session_id, max_wait_time=1
+                    ) as receiver:
+                        start = 0
+                        while page := await receiver.peek_messages(
+                            max_message_count=100, sequence_number=start
+                        ):
+                            if any(m.state == ServiceBusMessageState.ACTIVE for m in page):
+                                return False
+                            start = (page[-1].sequence_number or 0) + 1
+                except (SessionCannotBeLockedError, OperationTimeoutError):
+                    return False
+        return True
+
+
+@pytest.fixture
+def backends(
+    consumer_messaging: tuple[RunningMessagingEmulator, Iterator[str]],
+    cosmos_database: CosmosDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Backends:
+    """The test's own inbox queue and database; the environment points the admin CLI and child
+    processes at them too."""
+    emulator, queues = consumer_messaging
+    queue = next(queues, None)
+    assert queue is not None, f"more than {INBOX_QUEUES} tests took an inbox: raise INBOX_QUEUES"
+    backends = Backends(emulator.connection_string, queue, emulator.admin, cosmos_database)
+    for name, value in backends.environment().items():
+        monkeypatch.setenv(name, value)
+    return backends

@@ -1,12 +1,11 @@
-"""CosmosProjectionStore through the stand-in and through the real azure-cosmos SDK on
-@vercel/cosmosdb-server, for what that server supports: the create path (a create-only batch),
-reads, marks and the blocked-session records. Replacing a summary in a batch runs on the stand-in only."""
+"""CosmosProjectionStore through the real azure-cosmos SDK on the Cosmos DB emulator: the create
+path and the replace path (transactional batches), reads, marks and the blocked-session records."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from azure.cosmos import PartitionKey
@@ -16,14 +15,24 @@ from eventflow_consumer.adapters.cosmos_projection import PARTITION_KEY_PATH, Co
 from eventflow_consumer.handling import AlreadyAppliedError
 from eventflow_consumer.projection import apply
 from eventflow_contracts import decode_event
-from eventflow_emulators.conformance import BackendCases
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
-from eventflow_emulators.servers import RunningServer
 
 from ..conftest import order_events  # type: ignore[import-not-found]
 
 
-class ProjectionStoreCases(BackendCases):
+class TestOnCosmosEmulator:
+    @pytest.fixture
+    async def container(self, cosmos_emulator_server: RunningCosmosEmulator) -> AsyncIterator[Any]:
+        async with AzureCosmosClient(
+            cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key
+        ) as client:
+            database = await client.create_database_if_not_exists("eventflow")
+            yield await database.create_container_if_not_exists(
+                f"summaries-{uuid.uuid4().hex[:8]}",
+                partition_key=PartitionKey(PARTITION_KEY_PATH),
+                default_ttl=-1,
+            )
+
     @pytest.fixture
     def store(self, container: Any) -> CosmosProjectionStore:
         return CosmosProjectionStore(container, mark_ttl_seconds=3600)
@@ -93,40 +102,3 @@ class ProjectionStoreCases(BackendCases):
         assert not await store.is_blocked("o7")
         await store.clear_blocked("o7")
         assert await store.list_blocked() == []
-
-
-class TestOnCosmosEmulator(ProjectionStoreCases):
-    backend = "the Cosmos DB emulator"
-
-    @pytest.fixture
-    async def container(self, cosmos_emulator_server: RunningCosmosEmulator) -> AsyncIterator[Any]:
-        async with AzureCosmosClient(
-            cosmos_emulator_server.endpoint, credential=cosmos_emulator_server.key
-        ) as client:
-            database = await client.create_database_if_not_exists("eventflow")
-            yield await database.create_container_if_not_exists(
-                f"summaries-{uuid.uuid4().hex[:8]}",
-                partition_key=PartitionKey(PARTITION_KEY_PATH),
-                default_ttl=-1,
-            )
-
-
-class TestOnCosmosDbServer(ProjectionStoreCases):
-    backend = "@vercel/cosmosdb-server"
-    not_applicable: ClassVar[dict[str, str]] = {
-        "test_a_second_commit_of_one_event_is_already_applied": "its batches accept only creates (this one replaces)",
-        "test_later_events_replace_the_summary_on_its_token": "its batches accept only creates (these replace)",
-        "test_a_skip_is_recorded_without_an_inbox_mark": "its batches accept only creates (a skip replaces)",
-    }
-
-    @pytest.fixture
-    async def container(self, cosmos_server: RunningServer) -> AsyncIterator[Any]:
-        async with AzureCosmosClient(
-            cosmos_server.endpoint, credential=cosmos_server.key
-        ) as client:
-            database = await client.create_database_if_not_exists("eventflow")
-            yield await database.create_container_if_not_exists(
-                f"summaries-{uuid.uuid4().hex[:8]}",
-                partition_key=PartitionKey(PARTITION_KEY_PATH),
-                default_ttl=-1,
-            )

@@ -75,11 +75,12 @@ SUBSCRIBERS ?= 1
 CONSUMERS ?= 1
 
 .PHONY: dev
-dev: setup ## run the whole system locally: four processes on the local stand-ins (Ctrl-C stops it)
+dev: setup ## run the whole system locally: the four services on the real SDKs against the project's emulators (Ctrl-C stops it)
 	@mkdir -p $(LOCAL_DIR)
 	@echo ""
 	@echo "  producer API   http://127.0.0.1:8000        docs: http://127.0.0.1:8000/docs"
 	@echo "  consumer read  http://127.0.0.1:5300/orders/<id>   (health and metrics: publisher 5100, subscriber 5200)"
+	@echo "  emulators      Cosmos DB http://127.0.0.1:8081/  Event Hubs + Service Bus amqp://127.0.0.1:5672 (faults: http://127.0.0.1:5673/)  Azurite 10000"
 	@echo "  data           $(LOCAL_DIR)   (make dev-reset clears it)"
 	@echo ""
 	@echo "  try:  curl -si -X POST http://127.0.0.1:8000/orders -H 'content-type: application/json' \\"

@@ -49,7 +49,7 @@ BLOB = f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={
 # What the image must not hold: the build tool, a compiler, tests, the local stand-ins.
 CONTENTS_PROBE = """
 import importlib.util, json, os, shutil
-found = {"uv": [], "compiler": [], "tests": [], "eventflow_local": None, "build_tree": os.path.exists("/src")}
+found = {"uv": [], "compiler": [], "tests": [], "eventflow_emulators": None, "build_tree": os.path.exists("/src")}
 for tool in ("gcc", "cc", "c++", "g++", "clang", "tcc"):
     if shutil.which(tool):
         found["compiler"].append(shutil.which(tool))
@@ -62,8 +62,8 @@ for top, dirs, files in os.walk("/"):
             found["uv"].append(path)
         if name == "conftest.py" or ("eventflow" in path and (name.startswith("test_") or "/tests/" in path)):
             found["tests"].append(path)
-spec = importlib.util.find_spec("eventflow_local")
-found["eventflow_local"] = spec and spec.origin
+spec = importlib.util.find_spec("eventflow_emulators")
+found["eventflow_emulators"] = spec and spec.origin
 print(json.dumps(found))
 """
 
@@ -229,7 +229,7 @@ def test_sigterm_while_still_connecting_stops_it_at_once_with_exit_0(connecting:
     )
 
 
-def test_the_image_holds_no_uv_compiler_tests_or_local_backends(service: Service) -> None:
+def test_the_image_holds_no_uv_compiler_tests_or_emulators(service: Service) -> None:
     result = docker("run", "--rm", "--network", "none", "--read-only", "--entrypoint", "python", service.image, "-c", CONTENTS_PROBE)  # fmt: skip
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
@@ -237,7 +237,7 @@ def test_the_image_holds_no_uv_compiler_tests_or_local_backends(service: Service
         "uv": [],
         "compiler": [],
         "tests": [],
-        "eventflow_local": None,
+        "eventflow_emulators": None,
         "build_tree": False,
     }
 

@@ -1,6 +1,5 @@
 """The Service Bus side: a session receiver as the worker's SessionChannel, and the pump that holds
-up to `concurrency` sessions at once. Written against azure-servicebus 7.15 aio (the local stand-in
-has the same surface)."""
+up to `concurrency` sessions at once, on azure-servicebus 7.15 aio."""
 
 from __future__ import annotations
 

@@ -221,6 +221,8 @@ class ReceiverHandler(BaseLinkHandler):
         for m in taken:
             tag = m.lock_token.bytes_le if m.lock_token is not None else uuid.uuid4().bytes_le
             link.send(delivered_form(m), tag, settled=not self.peek_lock)
+        if taken and self.faults.drop_after("receive", link):
+            return  # delivered (and locked), then the connection dropped
         if link.credit > 0 and self not in self.queue.waiting:
             self.queue.waiting.append(self)
         elif link.credit <= 0 and self in self.queue.waiting:

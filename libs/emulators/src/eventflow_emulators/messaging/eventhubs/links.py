@@ -16,7 +16,7 @@ from ..amqp import message as amqp_message
 from ..amqp.codec import Array, Symbol, Timestamp
 from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused
 from ..faults import Faults
-from ..nodes import ACCEPTED_STATE, ManagementError, Operation, Reply, oversize, rejected
+from ..nodes import ACCEPTED_STATE, ManagementError, Operation, Reply, refused_send
 from .model import EntityNotFound, EventHubsModel, Partition, Position, ReaderRefused
 
 log = logging.getLogger("eventflow_emulators.messaging.eventhubs")
@@ -76,13 +76,7 @@ class ProducerHandler(BaseLinkHandler):
         self.guard = guard  # fault controls: server-busy, apply-then-drop
 
     def on_transfer(self, link: Link, delivery: Delivery) -> None:
-        refusal = self.guard.refusal("send")
-        if refusal is not None:
-            link.settle(delivery.delivery_id, rejected(*refusal))
-            return
-        too_big = oversize(delivery, MAX_MESSAGE_SIZE)
-        if too_big is not None:
-            link.settle(delivery.delivery_id, too_big)
+        if refused_send(link, delivery, self.guard, MAX_MESSAGE_SIZE):
             return
         outer = amqp_message.parse(delivery.payload)
         events = (

@@ -442,6 +442,35 @@ class TestMessagingEmulator(EventHubsConformance):
             await eventually(lambda: bool(got.errors), wait=20)
         assert any(reason == CloseReason.OWNERSHIP_LOST for p, reason in got.closed if p == "0")
 
+    async def test_last_enqueued_event_properties_are_tracked(self, hub: Hub) -> None:
+        # track_last_enqueued_event_properties asks for com.microsoft:enable-receiver-runtime-metric;
+        # each delivery then carries the partition's last enqueued event (azure-eventhub
+        # _utils.py get_last_enqueued_event_properties).
+        key = uuid.uuid4().hex
+        await send(hub, key, key.encode(), b"after")
+        partition = str(partition_for_key(key, hub.partitions))
+        consumer = await hub.make_consumer(checkpoint_store=None)
+        seen: list[dict[str, Any]] = []
+
+        async def on_event(context: Any, event: Any) -> None:
+            if event is not None and b"".join(event.body) == key.encode():
+                seen.append(context.last_enqueued_event_properties)
+
+        task = asyncio.create_task(
+            consumer.receive(
+                on_event, partition_id=partition, starting_position="-1",
+                track_last_enqueued_event_properties=True,
+            )
+        )  # fmt: skip
+        try:
+            await eventually(lambda: bool(seen), wait=20)
+        finally:
+            await consumer.close()
+            await task
+        props = await hub.producer.get_partition_properties(partition)
+        assert seen[0]["sequence_number"] >= props["last_enqueued_sequence_number"] - 1
+        assert seen[0]["offset"] is not None
+
     async def test_a_partition_key_lands_where_the_sdk_predicts(self, hub: Hub) -> None:
         # The emulator routes keys with the hash the SDK's buffered producer uses to predict the
         # service (azure-eventhub _buffered_producer/_partition_resolver.py); see hashing.py.

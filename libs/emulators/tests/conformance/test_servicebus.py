@@ -97,6 +97,12 @@ async def receive_one(receiver: Any, message_id: str, wait: float = 3.0) -> Any:
     raise AssertionError(f"message {message_id} did not arrive within {wait}s")
 
 
+async def keep_receiving(receiver: Any, times: int) -> None:
+    """Receive `times` times (for a receiver expected to fail on the way)."""
+    for _ in range(times):
+        await receiver.receive_messages(max_wait_time=1)
+
+
 async def dead_letters_of(broker: Broker, message_id: str, wait: float = 5.0) -> list[Any]:
     """Dead-lettered messages of the session queue with `message_id` (others are left alone)."""
     deadline = asyncio.get_running_loop().time() + wait
@@ -574,6 +580,24 @@ class TestMessagingEmulator(ServiceBusConformance):
                 await receiver.complete_message(received)
         async with self.session_receiver(broker, session) as fresh:
             assert await fresh.receive_messages(max_wait_time=1) == []
+
+    async def test_a_delivery_dropped_before_it_arrives_comes_back_unchanged(
+        self, broker: Broker
+    ) -> None:
+        # apply-then-drop "receive": the broker locks and sends, then drops the connection; the
+        # receiver's link is gone, its session released and the message redelivered without a
+        # counted delivery (a closed link's unsettled messages are released).
+        assert broker.emulator is not None
+        session = new_session()
+        await self.send(broker, message(session, b"dropped"))
+        await asyncio.to_thread(broker.emulator.admin.apply_then_drop, "receive")
+        async with self.session_receiver(broker, session) as receiver:
+            with pytest.raises(ServiceBusError):
+                await keep_receiving(receiver, times=5)
+        async with self.session_receiver(broker, session) as fresh:
+            (again,) = await receive_all(fresh, 1)
+            await fresh.complete_message(again)
+        assert (b"".join(again.body), again.delivery_count) == (b"dropped", 0)
 
     async def test_a_stall_delays_a_send_until_it_ends(self, broker: Broker) -> None:
         assert broker.emulator is not None

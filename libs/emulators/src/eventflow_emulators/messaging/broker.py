@@ -107,7 +107,10 @@ class MessagingBroker:
             refusal = self.faults.refusal("management")
             if refusal is not None:
                 raise ManagementError(503, *refusal)
-            return operate(link, request)
+            reply = operate(link, request)
+            if self.faults.drop_after("management", link):
+                return Reply(-1)  # applied; the connection is gone before the answer
+            return reply
 
         return run
 

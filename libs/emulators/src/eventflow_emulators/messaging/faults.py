@@ -10,7 +10,8 @@ SERVER_BUSY = "com.microsoft:server-busy"
 
 # Operations a fault can target: "send" (a producer or queue sender's transfer), "settle" (a
 # Service Bus settlement on the receive link or through update-disposition), "receive"
-# (attaching a receiver), "management" (any $management request).
+# (server-busy: attaching a receiver; apply-then-drop: a Service Bus delivery), "management"
+# (any $management request).
 OPERATIONS = ("send", "settle", "receive", "management")
 
 

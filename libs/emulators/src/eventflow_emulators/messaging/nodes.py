@@ -16,6 +16,7 @@ from .amqp import message as amqp_message
 from .amqp.codec import Described, Symbol, ULong
 from .amqp.connection import BaseLinkHandler, Delivery, Link, Session
 from .amqp.frames import ACCEPTED, REJECTED, error_fields
+from .faults import Faults
 
 log = logging.getLogger("eventflow_emulators.messaging")
 
@@ -26,15 +27,21 @@ def rejected(condition: str, description: str) -> Described:
     return Described(ULong(REJECTED), [error_fields(condition, description)])
 
 
-def oversize(delivery: Delivery, limit: int) -> Described | None:
-    """The rejection of a transfer bigger than the entity's max-message-size, if it is."""
-    if len(delivery.payload) <= limit:
-        return None
-    return rejected(
-        "amqp:link:message-size-exceeded",
-        f"The received message (delivery-id:{delivery.delivery_id}, size:"
-        f"{len(delivery.payload)} bytes) exceeds the limit ({limit} bytes)",
-    )
+def refused_send(link: Link, delivery: Delivery, faults: Faults, limit: int) -> bool:
+    """Reject a sent message while the emulator is told to be busy, or when it is bigger than
+    the entity's max-message-size; True when it was rejected."""
+    refusal = faults.refusal("send")
+    if refusal is not None:
+        link.settle(delivery.delivery_id, rejected(*refusal))
+        return True
+    if len(delivery.payload) > limit:
+        link.settle(delivery.delivery_id, rejected(
+            "amqp:link:message-size-exceeded",
+            f"The received message (delivery-id:{delivery.delivery_id}, size:"
+            f"{len(delivery.payload)} bytes) exceeds the limit ({limit} bytes)",
+        ))  # fmt: skip
+        return True
+    return False
 
 
 def entity_path(address: str) -> str:

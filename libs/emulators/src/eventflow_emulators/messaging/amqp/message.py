@@ -198,6 +198,18 @@ __all__ = [
 ]  # fmt: skip
 
 
+def with_delivery_annotations(payload: bytes, annotations: dict[Any, Any]) -> bytes:
+    """`payload` with a delivery-annotations section in its place: after the header, if any."""
+    split = 0
+    if payload[:1] == b"\x00":
+        descriptor, value_pos = decode(payload, 1)
+        if _code(descriptor) == HEADER:
+            split = skip(payload, value_pos)
+    section = bytearray()
+    encode_into(section, Described(ULong(DELIVERY_ANNOTATIONS), annotations))
+    return payload[:split] + bytes(section) + payload[split:]
+
+
 def with_application_properties(message: Message, extra: dict[str, Any]) -> Message:
     """A copy whose application properties have `extra` added (dead-letter reason and description)."""
     data = message.raw_rest

@@ -16,7 +16,7 @@ from ..amqp import message as amqp_message
 from ..amqp.codec import Array, Symbol, Timestamp
 from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused
 from ..faults import Faults
-from ..nodes import ACCEPTED_STATE, ManagementError, Operation, Reply, oversize, rejected
+from ..nodes import ACCEPTED_STATE, ManagementError, Operation, Reply, refused_send
 from .model import EntityNotFound, EventHubsModel, Partition, Position, ReaderRefused
 
 log = logging.getLogger("eventflow_emulators.messaging.eventhubs")
@@ -29,6 +29,7 @@ ENQUEUED = Symbol("x-opt-enqueued-time")
 PARTITION_KEY = Symbol("x-opt-partition-key")
 SELECTOR = "apache.org:selector-filter:string"
 EPOCH = "com.microsoft:epoch"
+RUNTIME_METRIC = "com.microsoft:enable-receiver-runtime-metric"
 
 _SELECTOR = re.compile(
     r"amqp\.annotation\.(x-opt-offset|x-opt-sequence-number|x-opt-enqueued-time)\s*(>=|>)\s*'([^']*)'"
@@ -75,13 +76,7 @@ class ProducerHandler(BaseLinkHandler):
         self.guard = guard  # fault controls: server-busy, apply-then-drop
 
     def on_transfer(self, link: Link, delivery: Delivery) -> None:
-        refusal = self.guard.refusal("send")
-        if refusal is not None:
-            link.settle(delivery.delivery_id, rejected(*refusal))
-            return
-        too_big = oversize(delivery, MAX_MESSAGE_SIZE)
-        if too_big is not None:
-            link.settle(delivery.delivery_id, too_big)
+        if refused_send(link, delivery, self.guard, MAX_MESSAGE_SIZE):
             return
         outer = amqp_message.parse(delivery.payload)
         events = (
@@ -141,6 +136,9 @@ class ConsumerHandler(BaseLinkHandler):
         log.debug("reader on %s/%d from %d (%s)", part.hub, part.index, self.next_seq, selector)
         self.settled = link.snd_settle_mode == 1
         self.tag = 0
+        # track_last_enqueued_event_properties: every delivery says where the partition ends.
+        wanted = link.desired_capabilities or []
+        self.runtime_metric = RUNTIME_METRIC in {str(c) for c in wanted}
 
     def displace(self, condition: str, description: str) -> None:
         self.link.detach(condition, description)
@@ -158,8 +156,20 @@ class ConsumerHandler(BaseLinkHandler):
                 if not link.can_send():
                     return
                 self.tag += 1
-                link.send(row.body, self.tag.to_bytes(8, "big"), settled=self.settled)
+                body = self._with_runtime_metric(row.body) if self.runtime_metric else row.body
+                link.send(body, self.tag.to_bytes(8, "big"), settled=self.settled)
                 self.next_seq = row.seq + 1
+
+    def _with_runtime_metric(self, body: bytes) -> bytes:
+        """The last-enqueued properties as delivery annotations (azure-eventhub _utils.py
+        get_last_enqueued_event_properties)."""
+        part = self.part
+        return amqp_message.with_delivery_annotations(body, {
+            Symbol("last_enqueued_sequence_number"): part.next_seq - 1,
+            Symbol("last_enqueued_offset"): str(part.last_offset),
+            Symbol("last_enqueued_time_utc"): Timestamp(part.last_enqueued_ms),
+            Symbol("runtime_info_retrieval_time_utc"): Timestamp(self.model.clock()),
+        })  # fmt: skip
 
     def on_flow(self, link: Link) -> None:
         self.pump(link)

@@ -55,6 +55,7 @@ class Partition:
     next_seq: int = 0
     next_offset: int = 0
     last_enqueued_ms: int = 0
+    last_offset: int = -1  # offset of the last event; -1 while empty
     recent: deque[EventRow] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
     readers: dict[str, list[Reader]] = field(default_factory=dict)  # by consumer group
 
@@ -83,6 +84,7 @@ class EventHubsModel:
                     part.next_seq = last.seq + 1
                     part.next_offset = last.offset  # bounds() gives offset + size for the last
                     part.last_enqueued_ms = last.enqueued_ms
+                    part.last_offset = last.offset - len(last.body)
                 self.partitions[(name, index)] = part
 
     # --- lookups ---------------------------------------------------------------------------
@@ -130,6 +132,7 @@ class EventHubsModel:
             offset += len(body)
         self.store.append_events(part.hub, part.index, rows)
         part.next_seq, part.next_offset, part.last_enqueued_ms = seq, offset, enqueued
+        part.last_offset = rows[-1].offset if rows else part.last_offset
         part.recent.extend(rows)
         for readers in part.readers.values():
             for reader in list(readers):

@@ -26,7 +26,7 @@ from ..nodes import (
     Operation,
     Reply,
     entity_path,
-    oversize,
+    refused_send,
     rejected,
 )
 from .model import (
@@ -119,13 +119,7 @@ class SenderHandler(BaseLinkHandler):
         self.faults = faults
 
     def on_transfer(self, link: Link, delivery: Delivery) -> None:
-        refusal = self.faults.refusal("send")
-        if refusal is not None:
-            link.settle(delivery.delivery_id, rejected(*refusal))
-            return
-        too_big = oversize(delivery, MAX_MESSAGE_SIZE)
-        if too_big is not None:
-            link.settle(delivery.delivery_id, too_big)
+        if refused_send(link, delivery, self.faults, MAX_MESSAGE_SIZE):
             return
         try:
             self.model.send(self.queue, _items(delivery))
@@ -221,6 +215,8 @@ class ReceiverHandler(BaseLinkHandler):
         for m in taken:
             tag = m.lock_token.bytes_le if m.lock_token is not None else uuid.uuid4().bytes_le
             link.send(delivered_form(m), tag, settled=not self.peek_lock)
+        if taken and self.faults.drop_after("receive", link):
+            return  # delivered (and locked), then the connection dropped
         if link.credit > 0 and self not in self.queue.waiting:
             self.queue.waiting.append(self)
         elif link.credit <= 0 and self in self.queue.waiting:

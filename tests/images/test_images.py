@@ -263,8 +263,9 @@ def test_with_its_backends_it_turns_healthy_and_stops_cleanly(
         )
     host, port = service.http_env
     local = ("--env", f"{host}=127.0.0.1") if BACKEND_NETWORK == "host" else ()
+    # the image's own HEALTHCHECK, run every 2 s rather than 10: healthy sooner, nothing else changed
     name = containers("--read-only", "--network", BACKEND_NETWORK, "--env-file", BACKEND_ENV, *local,
-                      "--env", f"{port}={service.port}", service.image)  # fmt: skip
+                      "--health-interval", "2s", "--env", f"{port}={service.port}", service.image)  # fmt: skip
 
     def healthy() -> bool:
         current = state(name)

@@ -38,11 +38,11 @@ test: setup ## run every test CI runs, with coverage
 	$(RUN) coverage report --include='libs/contracts/*' --fail-under=95 --skip-covered
 
 .PHONY: images
-images: ## build the four service images (eventflow-<service>:dev) on the running Docker engine
+images: ## build the four service images and the two emulator images (eventflow-<name>:dev) on the running Docker engine
 	tools/images/build.sh
 
 .PHONY: test-images
-test-images: setup ## build and run the four images on a local engine (installs and starts one when missing)
+test-images: setup ## build and run the images and the local compose stack on a local engine (installs and starts one when missing)
 	RUN='$(RUN)' PYTEST_ARGS='$(PYTEST_ARGS)' tools/images/test-images.sh
 
 .PHONY: test-unit

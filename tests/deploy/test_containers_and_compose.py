@@ -279,3 +279,104 @@ def test_hadolint_does_flag_a_careless_dockerfile(tmp_path: Path) -> None:
         subprocess.run([str(HADOLINT), str(careless)], check=False, capture_output=True).returncode
         != 0
     )
+
+
+# docker-compose.local.yml: the same services on the project's own emulators, nothing pulled.
+LOCAL_EMULATORS = {"cosmos": 8081, "messaging": 5672, "azurite": 10000}
+LOCAL_DOCKERFILES = {
+    "emulators": "libs/emulators/Dockerfile",
+    "azurite": "emulators/Dockerfile.azurite",
+}
+
+
+def local_services() -> dict[str, Any]:
+    result = compose_config(ROOT / "docker-compose.local.yml", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services: dict[str, Any] = json.loads(result.stdout)["services"]
+    return services
+
+
+def test_the_local_compose_file_builds_every_image_here_and_pulls_none() -> None:
+    services = local_services()
+    assert set(services) == {"producer", "publisher", "subscriber", "consumer", *LOCAL_EMULATORS}
+    for name, service in services.items():
+        assert re.fullmatch(r"eventflow-[a-z-]+:dev", service["image"]), (
+            f"{name}: {service['image']}"
+        )
+        dockerfile = service["build"]["dockerfile"]
+        assert (ROOT / dockerfile).is_file(), f"{name}: no {dockerfile}"
+        text = (ROOT / dockerfile).read_text()
+        assert set(re.findall(r"^FROM (\S+)", text, re.MULTILINE)) == {
+            "python:3.11-slim-bookworm"
+        }, f"{name}: built on anything but the one local base"
+
+
+def test_the_local_stack_runs_read_only_as_10001_with_the_emulators_data_in_a_tmpfs() -> None:
+    for name, service in local_services().items():
+        assert service["read_only"] is True, name
+        if name in LOCAL_EMULATORS:
+            assert any(
+                mount.startswith("/data:") and "uid=10001" in mount for mount in service["tmpfs"]
+            ), f"{name}: no writable /data"
+    for dockerfile in LOCAL_DOCKERFILES.values():
+        assert re.search(r"^USER 10001:10001$", (ROOT / dockerfile).read_text(), re.MULTILINE)
+
+
+def test_the_local_emulators_listen_beyond_their_container_where_the_settings_look() -> None:
+    services = local_services()
+    for name in ("cosmos", "messaging"):
+        command = services[name]["command"]
+        assert command[command.index("--host") + 1] == "0.0.0.0", name
+    azurite = (ROOT / LOCAL_DOCKERFILES["azurite"]).read_text()
+    assert '"--blobHost", "0.0.0.0", "--blobPort", "10000"' in azurite
+    settings = dict(
+        line.split("=", 1)
+        for line in (ROOT / "emulators/local.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    for service in ("PRODUCER", "PUBLISHER", "SUBSCRIBER", "CONSUMER"):
+        assert settings[f"{service}_MODE"] == "emulator"
+    endpoints = [value for key, value in settings.items() if not key.endswith(("_MODE", "_KEY"))]
+    assert endpoints
+    for value in endpoints:
+        hosts = set(re.findall(r"(?:sb|http)://([a-z]+):(\d+)", value))
+        assert hosts, value
+        for host, port in hosts:
+            assert LOCAL_EMULATORS.get(host) == int(port), f"{value}: no {host}:{port} in the stack"
+    for name in ("producer", "publisher", "subscriber", "consumer"):  # env_file, resolved
+        environment = services[name]["environment"]
+        prefix = name.upper()
+        given = {key: value for key, value in settings.items() if key.startswith(prefix)}
+        assert given, name
+        assert {key: environment[key] for key in given} == given, name
+
+
+def test_the_local_stack_publishes_on_loopback_only_each_port_once() -> None:
+    published: dict[int, str] = {}
+    for name, service in local_services().items():
+        for port in service.get("ports", []):
+            host_port = int(port["published"])
+            assert host_port not in published, f"{host_port}: {published.get(host_port)} and {name}"
+            published[host_port] = name
+            assert port.get("host_ip") == "127.0.0.1", f"{name}: {host_port} open beyond this host"
+    # `make dev`'s ports: `make demo` runs against the stack as it is
+    assert published[8000] == "producer"
+    assert published[5300] == "consumer"
+
+
+@pytest.mark.parametrize("dockerfile", LOCAL_DOCKERFILES.values())
+def test_hadolint_finds_nothing_in_the_emulator_dockerfiles(dockerfile: str) -> None:
+    result = subprocess.run([str(HADOLINT), str(ROOT / dockerfile)],
+                            check=False, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_emulator_image_installs_the_emulators_only_from_the_lock() -> None:
+    text = (ROOT / LOCAL_DOCKERFILES["emulators"]).read_text()
+    assert "--package eventflow-emulators" in text
+    assert "--frozen" in text
+    assert "--no-dev" in text
+    assert "# syntax=" not in text
+    azurite = (ROOT / LOCAL_DOCKERFILES["azurite"]).read_text()
+    assert "npm ci" in azurite, "azurite from package-lock.json"
+    assert re.search(r'^ENTRYPOINT \["node", ', azurite, re.MULTILINE), "Azurite is PID 1"

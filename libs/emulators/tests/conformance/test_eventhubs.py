@@ -246,13 +246,20 @@ class EventHubsConformance(BackendCases):
         owners = await self.owners(hub)
         return len(owners) == hub.partitions and len(set(owners.values())) == 1
 
+    async def _no_owner(self, hub: Hub) -> bool:
+        return await self.owners(hub) == {}
+
     async def test_closing_releases_ownership(self, hub: Hub) -> None:
         consumer = await hub.make_consumer()
         async with consuming(consumer, starting_position="-1"):
             await eventually_async(
                 lambda: self._one_owner_of_all(hub), wait=30, what="every partition owned"
             )
-        assert await self.owners(hub) == {}
+        # close() releases each partition as its receiver closes; on a loaded machine the last
+        # release can land just after close() returns.
+        await eventually_async(
+            lambda: self._no_owner(hub), wait=10, what="every partition released"
+        )
 
     async def test_hub_and_partition_properties(self, hub: Hub) -> None:
         # azure-eventhub aio/_client_base_async.py _get_eventhub_properties_async and

@@ -293,7 +293,9 @@ async def test_splits_while_changes_flow_keep_every_change_and_each_orders_order
 
 async def test_throttling_is_absorbed_by_the_sdks_retries(store: Store) -> None:
     collector = Collector()
-    processor, task = await started(store, collector)
+    # An expiry longer than the SDK's waits on 429s: throttled renewals stay within it. (A worker
+    # whose writes are refused for longer than the expiry stops by itself, as it must.)
+    processor, task = await started(store, collector, expiry=10.0, renew_interval=1.0)
     await eventually(lambda: len(processor.owned) == 4, what="leases owned")
     written = await store.write_events(orders=10, per_order=2)
     throttled = store.cosmos.admin.status()["throttled"]

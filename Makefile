@@ -31,9 +31,13 @@ endif
 setup: $(UV) node_modules/.installed ## install the workspace from uv.lock and the test servers from package-lock.json
 	$(UV) sync --frozen --all-packages
 
+# Most tests wait on processes, emulators and the SDKs' own timers rather than on the CPU: four
+# workers (a test module stays on one) keep make test well under ten minutes on two cores.
+TEST_WORKERS ?= 4
+
 .PHONY: test
 test: setup ## run every test CI runs, with coverage
-	$(RUN) pytest --cov --cov-report=term --cov-fail-under=85 $(PYTEST_ARGS)
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term --cov-fail-under=85 $(PYTEST_ARGS)
 	@echo "libs/contracts must stay at 95 % line coverage or more:"
 	$(RUN) coverage report --include='libs/contracts/*' --fail-under=95 --skip-covered
 

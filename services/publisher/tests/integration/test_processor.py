@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 
-from eventflow_publisher.changefeed import ChangeFeedProcessor, ProcessorOptions, StartPosition
+from eventflow_publisher.changefeed import (
+    ChangeFeedProcessor,
+    LeaseLostError,
+    ProcessorOptions,
+    StartPosition,
+)
 
 from ..conftest import Collector, Store, eventually  # type: ignore[import-not-found]
 
@@ -150,12 +155,23 @@ async def test_a_point_in_time_start_skips_what_came_before(store: Store) -> Non
     await stopped(processor, task)
 
 
+async def steal(leases: Any, thief: str) -> Any:
+    """Take the first lease from its live owner. An acquisition loses to an owner that wrote since
+    the listing (its renewals run every 0.2 s here): list and try again, with a deadline."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return await leases.acquire((await leases.list_leases())[0], thief)
+        except LeaseLostError:
+            assert time.monotonic() < deadline, "never took the lease"
+
+
 async def test_a_lost_lease_stops_its_work_before_more_is_handled(store: Store) -> None:
     collector = Collector()
     processor, task = await started(store, collector)
     await eventually(lambda: len(processor.owned) == 4)
     leases = await store.lease_store()
-    stolen = await leases.acquire((await leases.list_leases())[0], "thief")
+    stolen = await steal(leases, "thief")
 
     async def thief_renews() -> None:
         nonlocal stolen
@@ -297,9 +313,9 @@ async def test_throttling_is_absorbed_by_the_sdks_retries(store: Store) -> None:
     # whose writes are refused for longer than the expiry stops by itself, as it must.)
     processor, task = await started(store, collector, expiry=10.0, renew_interval=1.0)
     await eventually(lambda: len(processor.owned) == 4, what="leases owned")
-    written = await store.write_events(orders=10, per_order=2)
     throttled = store.cosmos.admin.status()["throttled"]
-    store.cosmos.admin.set_request_units_per_second(40)
+    store.cosmos.admin.set_request_units_per_second(40)  # the writes below alone need more
+    written = await store.write_events(orders=10, per_order=2)
     try:
         await eventually(lambda: set(written) <= set(collector.ids()), what="everything", wait=30)
         assert store.cosmos.admin.status()["throttled"] > throttled, "the budget did throttle"

@@ -90,10 +90,12 @@ async def test_stopping_during_an_outage_lets_the_session_go_unsettled() -> None
     store = FakeStore(failing=10**6)
     stop = asyncio.Event()
     channel = FakeChannel("o1", order_events("o1")[:1])
-    running = asyncio.create_task(
-        worker(store).drain(channel, idle_seconds=0.05, stopping=stop.is_set)
-    )
-    await asyncio.sleep(0.05)
+    w = worker(store)
+    running = asyncio.create_task(w.drain(channel, idle_seconds=0.05, stopping=stop.is_set))
+    deadline = asyncio.get_running_loop().time() + 5
+    while w.health.available:  # stop only once the outage is under way
+        assert asyncio.get_running_loop().time() < deadline, "never turned unready"
+        await asyncio.sleep(0.01)
     stop.set()
     with pytest.raises(LetGo):
         await asyncio.wait_for(running, 5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +80,43 @@ async def _azure_sdk(settings: Settings, stack: AsyncExitStack) -> Clients:
     return Clients(
         consumer, await stack.enter_async_context(client.get_queue_sender(settings.inbox_queue))
     )
+
+
+async def open_hub(
+    settings: Settings, stack: AsyncExitStack, reader_group: str | None = None
+) -> tuple[Any, Callable[[], Any], str]:
+    """For the admin commands: the checkpoint store, a factory of consumer clients without it, in
+    `reader_group` (default: the subscriber's; each read at a position gets a client of its own),
+    and the namespace the checkpoints are named by."""
+    from azure.eventhub.aio import EventHubConsumerClient  # noqa: PLC0415
+
+    group, hub = reader_group or settings.consumer_group, settings.eventhub_name
+    if settings.mode != "azure":
+        assert settings.eventhubs_connection_string is not None
+        store = await _blob_store(settings, stack)
+        connection_string = settings.eventhubs_connection_string.get_secret_value()
+
+        def client() -> Any:
+            return EventHubConsumerClient.from_connection_string(
+                connection_string, consumer_group=group, eventhub_name=hub
+            )
+    else:
+        from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
+
+        credential = await stack.enter_async_context(DefaultAzureCredential())
+        store = await _blob_store(settings, stack, credential)
+        assert settings.eventhubs_namespace is not None
+        namespace = settings.eventhubs_namespace
+
+        def client() -> Any:
+            return EventHubConsumerClient(namespace, hub, group, credential)
+
+    # The name the SDK's processor stores checkpoints and claims under (EventProcessor reads the
+    # same attribute): the host, with the port when the endpoint has one (the emulators).
+    probe = client()
+    namespace_name = str(probe._address.hostname)
+    await probe.close()
+    return store, client, namespace_name
 
 
 @asynccontextmanager

@@ -27,7 +27,7 @@ from eventflow_contracts.values import (
 from eventflow_producer.domain import Order, RuleBroken, add_item, cancel, submit
 from eventflow_producer.middleware import RequestContext, RequestGuard
 from eventflow_producer.ports import OrderStore, StoreUnavailableError
-from eventflow_producer.problems import FieldProblem, described, problem
+from eventflow_producer.problems import FieldProblem, component_schemas, described, problem
 from eventflow_producer.service import (
     CreateOrder,
     IdempotencyConflictError,
@@ -298,13 +298,15 @@ def error_handlers(app: FastAPI) -> None:
         return problem(500, "internal-error", "Internal error", instance=request.url.path)
 
 
-def _document_if_match_as_required(app: FastAPI) -> None:
+def _complete_the_openapi_document(app: FastAPI) -> None:
     """If-Match is required, but a missing one must answer 428 (precondition required), not the
-    422 FastAPI gives a missing required header: optional in code, required in the OpenAPI."""
+    422 FastAPI gives a missing required header: optional in code, required in the OpenAPI. The
+    problem responses refer to the Problem schema among the components."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         schema = generate()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(component_schemas())
         for path in schema["paths"].values():
             for operation in path.values():
                 for parameter in operation.get("parameters", []):
@@ -328,10 +330,11 @@ def create_app(settings: Settings, open_store: StoreFactory) -> FastAPI:
 
     app = FastAPI(
         title="eventflow orders API", version="1.0.0", lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operation ids: create_order, ...
         description="Orders with a transactional outbox: every change commits the order and its events together.",
     )  # fmt: skip
     routes(app)
-    _document_if_match_as_required(app)
+    _complete_the_openapi_document(app)
     error_handlers(app)
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)

@@ -60,24 +60,15 @@ def problem(
     )
 
 
-def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
-    """A JSON Schema with its local `$defs` references replaced by their definitions: a schema
-    placed inside an OpenAPI document resolves `#/$defs/...` against the document's root, where
-    nothing is, so generated clients failed on them."""
-    definitions = schema.pop("$defs", {})
+PROBLEM_REFERENCE = "#/components/schemas/Problem"
 
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            reference = node.get("$ref", "")
-            if isinstance(reference, str) and reference.startswith("#/$defs/"):
-                return resolve(definitions[reference.removeprefix("#/$defs/")])
-            return {key: resolve(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [resolve(item) for item in node]
-        return node
 
-    resolved: dict[str, Any] = resolve(schema)
-    return resolved
+def component_schemas() -> dict[str, Any]:
+    """Problem and the models it uses, for the OpenAPI document's components: every problem
+    response refers to them there (one Problem model in generated clients)."""
+    schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    definitions: dict[str, Any] = schema.pop("$defs", {})
+    return {"Problem": schema, **definitions}
 
 
 def described(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -90,7 +81,7 @@ def described(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         status: {
             "description": titles[status],
-            "content": {PROBLEM_CONTENT_TYPE: {"schema": _inlined(Problem.model_json_schema())}},
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": PROBLEM_REFERENCE}}},
         }
         for status in statuses
     }

@@ -4,6 +4,9 @@
     eventflow-consumer-admin resubmit [--message-id ID ...] [--keep-message-id] [--limit N]
     eventflow-consumer-admin blocked                           list blocked sessions
     eventflow-consumer-admin unblock SESSION [--wait SECONDS]  unblock, replaying deferred messages in order
+    eventflow-consumer-admin clear-projection --confirm CONTAINER
+                                        delete every order summary and inbox mark, for a rebuild
+                                        (docs/operations.md); consumers stopped first
 
 Uses the consumer's own settings (CONSUMER_* environment variables). A resubmitted copy gets a new
 message id by default, so Service Bus duplicate detection cannot drop it, and the original leaves
@@ -209,6 +212,18 @@ async def unblock(resources: Resources, settings: Settings, session_id: str, wai
     return 0
 
 
+async def clear_projection(resources: Resources, settings: Settings, confirm: str) -> int:
+    if confirm != settings.projections_container:
+        sys.stderr.write(
+            f"eventflow-consumer-admin: --confirm must name the projection container "
+            f"({settings.projections_container!r}) to delete its documents\n"
+        )
+        return 2
+    deleted = await resources.store.clear()
+    emit({"cleared": settings.projections_container, "documents_deleted": deleted})
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="eventflow-consumer-admin", description=(__doc__ or "").split("\n")[0]
@@ -230,6 +245,11 @@ def parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds to wait for a consumer to release the session",
     )
+    clearing = commands.add_parser(
+        "clear-projection", help="delete every order summary and inbox mark (for a rebuild)"
+    )
+    clearing.add_argument("--confirm", required=True, metavar="CONTAINER",
+                          help="the projection container's name, as a confirmation")  # fmt: skip
     return root
 
 
@@ -245,6 +265,8 @@ async def run(argv: Sequence[str] | None) -> int:
             )
         if args.command == "blocked":
             return await blocked(resources)
+        if args.command == "clear-projection":
+            return await clear_projection(resources, settings, args.confirm)
         return await unblock(resources, settings, args.session_id, args.wait)
 
 

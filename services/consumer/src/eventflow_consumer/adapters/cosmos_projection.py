@@ -171,3 +171,22 @@ class CosmosProjectionStore:
         return [
             {k: v for k, v in document.items() if not k.startswith("_")} async for document in found
         ]
+
+    async def clear(self) -> int:
+        """Deletes every order summary and inbox mark (for a rebuild from a replay); the blocked
+        records stay: they describe sessions the broker still holds. Returns how many went."""
+        query = "SELECT c.id, c.order_id FROM c WHERE NOT IS_DEFINED(c.kind) OR c.kind != @kind"
+        found = self._container.query_items(
+            query, parameters=[{"name": "@kind", "value": "blocked-session"}]
+        )
+        deleted = 0
+        async for document in found:
+            try:
+                await self._container.delete_item(
+                    document["id"], partition_key=document["order_id"]
+                )
+            except CosmosHttpResponseError as error:
+                if error.status_code != 404:  # gone meanwhile (an inbox mark's TTL)
+                    raise
+            deleted += 1
+        return deleted

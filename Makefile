@@ -112,8 +112,8 @@ demo: setup ## against a running make dev: create and change a few orders, show 
 	$(RUN) python tools/demo.py
 
 .PHONY: chaos
-chaos: setup ## the long chaos run (kill -9 workers under load, then check every guarantee)
-	$(RUN) python tools/chaos.py
+chaos: setup ## the long chaos run (kill -9 workers under load, then check every guarantee; PATTERN=... picks the write pattern)
+	$(RUN) python tools/chaos.py --pattern $(PATTERN)
 
 .PHONY: up
 up: ## docker compose up: the four images on the official emulators (needs Docker)

@@ -18,15 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from azure.cosmos.exceptions import CosmosBatchOperationError, CosmosHttpResponseError
+from azure.cosmos.exceptions import CosmosBatchOperationError
 
 from eventflow_contracts import CloudEvent, OrderState, decode_event, evolve
-from eventflow_producer.adapters.cosmos_store import (
-    _TRANSIENT,
-    CosmosOrderStore,
-    _unavailable,
-    order_from_document,
-)
+from eventflow_producer.adapters.cosmos_store import CosmosOrderStore, order_from_document
 from eventflow_producer.domain import Order
 from eventflow_producer.ports import (
     ConcurrentChangeError,
@@ -85,12 +80,5 @@ class CosmosEventStore(CosmosOrderStore):
         return Stored(order, token_of(order))
 
     async def _read_model(self, order_id: str) -> OrderState | None:
-        try:
-            document = await self._container.read_item(order_id, partition_key=order_id)
-        except CosmosHttpResponseError as error:
-            if error.status_code == 404:
-                return None
-            if error.status_code in _TRANSIENT:
-                raise _unavailable(error) from error
-            raise
-        return OrderState.model_validate(document)
+        document = await self._order_document(order_id)
+        return None if document is None else OrderState.model_validate(document)

@@ -152,15 +152,26 @@ class CosmosOrderStore:
         return str(results[0]["eTag"])
 
     async def load(self, order_id: str) -> Stored | None:
+        document = await self._order_document(order_id)
+        return (
+            None
+            if document is None
+            else Stored(order_from_document(document), str(document["_etag"]))
+        )
+
+    async def _order_document(self, order_id: str) -> dict[str, Any] | None:
+        """The order document (id = order id), or None."""
         try:
-            document = await self._container.read_item(order_id, partition_key=order_id)
+            document: dict[str, Any] = await self._container.read_item(
+                order_id, partition_key=order_id
+            )
         except CosmosHttpResponseError as error:
             if error.status_code == 404:
                 return None
             if error.status_code in _TRANSIENT:
                 raise _unavailable(error) from error
             raise
-        return Stored(order_from_document(document), str(document["_etag"]))
+        return document
 
     async def update(self, order: Order, token: str, events: Sequence[CloudEvent[Any]]) -> str:
         operations: list[tuple[Any, ...]] = [

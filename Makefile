@@ -38,11 +38,15 @@ FUZZ := services/producer-api/tests/integration/test_api_fuzz.py
 
 .PHONY: test
 test: setup ## run every test CI runs, with coverage
-	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report= --ignore=$(FUZZ) $(PYTEST_ARGS)
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report= --ignore=$(FUZZ) -m "not patterns" $(PYTEST_ARGS)
 	@echo "schemathesis parametrises at run time, which pytest-xdist workers do not see: in one process"
 	$(RUN) pytest --cov --cov-append --cov-report=term --cov-fail-under=85 $(FUZZ)
 	@echo "libs/contracts must stay at 95 % line coverage or more:"
 	$(RUN) coverage report --include='libs/contracts/*' --fail-under=95 --skip-covered
+
+.PHONY: test-patterns
+test-patterns: setup ## the write-pattern cases make test leaves out (the short chaos run of entity-first and event-first)
+	$(RUN) pytest -n 2 -m patterns tests/e2e $(PYTEST_ARGS)
 
 .PHONY: images
 images: ## build the four service images and the two emulator images (eventflow-<name>:dev) on the running Docker engine
@@ -77,6 +81,7 @@ clean: ## remove local environments and caches
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage
 
 LOCAL_DIR ?= $(CURDIR)/.local
+PATTERN ?= outbox
 PUBLISHERS ?= 1
 SUBSCRIBERS ?= 1
 CONSUMERS ?= 1
@@ -89,12 +94,13 @@ dev: setup ## run the whole system locally: the four services on the real SDKs a
 	@echo "  consumer read  http://127.0.0.1:5300/orders/<id>   (health and metrics: publisher 5100, subscriber 5200)"
 	@echo "  emulators      Cosmos DB http://127.0.0.1:8081/  Event Hubs + Service Bus amqp://127.0.0.1:5672 (faults: http://127.0.0.1:5673/)  Azurite 10000"
 	@echo "  data           $(LOCAL_DIR)   (make dev-reset clears it)"
+	@echo "  write pattern  $(PATTERN)   (make dev PATTERN=outbox|entity-first|event-first; docs/patterns.md)"
 	@echo ""
 	@echo "  try:  curl -si -X POST http://127.0.0.1:8000/orders -H 'content-type: application/json' \\"
 	@echo "          -d '{\"customer_id\": \"c-1\", \"currency\": \"EUR\", \"lines\": [{\"sku\": \"SKU-1\", \"quantity\": 2, \"unit_price\": \"9.99\"}]}'"
 	@echo "  or:   make demo   (in another terminal)"
 	@echo ""
-	EVENTFLOW_LOCAL_DIR=$(LOCAL_DIR) $(RUN) honcho -f Procfile start -p 5000 \
+	EVENTFLOW_LOCAL_DIR=$(LOCAL_DIR) EVENTFLOW_WRITE_PATTERN=$(PATTERN) $(RUN) honcho -f Procfile start -p 5000 \
 		-c producer=1,publisher=$(PUBLISHERS),subscriber=$(SUBSCRIBERS),consumer=$(CONSUMERS),cosmos=1,messaging=1,azurite=1
 
 .PHONY: dev-reset
@@ -106,8 +112,8 @@ demo: setup ## against a running make dev: create and change a few orders, show 
 	$(RUN) python tools/demo.py
 
 .PHONY: chaos
-chaos: setup ## the long chaos run (kill -9 workers under load, then check every guarantee)
-	$(RUN) python tools/chaos.py
+chaos: setup ## the long chaos run (kill -9 workers under load, then check every guarantee; PATTERN=... picks the write pattern)
+	$(RUN) python tools/chaos.py --pattern $(PATTERN)
 
 .PHONY: up
 up: ## docker compose up: the four images on the official emulators (needs Docker)
@@ -154,3 +160,4 @@ bench: setup ## benchmarks (not part of make test); figures go to docs/performan
 	$(RUN) python benchmarks/subscriber.py
 	$(RUN) python benchmarks/consumer.py
 	$(RUN) python benchmarks/end_to_end.py
+	$(RUN) python benchmarks/patterns.py

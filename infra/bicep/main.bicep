@@ -19,6 +19,10 @@ param publisherImage string = ''
 param subscriberImage string = ''
 param consumerImage string = ''
 
+@allowed([ 'outbox', 'entity-first', 'event-first' ])
+@description('The write pattern of producer and publisher (docs/patterns.md).')
+param writePattern string = 'outbox'
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
 
@@ -35,6 +39,7 @@ module resources 'resources.bicep' = {
     location: location
     resourceToken: resourceToken
     tags: tags
+    writePattern: writePattern
     images: {
       producer: producerImage
       publisher: publisherImage

@@ -5,6 +5,8 @@ param location string
 param resourceToken string
 param tags object
 param images object
+@allowed([ 'outbox', 'entity-first', 'event-first' ])
+param writePattern string = 'outbox'
 
 var placeholderImage = 'mcr.microsoft.com/azuredocs/containerapps-helloworld:latest'
 var hubName = 'orders'
@@ -317,6 +319,7 @@ module producer 'container-app.bicep' = {
       { name: 'PRODUCER_MODE', value: 'azure' }
       { name: 'PRODUCER_HOST', value: '0.0.0.0' }
       { name: 'PRODUCER_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
+      { name: 'PRODUCER_WRITE_PATTERN', value: writePattern }
     ]
   }
   dependsOn: [ pull, cosmosDataAccess, ordersContainer ]
@@ -345,6 +348,7 @@ module publisher 'container-app.bicep' = {
       { name: 'PUBLISHER_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
       { name: 'PUBLISHER_EVENTHUBS_NAMESPACE', value: '${eventHubs.name}.servicebus.windows.net' }
       { name: 'PUBLISHER_EVENTHUB_NAME', value: hubName }
+      { name: 'PUBLISHER_WRITE_PATTERN', value: writePattern }
     ]
   }
   dependsOn: [ pull, cosmosDataAccess, publisherSends, leasesContainer ]

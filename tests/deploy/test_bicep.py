@@ -167,3 +167,14 @@ def test_azure_yaml_names_the_four_services_and_main_outputs_the_settings() -> N
                  "SUBSCRIBER_STORAGE_ACCOUNT_URL", "CONSUMER_SERVICEBUS_NAMESPACE"):  # fmt: skip
         assert name in outputs
     assert "targetScope = 'subscription'" in (BICEP / "main.bicep").read_text()
+
+
+def test_producer_and_publisher_get_one_write_pattern_outbox_by_default() -> None:
+    main = (BICEP / "main.bicep").read_text()
+    assert "param writePattern string = 'outbox'" in main
+    assert "writePattern: writePattern" in main
+    resources = (BICEP / "resources.bicep").read_text()
+    for setting in ("PRODUCER_WRITE_PATTERN", "PUBLISHER_WRITE_PATTERN"):
+        assert f"{{ name: '{setting}', value: writePattern }}" in resources
+    parameters = json.loads((BICEP / "main.parameters.json").read_text())["parameters"]
+    assert parameters["writePattern"]["value"] == "${EVENTFLOW_WRITE_PATTERN=outbox}"

@@ -4,6 +4,7 @@ REST load, kills, and the checks of every guarantee in ARCHITECTURE.md. Used by 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import orjson
 from azure.cosmos.aio import CosmosClient
+from azure.cosmos.exceptions import CosmosResourceNotFoundError
 from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubProducerClient
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusMessage, ServiceBusSubQueue
@@ -32,6 +34,7 @@ from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emu
 from eventflow_emulators.messaging.reading import hub_contents
 from eventflow_emulators.messaging.testing import RunningMessagingEmulator, messaging_emulator
 from eventflow_emulators.servers import RunningServer, azurite
+from eventflow_publisher.deriving import derived_event_id, state_event
 
 FAST = {
     "PUBLISHER_ACQUIRE_INTERVAL_SECONDS": "1", "PUBLISHER_RENEW_INTERVAL_SECONDS": "1",
@@ -73,9 +76,14 @@ def _inbox_config(folder: Path, *, lock_seconds: int) -> Path:
     return path
 
 
+PATTERNS = ("outbox", "entity-first", "event-first")
+"""The producer's write patterns (PRODUCER_WRITE_PATTERN, PUBLISHER_WRITE_PATTERN): docs/patterns.md."""
+
+
 @dataclass
 class System:
     folder: Path
+    pattern: str = "outbox"
     replicas: dict[str, int] = field(
         default_factory=lambda: {"publisher": 1, "subscriber": 1, "consumer": 1}
     )
@@ -136,6 +144,8 @@ class System:
         kind = name.split("-", maxsplit=1)[0]
         settings = {**FAST, f"{kind.upper()}_MODE": "emulator", **self._backends(kind),
                     f"{kind.upper()}_LOG_LEVEL": "INFO" if kind == "producer" else "WARNING"}  # fmt: skip
+        if kind in ("producer", "publisher"):
+            settings[f"{kind.upper()}_WRITE_PATTERN"] = self.pattern
         if kind == "producer":
             settings["PRODUCER_PORT"] = str(self.producer_port)
         elif kind == "consumer":
@@ -216,6 +226,8 @@ class Load:
     accepted: Counter[str] = field(default_factory=Counter)
     rejected: Counter[int] = field(default_factory=Counter)
     orders: list[str] = field(default_factory=list)
+    statuses: dict[str, dict[int, str]] = field(default_factory=dict)
+    """Per order, the status the producer answered at each version it committed."""
 
     pace: float = 0.0
 
@@ -249,6 +261,7 @@ class Load:
             require(created.status_code == 201, created.text)
             order_id, etag = created.json()["id"], created.headers["etag"]
             self.orders.append(order_id)
+            self.statuses[order_id] = {1: created.json()["status"]}
             self.committed_events += 1
             self.accepted["create"] += 1
             for step in range(commands - 1):
@@ -269,6 +282,7 @@ class Load:
                 )
                 if response.status_code == 200:
                     etag = response.headers["etag"]
+                    self.statuses[order_id][response.json()["version"]] = response.json()["status"]
                     self.committed_events += 1
                     self.accepted[path] += 1
                 else:
@@ -384,9 +398,94 @@ async def check_orders(
     return handled
 
 
-async def check_guarantees(system: System, orders: list[str]) -> dict[str, Any]:
+async def check_derived_orders(
+    producer_url: str,
+    statuses: dict[str, dict[int, str]],
+    summary_of: Callable[[str], Awaitable[dict[str, Any]]],
+    summaries: Any,
+) -> int:
+    """What entity-first promises, and no more: the producer stored no events, and the publisher
+    derived one OrderStateChanged per order version it read, where the change feed may have
+    coalesced versions. So each projection equals the producer's entity at its latest version; every
+    status in its history is the status the producer answered at that version, in version order
+    (statuses that were coalesced away are missing, never wrong or out of order); every inbox mark
+    is the derived event of one version, the latest among them; nothing skipped. Returns the
+    derived events handled (at most the versions committed)."""
+    handled = 0
+    async with httpx.AsyncClient(timeout=10) as client:
+        for order_id, truth in statuses.items():
+            entity = (await client.get(f"{producer_url}/orders/{order_id}")).json()
+            summary = await summary_of(order_id)
+            kept = await client.get(f"{producer_url}/orders/{order_id}/events")
+            require(kept.status_code == 404, f"{order_id}: entity-first stores no events")
+            require(
+                entity["version"] == max(truth), f"{order_id}: the entity is not at the last commit"
+            )
+            require(
+                summary["last_sequence"] == entity["version"],
+                f"{order_id}: projection behind the entity",
+            )
+            require(
+                (summary["status"], summary["total"], summary["currency"], summary["lines"])
+                == (entity["status"], entity["total"], entity["currency"], entity["lines"]),
+                f"{order_id}: projection differs from the entity",
+            )
+            require(summary.get("skipped", []) == [], f"{order_id}: versions skipped")
+            history = [(h["sequence"], h["status"]) for h in summary["status_history"]]
+            require(
+                all(truth.get(version) == status for version, status in history)
+                and [v for v, _ in history] == sorted({v for v, _ in history})
+                and all(a[1] != b[1] for a, b in itertools.pairwise(history)),
+                f"{order_id}: status history {history} disagrees with the commits {truth}",
+            )
+            marks = [m["id"] async for m in summaries.query_items(
+                "SELECT c.id FROM c WHERE c.order_id = @o AND c.kind = 'inbox-mark'",
+                parameters=[{"name": "@o", "value": order_id}], partition_key=order_id)]  # fmt: skip
+            versions = {f"inbox:{derived_event_id(order_id, v)}": v for v in truth}
+            require(
+                marks and all(m in versions for m in marks) and len(set(marks)) == len(marks),
+                f"{order_id}: inbox marks that are no derived event of a committed version",
+            )
+            require(
+                max(versions[m] for m in marks) == entity["version"],
+                f"{order_id}: the latest version's event was not handled",
+            )
+            handled += len(marks)
+    return handled
+
+
+async def check_read_models(system: System, orders: list[str], wait: float) -> None:
+    """event-first: poll (with a deadline) until the read-model maintainer has folded every order's
+    events into its read model, and that read model equals what the API answers (which folds
+    the events the read model has not absorbed yet)."""
+    deadline = time.monotonic() + wait
+    async with httpx.AsyncClient(timeout=10) as client, system.cosmos_client() as cosmos:
+        container = cosmos.get_database_client("eventflow").get_container_client("orders")
+        for order_id in orders:
+            entity = (await client.get(f"{system.producer_url}/orders/{order_id}")).json()
+            while True:
+                try:
+                    model = await container.read_item(order_id, partition_key=order_id)
+                except CosmosResourceNotFoundError:
+                    model = {"version": 0}
+                if model["version"] == entity["version"]:
+                    break
+                require(time.monotonic() < deadline, f"{order_id}: the read model never caught up")
+                await asyncio.sleep(0.2)
+            fields = ("status", "total", "currency", "lines", "cancel_reason")
+            require(
+                all(model[f] == entity[f] for f in fields),
+                f"{order_id}: the read model differs from the API's answer",
+            )
+
+
+async def check_guarantees(
+    system: System, orders: list[str], statuses: dict[str, dict[int, str]] | None = None
+) -> dict[str, Any]:
     """Every committed event handled once, in order; each projection equals the producer's entity;
-    the injected malformed events dead-lettered with their reasons, and nothing else."""
+    the injected malformed events dead-lettered with their reasons, and nothing else. In
+    entity-first (`statuses`, from the Load, needed), what derived events promise instead
+    (check_derived_orders); in event-first, the read models too."""
     async with httpx.AsyncClient(timeout=10) as client, system.cosmos_client() as cosmos:
         summaries = cosmos.get_database_client("eventflow").get_container_client("order-summaries")
 
@@ -396,7 +495,16 @@ async def check_guarantees(system: System, orders: list[str]) -> dict[str, Any]:
             ).json()
             return summary
 
-        handled = await check_orders(system.producer_url, orders, summary_of, summaries)
+        if system.pattern == "entity-first":
+            require(statuses is not None, "entity-first is checked against the Load's statuses")
+            assert statuses is not None
+            handled = await check_derived_orders(
+                system.producer_url, statuses, summary_of, summaries
+            )
+        else:
+            handled = await check_orders(system.producer_url, orders, summary_of, summaries)
+    if system.pattern == "event-first":
+        await check_read_models(system, orders, wait=60)
     async with (
         system.servicebus_client() as bus,
         bus.get_queue_receiver("inbox", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq,
@@ -419,8 +527,14 @@ async def inject_duplicates(
     copies: list[ServiceBusMessage] = []
     async with httpx.AsyncClient(timeout=10) as client:
         for order_id in rng.sample(orders, min(count, len(orders))):
-            events = (await client.get(f"{system.producer_url}/orders/{order_id}/events")).json()
-            event = rng.choice(events)
+            if system.pattern == "entity-first":  # no events stored: the current version's, derived
+                order = (await client.get(f"{system.producer_url}/orders/{order_id}")).json()
+                event = state_event({**order, "order_id": order["id"]})
+            else:
+                events = (
+                    await client.get(f"{system.producer_url}/orders/{order_id}/events")
+                ).json()
+                event = rng.choice(events)
             copies.append(ServiceBusMessage(orjson.dumps(event), session_id=order_id,
                                             message_id=f"chaos-copy:{event['id']}"))  # fmt: skip
     async with system.servicebus_client() as bus, bus.get_queue_sender("inbox") as sender:
@@ -460,6 +574,7 @@ def kill_plan(system: System, rng: random.Random) -> list[str]:
 async def chaos(
     folder: Path,
     *,
+    pattern: str = "outbox",
     orders: int,
     commands_per_order: int,
     kill_every: float,
@@ -473,7 +588,7 @@ async def chaos(
     seed = random.SystemRandom().randrange(2**32) if seed is None else seed
     sys.stderr.write(f"chaos seed: {seed}\n")
     load_rng, kill_rng = random.Random(f"load-{seed}"), random.Random(f"kills-{seed}")
-    system = System(folder, replicas={"publisher": 2, "subscriber": 2, "consumer": 2})
+    system = System(folder, pattern, replicas={"publisher": 2, "subscriber": 2, "consumer": 2})
     await system.start()
     killed: list[str] = []
     try:
@@ -492,12 +607,12 @@ async def chaos(
         injected = await inject_duplicates(system, load.orders, load_rng, count=max(1, orders // 4))
         drain_seconds = await settle(system, load.orders, wait=300)
         await inbox_drained(system, wait=120)
-        result = await check_guarantees(system, load.orders)
+        result = await check_guarantees(system, load.orders, load.statuses)
         duplicates = await _duplicates_on_the_hub(system)  # while the emulators still run
     finally:
         system.stop()
     return {
-        "seed": seed, "orders": orders, "commands": sum(load.accepted.values()) + sum(load.rejected.values()),
+        "seed": seed, "pattern": pattern, "orders": orders, "commands": sum(load.accepted.values()) + sum(load.rejected.values()),
         "events_committed": load.committed_events, "events_handled": result["events_handled"],
         "kills": len(killed), "killed": dict(Counter(name.split("-")[0] for name in killed)),
         "consumer_0_killed": "consumer-0" in killed, "inbox_duplicates_injected": injected,

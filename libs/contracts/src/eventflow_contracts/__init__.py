@@ -33,11 +33,14 @@ from eventflow_contracts.events import (
     OrderItemAdded,
     OrderItemAddedV1,
     OrderLine,
+    OrderStateChanged,
+    OrderStateChangedV1,
     OrderSubmitted,
     OrderSubmittedV1,
     total_of,
 )
 from eventflow_contracts.registry import CURRENT, PUBLISHED, is_current, model_for_type, upcast
+from eventflow_contracts.state import OrderState, StateError, evolve
 from eventflow_contracts.upcasting import upcast_order_created_v1_to_v2
 
 __all__ = [
@@ -62,10 +65,15 @@ __all__ = [
     "OrderItemAdded",
     "OrderItemAddedV1",
     "OrderLine",
+    "OrderState",
+    "OrderStateChanged",
+    "OrderStateChangedV1",
     "OrderSubmitted",
     "OrderSubmittedV1",
+    "StateError",
     "decode_event",
     "encode_event",
+    "evolve",
     "format_sequence",
     "is_current",
     "is_valid_traceparent",

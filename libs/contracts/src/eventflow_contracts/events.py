@@ -12,9 +12,9 @@ compatible with readers that predate it.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from eventflow_contracts.values import (
     MAX_LINES_PER_ORDER,
@@ -127,10 +127,45 @@ class OrderCancelledV1(EventData):
     reason: Reason
 
 
+OrderStatusName = Literal["open", "submitted", "cancelled"]
+
+
+class OrderStateChangedV1(EventData):
+    """The whole order as one stored version of it, derived from the order document rather than
+    from the change that made it (the entity-first write pattern). `version` is the order's
+    version and the event's `sequence`. Consecutive events of one order may skip versions: the
+    change feed coalesces writes it has not delivered yet, so a reader applies one when its
+    version is newer than what it holds, and never waits for the ones in between."""
+
+    event_name: ClassVar[str] = "OrderStateChanged"
+    event_version: ClassVar[int] = 1
+
+    customer_id: CustomerId
+    currency: CurrencyCode
+    lines: tuple[OrderLine, ...] = Field(default=(), max_length=MAX_LINES_PER_ORDER)
+    status: OrderStatusName
+    version: int = Field(ge=1, strict=True)
+    total: Money
+    cancel_reason: Reason | None = None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.total != total_of(self.lines):
+            raise ValueError("total must equal the sum of quantity x unit_price over the lines")
+        if (self.status == "cancelled") != (self.cancel_reason is not None):
+            raise ValueError("cancel_reason is given exactly when the status is cancelled")
+        return self
+
+
 OrderCreated = OrderCreatedV2
 OrderItemAdded = OrderItemAddedV1
 OrderSubmitted = OrderSubmittedV1
 OrderCancelled = OrderCancelledV1
+OrderStateChanged = OrderStateChangedV1
 
-OrderEvent = OrderCreatedV2 | OrderItemAddedV1 | OrderSubmittedV1 | OrderCancelledV1
+OrderEvent = (
+    OrderCreatedV2 | OrderItemAddedV1 | OrderSubmittedV1 | OrderCancelledV1 | OrderStateChangedV1
+)
 """The current version of every order event: what decoding returns after upcasting."""

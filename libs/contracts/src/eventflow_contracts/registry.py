@@ -15,6 +15,7 @@ from eventflow_contracts.events import (
     OrderCreatedV2,
     OrderEvent,
     OrderItemAddedV1,
+    OrderStateChangedV1,
     OrderSubmittedV1,
 )
 from eventflow_contracts.upcasting import upcast_order_created_v1_to_v2
@@ -25,12 +26,19 @@ PUBLISHED: tuple[type[EventData], ...] = (
     OrderItemAddedV1,
     OrderSubmittedV1,
     OrderCancelledV1,
+    OrderStateChangedV1,
 )
 """Every version ever published and still readable. Removing one is a breaking change."""
 
 CURRENT: dict[str, type[EventData]] = {
     cls.event_name: cls
-    for cls in (OrderCreatedV2, OrderItemAddedV1, OrderSubmittedV1, OrderCancelledV1)
+    for cls in (
+        OrderCreatedV2,
+        OrderItemAddedV1,
+        OrderSubmittedV1,
+        OrderCancelledV1,
+        OrderStateChangedV1,
+    )
 }
 """The version writers emit, per event name."""
 

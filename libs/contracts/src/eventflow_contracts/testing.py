@@ -19,6 +19,8 @@ from eventflow_contracts.events import (
     OrderCreatedV2,
     OrderItemAddedV1,
     OrderLine,
+    OrderStateChangedV1,
+    OrderStatusName,
     OrderSubmittedV1,
     total_of,
 )
@@ -81,9 +83,24 @@ order_created_v1 = st.builds(
 order_item_added_v1 = st.builds(OrderItemAddedV1, order_id=order_ids, line=lines)
 order_cancelled_v1 = st.builds(OrderCancelledV1, order_id=order_ids, reason=reasons)
 
+
+@st.composite
+def order_state_changed_v1(draw: st.DrawFn) -> OrderStateChangedV1:
+    order_lines = draw(line_lists)
+    status: OrderStatusName = draw(st.sampled_from(["open", "submitted", "cancelled"]))
+    created = draw(times)
+    return OrderStateChangedV1(
+        order_id=draw(order_ids), customer_id=draw(customer_ids), currency=draw(currencies),
+        lines=order_lines, status=status, version=draw(st.integers(1, 10**6)),
+        total=total_of(order_lines), cancel_reason=draw(reasons) if status == "cancelled" else None,
+        created_at=created, updated_at=created + draw(st.timedeltas(timedelta(0), timedelta(days=9))),
+    )  # fmt: skip
+
+
 current_event_data: st.SearchStrategy[EventData] = st.one_of(
-    order_created_v2(), order_item_added_v1, order_submitted_v1(), order_cancelled_v1
-)
+    order_created_v2(), order_item_added_v1, order_submitted_v1(), order_cancelled_v1,
+    order_state_changed_v1(),
+)  # fmt: skip
 """Data of every current event version."""
 
 any_event_data: st.SearchStrategy[EventData] = current_event_data | order_created_v1

@@ -15,6 +15,7 @@ from eventflow_contracts import (
     OrderEvent,
     OrderItemAdded,
     OrderLine,
+    OrderStateChanged,
     OrderSubmitted,
     total_of,
 )
@@ -86,9 +87,10 @@ class Position(Enum):
     EARLY = "early"  # an event before it has not been applied yet: wait for it
 
 
-# Event kinds that carry the whole order and its version (none in the contract yet): they replace
-# the summary and may legitimately jump over sequence numbers, so a jump is no gap for them.
-WHOLE_STATE_EVENTS: tuple[type, ...] = ()
+# Event kinds that carry the whole order and its version (derived from the order document in the
+# entity-first write pattern): they replace the summary and may legitimately jump over sequence
+# numbers (the change feed coalesces versions it has not delivered yet), so a jump is no gap.
+WHOLE_STATE_EVENTS: tuple[type, ...] = (OrderStateChanged,)
 
 
 def position(
@@ -124,6 +126,8 @@ def apply(
     data, sequence = event.data, event.sequence
     if accept_gap and summary is not None and sequence > summary.last_sequence + 1:
         summary = summary.skip(sequence - 1)
+    if isinstance(data, OrderStateChanged) and isinstance(data, whole_state):
+        return _whole_state(summary, data, event)
     if isinstance(data, OrderCreated):
         if summary is not None:
             raise PermanentFailure("order-exists", f"order {data.order_id} was already created")
@@ -156,3 +160,23 @@ def apply(
         last_sequence=sequence,
         status_history=_history(summary, status, sequence, event.time),
     )
+
+
+def _whole_state(
+    summary: OrderSummary | None, data: OrderStateChanged, event: CloudEvent[OrderEvent]
+) -> OrderSummary:
+    """The summary replaced by the order's state at `event.sequence`. The status history gains an
+    entry only when the status differs from the last one seen: states the change feed coalesced
+    away were never seen, so they are not in the history."""
+    if data.version != event.sequence:
+        raise PermanentFailure(
+            "version-mismatch",
+            f"OrderStateChanged of version {data.version} has sequence {event.sequence}",
+        )
+    history = summary.status_history if summary else ()
+    if summary is None or summary.status != data.status:
+        history = _history(summary, data.status, event.sequence, event.time)
+    return OrderSummary(
+        data.order_id, data.customer_id, data.currency, data.status, data.lines, event.sequence,
+        history, summary.skipped if summary else (),
+    )  # fmt: skip

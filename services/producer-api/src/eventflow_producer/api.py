@@ -30,6 +30,7 @@ from eventflow_producer.ports import OrderStore, StoreUnavailableError
 from eventflow_producer.problems import FieldProblem, component_schemas, described, problem
 from eventflow_producer.service import (
     CreateOrder,
+    EventsNotKeptError,
     IdempotencyConflictError,
     OrderNotFoundError,
     OrderService,
@@ -220,7 +221,7 @@ def routes(app: FastAPI) -> None:
     async def list_order_events(
         order_id: OrderIdPath, request: Request, service: ServiceDep
     ) -> list[dict[str, Any]]:
-        """The order's outbox events (CloudEvents, structured JSON) in sequence order, while their TTL keeps them."""
+        """The order's stored events (CloudEvents, structured JSON) in sequence order: the outbox's while their TTL keeps them, every one in event-first; none in entity-first (404 events-not-kept)."""
         request.state.log = {"order_id": order_id}
         return await service.events(order_id)
 
@@ -268,6 +269,12 @@ def error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OrderNotFoundError)
     async def not_found(request: Request, _: OrderNotFoundError) -> Response:
         return problem(404, "order-not-found", "No such order", instance=request.url.path)
+
+    @app.exception_handler(EventsNotKeptError)
+    async def events_not_kept(request: Request, _: EventsNotKeptError) -> Response:
+        return problem(404, "events-not-kept", "This producer stores no events",
+                       "the entity-first write pattern writes the order only; its events are derived from "
+                       "the order's versions by the publisher", instance=request.url.path)  # fmt: skip
 
     @app.exception_handler(PreconditionRequiredError)
     async def precondition_required(request: Request, _: PreconditionRequiredError) -> Response:
@@ -325,7 +332,11 @@ def create_app(settings: Settings, open_store: StoreFactory) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_store(settings) as store:
             app.state.store = store
-            app.state.service = OrderService(store, source=settings.event_source)
+            app.state.service = OrderService(
+                store,
+                source=settings.event_source,
+                keeps_events=settings.write_pattern != "entity-first",
+            )
             yield
 
     app = FastAPI(

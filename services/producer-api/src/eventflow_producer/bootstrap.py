@@ -12,6 +12,7 @@ import structlog
 from azure.core.exceptions import AzureError
 from azure.cosmos import PartitionKey
 
+from eventflow_producer.adapters.cosmos_event_store import CosmosEventStore
 from eventflow_producer.adapters.cosmos_store import PARTITION_KEY_PATH, CosmosOrderStore
 from eventflow_producer.settings import Settings
 
@@ -76,7 +77,9 @@ async def _container(settings: Settings, client: Any) -> Any:
 
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[CosmosOrderStore]:
-    """The Cosmos order store for `settings.mode`, with its clients closed on exit."""
+    """The Cosmos order store for `settings.mode` and the write pattern, with its clients closed
+    on exit: the outbox's and entity-first's (which is given no events to write) is the same
+    store; event-first appends events and reads a folded read model."""
     async with AsyncExitStack() as stack:
         client = await open_cosmos_client(settings, stack)
         container = await _container(settings, client)
@@ -85,9 +88,15 @@ async def open_store(settings: Settings) -> AsyncIterator[CosmosOrderStore]:
             mode=settings.mode,
             database=settings.database,
             container=settings.orders_container,
+            write_pattern=settings.write_pattern,
         )
-        yield CosmosOrderStore(
-            container,
-            event_ttl_seconds=settings.event_ttl_seconds,
-            idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
-        )
+        if settings.write_pattern == "event-first":
+            yield CosmosEventStore(
+                container, idempotency_ttl_seconds=settings.idempotency_ttl_seconds
+            )
+        else:
+            yield CosmosOrderStore(
+                container,
+                event_ttl_seconds=settings.event_ttl_seconds,
+                idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+            )

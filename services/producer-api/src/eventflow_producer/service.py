@@ -29,6 +29,10 @@ class OrderNotFoundError(Exception):
     """No such order."""
 
 
+class EventsNotKeptError(Exception):
+    """This producer stores no events (the entity-first write pattern): they are derived later."""
+
+
 class PreconditionRequiredError(Exception):
     """A change was asked for without If-Match."""
 
@@ -93,11 +97,20 @@ class OrderService:
         source: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        keeps_events: bool = True,
     ) -> None:
+        """`keeps_events=False` is the entity-first write pattern: only the order is written, as a
+        legacy application would, and the publisher derives events from its versions."""
         self._store = store
+        self._keeps_events = keeps_events
         self._source = source
         self._clock = clock
         self._new_id = new_id
+
+    def _events(
+        self, order: Order, data: EventData, traceparent: str | None
+    ) -> list[CloudEvent[Any]]:
+        return [self._event(order, data, traceparent)] if self._keeps_events else []
 
     def _event(self, order: Order, data: EventData, traceparent: str | None) -> CloudEvent[Any]:
         return new_event(
@@ -114,13 +127,13 @@ class OrderService:
         order, data = open_order(
             order_id, command.customer_id, command.currency, command.lines, self._clock()
         )
-        event = self._event(order, data, traceparent)
+        events = self._events(order, data, traceparent)
         record = IdempotencyRecord(command.fingerprint(), order) if idempotency_key else None
         try:
-            await self._store.create(order, [event], record)
+            await self._store.create(order, events, record)
         except OrderExistsError:
             return await self._replay(order_id, command)
-        return Outcome(order, (event.id,))
+        return Outcome(order, tuple(event.id for event in events))
 
     async def _replay(self, order_id: str, command: CreateOrder) -> Outcome:
         record = await self._store.idempotency_record(order_id)
@@ -156,16 +169,20 @@ class OrderService:
         if not if_match_allows(if_match, stored.order):
             raise PreconditionFailedError
         order, data = change(stored.order, self._clock())
-        event = self._event(order, data, traceparent)
+        events = self._events(order, data, traceparent)
         try:
-            await self._store.update(order, stored.token, [event])
+            await self._store.update(order, stored.token, events)
         except ConcurrentChangeError:
             raise PreconditionFailedError from None
         except OrderMissingError:
             raise OrderNotFoundError(order_id) from None
-        return Outcome(order, (event.id,))
+        return Outcome(order, tuple(event.id for event in events))
 
     async def events(self, order_id: str) -> list[dict[str, Any]]:
+        """The order's stored events. Raises OrderNotFoundError, or EventsNotKeptError when this
+        producer stores none (entity-first)."""
         if await self._store.load(order_id) is None:
             raise OrderNotFoundError(order_id)
+        if not self._keeps_events:
+            raise EventsNotKeptError(order_id)
         return await self._store.events(order_id)

@@ -32,7 +32,15 @@ class Settings(BaseSettings):
     create_containers: bool | None = Field(
         default=None, description="create database and container at start; default: not in azure"
     )
-    event_ttl_seconds: int = Field(default=7 * DAY, ge=60)
+    write_pattern: Literal["outbox", "entity-first", "event-first"] = Field(
+        default="outbox",
+        description="outbox: the order and its events in one batch; entity-first: the order only "
+        "(events are derived by the publisher); event-first: the events only (the source of truth, "
+        "never expiring; a read model is kept by the publisher's read-model maintainer)",
+    )
+    event_ttl_seconds: int = Field(
+        default=7 * DAY, ge=60, description="the outbox's TTL (the outbox pattern only)"
+    )
     idempotency_ttl_seconds: int = Field(default=DAY, ge=60)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     event_source: str = "/eventflow/producer-api"

@@ -18,6 +18,7 @@ from eventflow_publisher.adapters.cosmos_changefeed import (
     CosmosLeaseStore,
     CosmosPoisonStore,
 )
+from eventflow_publisher.adapters.cosmos_read_model import CosmosReadModelStore
 from eventflow_publisher.settings import Settings
 
 LOG = structlog.get_logger("eventflow_publisher.bootstrap")
@@ -31,6 +32,9 @@ class Resources:
     leases: CosmosLeaseStore
     poison: CosmosPoisonStore
     producer: Any
+    read_model_leases: CosmosLeaseStore | None = None
+    """event-first: the read-model maintainer's leases (a prefix of its own) and read models."""
+    read_models: CosmosReadModelStore | None = None
 
 
 async def retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -112,8 +116,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         orders = database.get_container_client(settings.orders_container)
         await retrying("the orders container", orders.read)  # the producer owns and creates it
         feed = CosmosChangeFeed(orders)
-        prefix = f"{settings.processor_name}:{await feed.identity()}"
-        LOG.info("resources ready", mode=settings.mode, prefix=prefix, hub=settings.eventhub_name)
+        identity = await feed.identity()
+        prefix = f"{settings.processor_name}:{identity}"
+        LOG.info("resources ready", mode=settings.mode, prefix=prefix, hub=settings.eventhub_name,
+                 write_pattern=settings.write_pattern)  # fmt: skip
+        maintaining = settings.write_pattern == "event-first"
+        read_model_prefix = f"{settings.read_model_processor_name}:{identity}"
         yield Resources(
-            feed, CosmosLeaseStore(leases, prefix), CosmosPoisonStore(leases, prefix), producer
-        )
+            feed, CosmosLeaseStore(leases, prefix), CosmosPoisonStore(leases, prefix), producer,
+            read_model_leases=CosmosLeaseStore(leases, read_model_prefix) if maintaining else None,
+            read_models=CosmosReadModelStore(orders) if maintaining else None,
+        )  # fmt: skip

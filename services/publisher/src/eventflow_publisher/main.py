@@ -17,11 +17,13 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from eventflow_publisher.adapters.eventhubs_sender import EventHubsSender
-from eventflow_publisher.bootstrap import open_resources
+from eventflow_publisher.bootstrap import Resources, open_resources
 from eventflow_publisher.changefeed import ChangeFeedProcessor, ProcessorOptions
+from eventflow_publisher.deriving import ENTITY_FIRST, OUTBOX
 from eventflow_publisher.logs import configure_logging
 from eventflow_publisher.observability import PublisherMetrics, health_app
 from eventflow_publisher.publishing import EventPublisher, SendHealth
+from eventflow_publisher.readmodel import ReadModelMaintainer
 from eventflow_publisher.settings import Settings
 
 LOG = structlog.get_logger("eventflow_publisher")
@@ -75,9 +77,24 @@ def options_of(settings: Settings) -> ProcessorOptions:
     )  # fmt: skip
 
 
+def read_model_maintainer(
+    settings: Settings, resources: Resources, metrics: PublisherMetrics
+) -> ChangeFeedProcessor | None:
+    """event-first: a second change feed processor on the same container, with its own leases,
+    that folds events into the read models the producer's API reads; None in the other patterns."""
+    if resources.read_model_leases is None or resources.read_models is None:
+        return None
+    return ChangeFeedProcessor(
+        feed=resources.feed, leases=resources.read_model_leases,
+        handler=ReadModelMaintainer(resources.read_models, resources.poison),
+        options=options_of(settings), observer=metrics,
+    )  # fmt: skip
+
+
 async def run(settings: Settings) -> None:
     metrics, health = PublisherMetrics(), SendHealth(settings.unready_after_failing_seconds)
     processor: ChangeFeedProcessor | None = None
+    maintainer: ChangeFeedProcessor | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -89,6 +106,7 @@ async def run(settings: Settings) -> None:
             and processor.ready.is_set()
             and health.ready
             and not processor.problems()
+            and (maintainer is None or (maintainer.ready.is_set() and not maintainer.problems()))
         )
 
     runner = web.AppRunner(health_app(metrics, ready), access_log=None)
@@ -107,6 +125,7 @@ async def run(settings: Settings) -> None:
                 resources.poison,
                 health=health,
                 observer=metrics,
+                source=ENTITY_FIRST if settings.write_pattern == "entity-first" else OUTBOX,
             )
             processor = ChangeFeedProcessor(
                 feed=resources.feed,
@@ -115,13 +134,18 @@ async def run(settings: Settings) -> None:
                 options=options_of(settings),
                 observer=metrics,
             )
-            running = asyncio.create_task(processor.run())
+            maintainer = read_model_maintainer(settings, resources, metrics)
+            processors = [processor] if maintainer is None else [processor, maintainer]
+            running = [asyncio.create_task(each.run()) for each in processors]
             stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait([running, stopped], return_when=asyncio.FIRST_COMPLETED)
-            if not running.done():
-                LOG.info("stopping: finishing in-flight pages, releasing leases")
-                await processor.stop()
-            await running
+            await asyncio.wait([*running, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if not stopped.done():
+                LOG.error("a change feed processor ended; stopping the others")
+            LOG.info("stopping: finishing in-flight pages, releasing leases")
+            await asyncio.gather(*(each.stop() for each in processors))
+            stopped.cancel()
+            for task in running:
+                await task
     finally:
         await runner.cleanup()
     LOG.info("publisher stopped")

@@ -1,8 +1,9 @@
-"""The processor's handler: outbox event documents of a change feed page → Event Hubs.
+"""The processor's handler: the events of a change feed page → Event Hubs.
 
-Entity documents are ignored. Each order is mapped to one hub partition by a stable hash of its
-id over the hub's partition ids (read once), the page's events are grouped by partition in change
-feed order, and each partition gets one batch (more only when one is full), all partitions at once.
+Documents that carry no event in the write pattern are ignored (`deriving`). Each order is mapped
+to one hub partition by a stable hash of its id over the hub's partition ids (read once), the
+page's events are grouped by partition in change feed order, and each partition gets one batch
+(more only when one is full), all partitions at once.
 So one order's events land on one partition in commit order, and a page of a busy range costs one
 round trip per partition, not per order. The handler returns only when every event was accepted
 by the hub (or recorded as poison), and the processor checkpoints only then.
@@ -27,6 +28,7 @@ import structlog
 from eventflow_contracts import ContractError, read_routing
 from eventflow_publisher.changefeed import LeaseContext, LeaseLostError
 from eventflow_publisher.changefeed.processor import backoff
+from eventflow_publisher.deriving import OUTBOX, EventSource
 
 LOG = structlog.get_logger("eventflow_publisher.publishing")
 
@@ -129,8 +131,11 @@ class EventPublisher:
         observer: PublisherObserver | None = None,
         retry_delay: float = 0.2,
         max_retry_delay: float = 10.0,
+        source: EventSource = OUTBOX,
     ) -> None:
+        """`source`: which documents carry events (the write pattern's; see `deriving`)."""
         self._sender = sender
+        self._source = source
         self._poison = poison
         self._health = health
         self._observer = observer or PublisherObserver()
@@ -148,7 +153,7 @@ class EventPublisher:
         partition_ids = await self._partitions()
         groups: dict[str, list[tuple[Outgoing, dict[str, Any]]]] = {}
         for document in documents:
-            if document.get("kind") != "event":
+            if document.get("kind") != self._source.kind:
                 continue
             outgoing = await self._outgoing(document)
             if outgoing is not None:
@@ -168,7 +173,7 @@ class EventPublisher:
 
     async def _outgoing(self, document: dict[str, Any]) -> tuple[str, Outgoing] | None:
         try:
-            body = orjson.dumps(document["event"])
+            body = orjson.dumps(self._source.event_of(document))
             routing = read_routing(body)
         except (KeyError, TypeError, orjson.JSONEncodeError) as error:
             await self._reject(

@@ -43,6 +43,16 @@ class Settings(BaseSettings):
     )
     eventhub_name: str = "orders"
 
+    write_pattern: Literal["outbox", "entity-first", "event-first"] = Field(
+        default="outbox",
+        description="the producer's (PRODUCER_WRITE_PATTERN): outbox and event-first publish the "
+        "event documents; entity-first derives an OrderStateChanged from each order document read; "
+        "event-first also runs the read-model maintainer",
+    )
+    read_model_processor_name: str = Field(
+        default="read-model",
+        description="event-first: the lease prefix of the read-model maintainer",
+    )
     processor_name: str = "publisher"
     instance_name: str = Field(default_factory=_instance_name)
     start: Literal["beginning", "now"] | AwareDatetime = Field(
@@ -103,6 +113,8 @@ class Settings(BaseSettings):
                 raise ValueError("mode=azure uses managed identity: no keys or connection strings")
         if not self.renew_interval_seconds < self.lease_expiry_seconds:
             raise ValueError("the renew interval must be shorter than the lease expiry")
+        if self.read_model_processor_name == self.processor_name:
+            raise ValueError("the read-model maintainer needs a lease prefix of its own")
         if self.poll_delay_seconds > self.max_poll_delay_seconds:
             raise ValueError("the poll delay must not exceed the max poll delay")
         return self

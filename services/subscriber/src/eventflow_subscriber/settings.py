@@ -10,12 +10,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from eventflow_subscriber.routing import type_names
 
 # What the consumer's order-summary projection applies: without any one of them its orders would
-# meet a gap that never closes.
+# meet a gap that never closes (or, for OrderStateChanged in the entity-first write pattern, which
+# carries every change there, never change at all).
 PROJECTION_NEEDS = (
     "eventflow.orders.OrderCreated",
     "eventflow.orders.OrderItemAdded",
     "eventflow.orders.OrderSubmitted",
     "eventflow.orders.OrderCancelled",
+    "eventflow.orders.OrderStateChanged",
 )
 LOWERCASE = "keep it lowercase: the checkpoint store lowercases blob names and KEDA reads them"
 

@@ -14,13 +14,17 @@ def test_a_filter_that_leaves_out_a_type_the_projection_needs_is_refused() -> No
             subscribed_types="eventflow.orders.OrderCreated.v2,eventflow.orders.OrderItemAdded.v1"
         )
     message = str(refused.value)
-    assert "leaves out eventflow.orders.OrderCancelled, eventflow.orders.OrderSubmitted" in message
+    assert (
+        "leaves out eventflow.orders.OrderCancelled, eventflow.orders.OrderStateChanged, "
+        "eventflow.orders.OrderSubmitted" in message
+    )
 
 
 def test_a_filter_with_every_needed_type_in_any_version_is_accepted() -> None:
     settings = Settings(
         subscribed_types="eventflow.orders.OrderCreated.v1,eventflow.orders.OrderItemAdded,"
-        "eventflow.orders.OrderSubmitted.v3,eventflow.orders.OrderCancelled.v1,other.Thing.v1"
+        "eventflow.orders.OrderSubmitted.v3,eventflow.orders.OrderCancelled.v1,other.Thing.v1,"
+        "eventflow.orders.OrderStateChanged"
     )
-    assert len(settings.subscribed_types) == 5
+    assert len(settings.subscribed_types) == 6
     assert Settings().subscribed_types == []  # no filter: every type

@@ -34,6 +34,11 @@ PARTITION_KEY_PATH = "/order_id"
 _TRANSIENT = {408, 429, 449, 503}
 
 
+def event_document_id(order_id: str, sequence: int) -> str:
+    """One id per (order, sequence): a second writer of the same version conflicts (409)."""
+    return f"{order_id}:event:{format_sequence(sequence)}"
+
+
 def order_document(order: Order) -> dict[str, Any]:
     return {
         "id": order.id,
@@ -80,8 +85,9 @@ class CosmosOrderStore:
     """The OrderStore port on a Cosmos DB container (the SDK's aio ContainerProxy)."""
 
     def __init__(
-        self, container: Any, *, event_ttl_seconds: int, idempotency_ttl_seconds: int
+        self, container: Any, *, event_ttl_seconds: int | None, idempotency_ttl_seconds: int
     ) -> None:
+        """`event_ttl_seconds=None`: event documents never expire."""
         self._container = container
         self._event_ttl = event_ttl_seconds
         self._idempotency_ttl = idempotency_ttl_seconds
@@ -89,19 +95,29 @@ class CosmosOrderStore:
     def _event_documents(
         self, order: Order, events: Sequence[CloudEvent[Any]]
     ) -> list[tuple[Any, ...]]:
+        expiry = {} if self._event_ttl is None else {"ttl": self._event_ttl}
         return [
             ("create", ({
-                "id": f"{order.id}:event:{format_sequence(event.sequence)}",
+                "id": event_document_id(order.id, event.sequence),
                 "order_id": order.id,
                 "kind": "event",
                 "sequence": event.sequence,
                 "event_id": event.id,
                 "type": event.type,
                 "event": to_json_dict(event),
-                "ttl": self._event_ttl,
+                **expiry,
             },))
             for event in events
         ]  # fmt: skip
+
+    def _idempotency_operation(
+        self, order: Order, idempotency: IdempotencyRecord
+    ) -> tuple[Any, ...]:
+        return ("create", ({
+            "id": f"{order.id}:idempotency", "order_id": order.id, "kind": "idempotency",
+            "request_hash": idempotency.request_hash, "order": order_document(idempotency.order),
+            "ttl": self._idempotency_ttl,
+        },))  # fmt: skip
 
     async def _batch(
         self, operations: list[tuple[Any, ...]], order_id: str
@@ -126,11 +142,7 @@ class CosmosOrderStore:
         operations: list[tuple[Any, ...]] = [("create", (order_document(order),))]
         operations += self._event_documents(order, events)
         if idempotency is not None:
-            operations.append(("create", ({
-                "id": f"{order.id}:idempotency", "order_id": order.id, "kind": "idempotency",
-                "request_hash": idempotency.request_hash, "order": order_document(idempotency.order),
-                "ttl": self._idempotency_ttl,
-            },)))  # fmt: skip
+            operations.append(self._idempotency_operation(order, idempotency))
         try:
             results = await self._batch(operations, order.id)
         except CosmosBatchOperationError as error:
@@ -140,15 +152,26 @@ class CosmosOrderStore:
         return str(results[0]["eTag"])
 
     async def load(self, order_id: str) -> Stored | None:
+        document = await self._order_document(order_id)
+        return (
+            None
+            if document is None
+            else Stored(order_from_document(document), str(document["_etag"]))
+        )
+
+    async def _order_document(self, order_id: str) -> dict[str, Any] | None:
+        """The order document (id = order id), or None."""
         try:
-            document = await self._container.read_item(order_id, partition_key=order_id)
+            document: dict[str, Any] = await self._container.read_item(
+                order_id, partition_key=order_id
+            )
         except CosmosHttpResponseError as error:
             if error.status_code == 404:
                 return None
             if error.status_code in _TRANSIENT:
                 raise _unavailable(error) from error
             raise
-        return Stored(order_from_document(document), str(document["_etag"]))
+        return document
 
     async def update(self, order: Order, token: str, events: Sequence[CloudEvent[Any]]) -> str:
         operations: list[tuple[Any, ...]] = [
@@ -166,12 +189,21 @@ class CosmosOrderStore:
         return str(results[0]["eTag"])
 
     async def events(self, order_id: str) -> list[dict[str, Any]]:
+        return await self._events_after(order_id, 0)
+
+    async def _events_after(self, order_id: str, sequence: int) -> list[dict[str, Any]]:
+        """The order's stored events after `sequence`, in sequence order."""
         query = (
-            "SELECT * FROM c WHERE c.order_id = @order_id AND c.kind = 'event' ORDER BY c.sequence"
+            "SELECT * FROM c WHERE c.order_id = @order_id AND c.kind = 'event'"
+            " AND c.sequence > @after ORDER BY c.sequence"
         )
+        parameters = [
+            {"name": "@order_id", "value": order_id},
+            {"name": "@after", "value": sequence},
+        ]
         try:
             pages = self._container.query_items(
-                query, parameters=[{"name": "@order_id", "value": order_id}], partition_key=order_id
+                query, parameters=parameters, partition_key=order_id
             )
             return [document["event"] async for document in pages]
         except CosmosHttpResponseError as error:

@@ -325,6 +325,15 @@ def _complete_the_openapi_document(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+DESCRIPTIONS = {  # by write pattern (docs/patterns.md)
+    "outbox": "Orders with a transactional outbox: every change commits the order and its events together.",
+    "entity-first": "Orders written as documents only; the publisher derives whole-state events from their "
+    "versions on the change feed (GET /orders/{order_id}/events answers 404).",
+    "event-first": "Orders as their events: every change appends events, the source of truth; a read model "
+    "kept from the change feed serves reads, folded up to the latest event.",
+}
+
+
 def create_app(settings: Settings, open_store: StoreFactory) -> FastAPI:
     """The ASGI app. `open_store` opens the store for the app's lifetime (the lifespan)."""
 
@@ -342,7 +351,7 @@ def create_app(settings: Settings, open_store: StoreFactory) -> FastAPI:
     app = FastAPI(
         title="eventflow orders API", version="1.0.0", lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,  # operation ids: create_order, ...
-        description="Orders with a transactional outbox: every change commits the order and its events together.",
+        description=DESCRIPTIONS[settings.write_pattern],
     )  # fmt: skip
     routes(app)
     _complete_the_openapi_document(app)

@@ -238,9 +238,6 @@ class _MemoryStore:
     async def load(self, order_id: str) -> tuple[OrderSummary, str] | None:
         return self.summaries.get(order_id)
 
-    async def has_mark(self, order_id: str, event_id: str) -> bool:
-        return event_id in self.marks
-
     async def commit(
         self,
         summary: OrderSummary,

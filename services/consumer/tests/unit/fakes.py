@@ -45,10 +45,6 @@ class FakeStore:
         self._call("load")
         return self.summaries.get(order_id)
 
-    async def has_mark(self, order_id: str, event_id: str) -> bool:
-        self._call("has_mark")
-        return event_id in self.marks
-
     async def commit(
         self,
         summary: OrderSummary,

@@ -33,7 +33,15 @@ class Settings(BaseSettings):
     create_containers: bool | None = None
 
     max_concurrent_sessions: int = Field(default=16, ge=1, le=256)
-    session_idle_seconds: float = Field(default=0.5, gt=0)
+    session_idle_seconds: float = Field(
+        default=0.5, gt=0, description="how long a held session's empty receive waits"
+    )
+    session_accept_wait_seconds: float = Field(
+        default=2.0,
+        gt=0.5,
+        description="bound of one next-session accept with its first receive (connection, link and "
+        "the wait for a session); the idle pump looks again after it",
+    )
     session_renew_seconds: float = Field(default=10.0, gt=0)
     poison_policy: Literal["skip", "block"] = "skip"
     inbox_mark_ttl_seconds: int = Field(

@@ -52,16 +52,15 @@ async def running(
     **changes: Any,
 ) -> AsyncIterator[tuple[Resources, SessionWorker, asyncio.Task[None]]]:
     settings = settings_for(backends, **changes)
-    # The pump's client keeps the SDK's 3 retries but with short backoffs: at the defaults (0.8 s
-    # doubling) an idle loop's NEXT_AVAILABLE_SESSION accept, which ends in a retried
-    # OperationTimeoutError, takes about 7 s, and the pump's stop waits for it.
+    # The pump's client keeps the SDK's 3 retries, with short backoffs so that the settlement
+    # tests (server busy) finish quickly.
     async with (
         open_resources(settings) as resources,
         backends.client(retry_backoff_factor=0.05, retry_backoff_max=0.2) as client,
     ):
         session_worker = worker(settings, resources)
         pump = SessionPump(client, settings.inbox_queue, session_worker, concurrency=2,
-                           idle_seconds=0.3, renew_seconds=0.5)  # fmt: skip
+                           idle_seconds=0.3, renew_seconds=0.5, accept_wait_seconds=1.0)  # fmt: skip
         task = asyncio.create_task(pump.run())
         try:
             yield resources, session_worker, task

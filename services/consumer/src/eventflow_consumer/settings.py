@@ -37,10 +37,11 @@ class Settings(BaseSettings):
         default=0.5, gt=0, description="how long a held session's empty receive waits"
     )
     session_accept_wait_seconds: float = Field(
-        default=2.0,
-        gt=0.5,
-        description="bound of one next-session accept with its first receive (connection, link and "
-        "the wait for a session); the idle pump looks again after it",
+        default=3.0,
+        ge=1.5,
+        description="bound of one next-session accept with its first receive: the connection and "
+        "link (about 1 s is left for them) and the broker's wait for a session; the idle pump "
+        "looks again after it",
     )
     session_renew_seconds: float = Field(default=10.0, gt=0)
     poison_policy: Literal["skip", "block"] = "skip"

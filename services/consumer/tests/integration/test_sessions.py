@@ -60,7 +60,7 @@ async def running(
     ):
         session_worker = worker(settings, resources)
         pump = SessionPump(client, settings.inbox_queue, session_worker, concurrency=2,
-                           idle_seconds=0.3, renew_seconds=0.5, accept_wait_seconds=1.0)  # fmt: skip
+                           idle_seconds=0.3, renew_seconds=0.5, accept_wait_seconds=1.5)  # fmt: skip
         task = asyncio.create_task(pump.run())
         try:
             yield resources, session_worker, task

@@ -91,6 +91,7 @@ class FakeChannel:
         self.deferred: dict[int, Inbound] = {}
         self.journal: list[tuple[Any, ...]] = []
         self.lost = False
+        self.receives = 0
         self._next = 1
         for body in bodies:
             self.add(body)
@@ -118,6 +119,7 @@ class FakeChannel:
         self.state = state
 
     async def receive(self, max_count: int, wait: float) -> list[Inbound]:
+        self.receives += 1
         if not self.active:
             await asyncio.sleep(min(wait, 0.01))
             return []

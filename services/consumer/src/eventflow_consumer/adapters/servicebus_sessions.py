@@ -25,6 +25,9 @@ from eventflow_consumer.sessions import BATCH, LetGo, SessionFailed, SessionWork
 LOG = structlog.get_logger("eventflow_consumer.sessions")
 PEEK_PAGE = 100
 FAILED_SESSION_PAUSE_SECONDS = 1.0
+# Room within a next-session accept for the connection, the CBS handshake and the link: the SDK
+# polls each handshake step every 0.05 s, about 0.5 s in all (docs/performance.md).
+ACCEPT_MARGIN_SECONDS = 1.0
 
 
 def delivery_of(message: Any) -> Delivery:
@@ -142,7 +145,7 @@ class SessionPump:
       time, and the session's lock is already released by then. At most `2 * concurrency`
       receivers (one connection each: the SDK shares no connection) are open or closing at once.
     - While no session is available one slot keeps looking and the others wait; each session
-      accepted wakes one more slot, so the slots ramp up with the load instead of every idle slot
+      accepted wakes two more slots, so the slots ramp up with the load instead of every idle slot
       paying a connection and a link per `accept_wait_seconds`.
 
     A failure in one session is logged and that session released; the other slots go on."""
@@ -156,7 +159,7 @@ class SessionPump:
         concurrency: int,
         idle_seconds: float,
         renew_seconds: float,
-        accept_wait_seconds: float = 2.0,
+        accept_wait_seconds: float = 3.0,
     ) -> None:
         self._client = client
         self._queue = queue
@@ -171,6 +174,7 @@ class SessionPump:
         self._looking = False
         self._waiting: list[asyncio.Future[None]] = []
         self.active_sessions = 0
+        self.accepting = 0
         self.accepts = 0
         self.empty_accepts = 0
 
@@ -202,7 +206,7 @@ class SessionPump:
             found = accepted is not None
             if accepted is None:
                 continue
-            self._wake(1)
+            self._wake(2)
             receiver, first = accepted
             if not await self._hold(receiver, first):
                 await self._pause()
@@ -223,9 +227,15 @@ class SessionPump:
         """The next session's receiver and its first messages, or None when none came in time
         (or accepting failed: then after a pause)."""
         await self._receivers.acquire()
+        # The broker's wait for a session ends a margin before the whole call's budget, so an
+        # empty queue is answered by the broker's own timeout (a clean OperationTimeoutError)
+        # rather than by the SDK's deadline cutting its link open short.
         receiver = self._client.get_queue_receiver(
-            self._queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=self._accept_wait
-        )
+            self._queue, session_id=NEXT_AVAILABLE_SESSION,
+            max_wait_time=self._accept_wait - ACCEPT_MARGIN_SECONDS,
+        )  # fmt: skip
+        self.accepting += 1
+        first: list[Any] | None
         try:
             first = await receiver.receive_messages(
                 max_message_count=BATCH, max_wait_time=self._accept_wait
@@ -237,6 +247,10 @@ class SessionPump:
         except Exception as error:  # noqa: BLE001 - any failure to accept: retry after a pause
             LOG.warning("could not accept a session; retrying", slot=slot, error=repr(error))
             self._close_later(receiver)
+            first = None
+        finally:
+            self.accepting -= 1
+        if first is None:
             await self._pause()
             return None
         self.accepts += 1

@@ -32,7 +32,13 @@ class Settings(BaseSettings):
     projections_container: str = "order-summaries"
     create_containers: bool | None = None
 
-    max_concurrent_sessions: int = Field(default=16, ge=1, le=256)
+    max_concurrent_sessions: int = Field(
+        default=64,
+        ge=1,
+        le=256,
+        description="sessions held (or being accepted) at once; each is one AMQP connection, and a "
+        "session accept takes ~0.5 s of mostly waiting in the SDK, so one event per session needs many",
+    )
     session_idle_seconds: float = Field(
         default=0.5, gt=0, description="how long a held session's empty receive waits"
     )

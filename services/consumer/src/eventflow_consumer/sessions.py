@@ -166,7 +166,11 @@ class SessionWorker:
         orders. Raises LetGo, SessionFailed, ChannelLost, UnknownStateFormat and the channel's
         broker errors; the caller releases the session."""
         held = await self.open(channel, stopping)
-        while not stopping():
+        # The first batch is handled even when the worker is stopping: the pump receives it with
+        # the accept, so it is already delivered to this replica.
+        first = True
+        while first or not stopping():
+            first = False
             wait = idle_seconds
             if held.waiting_until is not None:
                 wait = max(0.0, min(wait, held.waiting_until - self._clock()))

@@ -76,6 +76,14 @@ async def test_a_full_batch_is_followed_by_another_receive() -> None:
     assert channel.outcomes("dead_letter") == []
 
 
+async def test_the_first_batch_is_handled_even_when_stopping() -> None:
+    store = FakeStore()
+    channel = FakeChannel("o1", order_events("o1")[:2])
+    await drain(worker(store), channel, stopping=lambda: True)
+    assert channel.receives == 1
+    assert channel.outcomes("complete") == [("complete", 1), ("complete", 2)]
+
+
 async def test_an_early_event_keeps_the_session_held_until_its_predecessor_comes() -> None:
     store = FakeStore()
     created, added, submitted, _ = order_events("o1")

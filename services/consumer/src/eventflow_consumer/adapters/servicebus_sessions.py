@@ -252,13 +252,17 @@ class SessionPump:
         """The next session's receiver and its first messages, or None when none came in time
         (or accepting failed: then after a pause)."""
         await self._receivers.acquire()
-        # The broker's wait for a session ends a margin before the whole call's budget, so an
-        # empty queue is answered by the broker's own timeout (a clean OperationTimeoutError)
-        # rather than by the SDK's deadline cutting its link open short.
-        receiver = self._client.get_queue_receiver(
-            self._queue, session_id=NEXT_AVAILABLE_SESSION,
-            max_wait_time=self._accept_wait - ACCEPT_MARGIN_SECONDS,
-        )  # fmt: skip
+        try:
+            # The broker's wait for a session ends a margin before the whole call's budget, so an
+            # empty queue is answered by the broker's own timeout (an OperationTimeoutError)
+            # rather than by the SDK's deadline cutting its link open short.
+            receiver = self._client.get_queue_receiver(
+                self._queue, session_id=NEXT_AVAILABLE_SESSION,
+                max_wait_time=self._accept_wait - ACCEPT_MARGIN_SECONDS,
+            )  # fmt: skip
+        except BaseException:
+            self._receivers.release()
+            raise
         self.accepting += 1
         first: list[Any] | None
         try:

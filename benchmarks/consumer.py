@@ -1,21 +1,25 @@
-"""Consumer throughput and CPU per message, on the real SDKs against the project's emulators.
+"""Consumer throughput and CPU per event, on the real SDKs against the project's emulators.
 
 Per round and per shape (one event per session, ten events per session), in processes of their own:
 the messaging emulator (its repository config: the `inbox` queue with sessions and duplicate
 detection), the Cosmos DB emulator and one consumer process (`python -m eventflow_consumer.main`,
-its default settings: 16 concurrent sessions, 0.5 s session idle). Once the consumer answers
-/readyz, this process sends the messages (azure-servicebus, batches of 100) and the clock starts;
-it stops at the consumer's last `applied` log line.
+its default settings unless --concurrency is given). Once the consumer answers /readyz, this process
+sends the events (azure-servicebus, batches of 100) and the clock starts; it stops at the consumer's
+last `applied` log line.
 
-- messages/s: messages / (last effect - first send).
-- CPU per message: each process's /proc/<pid>/stat utime + stime over that span, divided by the
-  messages (the consumer's includes its session accepts and releases, its idle polling and its
+- events/s: events / (last effect - first send).
+- CPU per event: each process's /proc/<pid>/stat utime + stime over that span, divided by the
+  events (the consumer's includes its session accepts and releases, its idle polling and its
   JSON logging; the emulators' columns show what the two servers cost for it).
-- own code: CPU per message of the consumer's session worker and handler alone (decode, duplicate
+- own code: CPU per event of the consumer's session worker and handler alone (decode, duplicate
   checks, projection) against an in-memory channel and store, in this process (process time),
   without its logging (only warnings and errors are formatted here).
+- SDK floor: what azure-servicebus alone costs per session, with no consumer code and no store: a
+  bare client in this process (one shared SSL context, as the consumer's) accepts the next session
+  with its first receive, completes its one message and closes the receiver, `concurrency` sessions
+  at a time. Its process CPU per session bounds what one core can do with one event per session.
 
-    uv run python benchmarks/consumer.py [--messages 400] [--rounds 3] [--concurrency 16]
+    uv run python benchmarks/consumer.py [--messages 400] [--rounds 3] [--concurrency N]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -39,15 +44,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import certifi
 import orjson
 import structlog
-from azure.servicebus import ServiceBusMessage
+from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
 
 from eventflow_consumer.handling import Delivery, InboxHandler
 from eventflow_consumer.ports import Inbound
 from eventflow_consumer.projection import OrderSummary
 from eventflow_consumer.sessions import SessionWorker
+from eventflow_consumer.settings import Settings
 from eventflow_contracts import (
     OrderCreated,
     OrderItemAdded,
@@ -190,9 +197,60 @@ def end_to_end(messages: int, per_session: int, concurrency: int, folder: Path) 
         "sessions": sessions,
         "messages": total,
         "seconds": round(elapsed, 2),
-        "messages_per_s": round(total / elapsed, 1),
-        "cpu_us_per_message": {name: round(value / total * 1e6) for name, value in cpu.items()},
+        "events_per_s": round(total / elapsed, 1),
+        "cpu_us_per_event": {name: round(value / total * 1e6) for name, value in cpu.items()},
     }
+
+
+async def _bare_session(client: ServiceBusClient, timings: dict[str, list[float]]) -> None:
+    """One session the way the consumer's pump takes it: accept with the first receive, complete,
+    close."""
+    receiver = client.get_queue_receiver(
+        "inbox", session_id=NEXT_AVAILABLE_SESSION, max_wait_time=4
+    )
+    started = time.perf_counter()
+    messages = await receiver.receive_messages(max_message_count=20, max_wait_time=5)
+    accepted = time.perf_counter()
+    for message in messages:
+        await receiver.complete_message(message)
+    completed = time.perf_counter()
+    await receiver.close()
+    timings["accept + first receive"].append(accepted - started)
+    timings["complete"].append(completed - accepted)
+    timings["close"].append(time.perf_counter() - completed)
+
+
+async def _bare_run(connection_string: str, sessions: int, concurrency: int) -> dict[str, Any]:
+    await send_all(connection_string, [ServiceBusMessage(b"{}", session_id=f"bare{n}", message_id=f"bare{n}")
+                                       for n in range(sessions)])  # fmt: skip
+    context = ssl.create_default_context(cafile=certifi.where())
+    timings: dict[str, list[float]] = {"accept + first receive": [], "complete": [], "close": []}
+    async with ServiceBusClient.from_connection_string(
+        connection_string, ssl_context=context
+    ) as client:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with gate:
+                await _bare_session(client, timings)
+
+        cpu, started = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(sessions)))
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"sessions": sessions, "concurrency": concurrency,
+            "sessions_per_s": round(sessions / elapsed, 1),
+            "cpu_us_per_session": round(cpu / sessions * 1e6),
+            "wall_ms_p50": {step: round(statistics.median(v) * 1e3, 1) for step, v in timings.items()}}  # fmt: skip
+
+
+def sdk_floor(sessions: int, concurrency: int, folder: Path) -> dict[str, Any]:
+    """azure-servicebus alone, per session (see the module's docstring)."""
+    with messaging_emulator(folder / "messaging") as messaging:
+        before = cpu_seconds(messaging.pid)
+        result = asyncio.run(_bare_run(messaging.connection_string, sessions, concurrency))
+        emulator = cpu_seconds(messaging.pid) - before
+    result["messaging_emulator_cpu_us_per_session"] = round(emulator / sessions * 1e6)
+    return result
 
 
 class _Channel:
@@ -238,9 +296,6 @@ class _MemoryStore:
     async def load(self, order_id: str) -> tuple[OrderSummary, str] | None:
         return self.summaries.get(order_id)
 
-    async def has_mark(self, order_id: str, event_id: str) -> bool:
-        return event_id in self.marks
-
     async def commit(
         self,
         summary: OrderSummary,
@@ -274,17 +329,28 @@ async def own_cpu(messages: int, per_session: int) -> float:
     return round((time.process_time() - started) / (sessions * per_session) * 1e6, 1)
 
 
+def floor_rounds(rounds: int, sessions: int, concurrency: int) -> dict[str, Any]:
+    """The SDK floor's median round (by CPU per session)."""
+    results = []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory(prefix="bench-consumer-sdk-") as folder:
+            results.append(sdk_floor(sessions, concurrency, Path(folder)))
+    results.sort(key=lambda r: r["cpu_us_per_session"])
+    return results[len(results) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--messages", type=int, default=400, help="messages per shape and round")
-    parser.add_argument(
-        "--concurrency", type=int, default=16, help="the consumer's concurrent sessions"
-    )
+    parser.add_argument("--messages", type=int, default=1000, help="events per shape and round")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="the consumer's concurrent sessions (default: its setting's default)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--floor-sessions", type=int, default=200)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "consumer.json"
     )
     args = parser.parse_args()
+    concurrency = args.concurrency or int(Settings.model_fields["max_concurrent_sessions"].default)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     shapes: dict[int, dict[str, Any]] = {}
     for per_session in (1, 10):
@@ -294,37 +360,65 @@ def main() -> None:
                 f"consumer, {per_session} per session: round {round_number + 1}/{args.rounds} ...\n"
             )
             with tempfile.TemporaryDirectory(prefix="bench-consumer-") as folder:
-                rounds.append(
-                    end_to_end(args.messages, per_session, args.concurrency, Path(folder))
-                )
+                rounds.append(end_to_end(args.messages, per_session, concurrency, Path(folder)))
             own.append(asyncio.run(own_cpu(args.messages, per_session)))
-        rounds.sort(key=lambda r: r["messages_per_s"])
+        rounds.sort(key=lambda r: r["events_per_s"])
         shapes[per_session] = {"median_round": rounds[len(rounds) // 2],
-                               "rounds_messages_per_s": [r["messages_per_s"] for r in rounds],
-                               "own_code_cpu_us_per_message_median": statistics.median(own)}  # fmt: skip
+                               "rounds_events_per_s": [r["events_per_s"] for r in rounds],
+                               "own_code_cpu_us_per_event_median": statistics.median(own)}  # fmt: skip
+    sys.stderr.write("azure-servicebus alone: one session at a time, then concurrently ...\n")
+    # One at a time shows each step's wall time; a quarter of the sessions is enough for that.
+    floors = {"1": floor_rounds(args.rounds, max(args.floor_sessions // 4, 10), 1),
+              str(concurrency): floor_rounds(args.rounds, args.floor_sessions, concurrency)}  # fmt: skip
     report = {"scenario": "consumer", "transport": "azure-servicebus + azure-cosmos on the project's emulators",
-              "concurrent_sessions": args.concurrency, "messages": args.messages, "rounds": args.rounds,
-              "cpu": "/proc/<pid>/stat utime + stime per process; own code: process time in-process",
-              "events_per_session": {str(k): v for k, v in shapes.items()}}  # fmt: skip
+              "concurrent_sessions": concurrency, "events": args.messages, "rounds": args.rounds,
+              "cpu": "/proc/<pid>/stat utime + stime per process; own code and SDK floor: process time in-process",
+              "events_per_session": {str(k): v for k, v in shapes.items()},
+              "sdk_floor_by_concurrency": floors}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    sys.stdout.write("\n".join(report_lines(args, concurrency, shapes, floors)) + "\n")
+
+
+def report_lines(
+    args: argparse.Namespace,
+    concurrency: int,
+    shapes: dict[int, dict[str, Any]],
+    floors: dict[str, dict[str, Any]],
+) -> list[str]:
     lines = [
         f"consumer on the real SDKs: messaging emulator → consumer process → Cosmos DB emulator; "
-        f"{args.messages} messages per shape, {args.concurrency} concurrent sessions, median of {args.rounds} rounds",
+        f"{args.messages} events per shape, {concurrency} concurrent sessions, median of {args.rounds} rounds",
         "CPU: /proc/<pid>/stat utime + stime of each process over the run; own code: process time, in-process",
         "",
-        "| events per session | sessions | messages/s | rounds (messages/s) | consumer CPU µs/msg "
-        "| messaging emulator CPU µs/msg | Cosmos emulator CPU µs/msg | own code CPU µs/msg |",
+        "| events per session | sessions | events/s | rounds (events/s) | consumer CPU µs/event "
+        "| messaging emulator CPU µs/event | Cosmos emulator CPU µs/event | own code CPU µs/event |",
         "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for per_session, shape in shapes.items():
-        median, cpu = shape["median_round"], shape["median_round"]["cpu_us_per_message"]
+        median, cpu = shape["median_round"], shape["median_round"]["cpu_us_per_event"]
         lines.append(
-            f"| {per_session} | {median['sessions']} | {median['messages_per_s']} | {shape['rounds_messages_per_s']} "
+            f"| {per_session} | {median['sessions']} | {median['events_per_s']} | {shape['rounds_events_per_s']} "
             f"| {cpu['consumer']} | {cpu['messaging emulator']} | {cpu['cosmos emulator']} "
-            f"| {shape['own_code_cpu_us_per_message_median']} |"
+            f"| {shape['own_code_cpu_us_per_event_median']} |"
         )
-    sys.stdout.write("\n".join(lines) + "\n")
+    lines += [
+        "",
+        "azure-servicebus alone (sessions of one message: accept with the first receive, complete, "
+        "close), median of the rounds:",
+        "",
+        "| sessions at a time | sessions | sessions/s | client CPU µs/session | messaging emulator CPU µs/session "
+        "| accept + first receive p50 ms | complete p50 ms | close p50 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for at_once, floor in floors.items():
+        wall = floor["wall_ms_p50"]
+        lines.append(
+            f"| {at_once} | {floor['sessions']} | {floor['sessions_per_s']} | {floor['cpu_us_per_session']} "
+            f"| {floor['messaging_emulator_cpu_us_per_session']} | {wall['accept + first receive']} "
+            f"| {wall['complete']} | {wall['close']} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -105,9 +105,10 @@ class InboxHandler:
         return await self._apply(event, accept_gap=accept_gap, skip_poison=skip_poison)
 
     async def _apply(self, event: Any, *, accept_gap: bool, skip_poison: bool) -> Decision:
+        # No inbox-mark read first: the summary's `last_sequence` (and its skipped sequences) already
+        # tell a copy of an applied event, and a copy that races the write meets the mark in the
+        # commit itself (AlreadyAppliedError), which writes the mark atomically with the effect.
         order_id, sequence = event.partitionkey, event.sequence
-        if await self._store.has_mark(order_id, event.id):
-            return Decision("complete", duplicate="inbox", sequence=sequence)
         loaded = await self._store.load(order_id)
         summary, token = loaded if loaded else (None, None)
         where = position(summary, event, self._whole_state)

@@ -96,6 +96,7 @@ async def run(settings: Settings) -> None:
             resources.servicebus, settings.inbox_queue, worker,
             concurrency=settings.max_concurrent_sessions, idle_seconds=settings.session_idle_seconds,
             renew_seconds=settings.session_renew_seconds,
+            accept_wait_seconds=settings.session_accept_wait_seconds,
         )  # fmt: skip
         running = asyncio.create_task(pump.run())
         runner = web.AppRunner(

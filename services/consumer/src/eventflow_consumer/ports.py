@@ -33,11 +33,6 @@ class ProjectionStore(Protocol):
         """The summary and its concurrency token, or None. Raises TransientStoreError."""
         ...
 
-    async def has_mark(self, order_id: str, event_id: str) -> bool:
-        """Whether the inbox mark of `event_id` exists (while its TTL keeps it).
-        Raises TransientStoreError."""
-        ...
-
     async def commit(
         self,
         summary: OrderSummary,

@@ -158,11 +158,19 @@ class SessionWorker:
     async def drain(
         self, channel: SessionChannel, *, idle_seconds: float, stopping: Callable[[], bool]
     ) -> None:
-        """Handle the held session until it stays empty (and nothing waits) for `idle_seconds`, or
-        the worker stops. Raises LetGo, SessionFailed, ChannelLost, UnknownStateFormat and the
-        channel's broker errors; the caller releases the session."""
+        """Handle the held session until it is drained, or the worker stops: drained is a receive
+        that brings fewer than a full batch (the broker had no more for it; an empty one waits
+        `idle_seconds`) while no early message waits for its predecessor. The session is then
+        released at once rather than held idle: an event of the same order that arrives a moment
+        later costs a new session accept (by any replica) instead of holding this slot from other
+        orders. Raises LetGo, SessionFailed, ChannelLost, UnknownStateFormat and the channel's
+        broker errors; the caller releases the session."""
         held = await self.open(channel, stopping)
-        while not stopping():
+        # The first batch is handled even when the worker is stopping: the pump receives it with
+        # the accept, so it is already delivered to this replica.
+        first = True
+        while first or not stopping():
+            first = False
             wait = idle_seconds
             if held.waiting_until is not None:
                 wait = max(0.0, min(wait, held.waiting_until - self._clock()))
@@ -171,7 +179,7 @@ class SessionWorker:
                 await self.one(held, inbound, stopping)
             if held.waiting_until is not None and self._clock() >= held.waiting_until:
                 await self._gap_expired(held, stopping)
-            if not batch and not held.waiting:
+            if len(batch) < BATCH and not held.waiting:
                 return
         if held.waiting:
             LOG.info("stopping: early messages let go unsettled", session=channel.session_id,

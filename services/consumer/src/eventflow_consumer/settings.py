@@ -32,8 +32,23 @@ class Settings(BaseSettings):
     projections_container: str = "order-summaries"
     create_containers: bool | None = None
 
-    max_concurrent_sessions: int = Field(default=16, ge=1, le=256)
-    session_idle_seconds: float = Field(default=0.5, gt=0)
+    max_concurrent_sessions: int = Field(
+        default=64,
+        ge=1,
+        le=256,
+        description="sessions held (or being accepted) at once; each is one AMQP connection, and a "
+        "session accept takes ~0.5 s of mostly waiting in the SDK, so one event per session needs many",
+    )
+    session_idle_seconds: float = Field(
+        default=0.5, gt=0, description="how long a held session's empty receive waits"
+    )
+    session_accept_wait_seconds: float = Field(
+        default=3.0,
+        ge=1.5,
+        description="bound of one next-session accept with its first receive: the connection and "
+        "link (about 1 s is left for them) and the broker's wait for a session; the idle pump "
+        "looks again after it",
+    )
     session_renew_seconds: float = Field(default=10.0, gt=0)
     poison_policy: Literal["skip", "block"] = "skip"
     inbox_mark_ttl_seconds: int = Field(

@@ -45,10 +45,6 @@ class FakeStore:
         self._call("load")
         return self.summaries.get(order_id)
 
-    async def has_mark(self, order_id: str, event_id: str) -> bool:
-        self._call("has_mark")
-        return event_id in self.marks
-
     async def commit(
         self,
         summary: OrderSummary,
@@ -95,6 +91,7 @@ class FakeChannel:
         self.deferred: dict[int, Inbound] = {}
         self.journal: list[tuple[Any, ...]] = []
         self.lost = False
+        self.receives = 0
         self._next = 1
         for body in bodies:
             self.add(body)
@@ -122,6 +119,7 @@ class FakeChannel:
         self.state = state
 
     async def receive(self, max_count: int, wait: float) -> list[Inbound]:
+        self.receives += 1
         if not self.active:
             await asyncio.sleep(min(wait, 0.01))
             return []

@@ -28,9 +28,19 @@ async def test_an_event_is_applied_with_its_mark() -> None:
 async def test_the_same_event_twice_changes_nothing_the_second_time() -> None:
     store, created = FakeStore(), order_events("o1")[0]
     await handle(store, created)
+    store.log.clear()
     again = await handle(store, created)
-    assert (again.action, again.effect, again.duplicate) == ("complete", False, "inbox")
+    assert (again.action, again.effect, again.duplicate) == ("complete", False, "sequence")
     assert store.commits == 1
+    assert store.log == ["load"]  # one read per event: no inbox-mark read before it
+
+
+async def test_a_copy_that_races_the_first_write_meets_its_mark_in_the_commit() -> None:
+    store, created = FakeStore(), order_events("o1")[0]
+    store.marks.add(orjson.loads(created)["id"])  # applied by another replica after our load
+    decision = await handle(store, created)
+    assert (decision.action, decision.effect, decision.duplicate) == ("complete", False, "inbox")
+    assert store.commits == 0
 
 
 async def test_a_sequence_at_or_below_the_projection_is_a_duplicate() -> None:

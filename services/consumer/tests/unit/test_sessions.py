@@ -55,6 +55,52 @@ async def drain(w: SessionWorker, channel: FakeChannel, stopping: Any = lambda: 
     await asyncio.wait_for(w.drain(channel, idle_seconds=0.05, stopping=stopping), 10)
 
 
+# -- the pump's throughput: a drained session is let go at once ---------------------------------
+
+
+async def test_a_session_is_released_after_a_receive_that_brought_less_than_a_batch() -> None:
+    store = FakeStore()
+    channel = FakeChannel("o1", order_events("o1"))
+    await drain(worker(store), channel)
+    assert channel.receives == 1  # no second, empty receive that would hold the session idle
+    assert store.summary("o1").last_sequence == 4
+
+
+async def test_a_full_batch_is_followed_by_another_receive() -> None:
+    store = FakeStore()
+    created = order_events("o1")[0]
+    channel = FakeChannel("o1", [created, *(item_added("o1", n) for n in range(2, 26))])
+    await drain(worker(store), channel)
+    assert channel.receives == 2  # 20, then the 5 left: fewer than a batch, so released
+    assert store.summary("o1").last_sequence == 25
+    assert channel.outcomes("dead_letter") == []
+
+
+async def test_the_first_batch_is_handled_even_when_stopping() -> None:
+    store = FakeStore()
+    channel = FakeChannel("o1", order_events("o1")[:2])
+    await drain(worker(store), channel, stopping=lambda: True)
+    assert channel.receives == 1
+    assert channel.outcomes("complete") == [("complete", 1), ("complete", 2)]
+
+
+async def test_an_early_event_keeps_the_session_held_until_its_predecessor_comes() -> None:
+    store = FakeStore()
+    created, added, submitted, _ = order_events("o1")
+    channel = FakeChannel("o1", [created, submitted])
+    running = asyncio.create_task(
+        worker(store).drain(channel, idle_seconds=0.05, stopping=lambda: False)
+    )
+    deadline = asyncio.get_running_loop().time() + 5
+    while channel.receives < 3:  # waiting, not released although the receives come back short
+        assert asyncio.get_running_loop().time() < deadline, "released while an event waited"
+        await asyncio.sleep(0.01)
+    assert not running.done()
+    channel.add(added)
+    await asyncio.wait_for(running, 5)
+    assert store.summary("o1").last_sequence == 3
+
+
 # -- item 1: a store outage never spends a delivery ------------------------------------------
 
 

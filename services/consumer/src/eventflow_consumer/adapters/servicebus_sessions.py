@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import structlog
@@ -20,11 +21,14 @@ from azure.servicebus.exceptions import (
 from eventflow_consumer.handling import Delivery, body_of, properties_of
 from eventflow_consumer.ports import ChannelLost, Inbound
 from eventflow_consumer.session_state import UnknownStateFormat
-from eventflow_consumer.sessions import LetGo, SessionFailed, SessionWorker
+from eventflow_consumer.sessions import BATCH, LetGo, SessionFailed, SessionWorker
 
 LOG = structlog.get_logger("eventflow_consumer.sessions")
 PEEK_PAGE = 100
 FAILED_SESSION_PAUSE_SECONDS = 1.0
+# Room within a next-session accept for the connection, the CBS handshake and the link: the SDK
+# polls each handshake step every 0.05 s, about 0.5 s in all (docs/performance.md).
+ACCEPT_MARGIN_SECONDS = 1.0
 
 
 def delivery_of(message: Any) -> Delivery:
@@ -43,8 +47,9 @@ class ServiceBusSessionChannel:
     """A session receiver (already accepted) as a SessionChannel. Lock losses become ChannelLost;
     other Service Bus errors pass through to the pump."""
 
-    def __init__(self, receiver: Any) -> None:
+    def __init__(self, receiver: Any, first: list[Any] | None = None) -> None:
         self._receiver = receiver
+        self._first = first or []  # received with the accept; served by the first receive()
         # The SDK's receivers are not coroutine-safe, and the lock renewal runs beside the worker:
         # every call on the receiver takes its turn.
         self._turn = asyncio.Lock()
@@ -71,6 +76,9 @@ class ServiceBusSessionChannel:
         await self._call(self._receiver.session.renew_lock)
 
     async def receive(self, max_count: int, wait: float) -> list[Inbound]:
+        if self._first:
+            first, self._first = self._first, []
+            return [inbound_of(m) for m in first]
         # The SDK rejects max_wait_time <= 0; a short wait is the closest to "what is there now".
         messages = await self._call(
             self._receiver.receive_messages,
@@ -125,9 +133,46 @@ class ServiceBusSessionChannel:
         )
 
 
+class QuietEmptyAcceptCleanup(logging.Filter):
+    """Keeps one SDK warning out of the logs: whenever a bounded next-session accept ends without a
+    session, the SDK's cleanup close (which awaits its keep-alive loop's 1 s sleep) outlives what is
+    left of the budget, and the SDK logs "Handler cleanup did not complete" with a traceback, once
+    per empty accept, i.e. every few seconds while the queue is empty. The pump closes that receiver
+    again in the background (and logs if that fails) and counts empty accepts, so the warning says
+    nothing. Only that message with a timeout is dropped; any other cleanup failure still shows."""
+
+    LOGGER = "azure.servicebus.aio._async_utils"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        timed_out = record.exc_info is not None and isinstance(record.exc_info[1], TimeoutError)
+        return not (
+            timed_out and record.getMessage().startswith("Handler cleanup did not complete")
+        )
+
+    @classmethod
+    def install(cls) -> None:
+        logger = logging.getLogger(cls.LOGGER)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
+
+
 class SessionPump:
-    """Up to `concurrency` sessions at once, each held by one loop until it goes idle. A failure in
-    one session is logged and that session released; the other loops go on."""
+    """Up to `concurrency` sessions held at once, each by one slot, with every free slot accepting
+    the next session while the others handle theirs.
+
+    - Accept and first receive are one call: a NEXT_AVAILABLE_SESSION receiver that is not opened
+      yet accepts on its first `receive_messages`, bounded as a whole by `accept_wait_seconds` (the
+      SDK retries the accept only within that budget, so an empty queue costs one bounded attempt,
+      not its ~13 s retry loop), while settlement on the same receiver keeps the client's retries.
+    - A drained session is released at once (see SessionWorker.drain), and its receiver is closed
+      in the background: the SDK's close waits for its keep-alive loop, which sleeps 1 s at a
+      time, and the session's lock is already released by then. At most `2 * concurrency`
+      receivers (one connection each: the SDK shares no connection) are open or closing at once.
+    - While no session is available one slot keeps looking and the others wait; each session
+      accepted wakes two more slots, so the slots ramp up with the load instead of every idle slot
+      paying a connection and a link per `accept_wait_seconds`.
+
+    A failure in one session is logged and that session released; the other slots go on."""
 
     def __init__(
         self,
@@ -138,6 +183,7 @@ class SessionPump:
         concurrency: int,
         idle_seconds: float,
         renew_seconds: float,
+        accept_wait_seconds: float = 3.0,
     ) -> None:
         self._client = client
         self._queue = queue
@@ -145,35 +191,116 @@ class SessionPump:
         self._concurrency = concurrency
         self._idle = idle_seconds
         self._renew = renew_seconds
+        self._accept_wait = accept_wait_seconds
         self._stopping = asyncio.Event()
+        self._receivers = asyncio.Semaphore(2 * concurrency)
+        self._closing: set[asyncio.Task[None]] = set()
+        self._looking = False
+        self._waiting: list[asyncio.Future[None]] = []
         self.active_sessions = 0
+        self.accepting = 0
+        self.accepts = 0
+        self.empty_accepts = 0
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._loop(n) for n in range(self._concurrency)))
+        QuietEmptyAcceptCleanup.install()
+        try:
+            await asyncio.gather(*(self._loop(n) for n in range(self._concurrency)))
+        finally:
+            if self._closing:
+                await asyncio.gather(*self._closing)
 
     def stop(self) -> None:
-        """Accept no new session; each loop finishes its in-flight message and closes."""
+        """Accept no new session; each slot finishes its in-flight message and releases."""
         self._stopping.set()
+        self._wake(len(self._waiting))
 
     async def _loop(self, slot: int) -> None:
+        found = True
         while not self._stopping.is_set():
-            receiver = self._client.get_queue_receiver(
-                self._queue, session_id=NEXT_AVAILABLE_SESSION, max_wait_time=self._idle
-            )
-            try:
-                await receiver.__aenter__()
-            except OperationTimeoutError:
-                continue  # no session with messages right now
-            except Exception as error:  # noqa: BLE001 - any failure to accept: retry after a pause
-                LOG.warning("could not accept a session; retrying", slot=slot, error=repr(error))
-                await self._pause()
+            looking = not found  # this slot found nothing last time: look only if no one else does
+            if looking and self._looking:
+                await self._until_woken()
                 continue
-            if not await self._hold(receiver):
+            self._looking = self._looking or looking
+            try:
+                accepted = await self._accept(slot)
+            finally:
+                if looking:
+                    self._looking = False
+            found = accepted is not None
+            if accepted is None:
+                continue
+            self._wake(2)
+            receiver, first = accepted
+            if not await self._hold(receiver, first):
                 await self._pause()
 
-    async def _hold(self, receiver: Any) -> bool:
+    async def _until_woken(self) -> None:
+        woken = asyncio.get_running_loop().create_future()
+        self._waiting.append(woken)
+        await woken
+
+    def _wake(self, count: int) -> None:
+        while count > 0 and self._waiting:
+            woken = self._waiting.pop(0)
+            if not woken.done():
+                woken.set_result(None)
+                count -= 1
+
+    async def _accept(self, slot: int) -> tuple[Any, list[Any]] | None:
+        """The next session's receiver and its first messages, or None when none came in time
+        (or accepting failed: then after a pause)."""
+        await self._receivers.acquire()
+        try:
+            # The broker's wait for a session ends a margin before the whole call's budget, so an
+            # empty queue is answered by the broker's own timeout (an OperationTimeoutError)
+            # rather than by the SDK's deadline cutting its link open short.
+            receiver = self._client.get_queue_receiver(
+                self._queue, session_id=NEXT_AVAILABLE_SESSION,
+                max_wait_time=self._accept_wait - ACCEPT_MARGIN_SECONDS,
+            )  # fmt: skip
+        except BaseException:
+            self._receivers.release()
+            raise
+        self.accepting += 1
+        first: list[Any] | None
+        try:
+            first = await receiver.receive_messages(
+                max_message_count=BATCH, max_wait_time=self._accept_wait
+            )
+        except OperationTimeoutError:
+            self.empty_accepts += 1
+            self._close_later(receiver)
+            return None  # no session with messages right now
+        except Exception as error:  # noqa: BLE001 - any failure to accept: retry after a pause
+            LOG.warning("could not accept a session; retrying", slot=slot, error=repr(error))
+            self._close_later(receiver)
+            first = None
+        finally:
+            self.accepting -= 1
+        if first is None:
+            await self._pause()
+            return None
+        self.accepts += 1
+        return receiver, first
+
+    def _close_later(self, receiver: Any) -> None:
+        closing = asyncio.create_task(self._close(receiver))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _close(self, receiver: Any) -> None:
+        try:
+            await receiver.close()
+        except Exception as error:  # noqa: BLE001 - the lock expires on its own
+            LOG.warning("closing a session receiver failed", error=repr(error))
+        finally:
+            self._receivers.release()
+
+    async def _hold(self, receiver: Any, first: list[Any]) -> bool:
         """Drain one accepted session and release it; False when it failed."""
-        channel = ServiceBusSessionChannel(receiver)
+        channel = ServiceBusSessionChannel(receiver, first)
         log = LOG.bind(session=channel.session_id)
         self.active_sessions += 1
         renewing = asyncio.create_task(self._keep_locked(channel))
@@ -204,10 +331,7 @@ class SessionPump:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
             self.active_sessions -= 1
-            try:
-                await receiver.close()
-            except Exception as error:  # noqa: BLE001 - the lock expires on its own
-                log.warning("closing the session receiver failed", error=repr(error))
+            self._close_later(receiver)
         return healthy
 
     async def _pause(self) -> None:

@@ -18,10 +18,10 @@ from pydantic import ValidationError
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump
 from eventflow_consumer.bootstrap import Resources, open_resources
 from eventflow_consumer.handling import InboxHandler
-from eventflow_consumer.logs import configure_logging
 from eventflow_consumer.observability import ConsumerMetrics, http_app
 from eventflow_consumer.sessions import PoisonPolicy, SessionWorker, WorkerSettings
 from eventflow_consumer.settings import Settings
+from eventflow_consumer.telemetry import configure_telemetry
 
 LOG = structlog.get_logger("eventflow_consumer")
 T = TypeVar("T")
@@ -120,8 +120,11 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = load_settings()
-    configure_logging(settings.log_level, service="consumer")
-    asyncio.run(run(settings))
+    stop_telemetry = configure_telemetry(settings)
+    try:
+        asyncio.run(run(settings))
+    finally:
+        stop_telemetry()
 
 
 if __name__ == "__main__":

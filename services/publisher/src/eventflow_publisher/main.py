@@ -19,10 +19,10 @@ from pydantic import ValidationError
 from eventflow_publisher.adapters.eventhubs_sender import EventHubsSender
 from eventflow_publisher.bootstrap import open_resources
 from eventflow_publisher.changefeed import ChangeFeedProcessor, ProcessorOptions
-from eventflow_publisher.logs import configure_logging
 from eventflow_publisher.observability import PublisherMetrics, health_app
 from eventflow_publisher.publishing import EventPublisher, SendHealth
 from eventflow_publisher.settings import Settings
+from eventflow_publisher.telemetry import configure_telemetry
 
 LOG = structlog.get_logger("eventflow_publisher")
 T = TypeVar("T")
@@ -129,8 +129,11 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = load_settings()
-    configure_logging(settings.log_level, service="publisher")
-    asyncio.run(run(settings))
+    stop_telemetry = configure_telemetry(settings)
+    try:
+        asyncio.run(run(settings))
+    finally:
+        stop_telemetry()
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ from eventflow_subscriber.adapters.eventhubs_reader import Subscription
 from eventflow_subscriber.adapters.servicebus_inbox import ServiceBusInbox
 from eventflow_subscriber.bootstrap import open_clients
 from eventflow_subscriber.forwarding import Forwarder
-from eventflow_subscriber.logs import configure_logging
 from eventflow_subscriber.observability import SubscriberMetrics, health_app
 from eventflow_subscriber.settings import Settings
+from eventflow_subscriber.telemetry import configure_telemetry
 
 LOG = structlog.get_logger("eventflow_subscriber")
 T = TypeVar("T")
@@ -105,8 +105,11 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = load_settings()
-    configure_logging(settings.log_level, service="subscriber")
-    asyncio.run(run(settings))
+    stop_telemetry = configure_telemetry(settings)
+    try:
+        asyncio.run(run(settings))
+    finally:
+        stop_telemetry()
 
 
 if __name__ == "__main__":

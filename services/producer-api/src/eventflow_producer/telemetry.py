@@ -1,0 +1,153 @@
+"""OpenTelemetry (traces, metrics, logs) and structlog, configured once at start from settings.
+
+Azure (an Application Insights connection string is set): the Azure Monitor distro, with the
+managed identity (the component accepts no keys). Elsewhere: the SDK, exporting over OTLP when
+`OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard OTEL_* variables apply), and writing finished
+spans as JSON lines into `trace_dir` when that is set (`make dev`, `make trace`, the e2e tests).
+The Azure SDKs' own spans (Cosmos DB, Event Hubs, Service Bus) come through azure-core's
+OpenTelemetry plugin. Log lines inside a span carry its `trace_id` and `span_id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from azure.core.settings import settings as azure_settings
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from eventflow_producer.settings import Settings
+
+SERVICE = "producer-api"
+FILE_EXPORT_DELAY_MS = 200
+"""Spans reach the trace files this soon; a SIGKILLed process loses at most this much."""
+
+
+def configure_telemetry(settings: Settings) -> Callable[[], None]:
+    """Set the global tracer, meter and logging configuration; returns the flush-and-stop call
+    for shutdown (also registered at exit by the SDK)."""
+    replica = os.environ.get("CONTAINER_APP_REPLICA_NAME", f"{socket.gethostname()}-{os.getpid()}")
+    resource = Resource.create({"service.name": f"eventflow-{SERVICE}",
+                                "service.instance.id": replica})  # fmt: skip
+    configure_logging(settings.log_level, settings.log_format, replica)
+    azure_settings.tracing_implementation = "opentelemetry"
+    if settings.applicationinsights_connection_string:
+        return _azure_monitor(settings, resource)
+    tracer = TracerProvider(
+        resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sampling_ratio))
+    )
+    readers = _otlp(tracer, resource) if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else []
+    if settings.trace_dir is not None:
+        tracer.add_span_processor(_span_file(settings.trace_dir, replica))
+    trace.set_tracer_provider(tracer)
+    meter = MeterProvider(resource=resource, metric_readers=readers)
+    metrics.set_meter_provider(meter)
+
+    def shutdown() -> None:
+        tracer.shutdown()
+        meter.shutdown()
+
+    return shutdown
+
+
+def _azure_monitor(settings: Settings, resource: Resource) -> Callable[[], None]:
+    from azure.identity import DefaultAzureCredential  # noqa: PLC0415
+    from azure.monitor.opentelemetry import configure_azure_monitor  # noqa: PLC0415
+
+    configure_azure_monitor(
+        connection_string=settings.applicationinsights_connection_string,
+        credential=DefaultAzureCredential(), resource=resource,
+        sampling_ratio=settings.trace_sampling_ratio, enable_live_metrics=False,
+    )  # fmt: skip
+
+    def shutdown() -> None:
+        provider: Any = trace.get_tracer_provider()
+        provider.shutdown()
+
+    return shutdown
+
+
+def _otlp(tracer: TracerProvider, resource: Resource) -> list[Any]:
+    """Spans, logs and metrics over OTLP (endpoint, headers, protocol from OTEL_* variables)."""
+    from opentelemetry._logs import set_logger_provider  # noqa: PLC0415
+    from opentelemetry.exporter.otlp.proto.http import _log_exporter, metric_exporter  # noqa: PLC0415
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler  # noqa: PLC0415
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader  # noqa: PLC0415
+
+    tracer.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    logs = LoggerProvider(resource=resource)
+    logs.add_log_record_processor(BatchLogRecordProcessor(_log_exporter.OTLPLogExporter()))
+    set_logger_provider(logs)
+    logging.getLogger().addHandler(LoggingHandler(logger_provider=logs))
+    return [PeriodicExportingMetricReader(metric_exporter.OTLPMetricExporter())]
+
+
+def _span_file(folder: Path, replica: str) -> BatchSpanProcessor:
+    """Finished spans as JSON lines, one file per process (readers: `make trace`, the e2e test)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = (folder / f"{SERVICE}-{replica}.jsonl").open("a", encoding="utf-8")
+
+    def line(span: ReadableSpan) -> str:
+        return str(span.to_json(indent=None)) + "\n"
+
+    exporter = ConsoleSpanExporter(out=out, formatter=line)
+    return BatchSpanProcessor(exporter, schedule_delay_millis=FILE_EXPORT_DELAY_MS)
+
+
+def _trace_ids(_: Any, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event["trace_id"] = format(context.trace_id, "032x")
+        event["span_id"] = format(context.span_id, "016x")
+    return event
+
+
+def configure_logging(level: str, log_format: str = "json", replica: str = "") -> None:
+    """Route structlog and the standard library to stdout: JSON lines, or the console renderer
+    (`console`, or `auto` on a terminal)."""
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _trace_ids,
+    ]
+    console = log_format == "console" or (log_format == "auto" and sys.stdout.isatty())
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer()
+        if console
+        else structlog.processors.JSONRenderer(serializer=lambda v, **_: orjson.dumps(v).decode())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
+        cache_logger_on_first_use=True,
+    )  # fmt: skip
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    *([] if console else [structlog.processors.format_exc_info]), renderer],
+    )  # fmt: skip
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").disabled = True  # requests are logged by our middleware
+    structlog.contextvars.bind_contextvars(service=SERVICE, replica=replica or str(os.getpid()))

@@ -4,6 +4,8 @@ from the services' own span files (the OpenTelemetry SDK's exporter), logs carry
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -14,6 +16,7 @@ from .harness import System, settle
 from .traces import Span, in_trace, order_trace_ids, read_spans
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _one(spans: list[Span], **where: str) -> Span:
@@ -127,3 +130,25 @@ async def test_one_change_is_one_trace_from_the_request_to_the_projection(tmp_pa
     for entry in handled:
         span = by_id[str(entry["span_id"])]
         assert (span.service, span.kind) == ("eventflow-consumer", "CONSUMER")
+
+    # make trace: the order's two traces as waterfalls, stages in flow order.
+    drawn = _trace_tool("--dir", str(traces), order_id)
+    assert drawn.returncode == 0, drawn.stderr
+    assert drawn.stdout.count("trace ") == 2
+    for trace_id in trace_ids:
+        assert f"trace {trace_id}" in drawn.stdout
+    first = drawn.stdout.split("\n\n")[0]
+    stages = [
+        "eventflow-producer-api",
+        "eventflow-publisher",
+        "eventflow-subscriber",
+        "eventflow-consumer",
+    ]
+    positions = [first.index(stage) for stage in stages]
+    assert positions == sorted(positions), first
+    assert _trace_tool("--dir", str(traces), "no-such-order").returncode == 1
+
+
+def _trace_tool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "trace.py"), *args],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip

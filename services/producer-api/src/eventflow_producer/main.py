@@ -76,7 +76,7 @@ def create_default_app() -> FastAPI:
 
 def main() -> None:
     settings = load_settings()
-    stop_telemetry = configure_telemetry(settings)
+    telemetry = configure_telemetry(settings)
     app = instrumented_app(settings)
     server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                                    access_log=False, timeout_graceful_shutdown=20))  # fmt: skip
@@ -85,7 +85,7 @@ def main() -> None:
     except asyncio.CancelledError:
         LOG.info("stopped while starting")
     finally:
-        stop_telemetry()
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

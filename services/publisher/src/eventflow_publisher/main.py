@@ -22,7 +22,7 @@ from eventflow_publisher.changefeed import ChangeFeedProcessor, ProcessorOptions
 from eventflow_publisher.observability import PublisherMetrics, health_app
 from eventflow_publisher.publishing import EventPublisher, SendHealth
 from eventflow_publisher.settings import Settings
-from eventflow_publisher.telemetry import configure_telemetry
+from eventflow_publisher.telemetry import Telemetry, configure_telemetry
 
 LOG = structlog.get_logger("eventflow_publisher")
 T = TypeVar("T")
@@ -75,8 +75,9 @@ def options_of(settings: Settings) -> ProcessorOptions:
     )  # fmt: skip
 
 
-async def run(settings: Settings) -> None:
-    metrics, health = PublisherMetrics(), SendHealth(settings.unready_after_failing_seconds)
+async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
+    metrics = PublisherMetrics(telemetry)
+    health = SendHealth(settings.unready_after_failing_seconds)
     processor: ChangeFeedProcessor | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -129,11 +130,11 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = load_settings()
-    stop_telemetry = configure_telemetry(settings)
+    telemetry = configure_telemetry(settings)
     try:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, telemetry))
     finally:
-        stop_telemetry()
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

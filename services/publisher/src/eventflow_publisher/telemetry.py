@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,14 @@ import orjson
 import structlog
 from azure.core.settings import settings as azure_settings
 from opentelemetry import metrics, trace
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from prometheus_client import CollectorRegistry
 
 from eventflow_publisher.settings import Settings
 
@@ -35,16 +39,40 @@ FILE_EXPORT_DELAY_MS = 200
 """Spans reach the trace files this soon; a SIGKILLed process loses at most this much."""
 
 
-def configure_telemetry(settings: Settings) -> Callable[[], None]:
-    """Set the global tracer, meter and logging configuration; returns the flush-and-stop call
-    for shutdown (also registered at exit by the SDK)."""
+@dataclass(frozen=True)
+class Telemetry:
+    """The service's meter, the registry `/metrics` serves (Prometheus text of the same
+    instruments), and the flush-and-stop call for shutdown."""
+
+    meter: Meter
+    registry: CollectorRegistry
+    shutdown: Callable[[], None]
+
+
+def metrics_only() -> Telemetry:
+    """Instruments seen only at `/metrics`: no global state (tests)."""
+    registry = CollectorRegistry()
+    provider = MeterProvider(metric_readers=[_prometheus(registry)])
+    return Telemetry(provider.get_meter(f"eventflow_{SERVICE}"), registry, provider.shutdown)
+
+
+def _prometheus(registry: CollectorRegistry) -> PrometheusMetricReader:
+    return PrometheusMetricReader(
+        disable_target_info=True, scope_info_enabled=False, registry=registry
+    )
+
+
+def configure_telemetry(settings: Settings) -> Telemetry:
+    """Set the global tracer, meter and logging configuration from settings."""
     replica = os.environ.get("CONTAINER_APP_REPLICA_NAME", f"{socket.gethostname()}-{os.getpid()}")
     resource = Resource.create({"service.name": f"eventflow-{SERVICE}",
                                 "service.instance.id": replica})  # fmt: skip
     configure_logging(settings.log_level, settings.log_format, replica)
     azure_settings.tracing_implementation = "opentelemetry"
+    registry = CollectorRegistry()
     if settings.applicationinsights_connection_string:
-        return _azure_monitor(settings, resource)
+        shutdown = _azure_monitor(settings, resource, _prometheus(registry))
+        return Telemetry(metrics.get_meter(f"eventflow_{SERVICE}"), registry, shutdown)
     tracer = TracerProvider(
         resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sampling_ratio))
     )
@@ -52,17 +80,19 @@ def configure_telemetry(settings: Settings) -> Callable[[], None]:
     if settings.trace_dir is not None:
         tracer.add_span_processor(_span_file(settings.trace_dir, replica))
     trace.set_tracer_provider(tracer)
-    meter = MeterProvider(resource=resource, metric_readers=readers)
+    meter = MeterProvider(resource=resource, metric_readers=[_prometheus(registry), *readers])
     metrics.set_meter_provider(meter)
 
-    def shutdown() -> None:
+    def stop() -> None:
         tracer.shutdown()
         meter.shutdown()
 
-    return shutdown
+    return Telemetry(meter.get_meter(f"eventflow_{SERVICE}"), registry, stop)
 
 
-def _azure_monitor(settings: Settings, resource: Resource) -> Callable[[], None]:
+def _azure_monitor(
+    settings: Settings, resource: Resource, prometheus: PrometheusMetricReader
+) -> Callable[[], None]:
     from azure.identity import DefaultAzureCredential  # noqa: PLC0415
     from azure.monitor.opentelemetry import configure_azure_monitor  # noqa: PLC0415
 
@@ -70,11 +100,14 @@ def _azure_monitor(settings: Settings, resource: Resource) -> Callable[[], None]
         connection_string=settings.applicationinsights_connection_string,
         credential=DefaultAzureCredential(), resource=resource,
         sampling_ratio=settings.trace_sampling_ratio, enable_live_metrics=False,
+        metric_readers=[prometheus],
     )  # fmt: skip
 
     def shutdown() -> None:
-        provider: Any = trace.get_tracer_provider()
-        provider.shutdown()
+        for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+            stop: Any = getattr(provider, "shutdown", None)
+            if stop is not None:
+                stop()
 
     return shutdown
 

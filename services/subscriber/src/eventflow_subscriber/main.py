@@ -22,7 +22,7 @@ from eventflow_subscriber.bootstrap import open_clients
 from eventflow_subscriber.forwarding import Forwarder
 from eventflow_subscriber.observability import SubscriberMetrics, health_app
 from eventflow_subscriber.settings import Settings
-from eventflow_subscriber.telemetry import configure_telemetry
+from eventflow_subscriber.telemetry import Telemetry, configure_telemetry
 
 LOG = structlog.get_logger("eventflow_subscriber")
 T = TypeVar("T")
@@ -64,8 +64,8 @@ async def unless_stopped(stop: asyncio.Event, starting: Awaitable[T]) -> T | Non
     return None
 
 
-async def run(settings: Settings) -> None:
-    metrics = SubscriberMetrics()
+async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
+    metrics = SubscriberMetrics(telemetry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -105,11 +105,11 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = load_settings()
-    stop_telemetry = configure_telemetry(settings)
+    telemetry = configure_telemetry(settings)
     try:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, telemetry))
     finally:
-        stop_telemetry()
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

@@ -91,6 +91,8 @@ class System:
     """When set, every service writes its finished spans there (one JSON-lines file each)."""
     log_levels: dict[str, str] = field(default_factory=dict)
     """Per service kind, a log level other than the default (producer INFO, workers WARNING)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """More settings for every service process (the benchmarks' tracing on and off)."""
 
     def backends(self) -> tuple[RunningCosmosEmulator, RunningMessagingEmulator, RunningServer]:
         """The running emulators (Cosmos DB, messaging, Azurite); start() first."""
@@ -140,6 +142,7 @@ class System:
         kind = name.split("-", maxsplit=1)[0]
         settings = {**FAST, f"{kind.upper()}_MODE": "emulator", **self._backends(kind),
                     f"{kind.upper()}_LOG_LEVEL": self.log_levels.get(kind, "INFO" if kind == "producer" else "WARNING")}  # fmt: skip
+        settings.update(self.env)
         if self.trace_dir is not None:
             settings[f"{kind.upper()}_TRACE_DIR"] = str(self.trace_dir)
         if kind == "producer":

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,30 +34,19 @@ class Span:
         return (self.end - self.start).total_seconds()
 
 
-def _hex(value: str | None) -> str | None:
-    return None if value is None else value.removeprefix("0x")
-
-
 def parse_span(line: bytes) -> Span:
-    """One line of a span file (the OpenTelemetry SDK's JSON form of a finished span)."""
+    """One line of a span file (see the services' telemetry modules)."""
     raw = orjson.loads(line)
-    links = tuple(
-        (str(_hex(link["context"]["trace_id"])), str(_hex(link["context"]["span_id"])))
-        for link in raw.get("links") or ()
-    )
     return Span(
-        name=raw["name"],
-        service=str(raw["resource"]["attributes"].get("service.name", "?")),
-        kind=raw["kind"].removeprefix("SpanKind."),
-        trace_id=str(_hex(raw["context"]["trace_id"])),
-        span_id=str(_hex(raw["context"]["span_id"])),
-        parent_id=_hex(raw.get("parent_id")),
-        start=datetime.fromisoformat(raw["start_time"]),
-        end=datetime.fromisoformat(raw["end_time"]),
-        status=raw["status"]["status_code"],
-        attributes=raw.get("attributes") or {},
-        links=links,
-    )
+        name=raw["name"], service=raw["service"], kind=raw["kind"], trace_id=raw["trace_id"],
+        span_id=raw["span_id"], parent_id=raw["parent_id"], start=_time(raw["start_ns"]),
+        end=_time(raw["end_ns"]), status=raw["status"], attributes=raw["attributes"],
+        links=tuple((trace_id, span_id) for trace_id, span_id in raw["links"]),
+    )  # fmt: skip
+
+
+def _time(nanoseconds: int) -> datetime:
+    return datetime.fromtimestamp(nanoseconds / 1e9, UTC)
 
 
 def read_spans(folder: Path) -> list[Span]:

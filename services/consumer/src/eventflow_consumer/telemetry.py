@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,22 @@ import orjson
 import structlog
 from azure.core.settings import settings as azure_settings
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.util.types import Attributes
 from prometheus_client import CollectorRegistry
 
 from eventflow_consumer.settings import Settings
@@ -74,7 +83,7 @@ def configure_telemetry(settings: Settings) -> Telemetry:
         shutdown = _azure_monitor(settings, resource, _prometheus(registry))
         return Telemetry(metrics.get_meter(f"eventflow_{SERVICE}"), registry, shutdown)
     tracer = TracerProvider(
-        resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sampling_ratio))
+        resource=resource, sampler=ParentBased(EventTraces(settings.trace_sampling_ratio))
     )
     readers = _otlp(tracer, resource) if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else []
     if settings.trace_dir is not None:
@@ -133,12 +142,44 @@ def _span_file(folder: Path, replica: str) -> BatchSpanProcessor:
     """Finished spans as JSON lines, one file per process (readers: `make trace`, the e2e test)."""
     folder.mkdir(parents=True, exist_ok=True)
     out = (folder / f"{SERVICE}-{replica}.jsonl").open("a", encoding="utf-8")
+    service = f"eventflow-{SERVICE}"
 
     def line(span: ReadableSpan) -> str:
-        return str(span.to_json(indent=None)) + "\n"
+        context, parent = span.get_span_context(), span.parent
+        assert context is not None
+        return orjson.dumps({
+            "name": span.name, "service": service, "kind": span.kind.name,
+            "trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}",
+            "parent_id": f"{parent.span_id:016x}" if parent else None,
+            "start_ns": span.start_time, "end_ns": span.end_time, "status": span.status.status_code.name,
+            "attributes": dict(span.attributes or {}),
+            "links": [[f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}"] for link in span.links],
+        }).decode() + "\n"  # fmt: skip
 
     exporter = ConsoleSpanExporter(out=out, formatter=line)
     return BatchSpanProcessor(exporter, schedule_delay_millis=FILE_EXPORT_DELAY_MS)
+
+
+class EventTraces(Sampler):
+    """Which new traces to record: requests, per-event spans and batches linked to events, at
+    `ratio`. A root span of another kind without links is an SDK's background call (change feed
+    polls, lease renewals, settlements): not recorded, nor its children."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
+                      kind: SpanKind | None = None, attributes: Attributes = None,
+                      links: Sequence[Link] | None = None, trace_state: TraceState | None = None,
+                      ) -> SamplingResult:  # fmt: skip
+        if kind in (SpanKind.SERVER, SpanKind.PRODUCER, SpanKind.CONSUMER) or links:
+            return self._ratio.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+        return SamplingResult(Decision.DROP)
+
+    def get_description(self) -> str:
+        return f"EventTraces{{{self._ratio.get_description()}}}"
 
 
 def _trace_ids(_: Any, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:

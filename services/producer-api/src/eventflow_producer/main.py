@@ -61,9 +61,12 @@ class Server(uvicorn.Server):
 
 
 def instrumented_app(settings: Settings) -> FastAPI:
-    """The app with an OpenTelemetry server span per request (health probes left out)."""
+    """The app with an OpenTelemetry server span per request (health probes left out; no spans
+    of their own for the ASGI send and receive calls)."""
     app = create_app(settings, open_store)
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls="healthz,readyz", exclude_spans=["receive", "send"]
+    )
     return app
 
 

@@ -159,3 +159,4 @@ bench: setup ## benchmarks (not part of make test); figures go to docs/performan
 	$(RUN) python benchmarks/subscriber.py
 	$(RUN) python benchmarks/consumer.py
 	$(RUN) python benchmarks/end_to_end.py
+	$(RUN) python benchmarks/tracing_overhead.py

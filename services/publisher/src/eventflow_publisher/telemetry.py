@@ -82,10 +82,11 @@ def configure_telemetry(settings: Settings) -> Telemetry:
     if settings.applicationinsights_connection_string:
         shutdown = _azure_monitor(settings, resource, _prometheus(registry))
         return Telemetry(metrics.get_meter(f"eventflow_{SERVICE}"), registry, shutdown)
-    tracer = TracerProvider(
-        resource=resource, sampler=ParentBased(EventTraces(settings.trace_sampling_ratio))
-    )
-    readers = _otlp(tracer, resource) if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else []
+    otlp = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    # Spans that no exporter takes are not recorded: their ids still travel and reach the logs.
+    ratio = settings.trace_sampling_ratio if otlp or settings.trace_dir else 0.0
+    tracer = TracerProvider(resource=resource, sampler=ParentBased(EventTraces(ratio)))
+    readers = _otlp(tracer, resource) if otlp else []
     if settings.trace_dir is not None:
         tracer.add_span_processor(_span_file(settings.trace_dir, replica))
     trace.set_tracer_provider(tracer)
@@ -157,7 +158,11 @@ def _span_file(folder: Path, replica: str) -> BatchSpanProcessor:
         }).decode() + "\n"  # fmt: skip
 
     exporter = ConsoleSpanExporter(out=out, formatter=line)
-    return BatchSpanProcessor(exporter, schedule_delay_millis=FILE_EXPORT_DELAY_MS)
+    # A queue deep enough for a burst of pages between two writes (the SDK's 2048 drops spans,
+    # with a warning, at a few thousand events per second).
+    return BatchSpanProcessor(
+        exporter, schedule_delay_millis=FILE_EXPORT_DELAY_MS, max_queue_size=65536
+    )
 
 
 class EventTraces(Sampler):

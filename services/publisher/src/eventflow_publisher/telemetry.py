@@ -111,6 +111,8 @@ def _azure_monitor(
         credential=DefaultAzureCredential(), resource=resource,
         sampling_ratio=settings.trace_sampling_ratio, enable_live_metrics=False,
         metric_readers=[prometheus],
+        # The producer instruments its own app (probes and ASGI send/receive spans left out).
+        instrumentation_options={"fastapi": {"enabled": False}},
     )  # fmt: skip
 
     def shutdown() -> None:

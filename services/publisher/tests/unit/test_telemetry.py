@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -99,3 +103,43 @@ def test_the_console_renderer_on_request(
     assert "readable" in out
     assert "order_id" in out
     assert not out.lstrip().startswith("{")
+
+
+AZURE_MONITOR_CHECK = """
+import os
+import sys
+from opentelemetry import metrics, trace
+from prometheus_client import generate_latest
+from eventflow_publisher.settings import Settings
+from eventflow_publisher.telemetry import configure_telemetry
+
+settings = Settings(mode="local", APPLICATIONINSIGHTS_CONNECTION_STRING=sys.argv[1])
+telemetry = configure_telemetry(settings)
+telemetry.meter.create_counter("eventflow_publisher_check").add(2)
+with trace.get_tracer("check").start_as_current_span("span") as span:
+    assert span.is_recording(), "the distro records spans"
+assert type(trace.get_tracer_provider()).__module__.startswith("opentelemetry.sdk")
+assert type(metrics.get_meter_provider()).__module__.startswith("opentelemetry.sdk")
+assert b"eventflow_publisher_check_total 2.0" in generate_latest(telemetry.registry)
+print("configured", flush=True)
+os._exit(0)  # before any export: no token is asked for, nothing leaves the process
+"""
+
+
+def test_with_a_connection_string_the_azure_monitor_distro_takes_the_settings(
+    tmp_path: Path,
+) -> None:
+    """The distro accepts what the module passes (resource, sampling ratio, the Prometheus reader,
+    instrumentation options) and /metrics keeps working beside it. Nothing is sent anywhere: the
+    ingestion endpoint is a closed local port, and the process ends before the first export."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    connection = f"InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=http://127.0.0.1:{closed}/"
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APPLICATIONINSIGHTS_"))
+    }
+    result = subprocess.run([sys.executable, "-c", AZURE_MONITOR_CHECK, connection], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "configured" in result.stdout

@@ -98,9 +98,10 @@ dev: setup ## run the whole system locally: the four services on the real SDKs a
 	@echo ""
 	@echo "  try:  curl -si -X POST http://127.0.0.1:8000/orders -H 'content-type: application/json' \\"
 	@echo "          -d '{\"customer_id\": \"c-1\", \"currency\": \"EUR\", \"lines\": [{\"sku\": \"SKU-1\", \"quantity\": 2, \"unit_price\": \"9.99\"}]}'"
-	@echo "  or:   make demo   (in another terminal)"
+	@echo "  or:   make demo   (in another terminal), then  make trace ORDER=<id>   (an order's traces)"
 	@echo ""
-	EVENTFLOW_LOCAL_DIR=$(LOCAL_DIR) EVENTFLOW_WRITE_PATTERN=$(PATTERN) $(RUN) honcho -f Procfile start -p 5000 \
+	EVENTFLOW_LOCAL_DIR=$(LOCAL_DIR) EVENTFLOW_WRITE_PATTERN=$(PATTERN) EVENTFLOW_LOG_FORMAT=$$([ -t 1 ] && echo console || echo json) \
+		$(RUN) honcho -f Procfile start -p 5000 \
 		-c producer=1,publisher=$(PUBLISHERS),subscriber=$(SUBSCRIBERS),consumer=$(CONSUMERS),cosmos=1,messaging=1,azurite=1
 
 .PHONY: dev-reset
@@ -110,6 +111,10 @@ dev-reset: ## forget everything make dev stored
 .PHONY: demo
 demo: setup ## against a running make dev: create and change a few orders, show each arriving at the consumer
 	$(RUN) python tools/demo.py
+
+.PHONY: trace
+trace: setup ## an order's changes as waterfalls from make dev's spans: make trace ORDER=<id> (or TRACE=<trace id>)
+	$(RUN) python tools/trace.py --dir $(LOCAL_DIR)/traces $(if $(TRACE),--trace $(TRACE),$(ORDER))
 
 .PHONY: chaos
 chaos: setup ## the long chaos run (kill -9 workers under load, then check every guarantee; PATTERN=... picks the write pattern)
@@ -161,3 +166,4 @@ bench: setup ## benchmarks (not part of make test); figures go to docs/performan
 	$(RUN) python benchmarks/consumer.py
 	$(RUN) python benchmarks/end_to_end.py
 	$(RUN) python benchmarks/patterns.py
+	$(RUN) python benchmarks/tracing_overhead.py

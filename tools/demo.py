@@ -1,8 +1,10 @@
 """make demo: against a running `make dev`, create and change a few orders and show each change
-arriving in the consumer's projection, with the time it took from the API's answer."""
+arriving in the consumer's projection, with the time it took from the API's answer, and the trace
+id of each change (each request starts its own trace: `make trace ORDER=<id>` draws it)."""
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 import uuid
@@ -11,6 +13,12 @@ import httpx
 
 PRODUCER = "http://127.0.0.1:8000"
 CONSUMER = "http://127.0.0.1:5300"
+
+
+def new_trace() -> tuple[str, dict[str, str]]:
+    """A trace id, and the W3C header that makes the producer's server span start that trace."""
+    trace_id = secrets.token_hex(16)
+    return trace_id, {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
 
 
 def wait_for(client: httpx.Client, order_id: str, version: int, started: float) -> None:
@@ -36,13 +44,12 @@ def main() -> None:
             body = {"customer_id": f"demo-{n}", "currency": "EUR",
                     "lines": [{"sku": f"SKU-{n}", "quantity": n + 1, "unit_price": "4.50"}]}  # fmt: skip
             started = time.monotonic()
-            created = client.post(
-                f"{PRODUCER}/orders", json=body, headers={"Idempotency-Key": uuid.uuid4().hex}
-            )
+            trace_id, traceparent = new_trace()
+            created = client.post(f"{PRODUCER}/orders", json=body,
+                                  headers={"Idempotency-Key": uuid.uuid4().hex, **traceparent})  # fmt: skip
             order = created.json()
-            sys.stdout.write(
-                f"POST /orders -> {created.status_code} {order['id']} ETag {created.headers['etag']}\n"
-            )
+            sys.stdout.write(f"POST /orders -> {created.status_code} {order['id']} "
+                             f"ETag {created.headers['etag']}  trace {trace_id}\n")  # fmt: skip
             wait_for(client, order["id"], 1, started)
             etag = created.headers["etag"]
             for path, payload in (
@@ -50,13 +57,14 @@ def main() -> None:
                 ("submit", None),
             ):
                 started = time.monotonic()
+                trace_id, traceparent = new_trace()
                 changed = client.post(f"{PRODUCER}/orders/{order['id']}/{path}", json=payload,
-                                      headers={"If-Match": etag})  # fmt: skip
-                sys.stdout.write(
-                    f"POST /orders/{order['id']}/{path} -> {changed.status_code} ETag {changed.headers.get('etag')}\n"
-                )
+                                      headers={"If-Match": etag, **traceparent})  # fmt: skip
+                sys.stdout.write(f"POST /orders/{order['id']}/{path} -> {changed.status_code} "
+                                 f"ETag {changed.headers.get('etag')}  trace {trace_id}\n")  # fmt: skip
                 etag = changed.headers["etag"]
                 wait_for(client, order["id"], changed.json()["version"], started)
+        sys.stdout.write(f"\nsee one as a waterfall: make trace ORDER={order['id']}\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ param minReplicas int
 param maxReplicas int
 param scaleRules array
 param env array
+@description('Where the app sends its telemetry (Entra ID auth: the identity needs Monitoring Metrics Publisher).')
+param appInsightsConnectionString string
 
 resource app 'Microsoft.App/containerApps@2024-10-02-preview' = {
   name: name
@@ -36,8 +38,13 @@ resource app 'Microsoft.App/containerApps@2024-10-02-preview' = {
         name: serviceName
         image: image
         resources: { cpu: json('0.5'), memory: '1Gi' }
-        // DefaultAzureCredential picks the user-assigned identity by its client id.
-        env: concat(env, [ { name: 'AZURE_CLIENT_ID', value: identityClientId } ])
+        // DefaultAzureCredential picks the user-assigned identity by its client id. The Application
+        // Insights connection string is no secret: the component has local auth off, ingestion
+        // takes the identity's token (the one named exception to "no connection strings").
+        env: concat(env, [
+          { name: 'AZURE_CLIENT_ID', value: identityClientId }
+          { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsightsConnectionString }
+        ])
       } ]
       scale: { minReplicas: minReplicas, maxReplicas: maxReplicas, rules: scaleRules }
     }

@@ -22,6 +22,7 @@ var roles = {
   serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
   serviceBusDataReceiver: '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
   serviceBusDataOwner: '090c5cfd-751d-490a-894a-3ce6f1109419'
+  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
 }
 var cosmosDataContributor = '00000000-0000-0000-0000-000000000002'
 
@@ -296,6 +297,30 @@ resource consumerScalerReadsQueue 'Microsoft.Authorization/roleAssignments@2022-
   }
 }
 
+// Telemetry: Application Insights takes no keys (DisableLocalAuth), so each app's identity may
+// publish to it and nothing else.
+resource publishesTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for app in apps: {
+  name: guid(insights.id, app, roles.monitoringMetricsPublisher)
+  scope: insights
+  properties: {
+    principalId: reference(resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', 'id-${app}-${resourceToken}'), '2023-01-31').principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+  }
+  dependsOn: [ producerIdentity, publisherIdentity, subscriberIdentity, consumerIdentity ]
+}]
+
+module alerts 'alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    location: location
+    tags: tags
+    insightsId: insights.id
+    serviceBusId: serviceBus.id
+    inboxQueue: inboxQueue
+  }
+}
+
 // -- the four apps ------------------------------------------------------------------------------
 
 module producer 'container-app.bicep' = {
@@ -315,6 +340,7 @@ module producer 'container-app.bicep' = {
     minReplicas: 1
     maxReplicas: 10
     scaleRules: [ { name: 'http', http: { metadata: { concurrentRequests: '50' } } } ]
+    appInsightsConnectionString: insights.properties.ConnectionString
     env: [
       { name: 'PRODUCER_MODE', value: 'azure' }
       { name: 'PRODUCER_HOST', value: '0.0.0.0' }
@@ -343,6 +369,7 @@ module publisher 'container-app.bicep' = {
     minReplicas: 1
     maxReplicas: 2
     scaleRules: []
+    appInsightsConnectionString: insights.properties.ConnectionString
     env: [
       { name: 'PUBLISHER_MODE', value: 'azure' }
       { name: 'PUBLISHER_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
@@ -387,6 +414,7 @@ module subscriber 'container-app.bicep' = {
         }
       }
     } ]
+    appInsightsConnectionString: insights.properties.ConnectionString
     env: [
       { name: 'SUBSCRIBER_MODE', value: 'azure' }
       { name: 'SUBSCRIBER_EVENTHUBS_NAMESPACE', value: '${eventHubs.name}.servicebus.windows.net' }
@@ -425,6 +453,7 @@ module consumer 'container-app.bicep' = {
         metadata: { namespace: serviceBus.name, queueName: inboxQueue, messageCount: '20' }
       }
     } ]
+    appInsightsConnectionString: insights.properties.ConnectionString
     env: [
       { name: 'CONSUMER_MODE', value: 'azure' }
       { name: 'CONSUMER_HTTP_HOST', value: '0.0.0.0' }

@@ -39,18 +39,94 @@ def test_the_parsers_reject_a_broken_file() -> None:
     assert Parser(Language(tree_sitter_bicep.language())).parse(broken.encode()).root_node.has_error
 
 
+# The one named exception: the Application Insights connection string is no secret once the
+# component's local auth is off (ingestion needs the identity's token). It may appear only as this
+# parameter, this property and this environment variable.
+TELEMETRY_EXCEPTION = (
+    "appInsightsConnectionString",
+    "insights.properties.ConnectionString",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+)
+
+
 @pytest.mark.parametrize("path", FILES, ids=lambda path: path.name)
 def test_no_keys_or_connection_strings_anywhere(path: Path) -> None:
     text = path.read_text()
+    for allowed in TELEMETRY_EXCEPTION:
+        text = text.replace(allowed, "")
     for forbidden in (
         "listKeys",
         "listConnectionStrings",
         "connectionString",
+        "connection_string",
         "AccountKey",
         "SharedAccessKey",
         "primaryKey",
+        "InstrumentationKey",
     ):
-        assert forbidden not in text, forbidden
+        assert forbidden.lower() not in text.lower(), forbidden
+
+
+def test_the_telemetry_exception_is_what_the_no_keys_check_lets_through() -> None:
+    leaked = "param cosmosConnectionString string\n" + (BICEP / "role.bicep").read_text()
+    for allowed in TELEMETRY_EXCEPTION:
+        leaked = leaked.replace(allowed, "")
+    assert "connectionstring" in leaked.lower(), "any other connection string is still caught"
+
+
+def test_application_insights_takes_only_entra_id_and_every_app_may_publish_to_it() -> None:
+    resources = parsed("resources.bicep")
+    (insights,) = of_type(resources, "Microsoft.Insights/components").values()
+    assert insights["config"]["properties"]["DisableLocalAuth"] is True
+    publishers = of_type(resources, "Microsoft.Authorization/roleAssignments")["publishesTelemetry"]
+    assert publishers["config"]["loop_type"]["detail"] == {"item_name": "app", "array_name": "apps"}
+    assert publishers["config"]["config"]["scope"] == "insights"
+    text = (BICEP / "resources.bicep").read_text()
+    assert "monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'" in text
+    assert "var apps = [ 'producer', 'publisher', 'subscriber', 'consumer' ]" in text
+    role = json.dumps(publishers["config"]["config"]["properties"]["roleDefinitionId"])
+    assert '"monitoringMetricsPublisher"' in role
+
+
+def test_every_app_gets_the_application_insights_connection_string_as_a_setting() -> None:
+    modules = parsed("resources.bicep")["modules"]
+    wanted = {"operator": {"type": "property_accessor", "operands": {"operand_1": "insights",
+              "operand_2": {"operator": {"type": "property_accessor",
+                                         "operands": {"operand_1": "properties", "operand_2": "ConnectionString"}}}}}}  # fmt: skip
+    for name in ("producer", "publisher", "subscriber", "consumer"):
+        assert modules[name]["config"]["params"]["appInsightsConnectionString"] == wanted, name
+    (app,) = parsed("container-app.bicep")["resources"].values()
+    (container,) = app["config"]["properties"]["template"]["containers"]
+    added = container["env"]["function"]["parameters"]["arg_2"]
+    assert {
+        "name": "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "value": "appInsightsConnectionString",
+    } in added
+
+
+def test_alerts_cover_dead_letters_blocked_sessions_publisher_lag_and_checkpoint_age() -> None:
+    alerts = parsed("alerts.bicep")
+    (dead,) = alerts["resources"]["deadLetters"]["config"]["properties"]["criteria"]["allOf"]
+    assert (dead["metricName"], dead["operator"], dead["threshold"]) == (
+        "DeadletteredMessages",
+        "GreaterThan",
+        0,
+    )
+    assert dead["dimensions"] == [
+        {"name": "EntityName", "operator": "Include", "values": ["inboxQueue"]}
+    ]
+    rules = {rule["metric"]: rule for rule in alerts["variables"]["logAlerts"]["value"]}
+    assert {name: rule["threshold"] for name, rule in rules.items()} == {
+        "eventflow_consumer_sessions_blocked": 0,
+        "eventflow_publisher_oldest_unpublished_age_seconds": "oldestUnpublishedSeconds",
+        "eventflow_subscriber_checkpoint_age_seconds": "checkpointAgeSeconds",
+    }
+    assert alerts["parameters"]["oldestUnpublishedSeconds"]["default"] == 300
+    assert alerts["parameters"]["checkpointAgeSeconds"]["default"] == 600
+    rule = alerts["resources"]["metricAlerts"]
+    assert rule["config"]["loop_type"]["detail"]["array_name"] == "logAlerts"
+    assert rule["config"]["config"]["properties"]["scopes"] == ["insightsId"]
+    assert parsed("resources.bicep")["modules"]["alerts"]["detail"]["path"] == "alerts.bicep"
 
 
 def test_local_auth_is_disabled_on_every_data_service() -> None:
@@ -80,12 +156,17 @@ def test_each_app_has_its_own_identity_and_only_the_data_roles_it_needs() -> Non
     ]
     assignments = of_type(resources, "Microsoft.Authorization/roleAssignments")
     text = json.dumps(assignments)
-    granted = {(name, r["config"]["scope"]) for name, r in assignments.items()}
+    granted = {(name, r["config"].get("scope") or r["config"]["config"]["scope"])
+               for name, r in assignments.items()}  # fmt: skip
     assert granted == {
         ("publisherSends", "hub"), ("subscriberReceives", "hub"), ("subscriberCheckpoints", "checkpoints"),
         ("subscriberFillsInbox", "inbox"), ("consumerReadsInbox", "inbox"), ("consumerScalerReadsQueue", "inbox"),
+        ("publishesTelemetry", "insights"),  # one per app (a loop): see the telemetry test
     }  # fmt: skip
-    assert "producerIdentity" not in text, "the producer touches only Cosmos DB"
+    data_roles = json.dumps({n: r for n, r in assignments.items() if n != "publishesTelemetry"})
+    assert "producerIdentity" not in data_roles, (
+        "the producer touches only Cosmos DB (and telemetry)"
+    )
     (cosmos_roles,) = of_type(
         resources, "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments"
     ).values()

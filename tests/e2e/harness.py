@@ -95,6 +95,12 @@ class System:
     cosmos: RunningCosmosEmulator | None = None
     messaging: RunningMessagingEmulator | None = None
     blobs: RunningServer | None = None
+    trace_dir: Path | None = None
+    """When set, every service writes its finished spans there (one JSON-lines file each)."""
+    log_levels: dict[str, str] = field(default_factory=dict)
+    """Per service kind, a log level other than the default (producer INFO, workers WARNING)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """More settings for every service process (the benchmarks' tracing on and off)."""
 
     def backends(self) -> tuple[RunningCosmosEmulator, RunningMessagingEmulator, RunningServer]:
         """The running emulators (Cosmos DB, messaging, Azurite); start() first."""
@@ -143,9 +149,12 @@ class System:
     def _start(self, name: str) -> None:
         kind = name.split("-", maxsplit=1)[0]
         settings = {**FAST, f"{kind.upper()}_MODE": "emulator", **self._backends(kind),
-                    f"{kind.upper()}_LOG_LEVEL": "INFO" if kind == "producer" else "WARNING"}  # fmt: skip
+                    f"{kind.upper()}_LOG_LEVEL": self.log_levels.get(kind, "INFO" if kind == "producer" else "WARNING")}  # fmt: skip
         if kind in ("producer", "publisher"):
             settings[f"{kind.upper()}_WRITE_PATTERN"] = self.pattern
+        settings.update(self.env)
+        if self.trace_dir is not None:
+            settings[f"{kind.upper()}_TRACE_DIR"] = str(self.trace_dir)
         if kind == "producer":
             settings["PRODUCER_PORT"] = str(self.producer_port)
         elif kind == "consumer":

@@ -19,6 +19,7 @@ from eventflow_consumer.projection import (
     apply,
     position,
 )
+from eventflow_consumer.tracing import traced_processing
 from eventflow_contracts import ContractError, decode_event, read_routing
 
 LOG = structlog.get_logger("eventflow_consumer.handling")
@@ -102,7 +103,8 @@ class InboxHandler:
                 "dead_letter", reason="session-mismatch", sequence=event.sequence,
                 description=f"session {delivery.session_id!r} carries an event of order {event.partitionkey!r}",
             )  # fmt: skip
-        return await self._apply(event, accept_gap=accept_gap, skip_poison=skip_poison)
+        applying = self._apply(event, accept_gap=accept_gap, skip_poison=skip_poison)
+        return await traced_processing(event, delivery, applying)
 
     async def _apply(self, event: Any, *, accept_gap: bool, skip_poison: bool) -> Decision:
         # No inbox-mark read first: the summary's `last_sequence` (and its skipped sequences) already

@@ -18,10 +18,10 @@ from pydantic import ValidationError
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump
 from eventflow_consumer.bootstrap import Resources, open_resources
 from eventflow_consumer.handling import InboxHandler
-from eventflow_consumer.logs import configure_logging
 from eventflow_consumer.observability import ConsumerMetrics, http_app
 from eventflow_consumer.sessions import PoisonPolicy, SessionWorker, WorkerSettings
 from eventflow_consumer.settings import Settings
+from eventflow_consumer.telemetry import Telemetry, configure_telemetry
 
 LOG = structlog.get_logger("eventflow_consumer")
 T = TypeVar("T")
@@ -80,8 +80,8 @@ def worker_of(
     )
 
 
-async def run(settings: Settings) -> None:
-    metrics = ConsumerMetrics()
+async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
+    metrics = ConsumerMetrics(telemetry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -121,8 +121,11 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = load_settings()
-    configure_logging(settings.log_level, service="consumer")
-    asyncio.run(run(settings))
+    telemetry = configure_telemetry(settings)
+    try:
+        asyncio.run(run(settings, telemetry))
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

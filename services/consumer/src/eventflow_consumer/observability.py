@@ -1,27 +1,23 @@
 """Metrics, health and the read API: GET /orders/{id}, /healthz, /readyz, /metrics.
 
-Metrics come from counters kept in memory by this process: a scrape never queries the store."""
+Metrics are OpenTelemetry instruments kept in memory by this process (a scrape never queries the
+store), served here as Prometheus text; names are listed in docs/observability.md."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from opentelemetry.metrics import CallbackOptions, Observation
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
 
 from eventflow_consumer.handling import Decision
 from eventflow_consumer.ports import TransientStoreError
 from eventflow_consumer.sessions import ConsumerObserver
+from eventflow_consumer.telemetry import Telemetry, metrics_only
 from eventflow_contracts.values import OrderId
 
 PROBLEM = "application/problem+json"
@@ -29,82 +25,85 @@ _ORDER_ID: TypeAdapter[str] = TypeAdapter(OrderId)
 
 
 class ConsumerMetrics(ConsumerObserver):
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self._handled = Counter(
-            "eventflow_consumer_handled", "messages whose effect was applied", registry=r
+    def __init__(self, telemetry: Telemetry | None = None) -> None:
+        telemetry = telemetry or metrics_only()
+        self.registry = telemetry.registry
+        meter = telemetry.meter
+        self._handled = meter.create_counter(
+            "eventflow_consumer_handled", description="messages whose effect was applied"
         )
-        self._duplicates = Counter(
-            "eventflow_consumer_duplicates",
-            "duplicates completed without effect",
-            ["by"],
-            registry=r,
+        self._duplicates = meter.create_counter(
+            "eventflow_consumer_duplicates", description="duplicates completed without effect"
         )
-        self._dead = Counter(
-            "eventflow_consumer_dead_lettered", "messages dead-lettered", ["reason"], registry=r
+        self._dead = meter.create_counter(
+            "eventflow_consumer_dead_lettered", description="messages dead-lettered"
         )
-        self._deferred = Counter(
-            "eventflow_consumer_deferred", "messages deferred in blocked sessions", registry=r
+        self._deferred = meter.create_counter(
+            "eventflow_consumer_deferred", description="messages deferred in blocked sessions"
         )
-        self._waited = Counter(
+        self._waited = meter.create_counter(
             "eventflow_consumer_waited",
-            "early events held to wait for their predecessor",
-            registry=r,
+            description="early events held to wait for their predecessor",
         )
-        self._abandoned = Counter(
+        self._abandoned = meter.create_counter(
             "eventflow_consumer_abandoned",
-            "messages abandoned after an unexpected error",
-            registry=r,
+            description="messages abandoned after an unexpected error",
         )
-        self._blocked = Counter(
-            "eventflow_consumer_sessions_blocked", "sessions this process blocked", registry=r
+        self._blocked = meter.create_counter(
+            "eventflow_consumer_sessions_blocked", description="sessions this process blocked"
         )
-        self._store_up = Gauge(
-            "eventflow_consumer_store_available", "1 while the projection store answers", registry=r
-        )
-        self._store_up.set(1)
-        self._store_failures = Counter(
-            "eventflow_consumer_store_failures",
-            "store calls that failed transiently (retried)",
-            registry=r,
-        )
-        self._outages = Histogram(
-            "eventflow_consumer_store_outage_seconds", "how long store outages lasted",
-            buckets=(1, 5, 15, 60, 300, 900, 3600, math.inf), registry=r,
+        self._store_up = 1
+        meter.create_observable_gauge(
+            "eventflow_consumer_store_available", [self._store_available],
+            description="1 while the projection store answers",
         )  # fmt: skip
-        self._latency = Histogram(
-            "eventflow_consumer_handler_seconds", "time to handle one message", registry=r
+        self._store_failures = meter.create_counter(
+            "eventflow_consumer_store_failures",
+            description="store calls that failed transiently (retried)",
         )
+        self._outages = meter.create_histogram(
+            "eventflow_consumer_store_outage_seconds", description="how long store outages lasted",
+            explicit_bucket_boundaries_advisory=[1, 5, 15, 60, 300, 900, 3600],
+        )  # fmt: skip
+        self._latency = meter.create_histogram(
+            "eventflow_consumer_handler_seconds", description="time to handle one message",
+            explicit_bucket_boundaries_advisory=[.005, .01, .025, .05, .075, .1, .25, .5, .75, 1, 2.5, 5, 7.5, 10],
+        )  # fmt: skip
+        for counter in (self._handled, self._deferred, self._waited, self._abandoned,
+                        self._blocked, self._store_failures):  # fmt: skip
+            counter.add(0)  # scraped as 0 from the start, not absent until the first event
+
+    def _store_available(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._store_up)
 
     def settled(self, decision: Decision, seconds: float) -> None:
-        self._latency.observe(seconds)
+        self._latency.record(seconds)
         if decision.action == "dead_letter":
-            self._dead.labels(reason=decision.reason or "unknown").inc()
+            self._dead.add(1, {"reason": decision.reason or "unknown"})
         elif decision.duplicate:
-            self._duplicates.labels(by=decision.duplicate).inc()
+            self._duplicates.add(1, {"by": decision.duplicate})
         elif decision.effect:
-            self._handled.inc()
+            self._handled.add(1)
 
     def deferred(self) -> None:
-        self._deferred.inc()
+        self._deferred.add(1)
 
     def waited(self) -> None:
-        self._waited.inc()
+        self._waited.add(1)
 
     def blocked(self) -> None:
-        self._blocked.inc()
+        self._blocked.add(1)
 
     def abandoned(self) -> None:
-        self._abandoned.inc()
+        self._abandoned.add(1)
 
     def store_unavailable(self) -> None:
-        self._store_up.set(0)
-        self._store_failures.inc()
+        self._store_up = 0
+        self._store_failures.add(1)
 
     def store_available(self, outage_seconds: float) -> None:
-        self._store_up.set(1)
-        self._outages.observe(outage_seconds)
+        self._store_up = 1
+        self._outages.record(outage_seconds)
 
 
 def problem(

@@ -13,12 +13,13 @@ from types import FrameType
 import structlog
 import uvicorn
 from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from pydantic import ValidationError
 
 from eventflow_producer.api import create_app
 from eventflow_producer.bootstrap import open_store
-from eventflow_producer.logs import configure_logging
 from eventflow_producer.settings import Settings
+from eventflow_producer.telemetry import configure_telemetry
 
 LOG = structlog.get_logger("eventflow_producer")
 
@@ -59,23 +60,35 @@ class Server(uvicorn.Server):
             self.serving.get_loop().call_soon_threadsafe(self.serving.cancel)
 
 
+def instrumented_app(settings: Settings) -> FastAPI:
+    """The app with an OpenTelemetry server span per request (health probes left out; no spans
+    of their own for the ASGI send and receive calls)."""
+    app = create_app(settings, open_store)
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls="healthz,readyz", exclude_spans=["receive", "send"]
+    )
+    return app
+
+
 def create_default_app() -> FastAPI:
     """The app from the environment's settings (for `uvicorn --factory`)."""
     settings = Settings()
-    configure_logging(settings.log_level)
-    return create_app(settings, open_store)
+    configure_telemetry(settings)
+    return instrumented_app(settings)
 
 
 def main() -> None:
     settings = load_settings()
-    configure_logging(settings.log_level)
-    app = create_app(settings, open_store)
+    telemetry = configure_telemetry(settings)
+    app = instrumented_app(settings)
     server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                                    access_log=False, timeout_graceful_shutdown=20))  # fmt: skip
     try:
         server.run()
     except asyncio.CancelledError:
         LOG.info("stopped while starting")
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

@@ -7,13 +7,22 @@ import time
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eventflow_contracts import is_valid_traceparent
+from eventflow_contracts.tracing import current_trace_headers
 from eventflow_producer.problems import problem
 
 LOG = structlog.get_logger("eventflow_producer.requests")
 _JSON_TYPES = ("application/json",)
+
+
+def request_traceparent(incoming: str | None) -> str:
+    """The traceparent of this request: its OpenTelemetry server span's (which continues the
+    caller's trace), or without OpenTelemetry a new span id in the caller's trace or a new trace."""
+    traceparent, _ = current_trace_headers()
+    return traceparent or child_traceparent(incoming)
 
 
 def child_traceparent(incoming: str | None) -> str:
@@ -37,6 +46,15 @@ def _is_json(content_type: str | None) -> bool:
         return False
     media = content_type.split(";")[0].strip().lower()
     return media in _JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _annotate_span(bound: dict[str, Any]) -> None:
+    """The order (and events) a request changed, on its server span: `make trace` finds it."""
+    span = trace.get_current_span()
+    if "order_id" in bound:
+        span.set_attribute("eventflow.order_id", str(bound["order_id"]))
+    if bound.get("event_ids"):
+        span.set_attribute("eventflow.event_ids", [str(i) for i in bound["event_ids"]])
 
 
 class RequestGuard:
@@ -104,7 +122,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        traceparent = child_traceparent(_header(scope, b"traceparent"))
+        traceparent = request_traceparent(_header(scope, b"traceparent"))
         scope.setdefault("state", {})["traceparent"] = traceparent
         status = 500
         started = time.perf_counter()
@@ -113,6 +131,8 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # The server span ends with the response body: annotate it before.
+                _annotate_span(scope["state"].get("log", {}))
             await send(message)
 
         with structlog.contextvars.bound_contextvars(trace_id=traceparent.split("-")[1]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
@@ -47,6 +48,18 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: the console renderer on a terminal, JSON lines otherwise"
+    )
+    trace_dir: Path | None = Field(
+        default=None, description="write finished spans as JSON lines here (make dev, make trace)"
+    )
+    trace_sampling_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    applicationinsights_connection_string: str | None = Field(
+        default=None,
+        validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING",
+        description="Azure Monitor; not a secret: the component takes no keys (Entra ID only)",
+    )
 
     @model_validator(mode="after")
     def _backend_settings_fit_the_mode(self) -> Self:

@@ -20,11 +20,11 @@ from eventflow_publisher.adapters.eventhubs_sender import EventHubsSender
 from eventflow_publisher.bootstrap import Resources, open_resources
 from eventflow_publisher.changefeed import ChangeFeedProcessor, ProcessorOptions
 from eventflow_publisher.deriving import ENTITY_FIRST, OUTBOX
-from eventflow_publisher.logs import configure_logging
 from eventflow_publisher.observability import PublisherMetrics, health_app
 from eventflow_publisher.publishing import EventPublisher, SendHealth
 from eventflow_publisher.readmodel import ReadModelMaintainer
 from eventflow_publisher.settings import Settings
+from eventflow_publisher.telemetry import Telemetry, configure_telemetry
 
 LOG = structlog.get_logger("eventflow_publisher")
 T = TypeVar("T")
@@ -91,8 +91,9 @@ def read_model_maintainer(
     )  # fmt: skip
 
 
-async def run(settings: Settings) -> None:
-    metrics, health = PublisherMetrics(), SendHealth(settings.unready_after_failing_seconds)
+async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
+    metrics = PublisherMetrics(telemetry)
+    health = SendHealth(settings.unready_after_failing_seconds)
     processor: ChangeFeedProcessor | None = None
     maintainer: ChangeFeedProcessor | None = None
     stop = asyncio.Event()
@@ -153,8 +154,11 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = load_settings()
-    configure_logging(settings.log_level, service="publisher")
-    asyncio.run(run(settings))
+    telemetry = configure_telemetry(settings)
+    try:
+        asyncio.run(run(settings, telemetry))
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,126 +1,111 @@
-"""Metrics (Prometheus) and the health endpoint: /healthz, /readyz, /metrics."""
+"""Metrics (OpenTelemetry instruments, also served as Prometheus text) and the health endpoint:
+/healthz, /readyz, /metrics. Names are listed in docs/observability.md."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from opentelemetry.metrics import CallbackOptions, Observation
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eventflow_publisher.changefeed.processor import LeaseStatus, ProcessorObserver
 from eventflow_publisher.publishing import PublisherObserver
+from eventflow_publisher.telemetry import Telemetry, metrics_only
+
+PER_LEASE = {
+    "eventflow_publisher_estimated_lag": "changes waiting per lease (LSN steps)",
+    "eventflow_publisher_checkpoint_age_seconds": "seconds since the lease last checkpointed (or was acquired)",
+    "eventflow_publisher_oldest_unpublished_age_seconds": "age of the oldest change waiting in the lease's range (0: none waits)",
+    "eventflow_publisher_lease_consecutive_failures": "reads or handlings of the lease that failed in a row",
+    "eventflow_publisher_lease_stalled": "1 when the lease is not making progress",
+}  # fmt: skip
 
 
 class PublisherMetrics(ProcessorObserver, PublisherObserver):
-    """Every count the publisher reports, in a registry of its own."""
+    """Every count the publisher reports. Per-lease figures are observed from the last status of
+    each owned lease, so a released lease's figures are gone from the next collection."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.leases = Gauge(
-            "eventflow_publisher_leases_owned", "leases this instance owns", registry=self.registry
+    def __init__(self, telemetry: Telemetry | None = None) -> None:
+        telemetry = telemetry or metrics_only()
+        self.registry = telemetry.registry
+        meter = telemetry.meter
+        self._owned = 0
+        self._per_lease: dict[str, dict[str, float]] = {}
+        meter.create_observable_gauge("eventflow_publisher_leases_owned", [self._leases_owned],
+                                      description="leases this instance owns")  # fmt: skip
+        self.events = meter.create_counter(
+            "eventflow_publisher_events_published", description="events accepted by the hub"
         )
-        self.events = Counter(
-            "eventflow_publisher_events_published",
-            "events accepted by the hub",
-            registry=self.registry,
-        )
-        self.batches = Histogram(
-            "eventflow_publisher_batch_events", "events per batch sent", registry=self.registry,
-            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+        self.batches = meter.create_histogram(
+            "eventflow_publisher_batch_events", description="events per batch sent",
+            explicit_bucket_boundaries_advisory=[1, 2, 5, 10, 20, 50, 100, 200, 500],
         )  # fmt: skip
-        self.pages = Counter(
-            "eventflow_publisher_pages",
-            "change feed pages handled and checkpointed",
-            registry=self.registry,
+        self.pages = meter.create_counter(
+            "eventflow_publisher_pages", description="change feed pages handled and checkpointed"
         )
-        self.retries = Counter(
-            "eventflow_publisher_send_retries", "sends refused and retried", registry=self.registry
+        self.retries = meter.create_counter(
+            "eventflow_publisher_send_retries", description="sends refused and retried"
         )
-        self.poison = Counter(
-            "eventflow_publisher_poison",
-            "events recorded as poison",
-            ["reason"],
-            registry=self.registry,
+        self.poison = meter.create_counter(
+            "eventflow_publisher_poison", description="events recorded as poison"
         )
-        self.handler_failures = Counter(
+        self.handler_failures = meter.create_counter(
             "eventflow_publisher_handler_failures",
-            "pages whose handling failed (read again)",
-            registry=self.registry,
+            description="pages whose handling failed (read again)",
         )
-        per_lease = ["lease"]
-        self.lag_changes = Gauge(
-            "eventflow_publisher_estimated_lag", "changes waiting per lease (LSN steps)",
-            per_lease, registry=self.registry,
-        )  # fmt: skip
-        self.checkpoint_age = Gauge(
-            "eventflow_publisher_checkpoint_age_seconds",
-            "seconds since the lease last checkpointed (or was acquired)",
-            per_lease, registry=self.registry,
-        )  # fmt: skip
-        self.oldest_unpublished = Gauge(
-            "eventflow_publisher_oldest_unpublished_age_seconds",
-            "age of the oldest change waiting in the lease's range (0: none waits)",
-            per_lease, registry=self.registry,
-        )  # fmt: skip
-        self.consecutive_failures = Gauge(
-            "eventflow_publisher_lease_consecutive_failures",
-            "reads or handlings of the lease that failed in a row",
-            per_lease, registry=self.registry,
-        )  # fmt: skip
-        self.stalled = Gauge(
-            "eventflow_publisher_lease_stalled", "1 when the lease is not making progress",
-            per_lease, registry=self.registry,
-        )  # fmt: skip
-        self._per_lease = (
-            self.lag_changes, self.checkpoint_age, self.oldest_unpublished,
-            self.consecutive_failures, self.stalled,
-        )  # fmt: skip
+        for name, description in PER_LEASE.items():
+            meter.create_observable_gauge(name, [self._lease_figure(name)], description=description)
+        for counter in (self.events, self.pages, self.retries, self.handler_failures):
+            counter.add(0)  # scraped as 0 from the start, not absent until the first event
+
+    def _leases_owned(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._owned)
+
+    def _lease_figure(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_: CallbackOptions) -> Iterable[Observation]:
+            for lease_id, figures in list(self._per_lease.items()):
+                if name in figures:
+                    yield Observation(figures[name], {"lease": lease_id})
+
+        return observe
 
     def leases_owned(self, lease_ids: Sequence[str]) -> None:
-        self.leases.set(len(lease_ids))
+        self._owned = len(lease_ids)
 
     def page_handled(self, lease_id: str, items: int) -> None:  # noqa: ARG002
-        self.pages.inc()
+        self.pages.add(1)
 
     def handler_failed(self, lease_id: str, error: BaseException) -> None:
         super().handler_failed(lease_id, error)
-        self.handler_failures.inc()
+        self.handler_failures.add(1)
 
     def lease_status(self, lease_id: str, status: LeaseStatus, now: float) -> None:
+        figures = self._per_lease.setdefault(lease_id, {})
         backlog = status.backlog
         if backlog is not None:
-            self.lag_changes.labels(lease=lease_id).set(backlog.changes)
+            figures["eventflow_publisher_estimated_lag"] = backlog.changes
             oldest = 0.0 if backlog.oldest_ts is None else max(0.0, time.time() - backlog.oldest_ts)
-            self.oldest_unpublished.labels(lease=lease_id).set(oldest)
+            figures["eventflow_publisher_oldest_unpublished_age_seconds"] = oldest
         progressed = status.checkpointed_at or status.acquired_at
-        self.checkpoint_age.labels(lease=lease_id).set(max(0.0, now - progressed))
-        self.consecutive_failures.labels(lease=lease_id).set(status.consecutive_failures)
-        self.stalled.labels(lease=lease_id).set(1 if status.stalled else 0)
+        figures["eventflow_publisher_checkpoint_age_seconds"] = max(0.0, now - progressed)
+        figures["eventflow_publisher_lease_consecutive_failures"] = status.consecutive_failures
+        figures["eventflow_publisher_lease_stalled"] = 1 if status.stalled else 0
 
     def lease_released(self, lease_id: str) -> None:
-        for gauge in self._per_lease:
-            with contextlib.suppress(KeyError):
-                gauge.remove(lease_id)
+        self._per_lease.pop(lease_id, None)
 
     def published(self, events: int, batch_sizes: Sequence[int]) -> None:
-        self.events.inc(events)
+        self.events.add(events)
         for size in batch_sizes:
-            self.batches.observe(size)
+            self.batches.record(size)
 
     def send_retry(self, error: BaseException) -> None:  # noqa: ARG002
-        self.retries.inc()
+        self.retries.add(1)
 
     def poisoned(self, reason: str) -> None:
-        self.poison.labels(reason=reason).inc()
+        self.poison.add(1, {"reason": reason})
 
 
 def health_app(metrics: PublisherMetrics, ready: Callable[[], bool]) -> web.Application:

@@ -42,6 +42,7 @@ class Outgoing:
     type: str
     traceparent: str | None
     document_id: str
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +185,9 @@ class EventPublisher:
             await self._reject(document, error.reason.value, error.detail)
             return None
         outgoing = Outgoing(
-            body, routing.id, routing.type, routing.traceparent, str(document.get("id"))
-        )
+            body, routing.id, routing.type, routing.traceparent, str(document.get("id")),
+            routing.tracestate,
+        )  # fmt: skip
         return routing.partitionkey, outgoing
 
     async def _reject(self, document: dict[str, Any], reason: str, detail: str) -> None:

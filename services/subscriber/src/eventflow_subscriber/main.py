@@ -20,9 +20,9 @@ from eventflow_subscriber.adapters.eventhubs_reader import Subscription
 from eventflow_subscriber.adapters.servicebus_inbox import ServiceBusInbox
 from eventflow_subscriber.bootstrap import open_clients
 from eventflow_subscriber.forwarding import Forwarder
-from eventflow_subscriber.logs import configure_logging
 from eventflow_subscriber.observability import SubscriberMetrics, health_app
 from eventflow_subscriber.settings import Settings
+from eventflow_subscriber.telemetry import Telemetry, configure_telemetry
 
 LOG = structlog.get_logger("eventflow_subscriber")
 T = TypeVar("T")
@@ -64,8 +64,8 @@ async def unless_stopped(stop: asyncio.Event, starting: Awaitable[T]) -> T | Non
     return None
 
 
-async def run(settings: Settings) -> None:
-    metrics = SubscriberMetrics()
+async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
+    metrics = SubscriberMetrics(telemetry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -105,8 +105,11 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = load_settings()
-    configure_logging(settings.log_level, service="subscriber")
-    asyncio.run(run(settings))
+    telemetry = configure_telemetry(settings)
+    try:
+        asyncio.run(run(settings, telemetry))
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,79 +1,71 @@
-"""Metrics (Prometheus) and the health endpoint: /healthz, /readyz, /metrics."""
+"""Metrics (OpenTelemetry instruments, also served as Prometheus text) and the health endpoint:
+/healthz, /readyz, /metrics. Names are listed in docs/observability.md."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
+from opentelemetry.metrics import CallbackOptions, Observation
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eventflow_subscriber.forwarding import ForwarderObserver
+from eventflow_subscriber.telemetry import Telemetry, metrics_only
 
 
 class SubscriberMetrics(ForwarderObserver):
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self._received = Counter(
-            "eventflow_subscriber_events_received",
-            "events read from the hub",
-            registry=self.registry,
+    def __init__(self, telemetry: Telemetry | None = None) -> None:
+        telemetry = telemetry or metrics_only()
+        self.registry = telemetry.registry
+        meter = telemetry.meter
+        self._received = meter.create_counter(
+            "eventflow_subscriber_events_received", description="events read from the hub"
         )
-        self._forwarded = Counter(
-            "eventflow_subscriber_events_forwarded",
-            "events put into the inbox",
-            registry=self.registry,
+        self._forwarded = meter.create_counter(
+            "eventflow_subscriber_events_forwarded", description="events put into the inbox"
         )
-        self._filtered = Counter(
-            "eventflow_subscriber_events_filtered",
-            "events of types not subscribed",
-            registry=self.registry,
+        self._filtered = meter.create_counter(
+            "eventflow_subscriber_events_filtered", description="events of types not subscribed"
         )
-        self._markers = Counter(
-            "eventflow_subscriber_markers",
-            "unroutable events sent as markers",
-            registry=self.registry,
+        self._markers = meter.create_counter(
+            "eventflow_subscriber_markers", description="unroutable events sent as markers"
         )
-        self._retries = Counter(
-            "eventflow_subscriber_send_retries",
-            "inbox sends retried",
-            ["busy"],
-            registry=self.registry,
+        self._retries = meter.create_counter(
+            "eventflow_subscriber_send_retries", description="inbox sends retried"
         )
-        self._checkpoint_age = Gauge(
-            "eventflow_subscriber_checkpoint_age_seconds", "seconds since the last checkpoint", ["partition"],
-            registry=self.registry,
+        meter.create_observable_gauge(
+            "eventflow_subscriber_checkpoint_age_seconds", [self._checkpoint_ages],
+            description="seconds since the last checkpoint",
         )  # fmt: skip
         self._checkpointed: dict[str, float] = {}
+        for counter in (self._received, self._forwarded, self._filtered, self._markers):
+            counter.add(0)  # scraped as 0 from the start, not absent until the first event
+
+    def _checkpoint_ages(self, _: CallbackOptions) -> Iterable[Observation]:
+        now = time.monotonic()
+        for partition, at in list(self._checkpointed.items()):
+            yield Observation(round(now - at, 3), {"partition": partition})
 
     def received(self, events: int) -> None:
-        self._received.inc(events)
+        self._received.add(events)
 
     def forwarded(self, messages: int) -> None:
-        self._forwarded.inc(messages)
+        self._forwarded.add(messages)
 
     def filtered(self, events: int) -> None:
-        self._filtered.inc(events)
+        self._filtered.add(events)
 
     def markers(self, messages: int) -> None:
-        self._markers.inc(messages)
+        self._markers.add(messages)
 
     def send_retry(self, *, busy: bool) -> None:
-        self._retries.labels(busy=str(busy).lower()).inc()
+        self._retries.add(1, {"busy": str(busy).lower()})
 
     def checkpointed(self, partition: str) -> None:
         self._checkpointed[partition] = time.monotonic()
 
     def render(self) -> bytes:
-        now = time.monotonic()
-        for partition, at in self._checkpointed.items():
-            self._checkpoint_age.labels(partition=partition).set(round(now - at, 3))
         return generate_latest(self.registry)
 
 

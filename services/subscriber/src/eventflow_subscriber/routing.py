@@ -112,6 +112,8 @@ def route(
     }  # fmt: skip
     if routing.traceparent:
         properties["traceparent"] = routing.traceparent
+    if routing.tracestate:
+        properties["tracestate"] = routing.tracestate
     return InboxMessage(
         body=event.body, message_id=routing.id, session_id=routing.partitionkey,
         subject=routing.type, content_type=CONTENT_TYPE, properties=properties,

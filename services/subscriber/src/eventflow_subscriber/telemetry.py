@@ -1,233 +1,24 @@
-"""OpenTelemetry (traces, metrics, logs) and structlog, configured once at start from settings.
-
-Azure (an Application Insights connection string is set): the Azure Monitor distro, with the
-managed identity (the component accepts no keys). Elsewhere: the SDK, exporting over OTLP when
-`OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard OTEL_* variables apply), and writing finished
-spans as JSON lines into `trace_dir` when that is set (`make dev`, `make trace`, the e2e tests).
-The Azure SDKs' own spans (Cosmos DB, Event Hubs, Service Bus) come through azure-core's
-OpenTelemetry plugin. Log lines inside a span carry its `trace_id` and `span_id`.
-"""
+"""This service's telemetry: the project's one OpenTelemetry and logging setup
+(`eventflow_contracts.telemetry`: Azure Monitor in Azure, OTLP where OTEL_EXPORTER_OTLP_ENDPOINT is set,
+span files for `make trace`) under this service's name."""
 
 from __future__ import annotations
 
-import logging
-import os
-import socket
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import orjson
-import structlog
-from azure.core.settings import settings as azure_settings
-from opentelemetry import metrics, trace
-from opentelemetry.context import Context
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import Meter
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.sdk.trace.sampling import (
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-    TraceIdRatioBased,
-)
-from opentelemetry.trace import Link, SpanKind, TraceState
-from opentelemetry.util.types import Attributes
-from prometheus_client import CollectorRegistry
-
+from eventflow_contracts import telemetry as shared
+from eventflow_contracts.telemetry import Telemetry
 from eventflow_subscriber.settings import Settings
 
 SERVICE = "subscriber"
-FILE_EXPORT_DELAY_MS = 200
-"""Spans reach the trace files this soon; a SIGKILLed process loses at most this much."""
+METER = "eventflow_subscriber"
+
+__all__ = ["SERVICE", "Telemetry", "configure_telemetry", "metrics_only"]
 
 
-@dataclass(frozen=True)
-class Telemetry:
-    """The service's meter, the registry `/metrics` serves (Prometheus text of the same
-    instruments), and the flush-and-stop call for shutdown."""
-
-    meter: Meter
-    registry: CollectorRegistry
-    shutdown: Callable[[], None]
+def configure_telemetry(settings: Settings) -> Telemetry:
+    telemetry = shared.configure_telemetry(SERVICE, settings, METER)
+    return telemetry
 
 
 def metrics_only() -> Telemetry:
     """Instruments seen only at `/metrics`: no global state (tests)."""
-    registry = CollectorRegistry()
-    provider = MeterProvider(metric_readers=[_prometheus(registry)])
-    return Telemetry(provider.get_meter(f"eventflow_{SERVICE}"), registry, provider.shutdown)
-
-
-def _prometheus(registry: CollectorRegistry) -> PrometheusMetricReader:
-    return PrometheusMetricReader(
-        disable_target_info=True, scope_info_enabled=False, registry=registry
-    )
-
-
-def configure_telemetry(settings: Settings) -> Telemetry:
-    """Set the global tracer, meter and logging configuration from settings."""
-    replica = os.environ.get("CONTAINER_APP_REPLICA_NAME", f"{socket.gethostname()}-{os.getpid()}")
-    resource = Resource.create({"service.name": f"eventflow-{SERVICE}",
-                                "service.instance.id": replica})  # fmt: skip
-    configure_logging(settings.log_level, settings.log_format, replica)
-    azure_settings.tracing_implementation = "opentelemetry"
-    registry = CollectorRegistry()
-    if settings.applicationinsights_connection_string:
-        shutdown = _azure_monitor(settings, resource, _prometheus(registry))
-        return Telemetry(metrics.get_meter(f"eventflow_{SERVICE}"), registry, shutdown)
-    otlp = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
-    # Spans that no exporter takes are not recorded: their ids still travel and reach the logs.
-    ratio = settings.trace_sampling_ratio if otlp or settings.trace_dir else 0.0
-    tracer = TracerProvider(resource=resource, sampler=ParentBased(EventTraces(ratio)))
-    readers = _otlp(tracer, resource) if otlp else []
-    if settings.trace_dir is not None:
-        tracer.add_span_processor(_span_file(settings.trace_dir, replica))
-    trace.set_tracer_provider(tracer)
-    meter = MeterProvider(resource=resource, metric_readers=[_prometheus(registry), *readers])
-    metrics.set_meter_provider(meter)
-
-    def stop() -> None:
-        tracer.shutdown()
-        meter.shutdown()
-
-    return Telemetry(meter.get_meter(f"eventflow_{SERVICE}"), registry, stop)
-
-
-def _azure_monitor(
-    settings: Settings, resource: Resource, prometheus: PrometheusMetricReader
-) -> Callable[[], None]:
-    from azure.identity import DefaultAzureCredential  # noqa: PLC0415
-    from azure.monitor.opentelemetry import configure_azure_monitor  # noqa: PLC0415
-
-    configure_azure_monitor(
-        connection_string=settings.applicationinsights_connection_string,
-        credential=DefaultAzureCredential(), resource=resource,
-        sampling_ratio=settings.trace_sampling_ratio, enable_live_metrics=False,
-        metric_readers=[prometheus],
-        # The producer instruments its own app (probes and ASGI send/receive spans left out).
-        instrumentation_options={"fastapi": {"enabled": False}},
-    )  # fmt: skip
-
-    def shutdown() -> None:
-        for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
-            stop: Any = getattr(provider, "shutdown", None)
-            if stop is not None:
-                stop()
-
-    return shutdown
-
-
-def _otlp(tracer: TracerProvider, resource: Resource) -> list[Any]:
-    """Spans, logs and metrics over OTLP (endpoint, headers, protocol from OTEL_* variables)."""
-    from opentelemetry._logs import set_logger_provider  # noqa: PLC0415
-    from opentelemetry.exporter.otlp.proto.http import _log_exporter, metric_exporter  # noqa: PLC0415
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
-    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler  # noqa: PLC0415
-    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor  # noqa: PLC0415
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader  # noqa: PLC0415
-
-    tracer.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    logs = LoggerProvider(resource=resource)
-    logs.add_log_record_processor(BatchLogRecordProcessor(_log_exporter.OTLPLogExporter()))
-    set_logger_provider(logs)
-    logging.getLogger().addHandler(LoggingHandler(logger_provider=logs))
-    return [PeriodicExportingMetricReader(metric_exporter.OTLPMetricExporter())]
-
-
-def _span_file(folder: Path, replica: str) -> BatchSpanProcessor:
-    """Finished spans as JSON lines, one file per process (readers: `make trace`, the e2e test)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = (folder / f"{SERVICE}-{replica}.jsonl").open("a", encoding="utf-8")
-    service = f"eventflow-{SERVICE}"
-
-    def line(span: ReadableSpan) -> str:
-        context, parent = span.get_span_context(), span.parent
-        assert context is not None
-        return orjson.dumps({
-            "name": span.name, "service": service, "kind": span.kind.name,
-            "trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}",
-            "parent_id": f"{parent.span_id:016x}" if parent else None,
-            "start_ns": span.start_time, "end_ns": span.end_time, "status": span.status.status_code.name,
-            "attributes": dict(span.attributes or {}),
-            "links": [[f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}"] for link in span.links],
-        }).decode() + "\n"  # fmt: skip
-
-    exporter = ConsoleSpanExporter(out=out, formatter=line)
-    # A queue deep enough for a burst of pages between two writes (the SDK's 2048 drops spans,
-    # with a warning, at a few thousand events per second).
-    return BatchSpanProcessor(
-        exporter, schedule_delay_millis=FILE_EXPORT_DELAY_MS, max_queue_size=65536
-    )
-
-
-class EventTraces(Sampler):
-    """Which new traces to record: requests, per-event spans and batches linked to events, at
-    `ratio`. A root span of another kind without links is an SDK's background call (change feed
-    polls, lease renewals, settlements): not recorded, nor its children."""
-
-    def __init__(self, ratio: float) -> None:
-        self._ratio = TraceIdRatioBased(ratio)
-
-    def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
-                      kind: SpanKind | None = None, attributes: Attributes = None,
-                      links: Sequence[Link] | None = None, trace_state: TraceState | None = None,
-                      ) -> SamplingResult:  # fmt: skip
-        if kind in (SpanKind.SERVER, SpanKind.PRODUCER, SpanKind.CONSUMER) or links:
-            return self._ratio.should_sample(
-                parent_context, trace_id, name, kind, attributes, links, trace_state
-            )
-        return SamplingResult(Decision.DROP)
-
-    def get_description(self) -> str:
-        return f"EventTraces{{{self._ratio.get_description()}}}"
-
-
-def _trace_ids(_: Any, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
-    context = trace.get_current_span().get_span_context()
-    if context.is_valid:
-        event["trace_id"] = format(context.trace_id, "032x")
-        event["span_id"] = format(context.span_id, "016x")
-    return event
-
-
-def configure_logging(level: str, log_format: str = "json", replica: str = "") -> None:
-    """Route structlog and the standard library to stdout: JSON lines, or the console renderer
-    (`console`, or `auto` on a terminal)."""
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _trace_ids,
-    ]
-    console = log_format == "console" or (log_format == "auto" and sys.stdout.isatty())
-    renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer()
-        if console
-        else structlog.processors.JSONRenderer(serializer=lambda v, **_: orjson.dumps(v).decode())
-    )
-    structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info,
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
-        cache_logger_on_first_use=True,
-    )  # fmt: skip
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    *([] if console else [structlog.processors.format_exc_info]), renderer],
-    )  # fmt: skip
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("azure").setLevel(logging.WARNING)
-    structlog.contextvars.bind_contextvars(service=SERVICE, replica=replica or str(os.getpid()))
+    return shared.metrics_only(METER)

@@ -1,4 +1,4 @@
-"""The telemetry module's own parts: which traces are recorded, the span file, log lines that carry
+"""The services' one telemetry setup (eventflow_contracts.telemetry), its own parts: which traces are recorded, the span file, log lines that carry
 the trace. Spans come from a real SDK tracer provider (not the global one)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased
 from opentelemetry.trace import Link, SpanKind
 
-from eventflow_publisher.telemetry import EventTraces, _span_file, configure_logging
+from eventflow_contracts.telemetry import EventTraces, configure_logging, span_file
 
 
 def _recorded(provider: TracerProvider, kind: SpanKind, *, linked: bool = False) -> bool:
@@ -48,7 +48,7 @@ def test_requests_event_spans_and_linked_batches_are_traced_background_calls_are
 
 def test_the_span_file_has_one_line_per_finished_span(tmp_path: Path) -> None:
     provider = TracerProvider()
-    processor = _span_file(tmp_path, "r1")
+    processor = span_file("publisher", tmp_path, "r1")
     provider.add_span_processor(processor)
     tracer = provider.get_tracer("test")
     with (
@@ -78,7 +78,7 @@ def restore_logging() -> object:
 def test_log_lines_inside_a_span_carry_its_ids(
     capsys: pytest.CaptureFixture[str], restore_logging: object
 ) -> None:
-    configure_logging("INFO", "json", "r1")
+    configure_logging("publisher", "INFO", "json", "r1")
     provider = TracerProvider()
     log = structlog.get_logger("test")
     with provider.get_tracer("test").start_as_current_span("work") as span:
@@ -97,7 +97,7 @@ def test_log_lines_inside_a_span_carry_its_ids(
 def test_the_console_renderer_on_request(
     capsys: pytest.CaptureFixture[str], restore_logging: object
 ) -> None:
-    configure_logging("INFO", "console", "r1")
+    configure_logging("publisher", "INFO", "console", "r1")
     structlog.get_logger("test").info("readable", order_id="o1")
     out = capsys.readouterr().out
     assert "readable" in out
@@ -110,11 +110,12 @@ import os
 import sys
 from opentelemetry import metrics, trace
 from prometheus_client import generate_latest
-from eventflow_publisher.settings import Settings
-from eventflow_publisher.telemetry import configure_telemetry
+from types import SimpleNamespace
+from eventflow_contracts.telemetry import configure_telemetry
 
-settings = Settings(mode="local", APPLICATIONINSIGHTS_CONNECTION_STRING=sys.argv[1])
-telemetry = configure_telemetry(settings)
+settings = SimpleNamespace(log_level="INFO", log_format="json", trace_dir=None, trace_sampling_ratio=1.0,
+                           applicationinsights_connection_string=sys.argv[1])
+telemetry = configure_telemetry("publisher", settings, "eventflow_publisher")
 telemetry.meter.create_counter("eventflow_publisher_check").add(2)
 with trace.get_tracer("check").start_as_current_span("span") as span:
     assert span.is_recording(), "the distro records spans"

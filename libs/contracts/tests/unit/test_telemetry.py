@@ -144,3 +144,55 @@ def test_with_a_connection_string_the_azure_monitor_distro_takes_the_settings(
                             capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "configured" in result.stdout
+
+
+CONFIGURED_CHECK = """
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import structlog
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from prometheus_client import generate_latest
+
+from eventflow_contracts.telemetry import configure_telemetry
+
+settings = SimpleNamespace(log_level="INFO", log_format="json", trace_dir=Path(sys.argv[1]),
+                           trace_sampling_ratio=1.0, applicationinsights_connection_string=None)
+telemetry = configure_telemetry("publisher", settings, "eventflow_publisher")
+telemetry.meter.create_counter("eventflow_publisher_check").add(3)
+with trace.get_tracer("check").start_as_current_span("send orders", kind=SpanKind.PRODUCER):
+    structlog.get_logger("check").info("inside")
+assert b"eventflow_publisher_check_total 3.0" in generate_latest(telemetry.registry)
+telemetry.shutdown()
+"""
+
+
+@pytest.mark.parametrize("otlp", [False, True], ids=["span-files", "span-files-and-otlp"])
+def test_configured_the_service_writes_its_spans_and_logs_them_with_their_ids(
+    tmp_path: Path, otlp: bool
+) -> None:
+    """A process configured as a service: its span lands in the span file, its log line carries
+    the span's ids. With an OTLP endpoint set (a closed local port: nothing leaves the machine) the
+    exporters are added beside the file and a failed export does not break the process."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APPLICATIONINSIGHTS_"))
+    }
+    if otlp:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed}",
+                "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", CONFIGURED_CHECK, str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (path,) = tmp_path.glob("publisher-*.jsonl")
+    (span,) = (orjson.loads(line) for line in path.read_bytes().splitlines())
+    assert (span["name"], span["kind"], span["service"]) == (
+        "send orders", "PRODUCER", "eventflow-publisher",
+    )  # fmt: skip
+    (line,) = (json.loads(text) for text in result.stdout.splitlines() if '"inside"' in text)
+    assert (line["trace_id"], line["span_id"]) == (span["trace_id"], span["span_id"])
+    assert line["service"] == "publisher"

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 import structlog
@@ -43,9 +43,29 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util.types import Attributes
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, Field
 
 FILE_EXPORT_DELAY_MS = 200
 """Spans reach the trace files this soon; a SIGKILLed process loses at most this much."""
+
+
+class TelemetryFields(BaseModel):
+    """The settings every service reads for its logs and telemetry; a service's settings class
+    inherits them (under its own environment prefix, e.g. PUBLISHER_TRACE_DIR)."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: the console renderer on a terminal, JSON lines otherwise"
+    )
+    trace_dir: Path | None = Field(
+        default=None, description="write finished spans as JSON lines here (make dev, make trace)"
+    )
+    trace_sampling_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    applicationinsights_connection_string: str | None = Field(
+        default=None,
+        validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING",
+        description="Azure Monitor; not a secret: the component takes no keys (Entra ID only)",
+    )
 
 
 class TelemetrySettings(Protocol):

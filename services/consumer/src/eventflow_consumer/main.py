@@ -18,10 +18,10 @@ from pydantic import ValidationError
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump
 from eventflow_consumer.bootstrap import Resources, open_resources
 from eventflow_consumer.handling import InboxHandler
-from eventflow_consumer.observability import ConsumerMetrics, http_app
+from eventflow_consumer.observability import METER, SERVICE, ConsumerMetrics, http_app
 from eventflow_consumer.sessions import PoisonPolicy, SessionWorker, WorkerSettings
 from eventflow_consumer.settings import Settings
-from eventflow_consumer.telemetry import Telemetry, configure_telemetry
+from eventflow_contracts.telemetry import Telemetry, configure_telemetry
 
 LOG = structlog.get_logger("eventflow_consumer")
 T = TypeVar("T")
@@ -121,7 +121,7 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
 
 def main() -> None:
     settings = load_settings()
-    telemetry = configure_telemetry(settings)
+    telemetry = configure_telemetry(SERVICE, settings, METER)
     try:
         asyncio.run(run(settings, telemetry))
     finally:

@@ -17,16 +17,19 @@ from pydantic import TypeAdapter, ValidationError
 from eventflow_consumer.handling import Decision
 from eventflow_consumer.ports import TransientStoreError
 from eventflow_consumer.sessions import ConsumerObserver
-from eventflow_consumer.telemetry import Telemetry, metrics_only
+from eventflow_contracts.telemetry import Telemetry, metrics_only
 from eventflow_contracts.values import OrderId
 
 PROBLEM = "application/problem+json"
 _ORDER_ID: TypeAdapter[str] = TypeAdapter(OrderId)
 
 
+SERVICE, METER = "consumer", "eventflow_consumer"  # the names its spans, logs and instruments carry
+
+
 class ConsumerMetrics(ConsumerObserver):
     def __init__(self, telemetry: Telemetry | None = None) -> None:
-        telemetry = telemetry or metrics_only()
+        telemetry = telemetry or metrics_only(METER)
         self.registry = telemetry.registry
         meter = telemetry.meter
         self._handled = meter.create_counter(

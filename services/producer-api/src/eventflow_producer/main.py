@@ -6,6 +6,7 @@ naming them, exit 2."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import sys
 from types import FrameType
@@ -16,10 +17,10 @@ from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from pydantic import ValidationError
 
+from eventflow_contracts.telemetry import Telemetry, configure_telemetry
 from eventflow_producer.api import create_app
 from eventflow_producer.bootstrap import open_store
 from eventflow_producer.settings import Settings
-from eventflow_producer.telemetry import configure_telemetry
 
 LOG = structlog.get_logger("eventflow_producer")
 
@@ -70,16 +71,23 @@ def instrumented_app(settings: Settings) -> FastAPI:
     return app
 
 
+def telemetry_of(settings: Settings) -> Telemetry:
+    """The project's one OpenTelemetry and logging setup, under this service's name."""
+    telemetry = configure_telemetry("producer-api", settings, "eventflow_producer")
+    logging.getLogger("uvicorn.access").disabled = True  # requests are logged by our middleware
+    return telemetry
+
+
 def create_default_app() -> FastAPI:
     """The app from the environment's settings (for `uvicorn --factory`)."""
     settings = Settings()
-    configure_telemetry(settings)
+    telemetry_of(settings)
     return instrumented_app(settings)
 
 
 def main() -> None:
     settings = load_settings()
-    telemetry = configure_telemetry(settings)
+    telemetry = telemetry_of(settings)
     app = instrumented_app(settings)
     server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                                    access_log=False, timeout_graceful_shutdown=20))  # fmt: skip

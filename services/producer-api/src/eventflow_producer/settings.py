@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eventflow_contracts.telemetry import TelemetryFields
 
 DAY = 24 * 3600
 
@@ -18,7 +19,7 @@ EMULATOR_KEY = (
 LOCAL_COSMOS_ENDPOINT = "http://127.0.0.1:8081/"
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, TelemetryFields):
     """`mode` picks the backends: `local` (the project's emulators on this machine, endpoints and
     keys by default), `emulator` (an emulator named by endpoint and key: compose, the official
     one) or `azure` (managed identity, no keys). The SDK code path is the same for all three."""
@@ -47,19 +48,6 @@ class Settings(BaseSettings):
     event_source: str = "/eventflow/producer-api"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["auto", "json", "console"] = Field(
-        default="auto", description="auto: the console renderer on a terminal, JSON lines otherwise"
-    )
-    trace_dir: Path | None = Field(
-        default=None, description="write finished spans as JSON lines here (make dev, make trace)"
-    )
-    trace_sampling_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
-    applicationinsights_connection_string: str | None = Field(
-        default=None,
-        validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING",
-        description="Azure Monitor; not a secret: the component takes no keys (Entra ID only)",
-    )
 
     @model_validator(mode="after")
     def _backend_settings_fit_the_mode(self) -> Self:

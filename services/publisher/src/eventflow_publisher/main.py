@@ -16,15 +16,15 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from eventflow_contracts.telemetry import Telemetry, configure_telemetry
 from eventflow_publisher.adapters.eventhubs_sender import EventHubsSender
 from eventflow_publisher.bootstrap import Resources, open_resources
 from eventflow_publisher.changefeed import ChangeFeedProcessor, ProcessorOptions
 from eventflow_publisher.deriving import ENTITY_FIRST, OUTBOX
-from eventflow_publisher.observability import PublisherMetrics, health_app
+from eventflow_publisher.observability import METER, SERVICE, PublisherMetrics, health_app
 from eventflow_publisher.publishing import EventPublisher, SendHealth
 from eventflow_publisher.readmodel import ReadModelMaintainer
 from eventflow_publisher.settings import Settings
-from eventflow_publisher.telemetry import Telemetry, configure_telemetry
 
 LOG = structlog.get_logger("eventflow_publisher")
 T = TypeVar("T")
@@ -154,7 +154,7 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
 
 def main() -> None:
     settings = load_settings()
-    telemetry = configure_telemetry(settings)
+    telemetry = configure_telemetry(SERVICE, settings, METER)
     try:
         asyncio.run(run(settings, telemetry))
     finally:

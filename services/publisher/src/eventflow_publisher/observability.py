@@ -10,9 +10,9 @@ from aiohttp import web
 from opentelemetry.metrics import CallbackOptions, Observation
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from eventflow_contracts.telemetry import Telemetry, metrics_only
 from eventflow_publisher.changefeed.processor import LeaseStatus, ProcessorObserver
 from eventflow_publisher.publishing import PublisherObserver
-from eventflow_publisher.telemetry import Telemetry, metrics_only
 
 PER_LEASE = {
     "eventflow_publisher_estimated_lag": "changes waiting per lease (LSN steps)",
@@ -23,12 +23,18 @@ PER_LEASE = {
 }  # fmt: skip
 
 
+SERVICE, METER = (
+    "publisher",
+    "eventflow_publisher",
+)  # the names its spans, logs and instruments carry
+
+
 class PublisherMetrics(ProcessorObserver, PublisherObserver):
     """Every count the publisher reports. Per-lease figures are observed from the last status of
     each owned lease, so a released lease's figures are gone from the next collection."""
 
     def __init__(self, telemetry: Telemetry | None = None) -> None:
-        telemetry = telemetry or metrics_only()
+        telemetry = telemetry or metrics_only(METER)
         self.registry = telemetry.registry
         meter = telemetry.meter
         self._owned = 0

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import AwareDatetime, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eventflow_contracts.telemetry import TelemetryFields
 
 # The Cosmos DB emulators' published well-known key (the official emulator's and this project's):
 # not a secret; it only ever opens a local emulator.
@@ -26,7 +27,7 @@ def _instance_name() -> str:
     return os.environ.get("CONTAINER_APP_REPLICA_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, TelemetryFields):
     model_config = SettingsConfigDict(env_prefix="PUBLISHER_", extra="ignore")
 
     mode: Literal["local", "emulator", "azure"] = "local"
@@ -89,19 +90,6 @@ class Settings(BaseSettings):
 
     health_host: str = "127.0.0.1"
     health_port: int = Field(default=8001, ge=0, le=65535)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["auto", "json", "console"] = Field(
-        default="auto", description="auto: the console renderer on a terminal, JSON lines otherwise"
-    )
-    trace_dir: Path | None = Field(
-        default=None, description="write finished spans as JSON lines here (make dev, make trace)"
-    )
-    trace_sampling_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
-    applicationinsights_connection_string: str | None = Field(
-        default=None,
-        validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING",
-        description="Azure Monitor; not a secret: the component takes no keys (Entra ID only)",
-    )
 
     @model_validator(mode="after")
     def _backend_settings_fit_the_mode(self) -> Self:

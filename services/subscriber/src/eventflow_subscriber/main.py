@@ -16,13 +16,13 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from eventflow_contracts.telemetry import Telemetry, configure_telemetry
 from eventflow_subscriber.adapters.eventhubs_reader import Subscription
 from eventflow_subscriber.adapters.servicebus_inbox import ServiceBusInbox
 from eventflow_subscriber.bootstrap import open_clients
 from eventflow_subscriber.forwarding import Forwarder
-from eventflow_subscriber.observability import SubscriberMetrics, health_app
+from eventflow_subscriber.observability import METER, SERVICE, SubscriberMetrics, health_app
 from eventflow_subscriber.settings import Settings
-from eventflow_subscriber.telemetry import Telemetry, configure_telemetry
 
 LOG = structlog.get_logger("eventflow_subscriber")
 T = TypeVar("T")
@@ -105,7 +105,7 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
 
 def main() -> None:
     settings = load_settings()
-    telemetry = configure_telemetry(settings)
+    telemetry = configure_telemetry(SERVICE, settings, METER)
     try:
         asyncio.run(run(settings, telemetry))
     finally:

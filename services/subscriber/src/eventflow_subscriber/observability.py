@@ -10,13 +10,18 @@ from aiohttp import web
 from opentelemetry.metrics import CallbackOptions, Observation
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from eventflow_contracts.telemetry import Telemetry, metrics_only
 from eventflow_subscriber.forwarding import ForwarderObserver
-from eventflow_subscriber.telemetry import Telemetry, metrics_only
+
+SERVICE, METER = (
+    "subscriber",
+    "eventflow_subscriber",
+)  # the names its spans, logs and instruments carry
 
 
 class SubscriberMetrics(ForwarderObserver):
     def __init__(self, telemetry: Telemetry | None = None) -> None:
-        telemetry = telemetry or metrics_only()
+        telemetry = telemetry or metrics_only(METER)
         self.registry = telemetry.registry
         meter = telemetry.meter
         self._received = meter.create_counter(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from eventflow_contracts.telemetry import TelemetryFields
 from eventflow_subscriber.routing import type_names
 
 # What the consumer's order-summary projection applies: without any one of them its orders would
@@ -33,7 +33,7 @@ LOCAL_STORAGE = (  # Azurite's published development account
 )
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, TelemetryFields):
     model_config = SettingsConfigDict(env_prefix="SUBSCRIBER_", extra="ignore")
 
     mode: Literal["local", "emulator", "azure"] = "local"
@@ -76,19 +76,6 @@ class Settings(BaseSettings):
 
     health_host: str = "127.0.0.1"
     health_port: int = Field(default=8002, ge=0, le=65535)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["auto", "json", "console"] = Field(
-        default="auto", description="auto: the console renderer on a terminal, JSON lines otherwise"
-    )
-    trace_dir: Path | None = Field(
-        default=None, description="write finished spans as JSON lines here (make dev, make trace)"
-    )
-    trace_sampling_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
-    applicationinsights_connection_string: str | None = Field(
-        default=None,
-        validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING",
-        description="Azure Monitor; not a secret: the component takes no keys (Entra ID only)",
-    )
 
     @field_validator("subscribed_types", "required_types", mode="before")
     @classmethod

@@ -101,7 +101,9 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
         running = asyncio.create_task(pump.run())
         runner = web.AppRunner(
             http_app(
-                metrics, resources.store.get, lambda: not running.done() and worker.health.available
+                metrics,
+                resources.store.get,
+                lambda: not running.done() and worker.health.available and pump.connected,
             ),
             access_log=None,
         )

@@ -49,6 +49,7 @@ START_OF_STREAM = (
 # The SDK treats a claim as expired after six load-balancing intervals without a renewal.
 CLAIM_EXPIRY_INTERVALS = 6
 READ_WAIT_SECONDS = 5.0
+READ_TIMEOUT_SECONDS = 60.0
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -72,6 +73,10 @@ def point_in_time(text: str) -> datetime | None:
     if moment > datetime.now(UTC):
         raise argparse.ArgumentTypeError(f"{text!r} is in the future: nothing to replay")
     return moment
+
+
+class HubReadTimeout(Exception):
+    """An event the partition holds could not be read in time."""
 
 
 @dataclass(frozen=True)
@@ -112,16 +117,16 @@ class Hub:
             and now - float(c.get("last_modified_time") or 0) < self.claim_expiry_seconds
         }
 
-    async def first_event(
-        self, partition: str, position: datetime | int, *, inclusive: bool
-    ) -> Any | None:
-        """The first event at `position` (an enqueued time: at or after it; a sequence number),
-        or None when the partition holds none there."""
-        found: asyncio.Future[Any | None] = asyncio.get_running_loop().create_future()
+    async def first_event(self, partition: str, position: datetime | int) -> Any:
+        """The first event at `position` (an enqueued time: at or after it; a sequence number: that
+        event, or the oldest retained when it has left the retention). The caller knows one is
+        there (from the partition's properties): an empty answer is a slow link, not a no, so
+        this waits for an event. Raises HubReadTimeout."""
+        found: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         async def on_batch(_context: Any, events: list[Any]) -> None:
-            if not found.done():
-                found.set_result(events[0] if events else None)
+            if events and not found.done():
+                found.set_result(events[0])
 
         async def on_error(_context: Any, error: Exception) -> None:
             if not found.done():
@@ -130,12 +135,17 @@ class Hub:
         reader = self.new_client()
         reading = reader.receive_batch(
             on_batch, partition_id=partition, starting_position=position,
-            starting_position_inclusive=inclusive, max_batch_size=1,
+            starting_position_inclusive=True, max_batch_size=1,
             max_wait_time=READ_WAIT_SECONDS, on_error=on_error,
         )  # fmt: skip
         receiving = asyncio.create_task(reading)
         try:
-            return await asyncio.wait_for(asyncio.shield(found), READ_WAIT_SECONDS * 4)
+            return await asyncio.wait_for(asyncio.shield(found), READ_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise HubReadTimeout(
+                f"partition {partition}: no event read at {position} within {READ_TIMEOUT_SECONDS:.0f}s "
+                "although the partition's properties show one; nothing was written"
+            ) from None
         finally:
             await reader.close()
             receiving.cancel()  # receive_batch does not always return after close
@@ -180,13 +190,15 @@ async def _target(hub: Hub, partition: str, to: datetime | None) -> tuple[Any, A
     if properties["is_empty"] or (to is not None and properties["last_enqueued_time_utc"] < to):
         return None
     oldest = int(properties["beginning_sequence_number"])
-    first = await hub.first_event(partition, to if to is not None else oldest, inclusive=True)
-    if first is None:
-        return None
+    first = await hub.first_event(partition, to if to is not None else oldest)
     sequence = int(first.sequence_number)
     before = None
     if sequence > oldest:
-        before = await hub.first_event(partition, sequence - 1, inclusive=True)
+        before = await hub.first_event(partition, sequence - 1)
+        if int(before.sequence_number) != sequence - 1:
+            before = (
+                None  # it left the retention meanwhile: the replay starts at the oldest retained
+            )
     return first, before
 
 
@@ -204,7 +216,7 @@ async def rewind(
             f"rewound checkpoint), or pass --force for claims a killed process left behind\n"
         )
         return 2
-    if claimed and hub.reader_group == hub.group:
+    if claimed and not force and hub.reader_group == hub.group:
         sys.stderr.write(
             f"eventflow-subscriber-admin: partitions {', '.join(claimed)} are being read by running "
             f"subscribers, whose exclusive receivers keep other readers out of consumer group "
@@ -296,7 +308,7 @@ async def run(arguments: argparse.Namespace, settings: Settings) -> int:
         except ValueError as error:
             sys.stderr.write(f"eventflow-subscriber-admin: {error}\n")
             return 2
-        except EventHubError as error:
+        except (EventHubError, HubReadTimeout) as error:
             sys.stderr.write(f"eventflow-subscriber-admin: could not read the hub: {error}\n")
             return 1
 

@@ -26,6 +26,8 @@ from eventflow_consumer.sessions import BATCH, LetGo, SessionFailed, SessionWork
 LOG = structlog.get_logger("eventflow_consumer.sessions")
 PEEK_PAGE = 100
 FAILED_SESSION_PAUSE_SECONDS = 1.0
+UNREADY_AFTER_FAILED_OPENS = 3  # receivers that did not open in time, in a row: unready
+RENEW_TIMEOUT_SECONDS = 10.0
 # Room within a next-session accept for the connection, the CBS handshake and the link: the SDK
 # polls each handshake step every 0.05 s, about 0.5 s in all (docs/performance.md).
 ACCEPT_MARGIN_SECONDS = 1.0
@@ -73,7 +75,9 @@ class ServiceBusSessionChannel:
         await self._call(self._receiver.session.set_state, state)
 
     async def renew_lock(self) -> None:
-        await self._call(self._receiver.session.renew_lock)
+        # Bounded: a renewal holds the receiver's turn, and settlements queue behind it; the SDK's
+        # default would wait up to the broker's 60 s, past the lock it is meant to keep.
+        await self._call(self._receiver.session.renew_lock, timeout=RENEW_TIMEOUT_SECONDS)
 
     async def receive(self, max_count: int, wait: float) -> list[Inbound]:
         if self._first:
@@ -156,6 +160,14 @@ class QuietEmptyAcceptCleanup(logging.Filter):
             logger.addFilter(cls())
 
 
+def _link_never_opened(error: OperationTimeoutError) -> bool:
+    """The SDK's own deadline ran out before the receiver's link was up (its messages: "Timed out
+    waiting for the AMQP link to open.", "No time left for the operation after acquiring the AMQP
+    link."), as against the broker answering that no session is available."""
+    text = str(error)
+    return "AMQP link" in text
+
+
 class SessionPump:
     """Up to `concurrency` sessions held at once, each by one slot, with every free slot accepting
     the next session while the others handle theirs.
@@ -201,6 +213,12 @@ class SessionPump:
         self.accepting = 0
         self.accepts = 0
         self.empty_accepts = 0
+        self.failed_opens_in_a_row = 0
+
+    @property
+    def connected(self) -> bool:
+        """False once receivers have failed to open several times in a row (unready)."""
+        return self.failed_opens_in_a_row < UNREADY_AFTER_FAILED_OPENS
 
     async def run(self) -> None:
         QuietEmptyAcceptCleanup.install()
@@ -221,6 +239,7 @@ class SessionPump:
             looking = not found  # this slot found nothing last time: look only if no one else does
             if looking and self._looking:
                 await self._until_woken()
+                found = True  # woken by an accepted session: accept beside it (or stopping)
                 continue
             self._looking = self._looking or looking
             try:
@@ -269,10 +288,18 @@ class SessionPump:
             first = await receiver.receive_messages(
                 max_message_count=BATCH, max_wait_time=self._accept_wait
             )
-        except OperationTimeoutError:
-            self.empty_accepts += 1
+        except OperationTimeoutError as error:
             self._close_later(receiver)
-            return None  # no session with messages right now
+            if not _link_never_opened(error):
+                self.empty_accepts += 1
+                self.failed_opens_in_a_row = 0
+                return None  # the broker's answer: no session with messages right now
+            # The SDK's own deadline: the connection, its token or the link did not come up in
+            # the accept's budget (network, TLS, identity). Not an idle queue: said, and counted.
+            self.failed_opens_in_a_row += 1
+            LOG.warning("could not open a session receiver in time; retrying", slot=slot,
+                        in_a_row=self.failed_opens_in_a_row, error=str(error))  # fmt: skip
+            first = None
         except Exception as error:  # noqa: BLE001 - any failure to accept: retry after a pause
             LOG.warning("could not accept a session; retrying", slot=slot, error=repr(error))
             self._close_later(receiver)
@@ -283,6 +310,7 @@ class SessionPump:
             await self._pause()
             return None
         self.accepts += 1
+        self.failed_opens_in_a_row = 0
         return receiver, first
 
     def _close_later(self, receiver: Any) -> None:
@@ -328,10 +356,15 @@ class SessionPump:
             log.exception("session failed unexpectedly; released")
         finally:
             renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await renewing
-            self.active_sessions -= 1
-            self._close_later(receiver)
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # the renewal's own failure must not skip the release
+                log.exception("session lock renewal failed unexpectedly")
+            finally:
+                self.active_sessions -= 1
+                self._close_later(receiver)
         return healthy
 
     async def _pause(self) -> None:

@@ -82,7 +82,9 @@ class EventHubsSender:
                 data = event_data(outgoing)
                 span = _event_span(outgoing, hub, partition_id)
                 try:
-                    with trace.use_span(span):
+                    with trace.use_span(
+                        span, record_exception=False, set_status_on_exception=False
+                    ):
                         batch.add(data)
                     in_batch.append(span)
                     continue
@@ -97,7 +99,9 @@ class EventHubsSender:
                 accepted = index
                 batch = await self._producer.create_batch(partition_id=partition_id)
                 try:
-                    with trace.use_span(span):
+                    with trace.use_span(
+                        span, record_exception=False, set_status_on_exception=False
+                    ):
                         batch.add(data)
                     in_batch.append(span)
                 except ValueError as error:

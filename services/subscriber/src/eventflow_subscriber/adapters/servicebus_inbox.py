@@ -82,7 +82,9 @@ class ServiceBusInbox:
                 outgoing = service_bus_message(message)
                 span = _message_span(message, queue)
                 try:
-                    with trace.use_span(span):
+                    with trace.use_span(
+                        span, record_exception=False, set_status_on_exception=False
+                    ):
                         batch.add_message(outgoing)
                     in_batch.append(span)
                     continue
@@ -96,7 +98,9 @@ class ServiceBusInbox:
                 sizes.append(len(batch))
                 batch = await self._fresh_batch()
                 try:
-                    with trace.use_span(span):
+                    with trace.use_span(
+                        span, record_exception=False, set_status_on_exception=False
+                    ):
                         batch.add_message(outgoing)
                     in_batch.append(span)
                 except MessageSizeExceededError as error:

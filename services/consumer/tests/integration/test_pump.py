@@ -139,6 +139,9 @@ async def test_an_empty_queue_costs_one_bounded_accept_at_a_time_and_stops_promp
         stopping = time.monotonic()
     stopped = time.monotonic() - stopping
     assert max(in_flight) <= 1  # one slot looks while the queue is empty; the others wait
+    # The broker's "no session" answers are told apart from receivers that never opened.
+    assert pump.failed_opens_in_a_row == 0
+    assert pump.connected
     assert stopped < ACCEPT_WAIT + 2.0
     # Each empty accept would otherwise log the SDK's cleanup warning, with a traceback.
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -360,3 +360,18 @@ def test_the_largest_state_fits_the_standard_tier() -> None:
     numbers = [2**62 + n for n in range(2000)]  # the setting allows at most 2000
     state = SessionState(2**40, True, "x" * 500, numbers, dict.fromkeys(numbers, 2**40))
     assert len(state.to_bytes()) < 256 * 1024
+
+
+def test_a_receiver_that_never_opened_is_told_apart_from_an_empty_queue() -> None:
+    from azure.servicebus.exceptions import OperationTimeoutError  # noqa: PLC0415
+
+    from eventflow_consumer.adapters.servicebus_sessions import _link_never_opened  # noqa: PLC0415
+
+    # The SDK's own deadlines (azure/servicebus/_common/utils.py, aio/_async_utils.py):
+    for message in ("Timed out waiting for the AMQP link to open.",
+                    "No time left for the operation after acquiring the AMQP link."):  # fmt: skip
+        assert _link_never_opened(OperationTimeoutError(message=message))
+    # The broker's answer when no session is available (com.microsoft:timeout on the link):
+    assert not _link_never_opened(
+        OperationTimeoutError(message="Timeout: no session available (com.microsoft:timeout)")
+    )

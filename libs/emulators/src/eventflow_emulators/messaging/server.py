@@ -45,6 +45,7 @@ class Options:
     data: Path
     key_name: str
     key: str
+    shutdown_delay: float = 0.0
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -60,9 +61,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--data", type=Path, default=Path(".local/messaging"))
     parser.add_argument("--key-name", default=DEFAULT_KEY_NAME)
     parser.add_argument("--key", default=DEFAULT_KEY)
+    parser.add_argument("--shutdown-delay", type=float, default=0.0,
+                        help="seconds to keep serving after SIGTERM/SIGINT (default 0)")  # fmt: skip
     args = parser.parse_args(argv)
     return Options(args.host, args.port, args.admin_port, args.eventhubs_config,
-                   args.servicebus_config, args.data, args.key_name, args.key)  # fmt: skip
+                   args.servicebus_config, args.data, args.key_name, args.key,
+                   args.shutdown_delay)  # fmt: skip
 
 
 async def serve(options: Options, *, ready: asyncio.Event | None = None) -> None:
@@ -101,6 +105,9 @@ async def serve(options: Options, *, ready: asyncio.Event | None = None) -> None
     chores = asyncio.create_task(housekeeping())
     try:
         await stop.wait()
+        # Under one supervisor (make dev) every process gets the stop signal at once: serving a
+        # little longer lets the services settle, checkpoint and release partitions and sessions.
+        await asyncio.sleep(options.shutdown_delay)
     finally:
         chores.cancel()
         server.close()

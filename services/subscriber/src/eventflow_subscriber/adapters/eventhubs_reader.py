@@ -14,6 +14,7 @@ from eventflow_subscriber.forwarding import Forwarder
 from eventflow_subscriber.routing import HubEvent
 
 LOG = structlog.get_logger("eventflow_subscriber.hub")
+CLOSE_TIMEOUT_SECONDS = 3.0
 
 
 def hub_event(partition_id: str, event: Any) -> HubEvent:
@@ -91,4 +92,8 @@ class Subscription:
                 waited_s=wait_seconds,
             )
         LOG.info("draining done", waited_s=round(time.monotonic() - started, 3))
-        await self._consumer.close()
+        try:  # releases the partition claims: bounded, the claims expire on their own anyway
+            await asyncio.wait_for(self._consumer.close(), CLOSE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            LOG.warning("closing the hub client did not finish in time; the partition claims "
+                        "expire on their own", waited_s=CLOSE_TIMEOUT_SECONDS)  # fmt: skip

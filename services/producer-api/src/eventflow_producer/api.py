@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -26,7 +27,7 @@ from eventflow_contracts.values import (
 )
 from eventflow_producer.domain import Order, RuleBroken, add_item, cancel, submit
 from eventflow_producer.middleware import RequestContext, RequestGuard
-from eventflow_producer.ports import OrderStore, StoreUnavailableError
+from eventflow_producer.ports import OrderStore, StoreConfigurationError, StoreUnavailableError
 from eventflow_producer.problems import FieldProblem, component_schemas, described, problem
 from eventflow_producer.service import (
     CreateOrder,
@@ -44,6 +45,12 @@ from eventflow_producer.settings import Settings
 LOG = structlog.get_logger("eventflow_producer")
 ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 StoreFactory = Callable[[Settings], AbstractAsyncContextManager[OrderStore]]
+FatalHandler = Callable[[str], None]
+"""Told why the process must stop (a setup a retry cannot fix); it stops the server."""
+
+
+def _not_connected() -> StoreUnavailableError:
+    return StoreUnavailableError("the store is still connecting", retry_after_seconds=2.0)
 
 
 class LineIn(BaseModel):
@@ -99,7 +106,9 @@ class OrderOut(BaseModel):
 async def get_service(request: Request) -> OrderService:
     # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, which cost about
     # a tenth of the producer's CPU per request (benchmarks/producer.py).
-    service: OrderService = request.app.state.service
+    service: OrderService | None = request.app.state.service
+    if service is None:
+        raise _not_connected()
     return service
 
 
@@ -232,8 +241,11 @@ def routes(app: FastAPI) -> None:
 
     @app.get("/readyz", tags=["health"], responses=described(503))
     async def readyz(request: Request) -> dict[str, str]:
-        """The store answers."""
-        await request.app.state.store.check()
+        """The store answers (503 while it is still connecting or does not answer)."""
+        store: OrderStore | None = request.app.state.store
+        if store is None:
+            raise _not_connected()
+        await store.check()
         return {"status": "ready"}
 
 
@@ -334,19 +346,48 @@ DESCRIPTIONS = {  # by write pattern (docs/patterns.md)
 }
 
 
-def create_app(settings: Settings, open_store: StoreFactory) -> FastAPI:
-    """The ASGI app. `open_store` opens the store for the app's lifetime (the lifespan)."""
+def _log_fatal(reason: str) -> None:
+    LOG.error("cannot start", reason=reason)
+
+
+def create_app(
+    settings: Settings, open_store: StoreFactory, on_fatal: FatalHandler = _log_fatal
+) -> FastAPI:
+    """The ASGI app. `open_store` opens the store for the app's lifetime (the lifespan). The app
+    waits up to `settings.startup_wait_seconds` for it, then answers anyway while it keeps
+    connecting: liveness 200, readiness and every store route 503 until the store is open. A
+    StoreConfigurationError goes to `on_fatal`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_store(settings) as store:
-            app.state.store = store
-            app.state.service = OrderService(
-                store,
-                source=settings.event_source,
-                keeps_events=settings.write_pattern != "entity-first",
-            )
-            yield
+        app.state.store = app.state.service = None
+        async with AsyncExitStack() as stack:
+
+            async def connect() -> None:
+                store = await stack.enter_async_context(open_store(settings))
+                app.state.store = store
+                app.state.service = OrderService(
+                    store,
+                    source=settings.event_source,
+                    keeps_events=settings.write_pattern != "entity-first",
+                )
+
+            def settled(task: asyncio.Task[None]) -> None:
+                error = None if task.cancelled() else task.exception()
+                if isinstance(error, StoreConfigurationError):
+                    on_fatal(str(error))
+                elif error is not None:
+                    LOG.error("the store could not be opened", exc_info=error)
+                    on_fatal(f"the store could not be opened: {type(error).__name__}")
+
+            connecting = asyncio.create_task(connect(), name="open-store")
+            connecting.add_done_callback(settled)
+            await asyncio.wait({connecting}, timeout=settings.startup_wait_seconds)
+            try:
+                yield
+            finally:
+                connecting.cancel()
+                await asyncio.gather(connecting, return_exceptions=True)
 
     app = FastAPI(
         title="eventflow orders API", version="1.0.0", lifespan=lifespan,

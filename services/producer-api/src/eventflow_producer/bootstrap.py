@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import structlog
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
 from azure.cosmos import PartitionKey
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from eventflow_producer.adapters.cosmos_event_store import CosmosEventStore
-from eventflow_producer.adapters.cosmos_store import PARTITION_KEY_PATH, CosmosOrderStore
+from eventflow_producer.adapters.cosmos_store import (
+    PARTITION_KEY_PATH,
+    CosmosOrderStore,
+    unavailable_from,
+)
+from eventflow_producer.ports import StoreConfigurationError
 from eventflow_producer.settings import Settings
 
 LOG = structlog.get_logger("eventflow_producer.bootstrap")
-STARTUP_TIMEOUT_S = 120.0
+ATTEMPT_TIMEOUT_S = 15.0
+"""One connection attempt's bound: a stalled endpoint is an outage too, and the wait's log line
+must keep coming."""
+RETRY_MAX_WAIT_S = 10.0
 
 
 async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
@@ -49,40 +57,89 @@ async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
 
 
 async def _container(settings: Settings, client: Any) -> Any:
-    """The orders container, created (TTL on, no default expiry) where the service may create it.
-    Retries while the store is still starting (emulators in compose)."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    delay = 0.5
-    while True:
-        try:
-            if not settings.creates_containers:
-                container = client.get_database_client(settings.database).get_container_client(
-                    settings.orders_container
-                )
-                await container.read()
+    """The orders container, created (TTL on, no default expiry) where the service may create it."""
+    if not settings.creates_containers:
+        container = client.get_database_client(settings.database).get_container_client(
+            settings.orders_container
+        )
+        await container.read()
+        return container
+    database = await client.create_database_if_not_exists(settings.database)
+    return await database.create_container_if_not_exists(
+        id=settings.orders_container, partition_key=PartitionKey(path=PARTITION_KEY_PATH),
+        default_ttl=-1,
+    )  # fmt: skip
+
+
+def _setup_problem(settings: Settings, error: BaseException) -> StoreConfigurationError | None:
+    """What in the setup an error names (exit 2, a restart cannot help), or None when it is an
+    outage to wait out or something else to raise."""
+    if isinstance(error, ClientAuthenticationError):
+        return StoreConfigurationError(f"no credential for Cosmos DB: {error.message}")
+    if not isinstance(error, HttpResponseError):
+        return None
+    if error.status_code in (401, 403):
+        return StoreConfigurationError(
+            f"Cosmos DB refused this service ({error.status_code}): check "
+            + ("its role assignment" if settings.mode == "azure" else "PRODUCER_COSMOS_KEY")
+        )
+    if error.status_code == 404 and not settings.creates_containers:
+        return StoreConfigurationError(
+            f"Cosmos DB has no container {settings.database}/{settings.orders_container}, and this "
+            "service does not create it (PRODUCER_CREATE_CONTAINERS)"
+        )
+    return None
+
+
+def _is_outage(error: BaseException) -> bool:
+    return isinstance(error, TimeoutError) or (
+        isinstance(error, AzureError) and unavailable_from(error) is not None
+    )
+
+
+def _still_waiting(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    LOG.warning(
+        "still waiting for Cosmos DB", error=type(error).__name__,
+        attempts=state.attempt_number, retry_in_s=round(state.upcoming_sleep, 1),
+    )  # fmt: skip
+
+
+async def _connected(settings: Settings, stack: AsyncExitStack) -> Any:
+    """The orders container once Cosmos DB answers: waits out an outage (no connection, a stall
+    past ATTEMPT_TIMEOUT_S, 408/429/449/5xx) with backoff for as long as it lasts, logging each
+    wait; only the caller's cancellation (the stop signal) ends the wait. The client's own setup
+    (the account read in `__aenter__`) is inside each attempt. Raises StoreConfigurationError for
+    a setup that a retry cannot fix."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(_is_outage), before_sleep=_still_waiting, reraise=True,
+        wait=wait_exponential_jitter(multiplier=0.5, max=RETRY_MAX_WAIT_S),
+    )  # fmt: skip
+    async for attempt in retrying:
+        with attempt:
+            async with AsyncExitStack() as attempt_stack:
+                try:
+                    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                        client = await open_cosmos_client(settings, attempt_stack)
+                        container = await _container(settings, client)
+                except Exception as error:
+                    problem = _setup_problem(settings, error)
+                    if problem is not None:
+                        raise problem from error
+                    raise
+                await stack.enter_async_context(attempt_stack.pop_all())
                 return container
-            database = await client.create_database_if_not_exists(settings.database)
-            return await database.create_container_if_not_exists(
-                id=settings.orders_container,
-                partition_key=PartitionKey(path=PARTITION_KEY_PATH),
-                default_ttl=-1,
-            )
-        except AzureError as error:
-            if time.monotonic() > deadline:
-                raise
-            LOG.warning("cosmos not ready; retrying", error=type(error).__name__, retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable: the retry loop returns or raises")
 
 
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[CosmosOrderStore]:
     """The Cosmos order store for `settings.mode` and the write pattern, with its clients closed
-    on exit: the outbox's and entity-first's (which is given no events to write) is the same
-    store; event-first appends events and reads a folded read model."""
+    on exit, once Cosmos DB answers (`_connected`: waits out outages, raises
+    StoreConfigurationError for a wrong setup): the outbox's and entity-first's (which is given no
+    events to write) is the same store; event-first appends events and reads a folded read model."""
     async with AsyncExitStack() as stack:
-        client = await open_cosmos_client(settings, stack)
-        container = await _container(settings, client)
+        container = await _connected(settings, stack)
         LOG.info(
             "store ready",
             mode=settings.mode,
@@ -92,11 +149,13 @@ async def open_store(settings: Settings) -> AsyncIterator[CosmosOrderStore]:
         )
         if settings.write_pattern == "event-first":
             yield CosmosEventStore(
-                container, idempotency_ttl_seconds=settings.idempotency_ttl_seconds
-            )
+                container, idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+                timeout_seconds=settings.store_timeout_seconds,
+            )  # fmt: skip
         else:
             yield CosmosOrderStore(
                 container,
                 event_ttl_seconds=settings.event_ttl_seconds,
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+                timeout_seconds=settings.store_timeout_seconds,
             )

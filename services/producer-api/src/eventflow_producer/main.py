@@ -1,14 +1,17 @@
 """Entry point: settings, logging, the app, uvicorn. SIGTERM stops accepting, finishes in-flight
-requests, then closes the store (the app's lifespan); while the app is still starting (the store
-still connecting) it gives up the start at once and exits 0. Invalid settings: one line on stderr
-naming them, exit 2."""
+requests, then closes the store (the app's lifespan); while the app is still starting it gives up
+the start at once and exits 0. A store that is down is waited for (the app answers unready
+meanwhile); invalid settings or a setup the store refuses (a wrong key, a missing role or
+container): one line on stderr naming the cause, exit 2."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
+from collections.abc import Iterator
 from types import FrameType
 
 import structlog
@@ -47,9 +50,23 @@ def load_settings() -> Settings:
 
 class Server(uvicorn.Server):
     """uvicorn looks at a stop signal only once the app's startup is over, and the startup waits
-    for the store (retrying while it is unreachable). This server gives up the startup instead."""
+    a few seconds for the store. This server gives up the startup instead; and it stops when the
+    app finds its setup wrong (`stop_for`)."""
 
     serving: asyncio.Task[None] | None = None
+    fatal: str | None = None
+
+    def stop_for(self, reason: str) -> None:
+        self.fatal = reason
+        self.should_exit = True
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """A stop signal is this service's normal end: once the graceful stop is over, exit 0 as
+        the other services do, instead of uvicorn raising the signal again (exit 143)."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self.serving = asyncio.current_task()
@@ -61,10 +78,10 @@ class Server(uvicorn.Server):
             self.serving.get_loop().call_soon_threadsafe(self.serving.cancel)
 
 
-def instrumented_app(settings: Settings) -> FastAPI:
+def instrumented_app(settings: Settings, server: Server | None = None) -> FastAPI:
     """The app with an OpenTelemetry server span per request (health probes left out; no spans
-    of their own for the ASGI send and receive calls)."""
-    app = create_app(settings, open_store)
+    of their own for the ASGI send and receive calls). A wrong setup stops `server`."""
+    app = create_app(settings, open_store, *([server.stop_for] if server else []))
     FastAPIInstrumentor.instrument_app(
         app, excluded_urls="healthz,readyz", exclude_spans=["receive", "send"]
     )
@@ -88,15 +105,18 @@ def create_default_app() -> FastAPI:
 def main() -> None:
     settings = load_settings()
     telemetry = telemetry_of(settings)
-    app = instrumented_app(settings)
-    server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+    server = Server(uvicorn.Config("", host=settings.host, port=settings.port, log_config=None,
                                    access_log=False, timeout_graceful_shutdown=20))  # fmt: skip
+    server.config.app = instrumented_app(settings, server)
     try:
         server.run()
     except asyncio.CancelledError:
         LOG.info("stopped while starting")
     finally:
         telemetry.shutdown()
+    if server.fatal is not None:
+        sys.stderr.write(f"eventflow-producer-api: cannot start: {server.fatal}\n")
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

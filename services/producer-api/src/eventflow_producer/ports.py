@@ -46,6 +46,11 @@ class StoreUnavailableError(Exception):
         self.retry_after_seconds = retry_after_seconds
 
 
+class StoreConfigurationError(Exception):
+    """The store refuses this service for a reason a retry cannot fix (a wrong key, a missing role
+    assignment, a container that is not there and is not ours to create): the process exits 2."""
+
+
 class OrderStore(Protocol):
     """Orders and their events, written together atomically (the transactional outbox)."""
 

@@ -45,6 +45,18 @@ class Settings(BaseSettings, TelemetryFields):
     )
     idempotency_ttl_seconds: int = Field(default=DAY, ge=60)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    store_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="bound of one store operation, the SDK's retries "
+        "included; past it the request answers 503 store-unavailable",
+    )
+    startup_wait_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long the app waits for its store before it answers; "
+        "after that it answers unready (503) while it keeps connecting",
+    )
     event_source: str = "/eventflow/producer-api"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

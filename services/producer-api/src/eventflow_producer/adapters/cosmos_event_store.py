@@ -40,10 +40,13 @@ def token_of(order: Order) -> str:
 class CosmosEventStore(CosmosOrderStore):
     """The OrderStore port on an append-only event stream per order, with a folded read."""
 
-    def __init__(self, container: Any, *, idempotency_ttl_seconds: int) -> None:
+    def __init__(
+        self, container: Any, *, idempotency_ttl_seconds: int, timeout_seconds: float | None = 10.0
+    ) -> None:
         super().__init__(
-            container, event_ttl_seconds=None, idempotency_ttl_seconds=idempotency_ttl_seconds
-        )
+            container, event_ttl_seconds=None, idempotency_ttl_seconds=idempotency_ttl_seconds,
+            timeout_seconds=timeout_seconds,
+        )  # fmt: skip
 
     async def create(
         self, order: Order, events: Sequence[CloudEvent[Any]], idempotency: IdempotencyRecord | None

@@ -13,11 +13,23 @@ Works with the azure-cosmos aio ContainerProxy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from azure.cosmos.exceptions import CosmosBatchOperationError, CosmosHttpResponseError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.cosmos.exceptions import (
+    CosmosBatchOperationError,
+    CosmosClientTimeoutError,
+    CosmosHttpResponseError,
+)
 
 from eventflow_contracts import CloudEvent, OrderLine, format_sequence, to_json_dict
 from eventflow_producer.domain import Order, OrderStatus
@@ -31,7 +43,7 @@ from eventflow_producer.ports import (
 )
 
 PARTITION_KEY_PATH = "/order_id"
-_TRANSIENT = {408, 429, 449, 503}
+_TRANSIENT_STATUSES = frozenset({408, 429, 449})
 
 
 def event_document_id(order_id: str, sequence: int) -> str:
@@ -70,27 +82,65 @@ def order_from_document(document: dict[str, Any]) -> Order:
     )
 
 
-def _unavailable(
-    error: CosmosHttpResponseError | CosmosBatchOperationError,
-) -> StoreUnavailableError:
-    headers = getattr(error, "headers", None) or {}
-    retry_ms = headers.get("x-ms-retry-after-ms") if hasattr(headers, "get") else None
-    retry = float(retry_ms) / 1000 if retry_ms else 1.0
-    return StoreUnavailableError(
-        f"Cosmos DB answered {error.status_code}", retry_after_seconds=retry
-    )
+def unavailable_from(error: AzureError) -> StoreUnavailableError | None:
+    """The outage an SDK error amounts to, or None when the error is not one: no connection (refused,
+    DNS, reset), no answer in time, or a status Cosmos DB uses for "not now" (408, 429 after the
+    SDK's own retries, 449, any 5xx). Every other status is the request's or the setup's (401, 403,
+    404, 409, 412 ...) and is left to the caller."""
+    if isinstance(error, HttpResponseError):
+        status = error.status_code or 0
+        if status not in _TRANSIENT_STATUSES and status < 500:
+            return None
+        headers = getattr(error, "headers", None) or {}
+        retry_ms = headers.get("x-ms-retry-after-ms") if hasattr(headers, "get") else None
+        return StoreUnavailableError(
+            f"Cosmos DB answered {status}",
+            retry_after_seconds=float(retry_ms) / 1000 if retry_ms else 1.0,
+        )
+    if isinstance(error, ServiceRequestError | ServiceResponseError | CosmosClientTimeoutError):
+        return StoreUnavailableError(f"Cosmos DB unreachable ({type(error).__name__})")
+    return None
+
+
+@asynccontextmanager
+async def outages_as_unavailable(timeout_seconds: float | None) -> AsyncIterator[None]:
+    """Raise StoreUnavailableError for an SDK error that is an outage (`unavailable_from`) and for
+    no answer within `timeout_seconds` (the SDK's own read timeout is 65 s, retried: a stalled
+    store would hold a request for minutes); let every other error through unchanged."""
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            yield
+    except TimeoutError as error:
+        raise StoreUnavailableError(
+            f"Cosmos DB did not answer within {timeout_seconds} s"
+        ) from error
+    except AzureError as error:
+        unavailable = unavailable_from(error)
+        if unavailable is None:
+            raise
+        raise unavailable from error
 
 
 class CosmosOrderStore:
     """The OrderStore port on a Cosmos DB container (the SDK's aio ContainerProxy)."""
 
     def __init__(
-        self, container: Any, *, event_ttl_seconds: int | None, idempotency_ttl_seconds: int
+        self,
+        container: Any,
+        *,
+        event_ttl_seconds: int | None,
+        idempotency_ttl_seconds: int,
+        timeout_seconds: float | None = 10.0,
     ) -> None:
-        """`event_ttl_seconds=None`: event documents never expire."""
+        """`event_ttl_seconds=None`: event documents never expire. Every operation answers or
+        raises StoreUnavailableError within `timeout_seconds` (None: the SDK's own timeouts)."""
         self._container = container
         self._event_ttl = event_ttl_seconds
         self._idempotency_ttl = idempotency_ttl_seconds
+        self._timeout = timeout_seconds
+
+    def _answering(self) -> AbstractAsyncContextManager[None]:
+        return outages_as_unavailable(self._timeout)
 
     def _event_documents(
         self, order: Order, events: Sequence[CloudEvent[Any]]
@@ -122,18 +172,10 @@ class CosmosOrderStore:
     async def _batch(
         self, operations: list[tuple[Any, ...]], order_id: str
     ) -> list[dict[str, Any]]:
-        try:
+        async with self._answering():
             results: list[dict[str, Any]] = await self._container.execute_item_batch(
                 operations, partition_key=order_id
             )
-        except CosmosBatchOperationError as error:
-            if error.status_code in _TRANSIENT:
-                raise _unavailable(error) from error
-            raise
-        except CosmosHttpResponseError as error:
-            if error.status_code in _TRANSIENT:
-                raise _unavailable(error) from error
-            raise
         return results
 
     async def create(
@@ -162,14 +204,13 @@ class CosmosOrderStore:
     async def _order_document(self, order_id: str) -> dict[str, Any] | None:
         """The order document (id = order id), or None."""
         try:
-            document: dict[str, Any] = await self._container.read_item(
-                order_id, partition_key=order_id
-            )
+            async with self._answering():
+                document: dict[str, Any] = await self._container.read_item(
+                    order_id, partition_key=order_id
+                )
         except CosmosHttpResponseError as error:
             if error.status_code == 404:
                 return None
-            if error.status_code in _TRANSIENT:
-                raise _unavailable(error) from error
             raise
         return document
 
@@ -201,21 +242,18 @@ class CosmosOrderStore:
             {"name": "@order_id", "value": order_id},
             {"name": "@after", "value": sequence},
         ]
-        try:
+        async with self._answering():
             pages = self._container.query_items(
                 query, parameters=parameters, partition_key=order_id
             )
             return [document["event"] async for document in pages]
-        except CosmosHttpResponseError as error:
-            if error.status_code in _TRANSIENT:
-                raise _unavailable(error) from error
-            raise
 
     async def idempotency_record(self, order_id: str) -> IdempotencyRecord | None:
         try:
-            document = await self._container.read_item(
-                f"{order_id}:idempotency", partition_key=order_id
-            )
+            async with self._answering():
+                document = await self._container.read_item(
+                    f"{order_id}:idempotency", partition_key=order_id
+                )
         except CosmosHttpResponseError as error:
             if error.status_code == 404:
                 return None
@@ -223,7 +261,10 @@ class CosmosOrderStore:
         return IdempotencyRecord(document["request_hash"], order_from_document(document["order"]))
 
     async def check(self) -> None:
+        """Raises StoreUnavailableError when the container does not answer (any error: a
+        readiness probe must not answer 500)."""
         try:
-            await self._container.read()
-        except CosmosHttpResponseError as error:
-            raise _unavailable(error) from error
+            async with self._answering():
+                await self._container.read()
+        except AzureError as error:
+            raise StoreUnavailableError(f"Cosmos DB: {type(error).__name__}") from error

@@ -12,12 +12,9 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpRes
 from azure.cosmos import PartitionKey
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
+from eventflow_contracts.orders_container import PARTITION_KEY_PATH
 from eventflow_producer.adapters.cosmos_event_store import CosmosEventStore
-from eventflow_producer.adapters.cosmos_store import (
-    PARTITION_KEY_PATH,
-    CosmosOrderStore,
-    unavailable_from,
-)
+from eventflow_producer.adapters.cosmos_store import CosmosOrderStore, unavailable_from
 from eventflow_producer.ports import StoreConfigurationError
 from eventflow_producer.settings import Settings
 

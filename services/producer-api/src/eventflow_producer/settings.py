@@ -7,6 +7,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eventflow_contracts.orders_container import WritePattern
 from eventflow_contracts.telemetry import TelemetryFields
 
 DAY = 24 * 3600
@@ -34,7 +35,7 @@ class Settings(BaseSettings, TelemetryFields):
     create_containers: bool | None = Field(
         default=None, description="create database and container at start; default: not in azure"
     )
-    write_pattern: Literal["outbox", "entity-first", "event-first"] = Field(
+    write_pattern: WritePattern = Field(
         default="outbox",
         description="outbox: the order and its events in one batch; entity-first: the order only "
         "(events are derived by the publisher); event-first: the events only (the source of truth, "

@@ -17,11 +17,12 @@ from azure.cosmos import PartitionKey
 from azure.cosmos.aio import CosmosClient as AzureCosmosClient
 
 from eventflow_contracts import OrderLine, decode_event, encode_event, evolve, new_event
+from eventflow_contracts.orders_container import PARTITION_KEY_PATH
 from eventflow_emulators.conformance import BackendCases
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
 from eventflow_emulators.servers import RunningServer
 from eventflow_producer.adapters.cosmos_event_store import CosmosEventStore
-from eventflow_producer.adapters.cosmos_store import PARTITION_KEY_PATH, CosmosOrderStore
+from eventflow_producer.adapters.cosmos_store import CosmosOrderStore
 from eventflow_producer.domain import add_item, open_order
 from eventflow_producer.ports import ConcurrentChangeError, IdempotencyRecord, OrderExistsError
 

@@ -1,10 +1,5 @@
-"""CosmosOrderStore: orders and their outbox events in one Cosmos DB container.
-
-Documents of one order share its partition key (`/order_id`):
-- the order:        id = <order_id>,                       kind = "order"
-- each event:       id = <order_id>:event:<sequence 20 digits>, kind = "event", ttl = event TTL,
-                    event = the CloudEvent JSON object
-- the idempotency record of a keyed create: id = <order_id>:idempotency, ttl = idempotency TTL
+"""CosmosOrderStore: orders and their outbox events in one Cosmos DB container, in the layout
+`eventflow_contracts.orders_container` documents (the publisher reads the same container).
 
 Every write is one transactional batch, so an order and its events commit together or not at
 all; an event id derived from (order, sequence) makes a second writer of the same version fail.
@@ -31,7 +26,12 @@ from azure.cosmos.exceptions import (
     CosmosHttpResponseError,
 )
 
-from eventflow_contracts import CloudEvent, OrderLine, format_sequence, to_json_dict
+from eventflow_contracts import CloudEvent, OrderLine, to_json_dict
+from eventflow_contracts.orders_container import (
+    event_document_id,
+    idempotency_document_id,
+    order_document_id,
+)
 from eventflow_producer.domain import Order, OrderStatus
 from eventflow_producer.ports import (
     ConcurrentChangeError,
@@ -42,18 +42,12 @@ from eventflow_producer.ports import (
     StoreUnavailableError,
 )
 
-PARTITION_KEY_PATH = "/order_id"
 _TRANSIENT_STATUSES = frozenset({408, 429, 449})
-
-
-def event_document_id(order_id: str, sequence: int) -> str:
-    """One id per (order, sequence): a second writer of the same version conflicts (409)."""
-    return f"{order_id}:event:{format_sequence(sequence)}"
 
 
 def order_document(order: Order) -> dict[str, Any]:
     return {
-        "id": order.id,
+        "id": order_document_id(order.id),
         "order_id": order.id,
         "kind": "order",
         "customer_id": order.customer_id,
@@ -164,7 +158,7 @@ class CosmosOrderStore:
         self, order: Order, idempotency: IdempotencyRecord
     ) -> tuple[Any, ...]:
         return ("create", ({
-            "id": f"{order.id}:idempotency", "order_id": order.id, "kind": "idempotency",
+            "id": idempotency_document_id(order.id), "order_id": order.id, "kind": "idempotency",
             "request_hash": idempotency.request_hash, "order": order_document(idempotency.order),
             "ttl": self._idempotency_ttl,
         },))  # fmt: skip
@@ -252,7 +246,7 @@ class CosmosOrderStore:
         try:
             async with self._answering():
                 document = await self._container.read_item(
-                    f"{order_id}:idempotency", partition_key=order_id
+                    idempotency_document_id(order_id), partition_key=order_id
                 )
         except CosmosHttpResponseError as error:
             if error.status_code == 404:

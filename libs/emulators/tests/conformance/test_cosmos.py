@@ -842,8 +842,10 @@ class CosmosConformance(BackendCases):
     @pytest.mark.parametrize(
         "operation",
         [
-            "set /n 1",  # an operation given as a string
-            {"op": "set", "path": "/tags/\u00b2", "value": 1},  # a superscript digit is no index
+            pytest.param("set /n 1", id="operation-as-a-string"),
+            pytest.param(
+                {"op": "set", "path": "/tags/\u00b2", "value": 1}, id="superscript-digit-index"
+            ),
         ],
     )
     async def test_every_malformed_or_impossible_patch_is_a_400_with_the_error_body(

@@ -16,6 +16,7 @@ from eventflow_emulators.cosmos.model import (
     ItemOperation,
     QueryRequest,
     Scope,
+    parse_partition_key_header,
 )
 from eventflow_emulators.cosmos.resources import Container
 from eventflow_emulators.cosmos.store import Store, StoreInUseError
@@ -205,11 +206,38 @@ def test_item_ttl_counts_only_with_a_container_default(account: Account, clock: 
 
 def test_invalid_ttls_are_refused(account: Account) -> None:
     container = make(account, "ttl", defaultTtl=60)
-    for bad in (0, -2, "1", 1.5):
+    for bad in (0, -2, "1", 1.5, 2_147_483_648):
         with pytest.raises(CosmosError):
             write(account, container, "create", {"id": "a", "pk": "p", "ttl": bad})
+    write(account, container, "create", {"id": "a", "pk": "p", "ttl": 2_147_483_647})
+    for bad_default in (0, 2_147_483_648):
+        with pytest.raises(CosmosError):
+            make(account, "bad", defaultTtl=bad_default)
+
+
+def test_names_and_partition_key_values_have_azures_limits(account: Account) -> None:
+    # "Azure Cosmos DB service quotas": names of 255 characters, key values of 2,048 bytes.
+    make(account, "n" * 255)
+    with pytest.raises(CosmosError) as caught:
+        make(account, "n" * 256)
+    assert caught.value.status == 400
     with pytest.raises(CosmosError):
-        make(account, "bad", defaultTtl=0)
+        account.create_database({"id": "d" * 256})
+    container = make(account)
+    write(account, container, "create", {"id": "a", "pk": "é" * 1024})
+    for bad_key in ("é" * 1025, float("inf")):
+        with pytest.raises(CosmosError) as caught:
+            write(account, container, "create", {"id": "b", "pk": bad_key})
+        assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "header", ["[" + "9" * 400 + "]", "[NaN]", "[Infinity]", '["' + "k" * 2049 + '"]', '[{"a": 1}]']
+)
+def test_invalid_partition_key_headers_are_refused_with_400(header: str) -> None:
+    with pytest.raises(CosmosError) as caught:
+        parse_partition_key_header(header)
+    assert caught.value.status == 400
 
 
 def test_split_children_inherit_the_lsn_and_the_parent_is_gone(account: Account) -> None:

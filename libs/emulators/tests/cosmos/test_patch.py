@@ -31,6 +31,20 @@ def document() -> dict[str, Any]:
             lambda d: d["moved"] == "v" and d["inner"] == {},
         ),
         ({"op": "set", "path": "/a~1b", "value": 1}, lambda d: d["a/b"] == 1),
+        (
+            {"op": "set", "path": "/tags/2", "value": "end"},
+            lambda d: d["tags"] == ["x", "z", "end"],
+        ),
+        (
+            {"op": "add", "path": "/tags/2", "value": "end"},
+            lambda d: d["tags"] == ["x", "z", "end"],
+        ),
+        (
+            {"op": "move", "from": "/tags/0", "path": "/tags/1"},
+            lambda d: d["tags"] == ["z", "x"],
+        ),
+        ({"op": "move", "from": "/n", "path": "/n"}, lambda d: d["n"] == 1),
+        ({"op": "incr", "path": "/n", "value": 2**63 - 2}, lambda d: d["n"] == 2**63 - 1),
     ],
 )
 def test_operations(operation: dict[str, Any], check: Any) -> None:
@@ -55,9 +69,22 @@ def test_operations(operation: dict[str, Any], check: Any) -> None:
         [{"op": "set", "path": "/nope/deeper", "value": 1}],
         [{"op": "set", "path": "/n/deeper", "value": 1}],
         [{"op": "copy", "path": "/n", "value": 1}],
+        [{"op": "move", "from": "/inner", "path": "/inner/k2"}],
+        [{"op": "move", "from": "/missing", "path": "/n"}],
+        [{"op": "remove", "path": "/tags/2"}],
+        [{"op": "set", "path": "/tags/\u00b2", "value": 1}],
+        [{"op": "incr", "path": "/n", "value": 2**63 - 1}],
+        [{"op": "incr", "path": "/n", "value": -(2**63) - 1}],
+        [
+            {"op": "incr", "path": "/price", "value": 1.7e308},
+            {"op": "incr", "path": "/price", "value": 1.7e308},
+        ],
+        ["set /n 1"],
+        [{"op": ["set"], "path": "/n", "value": 1}],
+        [None],
     ],
 )
-def test_invalid_patches_are_refused_with_400(operations: list[dict[str, Any]]) -> None:
+def test_invalid_patches_are_refused_with_400(operations: list[Any]) -> None:
     with pytest.raises(CosmosError) as caught:
         apply_patch(document(), operations, None)
     assert caught.value.status == 400
@@ -73,6 +100,17 @@ def test_a_false_condition_fails_the_precondition() -> None:
         ]
         == 2
     )
+
+
+def test_a_patch_that_is_not_a_list_or_has_a_condition_of_another_type_is_refused() -> None:
+    for operations, condition in (
+        ({"op": "set"}, None),
+        ([], None),
+        ([{"op": "remove", "path": "/n"}], 5),
+    ):
+        with pytest.raises(CosmosError) as caught:
+            apply_patch(document(), operations, condition)
+        assert caught.value.status == 400
 
 
 def test_an_unsupported_condition_is_refused_with_400() -> None:

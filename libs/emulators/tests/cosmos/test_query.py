@@ -59,15 +59,19 @@ def test_filters(query: str, parameters: dict[str, Any], expected: list[str]) ->
     assert ids(run(query, **parameters)) == expected
 
 
-def test_order_by_leaves_out_items_without_the_field_and_sorts_types_apart() -> None:
+def test_order_by_keeps_items_without_the_field_first_and_sorts_types_apart() -> None:
+    # Undefined sorts lowest: first ascending, last descending (learn.microsoft.com "ORDER BY").
     assert ids(run("SELECT * FROM c ORDER BY c.n")) == ["b2", "a3", "a1", "c4"]
     assert ids(run("SELECT * FROM c ORDER BY c.n DESC")) == ["c4", "a1", "a3", "b2"]
-    assert ids(run("SELECT * FROM c ORDER BY c.s ASC")) == ["a1", "b2"]
-    assert ids(run("SELECT * FROM c ORDER BY c.flag, c.id DESC")) == ["b2", "a1"]
+    assert ids(run("SELECT * FROM c ORDER BY c.s ASC")) == ["a3", "c4", "a1", "b2"]
+    assert ids(run("SELECT * FROM c ORDER BY c.s DESC")) == ["b2", "a1", "a3", "c4"]
+    assert ids(run("SELECT * FROM c ORDER BY c.flag, c.id DESC")) == ["c4", "a3", "b2", "a1"]
+    assert ids(run("SELECT * FROM c ORDER BY c.nothing, c.id")) == ["a1", "b2", "c4", "a3"]
 
 
 def test_order_by_objects_keeps_their_order() -> None:
     assert ids(run("SELECT * FROM c WHERE IS_DEFINED(c.nested) ORDER BY c.nested")) == ["a1", "a3"]
+    assert ids(run("SELECT * FROM c ORDER BY c.tags DESC")) == ["a1", "b2", "a3", "c4"]
 
 
 def test_projections_top_and_values() -> None:

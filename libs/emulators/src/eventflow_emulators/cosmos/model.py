@@ -9,6 +9,7 @@ requests to these calls. Sources for each rule are named where the rule is not o
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,15 @@ MAX_ID_BYTES = 1023
 """Azure's id length limit in bytes (same page)."""
 MAX_BATCH_OPERATIONS = 100
 """Transactional batch limit (learn.microsoft.com/azure/cosmos-db/transactional-batch)."""
+MAX_NAME_CHARACTERS = 255
+"""Longest database or container name ("Azure Cosmos DB service quotas", per-container limits)."""
+MAX_PARTITION_KEY_BYTES = 2048
+"""Longest partition key value, with large partition keys (hash V2) (same page, per-item limits)."""
+MAX_TTL_SECONDS = 2_147_483_647
+"""Largest `defaultTtl` or item `ttl` (same page; "Time to live" in Azure Cosmos DB)."""
+MAX_QUERY_CHARACTERS = 512 * 1024
+"""Longest query text: "512 KB" ("SQL query limits", same page); the service counts characters
+("The SQL query text exceeded the maximum limit of 524288 characters", code SC3020, 400)."""
 DEFAULT_PAGE_SIZE = 100
 EPK_CACHE_SIZE = 65_536
 SYSTEM_PROPERTIES = frozenset({"_rid", "_self", "_etag", "_ts", "_attachments", "_lsn"})
@@ -79,14 +89,22 @@ def _json(value: Any) -> bytes:
 
 
 def parse_partition_key_header(text: str) -> list[Any]:
-    """The `x-ms-documentdb-partitionkey` header: a JSON list of components; `{}` is Undefined."""
+    """The `x-ms-documentdb-partitionkey` header: a JSON list of components; `{}` is Undefined.
+    Raises 400 unless every component is a valid partition key value (`_check_component`)."""
     try:
         value = json.loads(text)
     except ValueError:
-        raise errors.bad_request(f"The partition key header {text!r} is not valid JSON.") from None
+        raise errors.bad_request(
+            f"The partition key header {_shortened(text)!r} is not valid JSON."
+        ) from None
     if not isinstance(value, list) or not value:
-        raise errors.bad_request(f"The partition key header {text!r} must be a non-empty list.")
-    return [UNDEFINED if component == {} else component for component in value]
+        raise errors.bad_request(
+            f"The partition key header {_shortened(text)!r} must be a non-empty list."
+        )
+    components = [UNDEFINED if component == {} else component for component in value]
+    for component in components:
+        _check_component(component)
+    return components
 
 
 def partition_key_text(components: Sequence[Any]) -> str:
@@ -100,11 +118,34 @@ def partition_key_text(components: Sequence[Any]) -> str:
 
 
 def _check_component(value: Any) -> None:
+    """A partition key value is a string of at most 2,048 UTF-8 bytes, a number that is a finite
+    double (the hash encodes numbers as doubles), a boolean, null or Undefined."""
     if isinstance(value, dict | list):
         raise errors.bad_request(
             "The partition key value must be a string, number, boolean or null.",
             errors.PARTITION_KEY_MISMATCH,
         )
+    if isinstance(value, str) and len(value.encode()) > MAX_PARTITION_KEY_BYTES:
+        raise errors.bad_request(
+            f"The partition key value is {len(value.encode())} bytes long; the limit is "
+            f"{MAX_PARTITION_KEY_BYTES} bytes."
+        )
+    if isinstance(value, int | float) and not isinstance(value, bool) and not _finite(value):
+        raise errors.bad_request(
+            f"The partition key value {_shortened(str(value))} is not a finite 64-bit "
+            "floating-point number."
+        )
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _shortened(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 # -- the account ------------------------------------------------------------------------------
@@ -243,10 +284,10 @@ class Account:
         if not isinstance(path, str) or not path.startswith("/") or path == "/":
             raise errors.bad_request(f"Invalid partition key path {path!r}.")
         ttl = body.get("defaultTtl")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl == 0
-                                or ttl < -1):  # fmt: skip
+        if ttl is not None and not _valid_ttl(ttl):
             raise errors.bad_request(
-                "The value of defaultTtl must be -1 or a positive number of seconds."
+                f"The value of defaultTtl must be -1 or a positive number of seconds up to "
+                f"{MAX_TTL_SECONDS}."
             )
         properties = {k: v for k, v in body.items() if k not in SYSTEM_PROPERTIES}
         properties.setdefault(
@@ -513,8 +554,11 @@ class Account:
         if container.default_ttl is None:
             return None
         ttl = body.get("ttl", container.default_ttl)
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl == 0 or ttl < -1:
-            raise errors.bad_request("The value of ttl must be -1 or a positive number of seconds.")
+        if not _valid_ttl(ttl):
+            raise errors.bad_request(
+                f"The value of ttl must be -1 or a positive number of seconds up to "
+                f"{MAX_TTL_SECONDS}."
+            )
         return None if ttl == -1 else now + ttl
 
     def purge_expired(self) -> int:
@@ -709,10 +753,22 @@ def body_partition_key(container: Container, body: dict[str, Any]) -> list[Any]:
 
 
 def _resource_id(body: dict[str, Any]) -> str:
+    """A database or container name: 1 to 255 characters, without `/ \\ ? #`."""
     name = body.get("id")
     if not isinstance(name, str) or not name or _FORBIDDEN_ID_CHARACTERS & set(name):
         raise errors.bad_request(f"The resource id {name!r} is invalid.")
+    if len(name) > MAX_NAME_CHARACTERS:
+        raise errors.bad_request(
+            f"The resource id is {len(name)} characters long; the limit is {MAX_NAME_CHARACTERS}."
+        )
     return name
+
+
+def _valid_ttl(ttl: Any) -> bool:
+    """-1 (never expires) or 1 to 2,147,483,647 seconds."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        return False
+    return ttl == -1 or 0 < ttl <= MAX_TTL_SECONDS
 
 
 def _range_row(partition: PartitionRange) -> RangeRow:

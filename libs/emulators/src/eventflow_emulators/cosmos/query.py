@@ -9,9 +9,13 @@
     operand   := <path> | @parameter | 'string' | "string" | number | true | false | null
     path      := <alias>.name[.name]* | <alias>["name"]
 
-Comparisons between values of different JSON types are undefined (never true), as in Cosmos DB;
-ORDER BY leaves out items that lack the ordering property. Anything else is refused with a
-clear error instead of being guessed at.
+Comparisons between values of different JSON types are undefined (never true), as in Cosmos DB.
+ORDER BY keeps items that lack the ordering property ("Queries with ORDER BY return all items,
+including items where the property in the ORDER BY clause isn't defined", learn.microsoft.com
+"ORDER BY (NoSQL query)"); they sort first ascending and last descending, then null, booleans,
+numbers, strings, arrays and objects (the order of types is the service's; among arrays or
+objects the emulator keeps the input order). Anything else is refused with a clear error instead
+of being guessed at.
 """
 
 from __future__ import annotations
@@ -50,7 +54,6 @@ class Query:
     def run(self, items: Sequence[Row]) -> list[Any]:
         rows = [item for item in items if self.where is None or self.where(item)]
         if self.order_by:
-            rows = [r for r in rows if all(_get(r, p) is not _UNDEFINED for p, _ in self.order_by)]
             rows.sort(key=cmp_to_key(self._compare))
         if self.top is not None:
             rows = rows[: self.top]
@@ -88,15 +91,20 @@ def _get(row: Any, path: tuple[str, ...]) -> Any:
 
 
 def _rank(value: Any) -> int:
+    """The sort rank of a value's type: undefined, null, booleans, numbers, strings, arrays,
+    objects."""
+    if value is _UNDEFINED:
+        return -1
     if value is None:
         return 0
-    if isinstance(value, bool):
-        return 1
-    if isinstance(value, int | float):
-        return 2
-    if isinstance(value, str):
-        return 3
-    return 4
+    for rank, kinds in _TYPE_RANKS:
+        if isinstance(value, kinds):
+            return rank
+    return 5
+
+
+_TYPE_RANKS: tuple[tuple[int, type | tuple[type, ...]], ...] = (
+    (1, bool), (2, (int, float)), (3, str), (4, list))  # fmt: skip
 
 
 def _order(left: Any, right: Any) -> int:
@@ -110,7 +118,7 @@ def _order(left: Any, right: Any) -> int:
 def _comparable(left: Any, right: Any) -> bool:
     if left is _UNDEFINED or right is _UNDEFINED:
         return False
-    return _rank(left) == _rank(right) and (_rank(left) != 4 or type(left) is type(right))
+    return _rank(left) == _rank(right)
 
 
 _COMPARATORS: dict[str, Callable[[Any, Any], bool]] = {

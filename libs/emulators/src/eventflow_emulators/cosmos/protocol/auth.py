@@ -38,11 +38,19 @@ class MasterKey:
 
     def verify(self, verb: str, segments: list[str], authorization: str | None,
                x_date: str, date: str) -> None:  # fmt: skip
-        """Raise 401 (with the service's wording) unless the request is signed with the key."""
+        """Raise 401 (with the service's wording) unless the request is dated and signed with the
+        key."""
         if not authorization:
             raise CosmosError(
                 401,
                 "Required Header authorization is missing. Ensure a valid Authorization token is defined for the request.",
+            )
+        if not x_date and not date:
+            # The signature covers the date; a request without one is refused before any check
+            # of the signature (REST reference "Common Azure Cosmos DB REST request headers":
+            # x-ms-date is required, Date may stand in for it).
+            raise CosmosError(
+                401, "The request has neither an x-ms-date nor a Date header; one is required."
             )
         fields = dict(part.partition("=")[::2] for part in unquote(authorization).split("&"))
         if fields.get("type") != "master" or "sig" not in fields:

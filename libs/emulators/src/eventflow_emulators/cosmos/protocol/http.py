@@ -24,6 +24,7 @@ from eventflow_emulators.cosmos.epk import EpkRange
 from eventflow_emulators.cosmos.errors import CosmosError
 from eventflow_emulators.cosmos.model import (
     MAX_ITEM_BYTES,
+    MAX_QUERY_CHARACTERS,
     Account,
     ChangeFeedRequest,
     ItemOperation,
@@ -49,6 +50,8 @@ _STATIC_HEADERS = {
 }
 _BATCH_KINDS = {"Create": "create", "Upsert": "upsert", "Read": "read", "Delete": "delete",
                 "Replace": "replace", "Patch": "patch"}  # fmt: skip
+_BATCH_KINDS_BY_ID = {"read", "delete", "replace", "patch"}
+_BATCH_KINDS_WITH_BODY = {"create", "upsert", "replace", "patch"}
 
 
 class CosmosProtocol:
@@ -64,14 +67,14 @@ class CosmosProtocol:
         if path.startswith(ADMIN_PREFIX):
             return await self._admin(request, path[len(ADMIN_PREFIX) :])
         activity = request.headers.get("x-ms-activity-id", "")
-        segments = [unquote(part) for part in path.strip("/").split("/")] if path != "/" else []
+        segments = _segments(request)
         try:
             headers = request.headers
             self.key.verify(request.method, segments, headers.get("authorization"),
                             headers.get("x-ms-date", ""), headers.get("date", ""))  # fmt: skip
             operation = _operation_kind(request.method, segments, headers)
             timeout_after = self.controls.admit(operation, path)
-            body = await request.read() if request.can_read_body else b""
+            body = await _read_body(request)
             reply = self._dispatch(request, segments, body)
             self.controls.charge(reply.charge)
             if timeout_after:
@@ -90,6 +93,11 @@ class CosmosProtocol:
             return self._error(
                 CosmosError(500, f"The emulator's store failed: {failure}"), activity
             )
+        except Exception as failure:
+            # A defect of the emulator: still the service's JSON error body, and the log says why.
+            LOG.exception("unexpected failure on %s %s", request.method, path)
+            self.controls.stats.answered(500)
+            return self._error(CosmosError(500, f"The emulator failed: {failure!r}"), activity)
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -399,6 +407,38 @@ _DOCUMENT_OPERATIONS = {"GET": "read", "PUT": "replace", "DELETE": "delete", "PA
 # -- request parsing ----------------------------------------------------------------------------
 
 
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+"""The largest body the emulator reads; anything larger is drained unread and answered 413
+(items and batches have their own 2 MB limits)."""
+_CHUNK_BYTES = 256 * 1024
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The request body, or 413 with the service's JSON error once it passes MAX_REQUEST_BYTES
+    (the rest is drained so the client reads the answer instead of a reset connection)."""
+    if not request.can_read_body:
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    too_large = (request.content_length or 0) > MAX_REQUEST_BYTES
+    async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
+        size += len(chunk)
+        too_large = too_large or size > MAX_REQUEST_BYTES
+        if not too_large:
+            chunks.append(chunk)
+    if too_large:
+        raise CosmosError(413, f"Request size is too large ({size} bytes).")
+    return b"".join(chunks)
+
+
+def _segments(request: web.Request) -> list[str]:
+    """The path's segments, each percent-decoded once. The SDK quotes a name-based link once
+    (azure/cosmos/_base.py `GetPathFromLink`), so an id `a%20b` arrives as `a%2520b`; the
+    decoded `request.path` must not be decoded again, and a `%2F` inside a segment stays in it."""
+    raw = request.rel_url.raw_path.strip("/")
+    return [unquote(part) for part in raw.split("/")] if raw else []
+
+
 def _operation_kind(method: str, segments: list[str], headers: Any) -> str:
     """The operation kind fault rules and throttling match on (admin.OPERATIONS)."""
     shape = _shape(segments)
@@ -449,6 +489,10 @@ def _query_body(body: bytes) -> tuple[str, list[dict[str, Any]]]:
     text = query.get("query")
     if not isinstance(text, str):
         raise errors.bad_request("The query body has no query text.")
+    if len(text) > MAX_QUERY_CHARACTERS:
+        raise errors.bad_request(
+            f"The SQL query text exceeded the maximum limit of {MAX_QUERY_CHARACTERS} characters."
+        )
     parameters = query.get("parameters") or []
     return text, _list(parameters)
 
@@ -503,16 +547,23 @@ def _batch_operations(container: Any, pk: list[Any], body: bytes) -> list[ItemOp
         kind = _BATCH_KINDS.get(str(entry.get("operationType")))
         if kind is None:
             raise errors.bad_request(f"Unknown batch operationType {entry.get('operationType')!r}.")
-        resource = entry.get("resourceBody")
-        if kind == "patch":
-            patch = resource if isinstance(resource, dict) else {}
-            operations.append(ItemOperation("patch", pk, entry.get("id"), patch=_list(patch.get("operations")),
-                                            condition=patch.get("condition"), if_match=entry.get("ifMatch"),
+        resource, item_id = entry.get("resourceBody"), entry.get("id")
+        if kind in _BATCH_KINDS_BY_ID and (not isinstance(item_id, str) or not item_id):
+            raise errors.bad_request(
+                f"The batch operation {entry.get('operationType')} needs an id."
+            )
+        if kind in _BATCH_KINDS_WITH_BODY and not isinstance(resource, dict):
+            raise errors.bad_request(
+                f"The batch operation {entry.get('operationType')} needs a resourceBody object."
+            )
+        if kind == "patch" and isinstance(resource, dict):
+            operations.append(ItemOperation("patch", pk, item_id, patch=_list(resource.get("operations")),
+                                            condition=resource.get("condition"), if_match=entry.get("ifMatch"),
                                             if_none_match=entry.get("ifNoneMatch")))  # fmt: skip
             continue
         document = resource if isinstance(resource, dict) else None
         # An operation names its partition by its body, or takes the batch's.
         operation_pk = body_partition_key(container, document) if document is not None else pk
-        operations.append(ItemOperation(kind, operation_pk, entry.get("id"), document,
+        operations.append(ItemOperation(kind, operation_pk, item_id, document,
                                         entry.get("ifMatch"), entry.get("ifNoneMatch")))  # fmt: skip
     return operations

@@ -169,6 +169,11 @@ var apps = [ 'producer', 'publisher', 'subscriber', 'consumer' ]
 // never uses Cosmos DB. One at a time, after the containers exist: the account takes one such
 // operation at a time and answers a parallel one with a conflict ("another operation in progress
 // which requires an exclusive lock", as reported in hashicorp/terraform-provider-azurerm#15842).
+// Container scope covers what the services read in azure mode: items, the change feed and the
+// container's own metadata (`container.read()`; they create nothing, CREATE_CONTAINERS is off). A
+// reader of the database's metadata would need database scope (a 403 on `dbs/<name>`, as the .NET
+// change feed processor hits: Azure/azure-cosmos-dotnet-v3#3638). Deployments made before these
+// grants keep their account-scope assignments until deleted (`az cosmosdb sql role assignment list`).
 var cosmosGrants = [
   { app: 'producer', container: 'orders' }
   { app: 'publisher', container: 'orders' }

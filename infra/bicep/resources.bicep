@@ -1,6 +1,7 @@
 // Everything eventflow runs on, in one resource group. No keys or connection strings: local auth is
 // disabled on Cosmos DB, Event Hubs, Service Bus and Storage; each app has its own user-assigned
-// identity with only the data roles it needs.
+// identity with only the data roles it needs, and what only the platform needs (image pull, the
+// consumer's scale rule) has identities of its own that the apps cannot use.
 param location string
 param resourceToken string
 param tags object

@@ -86,6 +86,17 @@ PUBLISHERS ?= 1
 SUBSCRIBERS ?= 1
 CONSUMERS ?= 1
 
+# make dev's log format: coloured console lines when its output is a terminal, JSON lines otherwise
+# (EVENTFLOW_LOG_FORMAT set by the caller wins). The recipe's own shell tests its standard output:
+# inside a command substitution, $(...), standard output is the substitution's pipe, never the terminal.
+DEV_LOG_FORMAT = if [ -z "$${EVENTFLOW_LOG_FORMAT:-}" ]; then \
+	if [ -t 1 ]; then EVENTFLOW_LOG_FORMAT=console; else EVENTFLOW_LOG_FORMAT=json; fi; fi; \
+	export EVENTFLOW_LOG_FORMAT
+
+.PHONY: dev-log-format
+dev-log-format: ## print the log format make dev would use here (console on a terminal, json otherwise)
+	@$(DEV_LOG_FORMAT); echo "$$EVENTFLOW_LOG_FORMAT"
+
 .PHONY: dev
 dev: setup ## run the whole system locally: the four services on the real SDKs against the project's emulators (Ctrl-C stops it)
 	@mkdir -p $(LOCAL_DIR)
@@ -100,7 +111,7 @@ dev: setup ## run the whole system locally: the four services on the real SDKs a
 	@echo "          -d '{\"customer_id\": \"c-1\", \"currency\": \"EUR\", \"lines\": [{\"sku\": \"SKU-1\", \"quantity\": 2, \"unit_price\": \"9.99\"}]}'"
 	@echo "  or:   make demo   (in another terminal), then  make trace ORDER=<id>   (an order's traces)"
 	@echo ""
-	EVENTFLOW_LOCAL_DIR=$(LOCAL_DIR) EVENTFLOW_WRITE_PATTERN=$(PATTERN) EVENTFLOW_LOG_FORMAT=$$([ -t 1 ] && echo console || echo json) \
+	@$(DEV_LOG_FORMAT); EVENTFLOW_LOCAL_DIR=$(LOCAL_DIR) EVENTFLOW_WRITE_PATTERN=$(PATTERN) \
 		$(RUN) honcho -f Procfile start -p 5000 \
 		-c producer=1,publisher=$(PUBLISHERS),subscriber=$(SUBSCRIBERS),consumer=$(CONSUMERS),cosmos=1,messaging=1,azurite=1
 

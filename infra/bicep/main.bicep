@@ -10,7 +10,7 @@ param environmentName string
 @description('Azure region for all resources.')
 param location string
 
-@description('Object id of the deploying user (azd fills it); not granted data access.')
+@description('Object id of the deploying user (azd fills it): Cosmos DB Built-in Data Reader on order-summaries, for make verify-azure.')
 param principalId string = ''
 
 @description('Images azd deployed last time (kept on re-provision); the placeholder until the first deploy.')
@@ -22,6 +22,14 @@ param consumerImage string = ''
 @allowed([ 'outbox', 'entity-first', 'event-first' ])
 @description('The write pattern of producer and publisher (docs/patterns.md).')
 param writePattern string = 'outbox'
+
+@minValue(1)
+@description('Session lanes of the inbox (subscriber and consumer); the consumer runs at most this many replicas.')
+param inboxLanes int = 32
+
+@description('Alert notifications: an email address and/or a webhook URL (an action group); empty: alerts notify nobody.')
+param alertEmail string = ''
+param alertWebhookUrl string = ''
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
@@ -40,6 +48,10 @@ module resources 'resources.bicep' = {
     resourceToken: resourceToken
     tags: tags
     writePattern: writePattern
+    principalId: principalId
+    inboxLanes: inboxLanes
+    alertEmail: alertEmail
+    alertWebhookUrl: alertWebhookUrl
     images: {
       producer: producerImage
       publisher: publisherImage

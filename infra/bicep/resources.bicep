@@ -1,12 +1,21 @@
 // Everything eventflow runs on, in one resource group. No keys or connection strings: local auth is
 // disabled on Cosmos DB, Event Hubs, Service Bus and Storage; each app has its own user-assigned
-// identity with only the data roles it needs.
+// identity with only the data roles it needs, and what only the platform needs (image pull, the
+// consumer's scale rule) has identities of its own that the apps cannot use.
 param location string
 param resourceToken string
 param tags object
 param images object
 @allowed([ 'outbox', 'entity-first', 'event-first' ])
 param writePattern string = 'outbox'
+@description('Object id of the deploying user: Cosmos DB Built-in Data Reader on order-summaries (make verify-azure). Empty: nothing granted.')
+param principalId string = ''
+@minValue(1)
+@description('Session lanes of the inbox: the subscriber spreads orders over them, a consumer replica holds at least one.')
+param inboxLanes int = 32
+@description('Alert notifications: an email address, a webhook URL, both or neither (no action group).')
+param alertEmail string = ''
+param alertWebhookUrl string = ''
 
 var placeholderImage = 'mcr.microsoft.com/azuredocs/containerapps-helloworld:latest'
 var hubName = 'orders'
@@ -24,6 +33,7 @@ var roles = {
   serviceBusDataOwner: '090c5cfd-751d-490a-894a-3ce6f1109419'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
 }
+var cosmosDataReader = '00000000-0000-0000-0000-000000000001'
 var cosmosDataContributor = '00000000-0000-0000-0000-000000000002'
 
 // -- observability -------------------------------------------------------------------------------
@@ -65,6 +75,20 @@ resource subscriberIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@20
 
 resource consumerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: 'id-consumer-${resourceToken}'
+  location: location
+  tags: tags
+}
+
+// Identities the platform uses and the applications cannot (lifecycle None in container-app.bicep):
+// image pull for the four apps, and the consumer's scale rule, which needs more than the consumer.
+resource pullIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-pull-${resourceToken}'
+  location: location
+  tags: tags
+}
+
+resource consumerScalerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-consumer-scaler-${resourceToken}'
   location: location
   tags: tags
 }
@@ -140,18 +164,48 @@ resource summariesContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/
 // Loops must be known when the deployment starts, so they run over names; principal ids are read
 // from the identities by name.
 var apps = [ 'producer', 'publisher', 'subscriber', 'consumer' ]
-var cosmosWriters = [ 'producer', 'publisher', 'consumer' ]
 
-resource cosmosDataAccess 'Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments@2024-05-15' = [for writer in cosmosWriters: {
+// Cosmos DB data-plane roles, each on the containers its service uses (Cosmos DB RBAC scopes: account,
+// database or container, https://learn.microsoft.com/azure/cosmos-db/how-to-setup-rbac). The subscriber
+// never uses Cosmos DB. One at a time, after the containers exist: the account takes one such
+// operation at a time and answers a parallel one with a conflict ("another operation in progress
+// which requires an exclusive lock", as reported in hashicorp/terraform-provider-azurerm#15842).
+// Container scope covers what the services read in azure mode: items, the change feed and the
+// container's own metadata (`container.read()`; they create nothing, CREATE_CONTAINERS is off). A
+// reader of the database's metadata would need database scope (a 403 on `dbs/<name>`, as the .NET
+// change feed processor hits: Azure/azure-cosmos-dotnet-v3#3638). Deployments made before these
+// grants keep their account-scope assignments until deleted (`az cosmosdb sql role assignment list`).
+var cosmosGrants = [
+  { app: 'producer', container: 'orders' }
+  { app: 'publisher', container: 'orders' }
+  { app: 'publisher', container: 'leases' }
+  { app: 'consumer', container: 'order-summaries' }
+]
+
+@batchSize(1)
+resource cosmosDataAccess 'Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments@2024-05-15' = [for grant in cosmosGrants: {
   parent: cosmos
-  name: guid(cosmos.id, writer, cosmosDataContributor)
+  name: guid(cosmos.id, grant.app, grant.container, cosmosDataContributor)
   properties: {
-    principalId: reference(resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', 'id-${writer}-${resourceToken}'), '2023-01-31').principalId
+    principalId: reference(resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', 'id-${grant.app}-${resourceToken}'), '2023-01-31').principalId
     roleDefinitionId: '${cosmos.id}/sqlRoleDefinitions/${cosmosDataContributor}'
-    scope: cosmos.id
+    scope: '${cosmos.id}/dbs/${database.name}/colls/${grant.container}'
   }
-  dependsOn: [ producerIdentity, publisherIdentity, consumerIdentity ]
+  dependsOn: [ producerIdentity, publisherIdentity, consumerIdentity, ordersContainer, leasesContainer, summariesContainer ]
 }]
+
+// The deploying user reads the consumer's store (make verify-azure); after the other assignments,
+// never beside them.
+resource userReadsSummaries 'Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments@2024-05-15' = if (!empty(principalId)) {
+  parent: cosmos
+  name: guid(cosmos.id, principalId, summariesContainer.name, cosmosDataReader)
+  properties: {
+    principalId: principalId
+    roleDefinitionId: '${cosmos.id}/sqlRoleDefinitions/${cosmosDataReader}'
+    scope: '${cosmos.id}/dbs/${database.name}/colls/${summariesContainer.name}'
+  }
+  dependsOn: [ cosmosDataAccess ]
+}
 
 // -- Event Hubs ----------------------------------------------------------------------------------
 
@@ -225,15 +279,16 @@ resource inbox 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
 
 // -- data-plane roles ---------------------------------------------------------------------------
 
-module pull 'role.bicep' = [for app in apps: {
-  name: 'acrpull-${app}'
-  params: {
-    principalId: reference(resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', 'id-${app}-${resourceToken}'), '2023-01-31').principalId
-    roleId: roles.acrPull
-    registryName: registry.name
+// Image pull: one identity for the four apps, kept out of their containers.
+resource pull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(registry.id, pullIdentity.id, roles.acrPull)
+  scope: registry
+  properties: {
+    principalId: pullIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.acrPull)
   }
-  dependsOn: [ producerIdentity, publisherIdentity, subscriberIdentity, consumerIdentity ]
-}]
+}
 
 resource publisherSends 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(hub.id, publisherIdentity.id, roles.eventHubsDataSender)
@@ -285,13 +340,14 @@ resource consumerReadsInbox 'Microsoft.Authorization/roleAssignments@2022-04-01'
   }
 }
 
-// KEDA's azure-servicebus scaler reads queue length through the management plane of the entity;
-// no narrower documented role serves it, so Data Owner is granted on the inbox queue only.
+// KEDA's azure-servicebus scaler reads queue length through the management plane of the entity
+// ("Manage" rights); no narrower documented role serves it, so Data Owner is granted on the inbox
+// queue only, to an identity that only the scale rule uses: the consumer itself keeps Data Receiver.
 resource consumerScalerReadsQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(inbox.id, consumerIdentity.id, roles.serviceBusDataOwner)
+  name: guid(inbox.id, consumerScalerIdentity.id, roles.serviceBusDataOwner)
   scope: inbox
   properties: {
-    principalId: consumerIdentity.properties.principalId
+    principalId: consumerScalerIdentity.properties.principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataOwner)
   }
@@ -310,18 +366,35 @@ resource publishesTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01'
   dependsOn: [ producerIdentity, publisherIdentity, subscriberIdentity, consumerIdentity ]
 }]
 
+// Event Hubs platform metrics into Log Analytics (AzureMetrics), for the alert on events nobody reads.
+resource eventHubsMetrics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'metrics-to-log-analytics'
+  scope: eventHubs
+  properties: {
+    workspaceId: logs.id
+    metrics: [ { category: 'AllMetrics', enabled: true } ]
+  }
+}
+
 module alerts 'alerts.bicep' = {
   name: 'alerts'
   params: {
     location: location
     tags: tags
     insightsId: insights.id
+    workspaceId: logs.id
     serviceBusId: serviceBus.id
     inboxQueue: inboxQueue
+    eventHubsId: eventHubs.id
+    alertEmail: alertEmail
+    alertWebhookUrl: alertWebhookUrl
   }
 }
 
 // -- the four apps ------------------------------------------------------------------------------
+// Each app's probes use its health port, given to it explicitly below (the images say the same).
+
+var ports = { producer: 8000, publisher: 8001, subscriber: 8002, consumer: 8003 }
 
 module producer 'container-app.bicep' = {
   name: 'app-producer'
@@ -334,8 +407,11 @@ module producer 'container-app.bicep' = {
     registryServer: registry.properties.loginServer
     identityId: producerIdentity.id
     identityClientId: producerIdentity.properties.clientId
+    pullIdentityId: pullIdentity.id
     image: empty(images.producer) ? placeholderImage : images.producer
-    targetPort: 8000
+    probed: !empty(images.producer)
+    targetPort: ports.producer
+    healthPort: ports.producer
     external: true
     minReplicas: 1
     maxReplicas: 10
@@ -344,6 +420,7 @@ module producer 'container-app.bicep' = {
     env: [
       { name: 'PRODUCER_MODE', value: 'azure' }
       { name: 'PRODUCER_HOST', value: '0.0.0.0' }
+      { name: 'PRODUCER_PORT', value: string(ports.producer) }
       { name: 'PRODUCER_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
       { name: 'PRODUCER_WRITE_PATTERN', value: writePattern }
     ]
@@ -362,16 +439,24 @@ module publisher 'container-app.bicep' = {
     registryServer: registry.properties.loginServer
     identityId: publisherIdentity.id
     identityClientId: publisherIdentity.properties.clientId
+    pullIdentityId: pullIdentity.id
     image: empty(images.publisher) ? placeholderImage : images.publisher
+    probed: !empty(images.publisher)
     targetPort: 0
+    healthPort: ports.publisher
     external: false
-    // Useful instances <= leases (one per physical partition at bootstrap); extras stand by.
-    minReplicas: 1
+    // The lease design (services/publisher/README.md): leases are one per physical partition at
+    // bootstrap (one on a new serverless account); instances beyond the lease count run as hot
+    // spares and take a lease over when its owner stops renewing. No scale rule could tell from
+    // load when a spare helps, so the count is fixed: one owner and one running spare.
+    minReplicas: 2
     maxReplicas: 2
     scaleRules: []
     appInsightsConnectionString: insights.properties.ConnectionString
     env: [
       { name: 'PUBLISHER_MODE', value: 'azure' }
+      { name: 'PUBLISHER_HEALTH_HOST', value: '0.0.0.0' }
+      { name: 'PUBLISHER_HEALTH_PORT', value: string(ports.publisher) }
       { name: 'PUBLISHER_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
       { name: 'PUBLISHER_EVENTHUBS_NAMESPACE', value: '${eventHubs.name}.servicebus.windows.net' }
       { name: 'PUBLISHER_EVENTHUB_NAME', value: hubName }
@@ -381,6 +466,9 @@ module publisher 'container-app.bicep' = {
   dependsOn: [ pull, cosmosDataAccess, publisherSends, leasesContainer ]
 }
 
+// KEDA activates a scaler only when its value is greater than the activation threshold, never equal
+// (keda-docs, concepts/scaling-deployments.md, "Activating and Scaling thresholds"): with 0, one
+// waiting event or message wakes an app at zero replicas. Both rules say so explicitly.
 module subscriber 'container-app.bicep' = {
   name: 'app-subscriber'
   params: {
@@ -392,11 +480,16 @@ module subscriber 'container-app.bicep' = {
     registryServer: registry.properties.loginServer
     identityId: subscriberIdentity.id
     identityClientId: subscriberIdentity.properties.clientId
+    pullIdentityId: pullIdentity.id
     image: empty(images.subscriber) ? placeholderImage : images.subscriber
+    probed: !empty(images.subscriber)
     targetPort: 0
+    healthPort: ports.subscriber
     external: false
     minReplicas: 0
     maxReplicas: hubPartitions // KEDA never scales an Event Hubs consumer past the partition count
+    // The scaler reads the hub (Event Hubs Data Receiver) and the checkpoint blobs (Storage Blob
+    // Data Reader or more): the subscriber's own roles, so it uses the subscriber's identity.
     scaleRules: [ {
       name: 'hub-lag'
       custom: {
@@ -410,13 +503,15 @@ module subscriber 'container-app.bicep' = {
           blobContainer: checkpointContainer
           checkpointStrategy: 'blobMetadata'
           unprocessedEventThreshold: '64'
-          activationUnprocessedEventThreshold: '1'
+          activationUnprocessedEventThreshold: '0'
         }
       }
     } ]
     appInsightsConnectionString: insights.properties.ConnectionString
     env: [
       { name: 'SUBSCRIBER_MODE', value: 'azure' }
+      { name: 'SUBSCRIBER_HEALTH_HOST', value: '0.0.0.0' }
+      { name: 'SUBSCRIBER_HEALTH_PORT', value: string(ports.subscriber) }
       { name: 'SUBSCRIBER_EVENTHUBS_NAMESPACE', value: '${eventHubs.name}.servicebus.windows.net' }
       { name: 'SUBSCRIBER_EVENTHUB_NAME', value: hubName }
       { name: 'SUBSCRIBER_CONSUMER_GROUP', value: consumerGroup }
@@ -424,6 +519,7 @@ module subscriber 'container-app.bicep' = {
       { name: 'SUBSCRIBER_CHECKPOINT_CONTAINER', value: checkpointContainer }
       { name: 'SUBSCRIBER_SERVICEBUS_NAMESPACE', value: '${serviceBus.name}.servicebus.windows.net' }
       { name: 'SUBSCRIBER_INBOX_QUEUE', value: inboxQueue }
+      { name: 'SUBSCRIBER_INBOX_LANES', value: string(inboxLanes) }
     ]
   }
   dependsOn: [ pull, subscriberReceives, subscriberCheckpoints, subscriberFillsInbox, subscriberGroup ]
@@ -440,26 +536,40 @@ module consumer 'container-app.bicep' = {
     registryServer: registry.properties.loginServer
     identityId: consumerIdentity.id
     identityClientId: consumerIdentity.properties.clientId
+    pullIdentityId: pullIdentity.id
+    scalerIdentityId: consumerScalerIdentity.id
     image: empty(images.consumer) ? placeholderImage : images.consumer
-    targetPort: 8003
+    probed: !empty(images.consumer)
+    targetPort: ports.consumer
+    healthPort: ports.consumer
     external: false
     minReplicas: 0
-    maxReplicas: 10
-    scaleRules: [ {
-      name: 'inbox-length'
-      custom: {
-        type: 'azure-servicebus'
-        identity: consumerIdentity.id
-        metadata: { namespace: serviceBus.name, queueName: inboxQueue, messageCount: '20' }
+    // A replica holds at least one session lane of the inbox: replicas beyond the lane count would
+    // find no session to accept and sit idle, so the lanes bound the replicas.
+    maxReplicas: min(10, inboxLanes)
+    // Either rule wakes the consumer from zero: a message in the inbox (KEDA, activation at one
+    // message, through the scaler's own identity) or a request to the read API (an HTTP rule: a
+    // custom rule alone never wakes an app for its ingress).
+    scaleRules: [
+      {
+        name: 'inbox-length'
+        custom: {
+          type: 'azure-servicebus'
+          identity: consumerScalerIdentity.id
+          metadata: { namespace: serviceBus.name, queueName: inboxQueue, messageCount: '20', activationMessageCount: '0' }
+        }
       }
-    } ]
+      { name: 'read-api', http: { metadata: { concurrentRequests: '50' } } }
+    ]
     appInsightsConnectionString: insights.properties.ConnectionString
     env: [
       { name: 'CONSUMER_MODE', value: 'azure' }
       { name: 'CONSUMER_HTTP_HOST', value: '0.0.0.0' }
+      { name: 'CONSUMER_HTTP_PORT', value: string(ports.consumer) }
       { name: 'CONSUMER_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
       { name: 'CONSUMER_SERVICEBUS_NAMESPACE', value: '${serviceBus.name}.servicebus.windows.net' }
       { name: 'CONSUMER_INBOX_QUEUE', value: inboxQueue }
+      { name: 'CONSUMER_INBOX_LANES', value: string(inboxLanes) }
     ]
   }
   dependsOn: [ pull, cosmosDataAccess, consumerReadsInbox, consumerScalerReadsQueue, summariesContainer ]

@@ -1,6 +1,8 @@
 """The Bicep files parse (tree-sitter-bicep and pycep), and a walk over the parsed resources checks
-the security and scaling properties the deployment promises. Nothing here compiles or deploys:
-there is no Bicep CLI or Azure subscription on this machine."""
+the security and scaling properties the deployment promises, resource by resource. Nothing here
+compiles or deploys: there is no Azure subscription on this machine, and no Bicep CLI (it is not
+shipped by any PyPI, npm or Debian package reachable here; the PyPI packages named after Bicep call
+an installed CLI)."""
 
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ def test_every_bicep_file_parses(path: Path) -> None:
 
 
 def test_the_parsers_reject_a_broken_file() -> None:
-    broken = (BICEP / "role.bicep").read_text()[:-40]
+    text = (BICEP / "container-app.bicep").read_text()
+    broken = text[: text.index("output fqdn") - 8]  # the resource's closing braces cut off
     assert Parser(Language(tree_sitter_bicep.language())).parse(broken.encode()).root_node.has_error
 
 
@@ -68,7 +71,7 @@ def test_no_keys_or_connection_strings_anywhere(path: Path) -> None:
 
 
 def test_the_telemetry_exception_is_what_the_no_keys_check_lets_through() -> None:
-    leaked = "param cosmosConnectionString string\n" + (BICEP / "role.bicep").read_text()
+    leaked = "param cosmosConnectionString string\n" + (BICEP / "main.bicep").read_text()
     for allowed in TELEMETRY_EXCEPTION:
         leaked = leaked.replace(allowed, "")
     assert "connectionstring" in leaked.lower(), "any other connection string is still caught"
@@ -129,6 +132,70 @@ def test_alerts_cover_dead_letters_blocked_sessions_publisher_lag_and_checkpoint
     assert parsed("resources.bicep")["modules"]["alerts"]["detail"]["path"] == "alerts.bicep"
 
 
+def test_zero_replicas_are_covered_by_the_inbox_and_hub_alerts() -> None:
+    """At zero replicas the subscriber and consumer report nothing: the platform's metrics of the
+    inbox (messages waiting all window long) and of the hub (events in, none read) still do."""
+    alerts = parsed("alerts.bicep")
+    waiting = alerts["resources"]["inboxWaiting"]["config"]["properties"]
+    (criterion,) = waiting["criteria"]["allOf"]
+    assert (criterion["metricName"], criterion["timeAggregation"], criterion["operator"],
+            criterion["threshold"]) == ("ActiveMessages", "Minimum", "GreaterThan", 0)  # fmt: skip
+    assert criterion["dimensions"] == [
+        {"name": "EntityName", "operator": "Include", "values": ["inboxQueue"]}
+    ]
+    assert waiting["scopes"] == ["serviceBusId"]
+    assert waiting["windowSize"] == "PT15M"
+    unread = alerts["resources"]["hubUnread"]["config"]["properties"]
+    assert unread["scopes"] == ["workspaceId"]
+    (criterion,) = unread["criteria"]["allOf"]
+    query = criterion["query"]
+    for part in (
+        "AzureMetrics",
+        '"IncomingMessages"',
+        '"OutgoingMessages"',
+        "incoming > 0 and outgoing == 0",
+    ):
+        assert part in query, part
+    assert "${eventHubsId}" in (BICEP / "alerts.bicep").read_text()
+    resources = parsed("resources.bicep")
+    (diagnostics,) = [r for n, r in of_type(resources, "Microsoft.Insights/diagnosticSettings").items()
+                      if r["config"]["scope"] == "eventHubs"]  # fmt: skip
+    assert diagnostics["config"]["properties"]["metrics"] == [
+        {"category": "AllMetrics", "enabled": True}
+    ]
+    params = resources["modules"]["alerts"]["config"]["params"]
+    assert params["workspaceId"] == {"operator": {"type": "property_accessor", "operands": {
+        "operand_1": "logs", "operand_2": "id"}}}  # fmt: skip
+
+
+def test_an_optional_action_group_is_told_of_every_alert() -> None:
+    alerts = parsed("alerts.bicep")
+    group = alerts["resources"]["actionGroup"]
+    assert group["config"]["condition"] == "notify"
+    properties = group["config"]["config"]["properties"]
+    assert len(properties["groupShortName"]) <= 12
+    for receivers, parameter in (
+        ("emailReceivers", "alertEmail"),
+        ("webhookReceivers", "alertWebhookUrl"),
+    ):
+        assert parameter in json.dumps(properties[receivers])
+        assert alerts["parameters"][parameter]["default"] == ""
+    assert (
+        "var notify = !empty(alertEmail) || !empty(alertWebhookUrl)"
+        in (BICEP / "alerts.bicep").read_text()
+    )
+    for name, resource in alerts["resources"].items():
+        if name == "actionGroup":
+            continue
+        actions = json.dumps(body(resource)["properties"]["actions"])
+        assert "metricAlertActions" in actions or "actionGroupIds" in actions, name
+    parameters = json.loads((BICEP / "main.parameters.json").read_text())["parameters"]
+    assert parameters["alertEmail"]["value"] == "${EVENTFLOW_ALERT_EMAIL=}"
+    assert parameters["alertWebhookUrl"]["value"] == "${EVENTFLOW_ALERT_WEBHOOK_URL=}"
+    main = parsed("main.bicep")["modules"]["resources"]["config"]["params"]
+    assert (main["alertEmail"], main["alertWebhookUrl"]) == ("alertEmail", "alertWebhookUrl")
+
+
 def test_local_auth_is_disabled_on_every_data_service() -> None:
     resources = parsed("resources.bicep")
     for kind in (
@@ -150,33 +217,136 @@ def test_each_app_has_its_own_identity_and_only_the_data_roles_it_needs() -> Non
     identities = of_type(resources, "Microsoft.ManagedIdentity/userAssignedIdentities")
     assert sorted(identities) == [
         "consumerIdentity",
+        "consumerScalerIdentity",
         "producerIdentity",
         "publisherIdentity",
+        "pullIdentity",
         "subscriberIdentity",
     ]
     assignments = of_type(resources, "Microsoft.Authorization/roleAssignments")
-    text = json.dumps(assignments)
     granted = {(name, r["config"].get("scope") or r["config"]["config"]["scope"])
                for name, r in assignments.items()}  # fmt: skip
     assert granted == {
         ("publisherSends", "hub"), ("subscriberReceives", "hub"), ("subscriberCheckpoints", "checkpoints"),
         ("subscriberFillsInbox", "inbox"), ("consumerReadsInbox", "inbox"), ("consumerScalerReadsQueue", "inbox"),
+        ("pull", "registry"),
         ("publishesTelemetry", "insights"),  # one per app (a loop): see the telemetry test
     }  # fmt: skip
     data_roles = json.dumps({n: r for n, r in assignments.items() if n != "publishesTelemetry"})
     assert "producerIdentity" not in data_roles, (
         "the producer touches only Cosmos DB (and telemetry)"
     )
-    (cosmos_roles,) = of_type(
-        resources, "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments"
-    ).values()
-    assert cosmos_roles["config"]["loop_type"]["detail"]["item_name"] == "writer"
-    text = (BICEP / "resources.bicep").read_text()
-    assert "var cosmosDataContributor = '00000000-0000-0000-0000-000000000002'" in text
-    assert "var cosmosWriters = [ 'producer', 'publisher', 'consumer' ]" in text, (
-        "the subscriber never uses Cosmos DB"
+    assert "modules" not in resources or "pull" not in resources["modules"]
+
+
+def body(resource: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = resource["config"]
+    return config["config"] if "loop_type" in config or "condition" in config else config
+
+
+def role_of(assignment: dict[str, Any]) -> str:
+    return json.dumps(body(assignment)["properties"]["roleDefinitionId"])
+
+
+def principal_of(assignment: dict[str, Any]) -> str:
+    return json.dumps(body(assignment)["properties"]["principalId"])
+
+
+def test_the_consumer_keeps_data_receiver_and_only_its_scaler_identity_holds_data_owner() -> None:
+    """Least privilege: Service Bus Data Owner ("Manage", needed by the KEDA scaler only) belongs to
+    an identity that the consumer's containers cannot use (identitySettings lifecycle None)."""
+    resources = parsed("resources.bicep")
+    assignments = of_type(resources, "Microsoft.Authorization/roleAssignments")
+    owners = [n for n, r in assignments.items() if '"serviceBusDataOwner"' in role_of(r)]
+    assert owners == ["consumerScalerReadsQueue"]
+    assert "consumerScalerIdentity" in principal_of(assignments["consumerScalerReadsQueue"])
+    assert "consumerIdentity" in principal_of(assignments["consumerReadsInbox"])
+    assert '"serviceBusDataReceiver"' in role_of(assignments["consumerReadsInbox"])
+    for name, assignment in assignments.items():
+        if "consumerIdentity" in principal_of(assignment) and "Scaler" not in principal_of(
+            assignment
+        ):
+            assert '"serviceBusDataOwner"' not in role_of(assignment), name
+    consumer = resources["modules"]["consumer"]["config"]["params"]
+    assert consumer["identityId"]["operator"]["operands"]["operand_1"] == "consumerIdentity"
+    assert (
+        consumer["scalerIdentityId"]["operator"]["operands"]["operand_1"]
+        == "consumerScalerIdentity"
     )
-    assert resources["modules"]["pull"]["detail"]["path"] == "role.bicep"
+    (rule,) = [r for r in consumer["scaleRules"] if "custom" in r]
+    assert (
+        rule["custom"]["identity"]["operator"]["operands"]["operand_1"] == "consumerScalerIdentity"
+    )
+    (app,) = parsed("container-app.bicep")["resources"].values()
+    configuration = app["config"]["properties"]["configuration"]
+    assert configuration["identitySettings"] == "platformOnly"
+    platform_only = json.dumps(parsed("container-app.bicep")["variables"]["platformOnly"])
+    assert platform_only.count('"lifecycle": "None"') == 2
+    assert '"identity": "scalerIdentityId"' in platform_only
+    assert '"identity": "pullIdentityId"' in platform_only
+
+
+def test_images_are_pulled_by_an_identity_the_apps_cannot_use() -> None:
+    resources = parsed("resources.bicep")
+    pull = of_type(resources, "Microsoft.Authorization/roleAssignments")["pull"]
+    assert '"acrPull"' in role_of(pull)
+    assert "pullIdentity" in principal_of(pull)
+    for name in ("producer", "publisher", "subscriber", "consumer"):
+        params = resources["modules"][name]["config"]["params"]
+        assert params["pullIdentityId"]["operator"]["operands"]["operand_1"] == "pullIdentity", name
+    (app,) = parsed("container-app.bicep")["resources"].values()
+    (registry,) = app["config"]["properties"]["configuration"]["registries"]
+    assert registry["identity"] == "pullIdentityId"
+
+
+COSMOS_SCOPE = "${cosmos.id}/dbs/${database.name}/colls/${grant.container}"
+
+
+def test_cosmos_roles_are_scoped_to_the_containers_each_service_uses_and_created_one_at_a_time() -> (
+    None
+):
+    resources = parsed("resources.bicep")
+    cosmos_roles = of_type(resources, "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments")
+    assert sorted(cosmos_roles) == ["cosmosDataAccess", "userReadsSummaries"]
+    grants = {(g["app"], g["container"]) for g in resources["variables"]["cosmosGrants"]["value"]}
+    assert grants == {("producer", "orders"), ("publisher", "orders"), ("publisher", "leases"),
+                      ("consumer", "order-summaries")}, "the subscriber never uses Cosmos DB"  # fmt: skip
+    loop = cosmos_roles["cosmosDataAccess"]
+    assert loop["config"]["loop_type"]["detail"] == {
+        "item_name": "grant",
+        "array_name": "cosmosGrants",
+    }
+    assert {"type": "batchSize", "argument": 1} in loop["decorators"]
+    text = (BICEP / "resources.bicep").read_text()
+    assert "@batchSize(1)\nresource cosmosDataAccess" in text, "serialised: one operation at a time"
+    dependencies = set(loop["config"]["config"]["dependsOn"])
+    assert {"ordersContainer", "leasesContainer", "summariesContainer"} <= dependencies
+    properties = loop["config"]["config"]["properties"]
+    assert f"scope: '{COSMOS_SCOPE}'" in text
+    assert json.dumps(properties["scope"]).count("colls") == 1, "container scope, not the account"
+    assert "var cosmosDataContributor = '00000000-0000-0000-0000-000000000002'" in text
+
+
+def test_the_deploying_user_may_read_the_consumers_store_after_the_other_roles() -> None:
+    """make verify-azure reads order-summaries as the signed-in user: azd passes its principalId."""
+    main = parsed("main.bicep")
+    assert main["modules"]["resources"]["config"]["params"]["principalId"] == "principalId"
+    resources = parsed("resources.bicep")
+    assert resources["parameters"]["principalId"]["default"] == ""
+    user = of_type(resources, "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments")[
+        "userReadsSummaries"
+    ]
+    assert user["config"]["condition"] == {"operator": {"type": "not", "operands": {
+        "bool_value": {"function": {"type": "empty", "parameters": {"item_to_test": "principalId"}}}}}}  # fmt: skip
+    assert user["config"]["config"]["dependsOn"] == ["cosmosDataAccess"], (
+        "after the batched loop: never beside another Cosmos DB role operation"
+    )
+    text = (BICEP / "resources.bicep").read_text()
+    assert "var cosmosDataReader = '00000000-0000-0000-0000-000000000001'" in text
+    assert "roleDefinitionId: '${cosmos.id}/sqlRoleDefinitions/${cosmosDataReader}'" in text
+    assert "scope: '${cosmos.id}/dbs/${database.name}/colls/${summariesContainer.name}'" in text
+    parameters = json.loads((BICEP / "main.parameters.json").read_text())["parameters"]
+    assert parameters["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
 
 
 def test_cosmos_containers_have_ttl_on_and_the_partition_keys_the_services_use() -> None:
@@ -215,20 +385,87 @@ def scale(module: dict[str, Any]) -> dict[str, Any]:
 
 def test_keda_rules_and_replica_bounds() -> None:
     modules = parsed("resources.bicep")["modules"]
-    producer, publisher, subscriber, consumer = (
+    producer, _publisher, subscriber, consumer = (
         scale(modules[n]) for n in ("producer", "publisher", "subscriber", "consumer")
     )
     assert "http" in producer["scaleRules"][0]
     assert producer["external"] is True
-    assert publisher["minReplicas"] >= 1, "the change feed processor must always run"
     (hub_rule,) = subscriber["scaleRules"]
     assert hub_rule["custom"]["type"] == "azure-eventhub"
     assert hub_rule["custom"]["metadata"]["checkpointStrategy"] == "blobMetadata"
     assert "identity" in hub_rule["custom"]
     assert subscriber["maxReplicas"] == "hubPartitions", "never more replicas than partitions"
-    (queue_rule,) = consumer["scaleRules"]
+    (queue_rule,) = [rule for rule in consumer["scaleRules"] if "custom" in rule]
     assert queue_rule["custom"]["type"] == "azure-servicebus"
     assert "identity" in queue_rule["custom"]
+
+
+# KEDA activates a scaler only when the value is GREATER than its activation threshold (keda-docs
+# 2.19, concepts/scaling-deployments.md): a threshold of 1 lets one event wait at zero replicas.
+ACTIVATION_KEYS = {"azure-eventhub": "activationUnprocessedEventThreshold",
+                   "azure-servicebus": "activationMessageCount"}  # fmt: skip
+
+
+def test_every_keda_rule_activates_on_one_waiting_event_or_message() -> None:
+    modules = parsed("resources.bicep")["modules"]
+    custom_rules = [
+        (name, rule["custom"])
+        for name, module in modules.items()
+        if "scaleRules" in module["config"]["params"]
+        for rule in module["config"]["params"]["scaleRules"]
+        if "custom" in rule
+    ]
+    assert {name for name, _ in custom_rules} == {"subscriber", "consumer"}
+    for name, rule in custom_rules:
+        metadata = rule["metadata"]
+        activation = {key: value for key, value in metadata.items() if key.startswith("activation")}
+        assert activation == {ACTIVATION_KEYS[rule["type"]]: "0"}, (name, activation)
+        assert not any(isinstance(value, int) for value in metadata.values()), (
+            "metadata are strings"
+        )
+
+
+def test_replicas_say_what_they_do() -> None:
+    """The publisher: one lease owner and one hot spare that really runs (no scale rule could tell
+    when more help). The consumer: its read API wakes it from zero (an HTTP rule), and it never runs
+    more replicas than inbox lanes (a replica holds at least one lane)."""
+    modules = parsed("resources.bicep")["modules"]
+    publisher, consumer = scale(modules["publisher"]), scale(modules["consumer"])
+    assert (publisher["minReplicas"], publisher["maxReplicas"], publisher["scaleRules"]) == (
+        2,
+        2,
+        [],
+    )
+    assert consumer["minReplicas"] == 0
+    assert consumer["targetPort"] == {"operator": {"type": "property_accessor",
+                                                   "operands": {"operand_1": "ports", "operand_2": "consumer"}}}  # fmt: skip
+    http_rules = [rule for rule in consumer["scaleRules"] if "http" in rule]
+    assert len(http_rules) == 1, "a request to the read API wakes the consumer at zero replicas"
+    assert consumer["maxReplicas"] == {"function": {"type": "min", "parameters": {
+        "arg_1": 10, "arg_2": "inboxLanes"}}}  # fmt: skip
+    text = (BICEP / "resources.bicep").read_text()
+    assert (
+        "bootstrap (one on a new serverless account); instances beyond the lease count run as hot"
+        in text
+    )
+    assert "A replica holds at least one session lane" in text
+
+
+def test_inbox_lanes_reach_the_subscriber_and_the_consumer_and_the_inbox_keeps_sessions() -> None:
+    main = parsed("main.bicep")
+    assert main["parameters"]["inboxLanes"]["default"] == 32
+    assert main["modules"]["resources"]["config"]["params"]["inboxLanes"] == "inboxLanes"
+    resources = parsed("resources.bicep")
+    assert resources["parameters"]["inboxLanes"]["default"] == 32
+    lanes = {"function": {"type": "string", "parameters": {"value_to_convert": "inboxLanes"}}}
+    for app, setting in (
+        ("subscriber", "SUBSCRIBER_INBOX_LANES"),
+        ("consumer", "CONSUMER_INBOX_LANES"),
+    ):
+        env = scale(resources["modules"][app])["env"]
+        assert {"name": setting, "value": lanes} in env, app
+    (queue,) = of_type(resources, "Microsoft.ServiceBus/namespaces/queues").values()
+    assert queue["config"]["properties"]["requiresSession"] is True, "a lane is a session"
 
 
 def test_every_app_runs_single_revision_with_a_grace_period_and_its_azd_tag() -> None:
@@ -259,3 +496,70 @@ def test_producer_and_publisher_get_one_write_pattern_outbox_by_default() -> Non
         assert f"{{ name: '{setting}', value: writePattern }}" in resources
     parameters = json.loads((BICEP / "main.parameters.json").read_text())["parameters"]
     assert parameters["writePattern"]["value"] == "${EVENTFLOW_WRITE_PATTERN=outbox}"
+
+
+def test_every_app_has_liveness_on_healthz_and_readiness_on_readyz_at_its_own_port() -> None:
+    """Container Apps ignores the Dockerfile HEALTHCHECK and adds default probes only with ingress:
+    each app declares its own, on the port its service listens on (set explicitly in its env)."""
+    container_app = parsed("container-app.bicep")
+    probes = {probe["type"]: probe for probe in container_app["variables"]["probes"]["value"]}
+    assert set(probes) == {"Startup", "Liveness", "Readiness"}
+    for kind, path in (("Startup", "/healthz"), ("Liveness", "/healthz"), ("Readiness", "/readyz")):
+        assert probes[kind]["httpGet"] == {"path": path, "port": "healthPort"}, kind
+    for probe in probes.values():  # the API's limits
+        assert 1 <= probe["failureThreshold"] <= 10
+        assert 1 <= probe["periodSeconds"] <= 240
+        assert 1 <= probe["timeoutSeconds"] <= 240
+        assert probe.get("initialDelaySeconds", 1) <= 60
+    startup = probes["Startup"]
+    assert startup["initialDelaySeconds"] + startup["periodSeconds"] * startup["failureThreshold"] >= 90, (
+        "start-up may wait for a backend that is still coming"
+    )  # fmt: skip
+    (app,) = container_app["resources"].values()
+    (container,) = app["config"]["properties"]["template"]["containers"]
+    assert container["probes"] == {"operator": {"type": "conditional", "operands": {
+        "condition": "probed", "true_value": "probes", "false_value": []}}}  # fmt: skip
+    modules = parsed("resources.bicep")["modules"]
+    ports = parsed("resources.bicep")["variables"]["ports"]["value"]
+    assert ports == {"producer": 8000, "publisher": 8001, "subscriber": 8002, "consumer": 8003}
+    port_settings = {"producer": "PRODUCER_PORT", "publisher": "PUBLISHER_HEALTH_PORT",
+                     "subscriber": "SUBSCRIBER_HEALTH_PORT", "consumer": "CONSUMER_HTTP_PORT"}  # fmt: skip
+    dockerfiles = {"producer": "producer-api", "publisher": "publisher", "subscriber": "subscriber",
+                   "consumer": "consumer"}  # fmt: skip
+    for name, setting in port_settings.items():
+        params = modules[name]["config"]["params"]
+        port = {
+            "operator": {
+                "type": "property_accessor",
+                "operands": {"operand_1": "ports", "operand_2": name},
+            }
+        }
+        assert params["healthPort"] == port, name
+        assert {"name": setting, "value": {"function": {"type": "string", "parameters": {
+            "value_to_convert": port}}}} in params["env"], name  # fmt: skip
+        host = setting.replace("PORT", "HOST")
+        assert {"name": host, "value": "0.0.0.0"} in params["env"], (
+            f"{name}: probes come from outside"
+        )
+        dockerfile = (BICEP.parents[1] / "services" / dockerfiles[name] / "Dockerfile").read_text()
+        assert f"{setting}={ports[name]}" in dockerfile, name
+        assert params["probed"] == {"operator": {"type": "not", "operands": {"bool_value": {
+            "function": {"type": "empty", "parameters": {"item_to_test": {"operator": {
+                "type": "property_accessor", "operands": {"operand_1": "images", "operand_2": name}}}}}}}}}, (
+            f"{name}: the placeholder image of the first provision cannot answer the probes"
+        )  # fmt: skip
+
+
+def test_azd_keeps_the_scale_rule_identities_on_deploy() -> None:
+    """azd deploy writes each app back; with `apiVersion` (azd >= 1.10.2) it does so as JSON at the
+    API version the Bicep uses, so nothing the SDK's model lacks (scale-rule identity) is lost."""
+    azure = yaml.safe_load((BICEP.parents[1] / "azure.yaml").read_text())
+    required = azure["requiredVersions"]["azd"]
+    assert required.startswith(">= ")
+    minimum = tuple(int(part) for part in required.removeprefix(">= ").split("."))
+    assert minimum >= (1, 10, 2), "per-service apiVersion exists since azd 1.10.2"
+    (app,) = parsed("container-app.bicep")["resources"].values()
+    assert app["type"] == "Microsoft.App/containerApps"
+    for name, service in azure["services"].items():
+        assert service["apiVersion"] == app["api_version"], name
+    assert app["api_version"] >= "2024-02-02-preview", "scale-rule identity and identitySettings"

@@ -90,7 +90,8 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
             subscription = Subscription(
                 clients.consumer, forwarder, max_batch_size=settings.max_batch_size,
                 max_wait_time=settings.max_wait_time_seconds, starting_position=settings.starting_position,
-                on_checkpoint=metrics.checkpointed,
+                on_checkpoint=metrics.checkpointed, on_claim=metrics.claimed, on_release=metrics.released,
+                on_failure=metrics.failed,
             )  # fmt: skip
             running.append(asyncio.create_task(subscription.run()))
             stopping = asyncio.create_task(stop.wait())

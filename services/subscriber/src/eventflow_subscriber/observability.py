@@ -20,7 +20,19 @@ SERVICE, METER = (
 
 
 class SubscriberMetrics(ForwarderObserver):
-    def __init__(self, telemetry: Telemetry | None = None) -> None:
+    """Counters of the flow, and the checkpoint age of each partition this replica owns.
+
+    The age gauge shows only owned partitions: one lost in a rebalance (or released at shutdown)
+    leaves it, or its age would grow here while another replica moves it, and fire the alert. A
+    partition claimed counts from its claim until its first checkpoint here. One closed after its
+    batch failed is kept, with the age of its last checkpoint, for `failed_hold_seconds`: the SDK
+    closes it and this replica normally claims it again at its next load-balancing cycle, so a batch
+    that fails every time keeps aging instead of looking fresh at each claim; if another replica
+    claims it instead, it leaves the gauge once that time has passed."""
+
+    def __init__(
+        self, telemetry: Telemetry | None = None, *, failed_hold_seconds: float = 120.0
+    ) -> None:
         telemetry = telemetry or metrics_only(METER)
         self.registry = telemetry.registry
         meter = telemetry.meter
@@ -41,16 +53,37 @@ class SubscriberMetrics(ForwarderObserver):
         )
         meter.create_observable_gauge(
             "eventflow_subscriber_checkpoint_age_seconds", [self._checkpoint_ages],
-            description="seconds since the last checkpoint",
+            description="seconds since the partition's last checkpoint (or claim) by this replica",
         )  # fmt: skip
-        self._checkpointed: dict[str, float] = {}
+        self._checkpointed: dict[str, float] = {}  # owned partitions: last checkpoint (or claim)
+        self._failed: dict[str, float] = {}  # closed after a failed batch, not claimed again yet
+        self._failed_hold = failed_hold_seconds
         for counter in (self._received, self._forwarded, self._filtered, self._markers):
             counter.add(0)  # scraped as 0 from the start, not absent until the first event
 
     def _checkpoint_ages(self, _: CallbackOptions) -> Iterable[Observation]:
         now = time.monotonic()
+        for partition, failed_at in list(self._failed.items()):
+            if now - failed_at > self._failed_hold:  # claimed by another replica meanwhile
+                del self._failed[partition]
+                self._checkpointed.pop(partition, None)
         for partition, at in list(self._checkpointed.items()):
             yield Observation(round(now - at, 3), {"partition": partition})
+
+    def claimed(self, partition: str) -> None:
+        """This replica owns the partition now (its age goes on if it was kept after a failure)."""
+        self._failed.pop(partition, None)
+        self._checkpointed.setdefault(partition, time.monotonic())
+
+    def released(self, partition: str) -> None:
+        """This replica no longer owns the partition: lost to another, failed, or shutting down."""
+        if partition not in self._failed:
+            self._checkpointed.pop(partition, None)
+
+    def failed(self, partition: str) -> None:
+        """A batch of the partition failed: the SDK closes the partition and it is claimed again."""
+        if partition in self._checkpointed:
+            self._failed[partition] = time.monotonic()
 
     def received(self, events: int) -> None:
         self._received.add(events)

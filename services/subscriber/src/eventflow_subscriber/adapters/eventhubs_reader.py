@@ -40,6 +40,9 @@ class Subscription:
         max_wait_time: float | None,
         starting_position: str,
         on_checkpoint: Callable[[str], None] = lambda _partition: None,
+        on_claim: Callable[[str], None] = lambda _partition: None,
+        on_release: Callable[[str], None] = lambda _partition: None,
+        on_failure: Callable[[str], None] = lambda _partition: None,
     ) -> None:
         self._consumer = consumer
         self._forwarder = forwarder
@@ -47,6 +50,7 @@ class Subscription:
         self._max_wait_time = max_wait_time
         self._starting_position = starting_position
         self._on_checkpoint = on_checkpoint
+        self._on_claim, self._on_release, self._on_failure = on_claim, on_release, on_failure
         self._draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -63,6 +67,9 @@ class Subscription:
             )
             await context.update_checkpoint(events[-1])
             self._on_checkpoint(context.partition_id)
+        except Exception:
+            self._on_failure(context.partition_id)  # the SDK closes the partition next
+            raise
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -73,10 +80,18 @@ class Subscription:
         LOG.error("partition closed after an error; it is claimed again and read from its checkpoint",
                   partition=partition, error=repr(error))  # fmt: skip
 
+    async def _on_partition_initialize(self, context: Any) -> None:
+        self._on_claim(context.partition_id)
+
+    async def _on_partition_close(self, context: Any, _reason: Any) -> None:
+        self._on_release(context.partition_id)  # lost to another replica, failed, or shutting down
+
     async def run(self) -> None:
         await self._consumer.receive_batch(
             self._on_batch, max_batch_size=self._max_batch_size, max_wait_time=self._max_wait_time,
             starting_position=self._starting_position, on_error=self._on_error,
+            on_partition_initialize=self._on_partition_initialize,
+            on_partition_close=self._on_partition_close,
         )  # fmt: skip
 
     async def drain(self, wait_seconds: float) -> None:

@@ -71,6 +71,15 @@ class LocalIssuer:
                                   "authority": self.authority, "https_only": False}  # fmt: skip
         return AuthConfig(**{**values, "key_refresh_seconds": 0.0, **overrides})
 
+    def settings(self) -> dict[str, Any]:
+        """The AuthFields values that trust this issuer (for a service's Settings(...))."""
+        return {
+            "auth_tenant_id": self.tenant_id,
+            "auth_client_id": self.client_id,
+            "auth_authority": self.authority,
+            "auth_key_refresh_seconds": 0.0,
+        }
+
     def environment(self, prefix: str) -> dict[str, str]:
         """The settings an API takes to trust this issuer, e.g. prefix "PRODUCER_"."""
         return {

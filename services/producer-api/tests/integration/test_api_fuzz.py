@@ -51,7 +51,9 @@ _settings = Settings(
     mode="emulator", cosmos_endpoint=_cosmos.endpoint, cosmos_key=SecretStr(_cosmos.key),
     database=f"fuzz-{uuid.uuid4().hex[:8]}", **_tokens.settings(),
 )  # fmt: skip
-_authorization = {"Authorization": f"Bearer {_tokens.token(WRITE_ROLE, exp=int(time.time()) + 6 * 3600)}"}
+_authorization = {
+    "Authorization": f"Bearer {_tokens.token(WRITE_ROLE, exp=int(time.time()) + 6 * 3600)}"
+}
 schema = schemathesis.openapi.from_asgi(
     "/openapi.json", create_app(_settings, open_store), config=_config
 )

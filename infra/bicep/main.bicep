@@ -23,6 +23,11 @@ param consumerImage string = ''
 @description('The write pattern of producer and publisher (docs/patterns.md).')
 param writePattern string = 'outbox'
 
+@minLength(36)
+@maxLength(36)
+@description('Application (client) id of the Entra ID app registration that protects the producer API and the consumer read API (app roles Orders.Read and Orders.ReadWrite, requestedAccessTokenVersion 2; docs/operations.md). Tokens are taken from this directory (tenant) only.')
+param apiClientId string
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
 
@@ -40,6 +45,7 @@ module resources 'resources.bicep' = {
     resourceToken: resourceToken
     tags: tags
     writePattern: writePattern
+    apiClientId: apiClientId
     images: {
       producer: producerImage
       publisher: publisherImage
@@ -54,6 +60,8 @@ output AZURE_PRINCIPAL_ID string = principalId
 output AZURE_RESOURCE_GROUP string = group.name
 output AZURE_CONTAINER_REGISTRY_ENDPOINT string = resources.outputs.registryEndpoint
 output AZURE_CONTAINER_ENVIRONMENT_NAME string = resources.outputs.environmentName
+output AZURE_TENANT_ID string = tenant().tenantId
+output EVENTFLOW_API_CLIENT_ID string = apiClientId
 output SERVICE_PRODUCER_URI string = resources.outputs.producerUri
 output PRODUCER_COSMOS_ENDPOINT string = resources.outputs.cosmosEndpoint
 output PUBLISHER_COSMOS_ENDPOINT string = resources.outputs.cosmosEndpoint

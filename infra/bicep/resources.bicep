@@ -7,6 +7,8 @@ param tags object
 param images object
 @allowed([ 'outbox', 'entity-first', 'event-first' ])
 param writePattern string = 'outbox'
+@description('The API app registration\'s client id: the audience of the tokens both APIs accept.')
+param apiClientId string
 
 var placeholderImage = 'mcr.microsoft.com/azuredocs/containerapps-helloworld:latest'
 var hubName = 'orders'
@@ -346,6 +348,8 @@ module producer 'container-app.bicep' = {
       { name: 'PRODUCER_HOST', value: '0.0.0.0' }
       { name: 'PRODUCER_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
       { name: 'PRODUCER_WRITE_PATTERN', value: writePattern }
+      { name: 'PRODUCER_AUTH_TENANT_ID', value: tenant().tenantId }
+      { name: 'PRODUCER_AUTH_CLIENT_ID', value: apiClientId }
     ]
   }
   dependsOn: [ pull, cosmosDataAccess, ordersContainer ]
@@ -460,6 +464,8 @@ module consumer 'container-app.bicep' = {
       { name: 'CONSUMER_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
       { name: 'CONSUMER_SERVICEBUS_NAMESPACE', value: '${serviceBus.name}.servicebus.windows.net' }
       { name: 'CONSUMER_INBOX_QUEUE', value: inboxQueue }
+      { name: 'CONSUMER_AUTH_TENANT_ID', value: tenant().tenantId }
+      { name: 'CONSUMER_AUTH_CLIENT_ID', value: apiClientId }
     ]
   }
   dependsOn: [ pull, cosmosDataAccess, consumerReadsInbox, consumerScalerReadsQueue, summariesContainer ]

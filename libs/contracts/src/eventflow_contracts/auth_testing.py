@@ -58,6 +58,10 @@ class LocalIssuer:
         self.down = False
         self.keys_url: str | None = None
         """Where the discovery document says the keys are (default: this server)."""
+        self.named_issuer: str | None = None
+        """The issuer the discovery document names (default: this one's)."""
+        self.other_keys: list[object] = []
+        """More entries of the key set, as they are (keys of other kinds, malformed ones)."""
         self.requests = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.authority = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -141,10 +145,13 @@ class LocalIssuer:
                 if issuer.down:
                     self._answer(503, {"error": "temporarily_unavailable"})
                 elif self.path == f"{base}/v2.0/.well-known/openid-configuration":
-                    self._answer(200, {"issuer": issuer.issuer, "jwks_uri": issuer.keys_url or f"{issuer.authority}{base}/discovery/v2.0/keys",
+                    self._answer(200, {"issuer": issuer.named_issuer or issuer.issuer, "jwks_uri": issuer.keys_url or f"{issuer.authority}{base}/discovery/v2.0/keys",
                                        "id_token_signing_alg_values_supported": ["RS256"]})  # fmt: skip
                 elif self.path == f"{base}/discovery/v2.0/keys":
-                    self._answer(200, {"keys": [key.jwk() for key in issuer.published]})
+                    self._answer(
+                        200,
+                        {"keys": [*issuer.other_keys, *(key.jwk() for key in issuer.published)]},
+                    )
                 else:
                     self._answer(404, {"error": "not_found"})
 

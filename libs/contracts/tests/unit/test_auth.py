@@ -229,3 +229,28 @@ def test_settings_turn_authentication_on_and_azure_mode_requires_entra_id() -> N
         AuthFields(auth_tenant_id=tenant)
     with pytest.raises(ValueError, match="GUID"):
         AuthFields(auth_tenant_id="contoso", auth_client_id=client)
+
+
+async def test_keys_of_other_kinds_are_skipped_and_a_token_must_name_its_key(
+    issuer: LocalIssuer, validator: TokenValidator
+) -> None:
+    issuer.other_keys = [
+        {"kty": "EC", "kid": "ec", "crv": "P-256"}, {**issuer.key.jwk(), "kid": "enc", "use": "enc"},
+        {"kty": "RSA", "kid": "broken", "n": "!", "e": "AQAB"}, "not a key",
+    ]  # fmt: skip
+    assert await validator.caller("Bearer " + issuer.token(READ_ROLE))
+    for kid in ("ec", "enc", "broken"):
+        with pytest.raises(AuthError, match="unknown"):
+            await validator.caller("Bearer " + issuer.token(READ_ROLE, key=SigningKey(kid)))
+    no_kid = issuer.token(READ_ROLE).split(".")
+    no_kid[0] = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9"  # {"alg":"RS256","typ":"JWT"}
+    with pytest.raises(AuthError, match="names no signing key"):
+        await validator.caller("Bearer " + ".".join(no_kid))
+
+
+async def test_a_discovery_document_of_another_issuer_is_not_trusted(
+    issuer: LocalIssuer, validator: TokenValidator
+) -> None:
+    issuer.named_issuer = "https://login.microsoftonline.com/common/v2.0"
+    with pytest.raises(KeySetUnavailableError):
+        await validator.caller("Bearer " + issuer.token(READ_ROLE))

@@ -68,14 +68,22 @@ class AuthFields(BaseModel):
     )
     auth_key_timeout_seconds: float = Field(default=5.0, gt=0)
 
+    @property
+    def _prefix(self) -> str:
+        """The service's environment prefix (PRODUCER_, CONSUMER_), for messages."""
+        return str(type(self).model_config.get("env_prefix", ""))
+
     @model_validator(mode="after")
     def _auth_settings_agree(self) -> Self:
+        prefix = self._prefix
         if (self.auth_tenant_id is None) != (self.auth_client_id is None):
-            raise ValueError("set both AUTH_TENANT_ID and AUTH_CLIENT_ID, or neither")
+            raise ValueError(
+                f"set both {prefix}AUTH_TENANT_ID and {prefix}AUTH_CLIENT_ID, or neither"
+            )
         for name in ("auth_tenant_id", "auth_client_id"):
             value = getattr(self, name)
             if value is not None and not _GUID.match(value.lower()):
-                raise ValueError(f"{name.upper()} must be a GUID")
+                raise ValueError(f"{prefix}{name.upper()} must be a GUID")
         return self
 
     @property
@@ -86,10 +94,15 @@ class AuthFields(BaseModel):
         """In azure mode tokens are required, and only Entra ID may issue them. Raises ValueError."""
         if mode != "azure":
             return
+        prefix = self._prefix
         if not self.auth_enabled:
-            raise ValueError("mode=azure needs AUTH_TENANT_ID and AUTH_CLIENT_ID (Entra ID)")
+            raise ValueError(
+                f"mode=azure needs {prefix}AUTH_TENANT_ID and {prefix}AUTH_CLIENT_ID (Entra ID)"
+            )
         if self.auth_authority.rstrip("/") != ENTRA_AUTHORITY:
-            raise ValueError(f"mode=azure takes tokens from {ENTRA_AUTHORITY} only")
+            raise ValueError(
+                f"mode=azure takes tokens from {ENTRA_AUTHORITY} only ({prefix}AUTH_AUTHORITY)"
+            )
 
     def auth_config(self) -> AuthConfig | None:
         """The validation's configuration, or None when authentication is off."""

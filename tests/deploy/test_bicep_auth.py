@@ -35,8 +35,8 @@ def test_both_apis_get_the_tenant_and_the_audience(prefix: str) -> None:
 
 
 def test_azure_mode_refuses_to_start_without_the_registration() -> None:
-    with pytest.raises(ValueError, match="AUTH_TENANT_ID"):
+    with pytest.raises(ValueError, match="PRODUCER_AUTH_TENANT_ID"):
         ProducerSettings(mode="azure", cosmos_endpoint="https://a.documents.azure.com:443/")
-    with pytest.raises(ValueError, match="AUTH_TENANT_ID"):
+    with pytest.raises(ValueError, match="CONSUMER_AUTH_TENANT_ID"):
         ConsumerSettings(mode="azure", cosmos_endpoint="https://a.documents.azure.com:443/",
                          servicebus_namespace="n.servicebus.windows.net")  # fmt: skip

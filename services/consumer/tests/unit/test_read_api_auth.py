@@ -142,7 +142,7 @@ async def test_health_and_metrics_need_no_token(client: TestClient[Any, Any]) ->
 def test_azure_mode_refuses_to_run_without_entra_id(issuer: LocalIssuer) -> None:
     azure = {"mode": "azure", "servicebus_namespace": "ns.servicebus.windows.net",
              "cosmos_endpoint": "https://account.documents.azure.com:443/"}  # fmt: skip
-    with pytest.raises(ValueError, match="needs AUTH_TENANT_ID"):
+    with pytest.raises(ValueError, match="needs CONSUMER_AUTH_TENANT_ID"):
         Settings(**azure)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="only"):
         Settings(**azure, **issuer.settings())  # type: ignore[arg-type]

@@ -41,6 +41,9 @@ ALGORITHM = "RS256"
 MAX_TOKEN_CHARS = 16 * 1024
 """Entra ID tokens are a few KB; a longer one is refused before it is parsed."""
 REALM = "eventflow"
+KEY_SET_MAX_AGE_S = 24 * 3600.0
+"""Past this, a key set that fetched fine is fetched again at the next token, so keys the tenant
+withdrew stop validating (while the fetch fails, the cached keys keep validating)."""
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _IMPLIES = {READ_ROLE: {READ_ROLE, WRITE_ROLE}, WRITE_ROLE: {WRITE_ROLE}}
 
@@ -228,6 +231,7 @@ class KeySet:
         self._keys: dict[str, Any] = {}
         self._fetched_at: float | None = None  # the last fetch, and whether it worked
         self._fetch_worked = False
+        self._current_since: float | None = None  # the last fetch that worked
         self._lock = asyncio.Lock()
         self.fetches = 0
 
@@ -235,11 +239,11 @@ class KeySet:
         """The public key for `kid`, or None when the key set (fetched now or a moment ago) does
         not have it. Raises KeySetUnavailableError when `kid` is unknown and the key set could
         not be fetched (now or a moment ago)."""
-        if kid in self._keys:
+        if kid in self._keys and not self._old():
             return self._keys[kid]
         seen = self.fetches
         async with self._lock:  # one fetch at a time; waiters use its outcome
-            if kid in self._keys:
+            if kid in self._keys and not self._old():
                 return self._keys[kid]
             if self.fetches == seen and not self._fetched_recently():
                 await self._fetch()
@@ -250,6 +254,12 @@ class KeySet:
                 "the token's signing key is unknown and the key set is unreachable"
             )
         return None
+
+    def _old(self) -> bool:
+        return (
+            self._current_since is not None
+            and self._clock() - self._current_since > KEY_SET_MAX_AGE_S
+        )
 
     def _fetched_recently(self) -> bool:
         return (
@@ -269,8 +279,9 @@ class KeySet:
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             self._fetch_worked = False
             return
-        self._keys.update(keys)
+        self._keys = keys  # a key the tenant no longer publishes no longer validates
         self._fetch_worked = True
+        self._current_since = self._fetched_at
 
     def _jwks_uri(self, discovery: Mapping[str, Any]) -> str:
         uri = str(discovery["jwks_uri"])

@@ -11,6 +11,7 @@ import pytest
 from eventflow_contracts.auth import (
     ANONYMOUS,
     ENTRA_AUTHORITY,
+    KEY_SET_MAX_AGE_S,
     READ_ROLE,
     USER_SCOPE,
     WRITE_ROLE,
@@ -254,3 +255,27 @@ async def test_a_discovery_document_of_another_issuer_is_not_trusted(
     issuer.named_issuer = "https://login.microsoftonline.com/common/v2.0"
     with pytest.raises(KeySetUnavailableError):
         await validator.caller("Bearer " + issuer.token(READ_ROLE))
+
+
+async def test_a_day_old_key_set_is_fetched_again_and_withdrawn_keys_stop_validating(
+    issuer: LocalIssuer,
+) -> None:
+    clock = [1000.0]
+    keys = KeySet(issuer.config(key_refresh_seconds=60.0), clock=lambda: clock[0])
+    validator = TokenValidator(issuer.config(), keys)
+    old = "Bearer " + issuer.token(READ_ROLE)
+    try:
+        assert await validator.caller(old)
+        clock[0] += KEY_SET_MAX_AGE_S + 1
+        issuer.down = True  # cannot be fetched: the cached keys keep validating
+        assert await validator.caller(old)
+        assert keys.fetches == 2
+        clock[0] += 61
+        issuer.down = False
+        issuer.published = [issuer.rotate()]  # the old key withdrawn
+        with pytest.raises(AuthError, match="unknown"):
+            await validator.caller(old)
+        assert await validator.caller("Bearer " + issuer.token(READ_ROLE))
+        assert keys.fetches == 3
+    finally:
+        await keys.close()

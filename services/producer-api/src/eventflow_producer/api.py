@@ -406,6 +406,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = app.state.service = None
         async with AsyncExitStack() as stack:
+            stack.push_async_callback(app.state.auth.close)  # the key set's HTTP session
 
             async def connect() -> None:
                 store = await stack.enter_async_context(open_store(settings))
@@ -427,7 +428,6 @@ def create_app(
             connecting = asyncio.create_task(connect(), name="open-store")
             connecting.add_done_callback(settled)
             await asyncio.wait({connecting}, timeout=settings.startup_wait_seconds)
-            stack.push_async_callback(app.state.auth.close)
             try:
                 yield
             finally:

@@ -105,6 +105,7 @@ dev: setup ## run the whole system locally: the four services on the real SDKs a
 	@echo "  consumer read  http://127.0.0.1:5300/orders/<id>   (health and metrics: publisher 5100, subscriber 5200)"
 	@echo "  emulators      Cosmos DB http://127.0.0.1:8081/  Event Hubs + Service Bus amqp://127.0.0.1:5672 (faults: http://127.0.0.1:5673/)  Azurite 10000"
 	@echo "  data           $(LOCAL_DIR)   (make dev-reset clears it)"
+	@echo "  callers        not authenticated locally (azure mode takes Entra ID tokens only: docs/operations.md)"
 	@echo "  write pattern  $(PATTERN)   (make dev PATTERN=outbox|entity-first|event-first; docs/patterns.md)"
 	@echo ""
 	@echo "  try:  curl -si -X POST http://127.0.0.1:8000/orders -H 'content-type: application/json' \\"

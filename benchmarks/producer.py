@@ -9,6 +9,11 @@ three creates a POST /orders writes, at the same concurrency), with the aiohttp 
 configure (`trust_env=False`) and with the SDK's default transport: the goal is a producer CPU per
 create within 1.25 times bare FastAPI + the batch alone.
 
+The producer runs twice: with authentication off (as locally) and with callers' tokens checked
+(RS256 tokens from an issuer on 127.0.0.1 serving a discovery document and a key set, as Entra
+ID does); the difference of their CPU per request is the token check's, and the check alone (the
+validator called in this process, its key cached) is measured beside it.
+
     uv run python benchmarks/producer.py [--requests 3000] [--concurrency 16] [--out results/producer.json]
 """
 
@@ -31,6 +36,8 @@ import aiohttp
 import httpx
 import orjson
 
+from eventflow_contracts.auth import WRITE_ROLE, KeySet, TokenValidator
+from eventflow_contracts.auth_testing import LocalIssuer, running_issuer
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -125,13 +132,32 @@ async def wait_ready(url: str) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-async def load(url: str, requests: int, concurrency: int) -> dict[str, Any]:
+async def token_check_alone(issuer: LocalIssuer, count: int = 5000) -> float:
+    """CPU µs per token check in this process (the key set fetched once before)."""
+    keys = KeySet(issuer.config())
+    validator = TokenValidator(issuer.config(), keys)
+    header = f"Bearer {issuer.token(WRITE_ROLE)}"
+    try:
+        await validator.caller(header)
+        started = time.process_time()
+        for _ in range(count):
+            await validator.caller(header)
+        return round((time.process_time() - started) / count * 1e6, 1)
+    finally:
+        await keys.close()
+
+
+async def load(
+    url: str, requests: int, concurrency: int, authorization: str | None = None
+) -> dict[str, Any]:
     """aiohttp keeps the client's own cost per request low; it still shares the 2 cores."""
     latencies: list[float] = []
     failures = 0
     queue = iter(range(requests))
     payload = orjson.dumps(BODY)
     headers = {"content-type": "application/json"}
+    if authorization:
+        headers["authorization"] = authorization
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as client:
 
@@ -174,16 +200,23 @@ async def main() -> None:
     with (
         tempfile.TemporaryDirectory(prefix="bench-producer-") as data,
         cosmos_emulator(Path(data) / "cosmos") as cosmos,
+        running_issuer() as issuer,
     ):
+        producer = {"PRODUCER_MODE": "emulator", "PRODUCER_COSMOS_ENDPOINT": cosmos.endpoint,
+                    "PRODUCER_COSMOS_KEY": cosmos.key, "PRODUCER_LOG_LEVEL": "WARNING"}  # fmt: skip
+        # A token valid for the whole run (Entra ID's last about an hour).
+        bearer = f"Bearer {issuer.token(WRITE_ROLE, exp=int(time.time()) + 4 * 3600)}"
         targets = {
-            "bare FastAPI (validation only)": ("bare_app:app", {}),
+            "bare FastAPI (validation only)": ("bare_app:app", {}, None),
             "producer-api, real SDK → Cosmos DB emulator": (
+                "eventflow_producer.main:create_default_app", producer, None,
+            ),
+            "producer-api with tokens checked": (
                 "eventflow_producer.main:create_default_app",
-                {"PRODUCER_MODE": "emulator", "PRODUCER_COSMOS_ENDPOINT": cosmos.endpoint,
-                 "PRODUCER_COSMOS_KEY": cosmos.key, "PRODUCER_LOG_LEVEL": "WARNING"},
+                producer | issuer.environment("PRODUCER_"), bearer,
             ),
         }  # fmt: skip
-        for name, (target, environment) in targets.items():
+        for name, (target, environment, authorization) in targets.items():
             port = free_port()
             server = serve(target, port, environment)
             try:
@@ -195,8 +228,9 @@ async def main() -> None:
                     )
                     cpu_before = cpu_seconds(server.pid)
                     result = await load(
-                        f"http://127.0.0.1:{port}/orders", args.requests, args.concurrency
-                    )
+                        f"http://127.0.0.1:{port}/orders", args.requests, args.concurrency,
+                        authorization,
+                    )  # fmt: skip
                     # The warm-up requests are in the CPU figure too: count them.
                     served = args.requests + min(200, args.requests // 10)
                     used = cpu_seconds(server.pid) - cpu_before
@@ -215,7 +249,11 @@ async def main() -> None:
                                     for _ in range(args.rounds))
             for kind in ("plain", "default")
         }  # fmt: skip
-    bare, full = results.values()
+        check_alone = await token_check_alone(issuer)
+    bare, full, authenticated = results.values()
+    token_cpu = round(
+        authenticated["server_cpu_us_per_request"] - full["server_cpu_us_per_request"], 1
+    )
     budget = bare["server_cpu_us_per_request"] + alone["plain"]
     report = {
         "scenario": "POST /orders", "concurrency": args.concurrency, "results": results,
@@ -223,6 +261,8 @@ async def main() -> None:
         "sdk_batch_alone_cpu_us": {"trust_env=False session (the services')": alone["plain"],
                                    "SDK default transport": alone["default"]},
         "producer_cpu_over_bare_plus_batch": round(full["server_cpu_us_per_request"] / budget, 3),
+        "token_check_cpu_us": {"producer with tokens minus without": token_cpu,
+                               "the check alone, in process": check_alone},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +284,10 @@ async def main() -> None:
         f"producer CPU / (bare + batch alone): {report['producer_cpu_over_bare_plus_batch']} (goal: at most 1.25)"
     )
     lines.append(f"producer / bare throughput: {report['throughput_ratio_producer_to_bare']}")
+    lines.append(
+        f"token check, CPU µs per request: {token_cpu} (producer with tokens minus without), "
+        f"{check_alone} (the check alone, in process)"
+    )
     sys.stdout.write("\n".join(lines) + "\n")
 
 

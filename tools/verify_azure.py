@@ -7,9 +7,11 @@ projection equal to the entity).
     uv run python tools/verify_azure.py [--orders 20] [--commands 5] [--wait 300] [--seed N]
 
 Settings come from the environment, or from `azd env get-values` when azd is installed:
-SERVICE_PRODUCER_URI and CONSUMER_COSMOS_ENDPOINT (outputs of infra/bicep/main.bicep). Reads of
-the consumer's store use DefaultAzureCredential (e.g. after `az login` / `azd auth login`; the
-signed-in user needs Cosmos DB data-plane read access). Exit status: 0 when every guarantee held,
+SERVICE_PRODUCER_URI, CONSUMER_COSMOS_ENDPOINT and EVENTFLOW_API_CLIENT_ID (outputs of
+infra/bicep/main.bicep). Calls to the producer send a token for the API from DefaultAzureCredential
+(`api://<client id>/.default`: the signed-in user, or the identity this runs as, needs the app role
+Orders.ReadWrite; docs/operations.md); reads of the consumer's store use the same credential (e.g.
+after `az login` / `azd auth login`; it needs Cosmos DB data-plane read access). Exit status: 0 when every guarantee held,
 1 when one broke, 2 when there is no deployment or no credentials (nothing was sent anywhere).
 """
 
@@ -36,7 +38,7 @@ from tests.e2e.harness import (
     require,
 )
 
-NEEDED = ("SERVICE_PRODUCER_URI", "CONSUMER_COSMOS_ENDPOINT")
+NEEDED = ("SERVICE_PRODUCER_URI", "CONSUMER_COSMOS_ENDPOINT", "EVENTFLOW_API_CLIENT_ID")
 DATABASE, SUMMARIES = "eventflow", "order-summaries"
 
 
@@ -76,6 +78,7 @@ async def verify(
     async with DefaultAzureCredential() as credential:
         try:
             await credential.get_token("https://cosmos.azure.com/.default")
+            api = await credential.get_token(f"api://{values['EVENTFLOW_API_CLIENT_ID']}/.default")
         except ClientAuthenticationError as error:
             raise NotDeployedError(
                 f"no Azure credentials: {error.message.splitlines()[0]}"
@@ -84,10 +87,11 @@ async def verify(
             values["CONSUMER_COSMOS_ENDPOINT"], credential=credential
         ) as cosmos:
             summaries = cosmos.get_database_client(DATABASE).get_container_client(SUMMARIES)
+            headers = {"Authorization": f"Bearer {api.token}"}
             load = Load()
-            await load.run(producer, orders, commands, random.Random(seed))
+            await load.run(producer, orders, commands, random.Random(seed), headers=headers)
             started = time.monotonic()
-            await caught_up(producer, load.orders, summaries, wait)
+            await caught_up(producer, load.orders, summaries, wait, headers)
 
             async def summary_of(order_id: str) -> dict[str, Any]:
                 document: dict[str, Any] = await summaries.read_item(
@@ -96,11 +100,13 @@ async def verify(
                 return document
 
             # The deployment's write pattern, as the API shows it: entity-first stores no events.
-            derived = await keeps_no_events(producer, load.orders[0])
+            derived = await keeps_no_events(producer, load.orders[0], headers)
             if derived:
-                handled = await check_derived_orders(producer, load.statuses, summary_of, summaries)
+                handled = await check_derived_orders(
+                    producer, load.statuses, summary_of, summaries, headers
+                )
             else:
-                handled = await check_orders(producer, load.orders, summary_of, summaries)
+                handled = await check_orders(producer, load.orders, summary_of, summaries, headers)
     require(
         handled == load.committed_events or (derived and handled <= load.committed_events),
         f"{handled} events handled, {load.committed_events} committed",
@@ -110,22 +116,24 @@ async def verify(
             "catch_up_seconds": round(time.monotonic() - started, 1), "seed": seed}  # fmt: skip
 
 
-async def keeps_no_events(producer: str, order_id: str) -> bool:
+async def keeps_no_events(producer: str, order_id: str, headers: dict[str, str]) -> bool:
     """Whether the producer runs the entity-first write pattern (its /events answers events-not-kept)."""
     import httpx  # noqa: PLC0415
 
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, headers=headers) as client:
         answer = await client.get(f"{producer}/orders/{order_id}/events")
     return answer.status_code == 404 and answer.json().get("type", "").endswith(":events-not-kept")
 
 
-async def caught_up(producer: str, orders: list[str], summaries: Any, wait: float) -> None:
+async def caught_up(
+    producer: str, orders: list[str], summaries: Any, wait: float, headers: dict[str, str]
+) -> None:
     """Poll (with a deadline) until every order's projection reached the producer's version."""
     import httpx  # noqa: PLC0415
     from azure.cosmos.exceptions import CosmosResourceNotFoundError  # noqa: PLC0415
 
     deadline = time.monotonic() + wait
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, headers=headers) as client:
         versions = {
             o: (await client.get(f"{producer}/orders/{o}")).json()["version"] for o in orders
         }

@@ -30,6 +30,10 @@ param inboxLanes int = 32
 @description('Alert notifications: an email address and/or a webhook URL (an action group); empty: alerts notify nobody.')
 param alertEmail string = ''
 param alertWebhookUrl string = ''
+@minLength(36)
+@maxLength(36)
+@description('Application (client) id of the Entra ID app registration that protects the producer API and the consumer read API (app roles Orders.Read and Orders.ReadWrite, requestedAccessTokenVersion 2; docs/operations.md). Tokens are taken from this directory (tenant) only.')
+param apiClientId string
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
@@ -52,6 +56,7 @@ module resources 'resources.bicep' = {
     inboxLanes: inboxLanes
     alertEmail: alertEmail
     alertWebhookUrl: alertWebhookUrl
+    apiClientId: apiClientId
     images: {
       producer: producerImage
       publisher: publisherImage
@@ -66,6 +71,8 @@ output AZURE_PRINCIPAL_ID string = principalId
 output AZURE_RESOURCE_GROUP string = group.name
 output AZURE_CONTAINER_REGISTRY_ENDPOINT string = resources.outputs.registryEndpoint
 output AZURE_CONTAINER_ENVIRONMENT_NAME string = resources.outputs.environmentName
+output AZURE_TENANT_ID string = tenant().tenantId
+output EVENTFLOW_API_CLIENT_ID string = apiClientId
 output SERVICE_PRODUCER_URI string = resources.outputs.producerUri
 output PRODUCER_COSMOS_ENDPOINT string = resources.outputs.cosmosEndpoint
 output PUBLISHER_COSMOS_ENDPOINT string = resources.outputs.cosmosEndpoint

@@ -16,6 +16,8 @@ param inboxLanes int = 32
 @description('Alert notifications: an email address, a webhook URL, both or neither (no action group).')
 param alertEmail string = ''
 param alertWebhookUrl string = ''
+@description('The API app registration\'s client id: the audience of the tokens both APIs accept.')
+param apiClientId string
 
 var placeholderImage = 'mcr.microsoft.com/azuredocs/containerapps-helloworld:latest'
 var hubName = 'orders'
@@ -423,6 +425,8 @@ module producer 'container-app.bicep' = {
       { name: 'PRODUCER_PORT', value: string(ports.producer) }
       { name: 'PRODUCER_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
       { name: 'PRODUCER_WRITE_PATTERN', value: writePattern }
+      { name: 'PRODUCER_AUTH_TENANT_ID', value: tenant().tenantId }
+      { name: 'PRODUCER_AUTH_CLIENT_ID', value: apiClientId }
     ]
   }
   dependsOn: [ pull, cosmosDataAccess, ordersContainer ]
@@ -570,6 +574,8 @@ module consumer 'container-app.bicep' = {
       { name: 'CONSUMER_SERVICEBUS_NAMESPACE', value: '${serviceBus.name}.servicebus.windows.net' }
       { name: 'CONSUMER_INBOX_QUEUE', value: inboxQueue }
       { name: 'CONSUMER_INBOX_LANES', value: string(inboxLanes) }
+      { name: 'CONSUMER_AUTH_TENANT_ID', value: tenant().tenantId }
+      { name: 'CONSUMER_AUTH_CLIENT_ID', value: apiClientId }
     ]
   }
   dependsOn: [ pull, cosmosDataAccess, consumerReadsInbox, consumerScalerReadsQueue, summariesContainer ]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,8 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.exceptions import OperationTimeoutError
 
 from eventflow_contracts import ContractError, read_routing
+from eventflow_contracts.auth import WRITE_ROLE
+from eventflow_contracts.auth_testing import LocalIssuer
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
 from eventflow_emulators.messaging.reading import hub_contents
 from eventflow_emulators.messaging.testing import RunningMessagingEmulator, messaging_emulator
@@ -101,6 +103,16 @@ class System:
     """Per service kind, a log level other than the default (producer INFO, workers WARNING)."""
     env: dict[str, str] = field(default_factory=dict)
     """More settings for every service process (the benchmarks' tracing on and off)."""
+    issuer: LocalIssuer | None = None
+    """When set, the producer API and the consumer's read API take only its tokens, and the
+    harness's calls send a writer's (`headers`); without it they authenticate nobody."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a call to the APIs sends: a fresh Orders.ReadWrite token when `issuer` is set."""
+        if self.issuer is None:
+            return {}
+        return {"Authorization": f"Bearer {self.issuer.token(WRITE_ROLE)}"}
 
     def backends(self) -> tuple[RunningCosmosEmulator, RunningMessagingEmulator, RunningServer]:
         """The running emulators (Cosmos DB, messaging, Azurite); start() first."""
@@ -152,6 +164,8 @@ class System:
                     f"{kind.upper()}_LOG_LEVEL": self.log_levels.get(kind, "INFO" if kind == "producer" else "WARNING")}  # fmt: skip
         if kind in ("producer", "publisher"):
             settings[f"{kind.upper()}_WRITE_PATTERN"] = self.pattern
+        if self.issuer is not None and kind in ("producer", "consumer"):
+            settings.update(self.issuer.environment(f"{kind.upper()}_"))
         settings.update(self.env)
         if self.trace_dir is not None:
             settings[f"{kind.upper()}_TRACE_DIR"] = str(self.trace_dir)
@@ -247,9 +261,11 @@ class Load:
         commands_per_order: int,
         rng: random.Random,
         concurrency: int = 8,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        """`headers`: sent with every call (the Authorization the producer needs)."""
         gate = asyncio.Semaphore(concurrency)
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers=headers) as client:
             await asyncio.gather(
                 *(self._order(client, n, commands_per_order, rng, gate) for n in range(orders))
             )
@@ -322,7 +338,7 @@ async def inject_malformed(system: System) -> None:
 async def settle(system: System, orders: list[str], wait: float) -> float:
     """Poll (with a deadline) until every order's projection reached the producer's version."""
     started = time.monotonic()
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, headers=system.headers) as client:
         versions = {
             o: (await client.get(f"{system.producer_url}/orders/{o}")).json()["version"]
             for o in orders
@@ -353,13 +369,14 @@ async def check_orders(
     orders: list[str],
     summary_of: Callable[[str], Awaitable[dict[str, Any]]],
     summaries: Any,
+    headers: Mapping[str, str] | None = None,
 ) -> int:
     """Every committed event of `orders` handled once, in order, and each projection equal to the
     producer's entity: `summary_of` reads an order's projection (the consumer's read API, or its
-    store), `summaries` is the consumer's Cosmos DB container (for the inbox marks). Returns the
-    events handled."""
+    store), `summaries` is the consumer's Cosmos DB container (for the inbox marks), `headers` go
+    with each call to the producer. Returns the events handled."""
     handled = 0
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, headers=headers) as client:
         for order_id in orders:
             entity = (await client.get(f"{producer_url}/orders/{order_id}")).json()
             summary = await summary_of(order_id)
@@ -412,6 +429,7 @@ async def check_derived_orders(
     statuses: dict[str, dict[int, str]],
     summary_of: Callable[[str], Awaitable[dict[str, Any]]],
     summaries: Any,
+    headers: Mapping[str, str] | None = None,
 ) -> int:
     """What entity-first promises, and no more: the producer stored no events, and the publisher
     derived one OrderStateChanged per order version it read, where the change feed may have
@@ -421,7 +439,7 @@ async def check_derived_orders(
     is the derived event of one version, the latest among them; nothing skipped. Returns the
     derived events handled (at most the versions committed)."""
     handled = 0
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, headers=headers) as client:
         for order_id, truth in statuses.items():
             entity = (await client.get(f"{producer_url}/orders/{order_id}")).json()
             summary = await summary_of(order_id)
@@ -468,7 +486,10 @@ async def check_read_models(system: System, orders: list[str], wait: float) -> N
     events into its read model, and that read model equals what the API answers (which folds
     the events the read model has not absorbed yet)."""
     deadline = time.monotonic() + wait
-    async with httpx.AsyncClient(timeout=10) as client, system.cosmos_client() as cosmos:
+    async with (
+        httpx.AsyncClient(timeout=10, headers=system.headers) as client,
+        system.cosmos_client() as cosmos,
+    ):
         container = cosmos.get_database_client("eventflow").get_container_client("orders")
         for order_id in orders:
             entity = (await client.get(f"{system.producer_url}/orders/{order_id}")).json()
@@ -495,7 +516,10 @@ async def check_guarantees(
     the injected malformed events dead-lettered with their reasons, and nothing else. In
     entity-first (`statuses`, from the Load, needed), what derived events promise instead
     (check_derived_orders); in event-first, the read models too."""
-    async with httpx.AsyncClient(timeout=10) as client, system.cosmos_client() as cosmos:
+    async with (
+        httpx.AsyncClient(timeout=10, headers=system.headers) as client,
+        system.cosmos_client() as cosmos,
+    ):
         summaries = cosmos.get_database_client("eventflow").get_container_client("order-summaries")
 
         async def summary_of(order_id: str) -> dict[str, Any]:
@@ -508,10 +532,12 @@ async def check_guarantees(
             require(statuses is not None, "entity-first is checked against the Load's statuses")
             assert statuses is not None
             handled = await check_derived_orders(
-                system.producer_url, statuses, summary_of, summaries
+                system.producer_url, statuses, summary_of, summaries, system.headers
             )
         else:
-            handled = await check_orders(system.producer_url, orders, summary_of, summaries)
+            handled = await check_orders(
+                system.producer_url, orders, summary_of, summaries, system.headers
+            )
     if system.pattern == "event-first":
         await check_read_models(system, orders, wait=60)
     async with (
@@ -534,7 +560,7 @@ async def inject_duplicates(
     subscriber replay past the duplicate-detection window would send them): only the consumer's own
     duplicate handling can absorb them. Returns how many were sent."""
     copies: list[ServiceBusMessage] = []
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, headers=system.headers) as client:
         for order_id in rng.sample(orders, min(count, len(orders))):
             if system.pattern == "entity-first":  # no events stored: the current version's, derived
                 order = (await client.get(f"{system.producer_url}/orders/{order_id}")).json()
@@ -605,7 +631,14 @@ async def chaos(
         load = Load(pace=pace)
         started = time.monotonic()
         running = asyncio.create_task(
-            load.run(system.producer_url, orders, commands_per_order, load_rng, concurrency=4)
+            load.run(
+                system.producer_url,
+                orders,
+                commands_per_order,
+                load_rng,
+                concurrency=4,
+                headers=system.headers,
+            )
         )
         plan = kill_plan(system, kill_rng)
         while not running.done() or plan:

@@ -1,6 +1,7 @@
 """All four services as processes on the local stand-ins, ~1000 REST commands over 100 orders (with
 rejected ones), malformed events injected into the hub and the inbox; then every guarantee the
-write pattern promises (docs/patterns.md), once per pattern."""
+write pattern promises (docs/patterns.md), once per pattern. The APIs take only tokens from an
+issuer on 127.0.0.1 (discovery document and key set, as Entra ID serves them)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import random
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+
+from eventflow_contracts.auth_testing import running_issuer
 
 from .harness import PATTERNS, Load, System, check_guarantees, inject_malformed, settle
 
@@ -17,12 +21,23 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("pattern", PATTERNS)
 async def test_every_guarantee_holds_end_to_end(tmp_path: Path, pattern: str) -> None:
-    system = System(tmp_path / "local", pattern)
+    with running_issuer() as issuer:
+        await _every_guarantee_holds(System(tmp_path / "local", pattern, issuer=issuer))
+
+
+async def _every_guarantee_holds(system: System) -> None:
+    pattern = system.pattern
     await system.start()
     try:
+        async with httpx.AsyncClient(timeout=10) as anonymous:
+            refused = await anonymous.post(f"{system.producer_url}/orders", json={})
+            assert refused.status_code == 401, "the producer takes only tokens"
+            refused = await anonymous.get(f"{system.consumer_url}/orders/o-1")
+            assert refused.status_code == 401, "the read API takes only tokens"
         await inject_malformed(system)
         load = Load()
-        await load.run(system.producer_url, orders=100, commands_per_order=10, rng=random.Random(7))
+        await load.run(system.producer_url, orders=100, commands_per_order=10, rng=random.Random(7),
+                       headers=system.headers)  # fmt: skip
         assert sum(load.accepted.values()) + sum(load.rejected.values()) == 1000
         assert load.rejected[412] > 0, "stale If-Match commands are part of the load"
         assert load.rejected[409] > 0, "commands breaking a rule are part of the load"

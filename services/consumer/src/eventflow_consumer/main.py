@@ -21,6 +21,7 @@ from eventflow_consumer.handling import InboxHandler
 from eventflow_consumer.observability import METER, SERVICE, ConsumerMetrics, http_app
 from eventflow_consumer.sessions import PoisonPolicy, SessionWorker, WorkerSettings
 from eventflow_consumer.settings import Settings
+from eventflow_contracts.auth import Authenticator
 from eventflow_contracts.telemetry import Telemetry, configure_telemetry
 
 LOG = structlog.get_logger("eventflow_consumer")
@@ -99,11 +100,14 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
             accept_wait_seconds=settings.session_accept_wait_seconds,
         )  # fmt: skip
         running = asyncio.create_task(pump.run())
+        auth = Authenticator(settings.auth_config())
+        stack.push_async_callback(auth.close)
         runner = web.AppRunner(
             http_app(
                 metrics,
                 resources.store.get,
                 lambda: not running.done() and worker.health.available and pump.connected,
+                auth,
             ),
             access_log=None,
         )

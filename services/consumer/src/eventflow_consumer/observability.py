@@ -1,5 +1,8 @@
 """Metrics, health and the read API: GET /orders/{id}, /healthz, /readyz, /metrics.
 
+The read API takes Entra ID bearer tokens with the app role Orders.Read (or Orders.ReadWrite):
+eventflow_contracts.auth, the same validation as the producer's; health and metrics take none.
+
 Metrics are OpenTelemetry instruments kept in memory by this process (a scrape never queries the
 store), served here as Prometheus text; names are listed in docs/observability.md."""
 
@@ -17,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from eventflow_consumer.handling import Decision
 from eventflow_consumer.ports import TransientStoreError
 from eventflow_consumer.sessions import ConsumerObserver
+from eventflow_contracts.auth import READ_ROLE, Authenticator, AuthError, authorize
 from eventflow_contracts.telemetry import Telemetry, metrics_only
 from eventflow_contracts.values import OrderId
 
@@ -127,8 +131,16 @@ def http_app(
     metrics: ConsumerMetrics,
     read_order: Callable[[str], Awaitable[dict[str, Any] | None]],
     ready: Callable[[], bool],
+    auth: Authenticator | None = None,
 ) -> web.Application:
+    """`auth` None: authentication off (the emulator modes' default)."""
+    authenticator = auth or Authenticator(None)
+
     async def order(request: web.Request) -> web.Response:
+        try:
+            authorize(await authenticator.caller(request.headers.get("Authorization")), READ_ROLE)
+        except AuthError as error:
+            return problem(error.status, error.code, error.title, error.detail, **error.headers)
         order_id = request.match_info["order_id"]
         try:
             _ORDER_ID.validate_python(order_id)

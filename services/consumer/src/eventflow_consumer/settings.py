@@ -7,6 +7,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eventflow_contracts.auth import AuthFields
 from eventflow_contracts.telemetry import TelemetryFields
 
 # The Cosmos DB emulators' published well-known key (the official emulator's and this project's):
@@ -21,7 +22,10 @@ LOCAL_MESSAGING = (  # the project's Event Hubs + Service Bus emulator, with the
 )
 
 
-class Settings(BaseSettings, TelemetryFields):
+class Settings(BaseSettings, TelemetryFields, AuthFields):
+    """The read API's callers' tokens (AuthFields): required in azure mode, from Entra ID only;
+    off in the emulator modes unless CONSUMER_AUTH_TENANT_ID and CONSUMER_AUTH_CLIENT_ID are set."""
+
     model_config = SettingsConfigDict(env_prefix="CONSUMER_", extra="ignore")
 
     mode: Literal["local", "emulator", "azure"] = "local"
@@ -90,6 +94,7 @@ class Settings(BaseSettings, TelemetryFields):
                 )
             if self.servicebus_connection_string or self.cosmos_key:
                 raise ValueError("mode=azure uses managed identity: no keys or connection strings")
+        self.refuse_insecure_auth(self.mode)
         return self
 
     @property

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Depends, FastAPI, Header, Path, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eventflow_contracts import OrderLine
+from eventflow_contracts.auth import (
+    READ_ROLE,
+    WRITE_ROLE,
+    Authenticator,
+    AuthError,
+    Caller,
+    Role,
+    authorize,
+)
 from eventflow_contracts.values import (
     MAX_LINES_PER_ORDER,
     CurrencyCode,
@@ -113,6 +123,30 @@ async def get_service(request: Request) -> OrderService:
 
 
 ServiceDep = Annotated[OrderService, Depends(get_service)]
+BEARER = HTTPBearer(
+    auto_error=False, scheme_name="EntraID", bearerFormat="JWT",
+    description="An Entra ID v2 access token for this API: app role Orders.ReadWrite for commands, "
+    "Orders.Read (or Orders.ReadWrite) for reads; a user's token also needs the scope "
+    "user_impersonation. docs/operations.md says how to get one.",
+)  # fmt: skip
+
+
+def _caller_with(role: Role) -> Callable[..., Awaitable[Caller]]:
+    async def caller(
+        request: Request,
+        _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    ) -> Caller:
+        """The authenticated caller, allowed `role`; raises AuthError (401, 403, 503)."""
+        authenticator: Authenticator = request.app.state.auth
+        found = await authenticator.caller(request.headers.get("authorization"))
+        request.state.caller = found.object_id  # logged: the object id only, never the token
+        return authorize(found, role)
+
+    return caller
+
+
+Reader = Annotated[Caller, Depends(_caller_with(READ_ROLE))]
+Writer = Annotated[Caller, Depends(_caller_with(WRITE_ROLE))]
 OrderIdPath = Annotated[str, Path(pattern=ORDER_ID_PATTERN, max_length=64, description="order id")]
 IfMatch = Annotated[
     str | None,
@@ -139,21 +173,23 @@ def _traceparent(request: Request) -> str | None:
 
 
 def routes(app: FastAPI) -> None:
-    change_problems = described(400, 404, 409, 412, 413, 415, 422, 428, 503)
+    change_problems = described(400, 401, 403, 404, 409, 412, 413, 415, 422, 428, 503)
 
     @app.post("/orders", status_code=201, response_model=OrderOut, tags=["orders"],
-              responses=described(400, 409, 413, 415, 422, 503))  # fmt: skip
+              responses=described(400, 401, 403, 409, 413, 415, 422, 503))  # fmt: skip
     async def create_order(
-        body: CreateOrderIn, request: Request, response: Response, service: ServiceDep,
-        idempotency_key: IdempotencyKey = None,
+        caller: Writer, body: CreateOrderIn, request: Request, response: Response,
+        service: ServiceDep, idempotency_key: IdempotencyKey = None,
     ) -> OrderOut:  # fmt: skip
-        """Open an order. Emits OrderCreated. Repeat with the same Idempotency-Key safely."""
+        """Open an order. Emits OrderCreated. Repeat with the same Idempotency-Key safely: a key
+        belongs to its caller (another caller's same key opens another order)."""
         command = CreateOrder(
             body.customer_id, body.currency, tuple(line.to_line() for line in body.lines)
         )
         outcome = await service.create(
-            command, idempotency_key=idempotency_key, traceparent=_traceparent(request)
-        )
+            command, idempotency_key=idempotency_key, traceparent=_traceparent(request),
+            caller=caller.object_id,
+        )  # fmt: skip
         response.headers["Location"] = f"/orders/{outcome.order.id}"
         if outcome.replayed:
             response.headers["Idempotent-Replayed"] = "true"
@@ -163,10 +199,10 @@ def routes(app: FastAPI) -> None:
         "/orders/{order_id}",
         response_model=OrderOut,
         tags=["orders"],
-        responses=described(404, 422, 503),
+        responses=described(401, 403, 404, 422, 503),
     )
     async def read_order(
-        order_id: OrderIdPath, request: Request, response: Response, service: ServiceDep
+        _: Reader, order_id: OrderIdPath, request: Request, response: Response, service: ServiceDep
     ) -> OrderOut:
         """The order, with its ETag."""
         return _respond(response, request, Outcome(await service.get(order_id)))
@@ -178,7 +214,7 @@ def routes(app: FastAPI) -> None:
         responses=change_problems,
     )
     async def add_order_item(
-        order_id: OrderIdPath, body: LineIn, request: Request, response: Response, service: ServiceDep,
+        _: Writer, order_id: OrderIdPath, body: LineIn, request: Request, response: Response, service: ServiceDep,
         if_match: IfMatch = None,
     ) -> OrderOut:  # fmt: skip
         """Add a line to an open order. Emits OrderItemAdded."""
@@ -196,6 +232,7 @@ def routes(app: FastAPI) -> None:
         responses=change_problems,
     )
     async def submit_order(
+        _: Writer,
         order_id: OrderIdPath,
         request: Request,
         response: Response,
@@ -215,7 +252,7 @@ def routes(app: FastAPI) -> None:
         responses=change_problems,
     )
     async def cancel_order(
-        order_id: OrderIdPath, body: CancelIn, request: Request, response: Response, service: ServiceDep,
+        _: Writer, order_id: OrderIdPath, body: CancelIn, request: Request, response: Response, service: ServiceDep,
         if_match: IfMatch = None,
     ) -> OrderOut:  # fmt: skip
         """Cancel an order that is not cancelled yet. Emits OrderCancelled."""
@@ -226,9 +263,9 @@ def routes(app: FastAPI) -> None:
         return _respond(response, request, outcome)
 
     @app.get("/orders/{order_id}/events", response_model=list[dict[str, Any]], tags=["orders"],
-             responses=described(404, 422, 503))  # fmt: skip
+             responses=described(401, 403, 404, 422, 503))  # fmt: skip
     async def list_order_events(
-        order_id: OrderIdPath, request: Request, service: ServiceDep
+        _: Reader, order_id: OrderIdPath, request: Request, service: ServiceDep
     ) -> list[dict[str, Any]]:
         """The order's stored events (CloudEvents, structured JSON) in sequence order: the outbox's while their TTL keeps them, every one in event-first; none in entity-first (404 events-not-kept)."""
         request.state.log = {"order_id": order_id}
@@ -305,6 +342,13 @@ def error_handlers(app: FastAPI) -> None:
             status, error.code, "Idempotency-Key conflict", error.detail, instance=request.url.path
         )
 
+    @app.exception_handler(AuthError)
+    async def refused(request: Request, error: AuthError) -> Response:
+        # The reason is the validation's own sentence: never the token or its claims.
+        LOG.info("caller refused", status=error.status, reason=error.detail)
+        return problem(error.status, error.code, error.title, error.detail,
+                       instance=request.url.path, headers=error.headers)  # fmt: skip
+
     @app.exception_handler(StoreUnavailableError)
     async def unavailable(request: Request, error: StoreUnavailableError) -> Response:
         LOG.warning("store unavailable", detail=str(error))
@@ -362,6 +406,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = app.state.service = None
         async with AsyncExitStack() as stack:
+            stack.push_async_callback(app.state.auth.close)  # the key set's HTTP session
 
             async def connect() -> None:
                 store = await stack.enter_async_context(open_store(settings))
@@ -394,6 +439,7 @@ def create_app(
         generate_unique_id_function=lambda route: route.name,  # operation ids: create_order, ...
         description=DESCRIPTIONS[settings.write_pattern],
     )  # fmt: skip
+    app.state.auth = Authenticator(settings.auth_config())
     routes(app)
     _complete_the_openapi_document(app)
     error_handlers(app)

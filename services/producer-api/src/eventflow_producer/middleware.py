@@ -146,5 +146,6 @@ class RequestContext:
                     route=getattr(route, "path", scope["path"]),
                     status=status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    caller=scope["state"].get("caller"),
                     **scope["state"].get("log", {}),
                 )

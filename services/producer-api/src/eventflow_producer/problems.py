@@ -74,9 +74,10 @@ def component_schemas() -> dict[str, Any]:
 def described(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for problem statuses a route may answer."""
     titles = {
-        400: "Body is not UTF-8 JSON", 404: "No such order", 409: "The order's state does not allow this", 412: "If-Match is stale",
+        400: "Body is not UTF-8 JSON", 401: "Bearer token missing or invalid",
+        403: "The caller lacks the app role", 404: "No such order", 409: "The order's state does not allow this", 412: "If-Match is stale",
         413: "Body too large", 415: "Unsupported media type", 422: "Invalid request",
-        428: "If-Match required", 503: "Store unavailable; retry after Retry-After",
+        428: "If-Match required", 503: "Store (or the token's signing keys) unavailable; retry after Retry-After",
     }  # fmt: skip
     return {
         status: {

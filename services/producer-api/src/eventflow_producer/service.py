@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from eventflow_contracts import CloudEvent, EventData, OrderLine, new_event
+from eventflow_contracts.auth import ANONYMOUS
 from eventflow_producer.domain import Order, open_order
 from eventflow_producer.ports import (
     ConcurrentChangeError,
@@ -84,9 +85,12 @@ def if_match_allows(if_match: str, order: Order) -> bool:
     return "*" in candidates or etag_of(order) in candidates
 
 
-def order_id_for_key(idempotency_key: str) -> str:
-    """The order id a key always maps to, so duplicates of one create collide in the store."""
-    return "k" + hashlib.sha256(f"idempotency:{idempotency_key}".encode()).hexdigest()[:31]
+def order_id_for_key(idempotency_key: str, caller: str) -> str:
+    """The order id a caller's key always maps to, so duplicates of one create collide in the
+    store. Keys belong to their caller (the token's object id): another caller's same key maps to
+    another order, never to this caller's."""
+    scoped = f"idempotency:{len(caller)}:{caller}:{idempotency_key}"
+    return "k" + hashlib.sha256(scoped.encode()).hexdigest()[:31]
 
 
 class OrderService:
@@ -119,11 +123,17 @@ class OrderService:
         )  # fmt: skip
 
     async def create(
-        self, command: CreateOrder, *, idempotency_key: str | None, traceparent: str | None
+        self,
+        command: CreateOrder,
+        *,
+        idempotency_key: str | None,
+        traceparent: str | None,
+        caller: str = ANONYMOUS.object_id,
     ) -> Outcome:
-        """Open an order. With a key, a repeat of the same request returns the first outcome
-        (replayed=True) and writes nothing; the same key with another request is refused."""
-        order_id = order_id_for_key(idempotency_key) if idempotency_key else self._new_id()
+        """Open an order. With a key, a repeat of the same request by the same caller returns the
+        first outcome (replayed=True) and writes nothing; the same key with another request is
+        refused; another caller's same key is another key."""
+        order_id = order_id_for_key(idempotency_key, caller) if idempotency_key else self._new_id()
         order, data = open_order(
             order_id, command.customer_id, command.currency, command.lines, self._clock()
         )

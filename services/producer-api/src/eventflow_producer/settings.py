@@ -7,6 +7,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eventflow_contracts.auth import AuthFields
 from eventflow_contracts.orders_container import WritePattern
 from eventflow_contracts.telemetry import TelemetryFields
 
@@ -20,10 +21,12 @@ EMULATOR_KEY = (
 LOCAL_COSMOS_ENDPOINT = "http://127.0.0.1:8081/"
 
 
-class Settings(BaseSettings, TelemetryFields):
+class Settings(BaseSettings, TelemetryFields, AuthFields):
     """`mode` picks the backends: `local` (the project's emulators on this machine, endpoints and
     keys by default), `emulator` (an emulator named by endpoint and key: compose, the official
-    one) or `azure` (managed identity, no keys). The SDK code path is the same for all three."""
+    one) or `azure` (managed identity, no keys). The SDK code path is the same for all three.
+    Callers' tokens (AuthFields): required in azure mode, from Entra ID only; off in the emulator
+    modes unless PRODUCER_AUTH_TENANT_ID and PRODUCER_AUTH_CLIENT_ID are set."""
 
     model_config = SettingsConfigDict(env_prefix="PRODUCER_", extra="ignore")
 
@@ -74,6 +77,7 @@ class Settings(BaseSettings, TelemetryFields):
                 raise ValueError("mode=azure needs PRODUCER_COSMOS_ENDPOINT")
             if self.cosmos_key is not None:
                 raise ValueError("mode=azure uses managed identity: do not set PRODUCER_COSMOS_KEY")
+        self.refuse_insecure_auth(self.mode)
         return self
 
     @property

@@ -1,11 +1,12 @@
 """Schemathesis against the generated OpenAPI, on the real store (the real SDK against the Cosmos
-DB emulator): no 5xx, and every response conforms to the schema (status documented, content type,
-body)."""
+DB emulator), authenticated (a writer's token from an issuer on 127.0.0.1): no 5xx, and every
+response conforms to the schema (status documented, content type, body)."""
 
 from __future__ import annotations
 
 import atexit
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from pydantic import SecretStr
 
+from eventflow_contracts.auth import WRITE_ROLE
+from eventflow_contracts.auth_testing import LocalIssuer, running_issuer
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
 from eventflow_producer.api import create_app
 from eventflow_producer.bootstrap import open_store
@@ -36,11 +39,21 @@ def _emulator() -> RunningCosmosEmulator:
     return emulator
 
 
-_cosmos = _emulator()
+def _issuer() -> LocalIssuer:
+    running = running_issuer()
+    issuer = running.__enter__()
+    atexit.register(running.__exit__, None, None, None)
+    return issuer
+
+
+_cosmos, _tokens = _emulator(), _issuer()
 _settings = Settings(
     mode="emulator", cosmos_endpoint=_cosmos.endpoint, cosmos_key=SecretStr(_cosmos.key),
-    database=f"fuzz-{uuid.uuid4().hex[:8]}",
+    database=f"fuzz-{uuid.uuid4().hex[:8]}", **_tokens.settings(),
 )  # fmt: skip
+_authorization = {
+    "Authorization": f"Bearer {_tokens.token(WRITE_ROLE, exp=int(time.time()) + 6 * 3600)}"
+}
 schema = schemathesis.openapi.from_asgi(
     "/openapi.json", create_app(_settings, open_store), config=_config
 )
@@ -54,7 +67,7 @@ def test_the_api_honours_its_schema(case: schemathesis.Case) -> None:
         # A key reused with another body is a 422 by design (covered by the unit tests); here
         # every generated create gets a key of its own so schema-valid creates must succeed.
         case.headers["Idempotency-Key"] = uuid.uuid4().hex
-    case.call_and_validate()
+    case.call_and_validate(headers=_authorization)
 
 
 def test_enough_cases_were_generated() -> None:

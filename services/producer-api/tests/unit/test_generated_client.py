@@ -8,15 +8,20 @@ import importlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 
+from eventflow_contracts.auth import WRITE_ROLE
+from eventflow_contracts.auth_testing import LocalIssuer, running_issuer
 from eventflow_producer.api import create_app
+from eventflow_producer.ports import OrderStore
 from eventflow_producer.settings import Settings
+
+from ..conftest import FakeOrderStore  # type: ignore[import-not-found]
 
 PACKAGE = "eventflow_orders_client"
 
@@ -54,12 +59,40 @@ def model(name: str) -> Any:
     return getattr(importlib.import_module(f"{PACKAGE}.models"), name)
 
 
-async def test_a_generated_client_round_trips_every_operation(
-    generated: ModuleType, client: httpx.AsyncClient
+@pytest.fixture
+def issuer() -> Iterator[LocalIssuer]:
+    with running_issuer() as running:
+        yield running
+
+
+@pytest.fixture
+async def transport(
+    fake_store: FakeOrderStore, issuer: LocalIssuer
+) -> AsyncIterator[httpx.ASGITransport]:
+    """The app with authentication on (the issuer's tokens), behind an in-process transport."""
+
+    @contextlib.asynccontextmanager
+    async def open_store(_: Settings) -> AsyncIterator[OrderStore]:
+        yield fake_store
+
+    app = create_app(Settings(**issuer.settings()), open_store)
+    async with app.router.lifespan_context(app):
+        yield httpx.ASGITransport(app=app, raise_app_exceptions=False)
+
+
+async def test_a_generated_client_sends_its_token_and_round_trips_every_operation(
+    generated: ModuleType, transport: httpx.ASGITransport, issuer: LocalIssuer
 ) -> None:
-    api = generated.Client(base_url=str(client.base_url), raise_on_unexpected_status=True)
-    api.set_async_httpx_client(client)
+    api = generated.AuthenticatedClient(
+        base_url="http://producer", token=issuer.token(WRITE_ROLE), raise_on_unexpected_status=True,
+        httpx_args={"transport": transport},
+    )  # fmt: skip
     line, order_out, problem = model("LineIn"), model("OrderOut"), model("Problem")
+    anonymous = generated.Client(base_url="http://producer", httpx_args={"transport": transport})
+    refused = await operation("read_order").asyncio_detailed("o-1", client=anonymous)
+    assert refused.status_code == 401
+    assert isinstance(refused.parsed, problem)
+    assert refused.parsed.type_.endswith("token-required")
 
     created = await operation("create_order").asyncio_detailed(
         client=api, idempotency_key="round-trip-1",

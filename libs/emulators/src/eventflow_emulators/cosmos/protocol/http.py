@@ -322,6 +322,12 @@ class CosmosProtocol:
                 body["database"], body["container"], str(body["range_id"])
             )
             return {"children": [child.id for child in children]}
+        if route == "change-feed" and method == "PUT":
+            scan = body.get("scan_lsns")
+            if scan is not None and (not isinstance(scan, int) or scan < 1):
+                raise errors.bad_request("scan_lsns must be a positive integer or null.")
+            self.account.change_feed_scan_lsns = scan
+            return {"scan_lsns": scan}
         if route == "ranges" and method == "GET":
             container = self.account.container(
                 request.query["database"], request.query["container"]

@@ -298,7 +298,7 @@ class CosmosProtocol:
             return web.json_response(error.body(), status=error.status)
         return web.json_response(result)
 
-    async def _admin_call(self, request: web.Request, route: str) -> Any:
+    async def _admin_call(self, request: web.Request, route: str) -> Any:  # noqa: PLR0911 - one return per route
         method = request.method
         body: dict[str, Any] = await request.json() if request.can_read_body else {}
         if route == "status" and method == "GET":

@@ -268,6 +268,8 @@ class CosmosLeaseStore:
             timestamp=float(document.get("timestamp") or 0.0),
             etag=document["_etag"],
             owner_token=document.get("owner_token"),
+            owner_incarnation=document.get("owner_incarnation"),
+            request=document.get("request"),
             checkpoint_ts=document.get("checkpoint_ts"),
             version=int(document.get("version", 1)),
             properties=document.get("properties") or {},
@@ -279,6 +281,7 @@ class CosmosLeaseStore:
         document = {
             "id": lease.id, "kind": "lease", "schema": LEASE_SCHEMA, "version": LEASE_VERSION,
             "feed_range": lease.feed_range, "owner": lease.owner, "owner_token": lease.owner_token,
+            "owner_incarnation": lease.owner_incarnation, "request": lease.request,
             "continuation": lease.continuation, "checkpoint_ts": lease.checkpoint_ts,
             "start": lease.start.to_document(), "timestamp": self._clock(),
             "properties": lease.properties,
@@ -331,8 +334,16 @@ class CosmosLeaseStore:
 
         return await self._fenced(lease, replace, acquiring=acquiring)
 
-    async def acquire(self, lease: Lease, owner: str) -> Lease:
-        return await self._update(lease, acquiring=True, owner=owner, owner_token=uuid.uuid4().hex)
+    async def acquire(self, lease: Lease, owner: str, incarnation: str | None = None) -> Lease:
+        return await self._update(lease, acquiring=True, owner=owner, owner_token=uuid.uuid4().hex,
+                                  owner_incarnation=incarnation, request=None)  # fmt: skip
+
+    async def read(self, lease_id: str) -> Lease | None:
+        document = await self._read(lease_id)
+        return None if document is None else self._lease(document)
+
+    async def request(self, lease: Lease, by: str) -> Lease:
+        return await self._update(lease, request=by)
 
     async def renew(self, lease: Lease) -> Lease:
         return await self._update(lease)
@@ -341,7 +352,7 @@ class CosmosLeaseStore:
         return await self._update(lease, continuation=continuation, checkpoint_ts=checkpoint_ts)
 
     async def release(self, lease: Lease) -> None:
-        await self._update(lease, owner=None, owner_token=None)
+        await self._update(lease, owner=None, owner_token=None, owner_incarnation=None)
 
     async def split(self, lease: Lease, children: Sequence[dict[str, Any]]) -> list[Lease]:
         start = lease.start

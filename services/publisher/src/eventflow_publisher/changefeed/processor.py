@@ -595,6 +595,8 @@ class ChangeFeedProcessor:
         gone_at = self._gone_at(lease)
         if gone_at is not None and now > gone_at:
             owner = None  # an earlier run of this name, silent past the restart takeover time
+        if owner not in (None, self.me) and lease.request == self.me:
+            owner = self.me  # asked for: counted as this run's share (taken at expiry if no answer)
         return LeaseView(lease.id, owner, self._observed[lease.id][1])
 
     def _wake_at(self, leases: Sequence[Lease], now: float) -> None:

@@ -507,7 +507,8 @@ class ChangeFeedProcessor:
         return StartPosition("time", datetime.now(UTC) if start == "now" else start)
 
     async def run(self) -> None:
-        """Bootstrap the leases, then balance and read until `stop()`."""
+        """Bootstrap the leases, then balance and read until `stop()`. Cancelling it abandons
+        everything at once, releasing nothing (what a crash does)."""
         try:
             await self.leases.bootstrap(await self.feed.feed_ranges(), self._start_position())
             self.ready.set()
@@ -515,12 +516,25 @@ class ChangeFeedProcessor:
                 asyncio.create_task(self._every(self.options.acquire_interval, self._balance, first=0, wake=self._wake)),
                 asyncio.create_task(self._every(self.options.lag_interval, self._assess, first=self.options.lag_interval)),
             ]  # fmt: skip
-            await self._stopping.wait()
+            try:
+                await self._stopping.wait()
+            except asyncio.CancelledError:
+                # Cancelled (the process is going down hard): everything stops at once and
+                # nothing is released, as after kill -9; the leases go by expiry or takeover.
+                await self._abandon(loops)
+                raise
             # A round in flight finishes (never a lease acquired and left without a worker).
             await asyncio.gather(*loops, return_exceptions=True)
             await self._shutdown()
         finally:
             self._stopped.set()
+
+    async def _abandon(self, loops: Sequence[asyncio.Task[None]]) -> None:
+        tasks = [*loops, *self._handovers.values()]
+        tasks += [task for worker in self.workers.values() for task in worker.tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def stop(self) -> None:
         """Stop reading, let in-flight pages finish and checkpoint, release every lease."""

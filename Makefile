@@ -38,7 +38,7 @@ FUZZ := services/producer-api/tests/integration/test_api_fuzz.py
 
 .PHONY: test
 test: setup ## run every test CI runs, with coverage
-	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report= --ignore=$(FUZZ) -m "not patterns" $(PYTEST_ARGS)
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report= --ignore=$(FUZZ) -m "not patterns and not long" $(PYTEST_ARGS)
 	@echo "schemathesis parametrises at run time, which pytest-xdist workers do not see: in one process"
 	$(RUN) pytest --cov --cov-append --cov-report=term --cov-fail-under=85 $(FUZZ)
 	@echo "libs/contracts must stay at 95 % line coverage or more:"
@@ -47,6 +47,10 @@ test: setup ## run every test CI runs, with coverage
 .PHONY: test-patterns
 test-patterns: setup ## the write-pattern cases make test leaves out (the short chaos run of entity-first and event-first)
 	$(RUN) pytest -n 2 -m patterns tests/e2e $(PYTEST_ARGS)
+
+.PHONY: test-long
+test-long: setup ## the long scenarios make test leaves out (the publishers' overlap count under splits, pauses, kills)
+	$(RUN) pytest -n 2 -m long $(PYTEST_ARGS)
 
 .PHONY: images
 images: ## build the four service images and the two emulator images (eventflow-<name>:dev) on the running Docker engine

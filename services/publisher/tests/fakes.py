@@ -89,7 +89,7 @@ class FakeLeaseStore:
             raise Unavailable("list")
         return list(self.leases.values())
 
-    async def acquire(self, lease: Lease, owner: str) -> Lease:
+    async def acquire(self, lease: Lease, owner: str, incarnation: str | None = None) -> Lease:
         current = self.leases.get(lease.id)
         if current is None or (current.owner, current.owner_token) != (
             lease.owner,
@@ -98,7 +98,20 @@ class FakeLeaseStore:
             raise LeaseLostError(lease.id)
         if current.etag != lease.etag and current.owner is not None:
             raise LeaseLostError(lease.id)  # its owner wrote since the listing: alive
-        return self._write("acquire", current, owner=owner, owner_token=uuid.uuid4().hex)
+        return self._write("acquire", current, owner=owner, owner_token=uuid.uuid4().hex,
+                           owner_incarnation=incarnation, request=None)  # fmt: skip
+
+    async def read(self, lease_id: str) -> Lease | None:
+        if self.failing.get("read", 0) > 0:
+            self.failing["read"] -= 1
+            raise Unavailable("read")
+        return self.leases.get(lease_id)
+
+    async def request(self, lease: Lease, by: str) -> Lease:
+        current = self._check("request", lease)
+        written = replace(current, etag=self._etag(), request=by)
+        self.leases[lease.id] = written
+        return written
 
     async def renew(self, lease: Lease) -> Lease:
         return self._write("renew", lease)
@@ -109,7 +122,7 @@ class FakeLeaseStore:
         )
 
     async def release(self, lease: Lease) -> None:
-        self._write("release", lease, owner=None, owner_token=None)
+        self._write("release", lease, owner=None, owner_token=None, owner_incarnation=None)
 
     async def split(self, lease: Lease, children: Sequence[dict[str, Any]]) -> list[Lease]:
         self._check("split", lease)

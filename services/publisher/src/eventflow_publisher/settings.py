@@ -62,9 +62,11 @@ class Settings(BaseSettings, TelemetryFields):
         description="a time needs its offset (e.g. 2026-11-28T08:00:00Z); `now` is this machine's clock",
     )
     poll_delay_seconds: float = Field(
-        default=0.1, gt=0, description="wait after a page that was not full; empty polls double it"
+        default=0.15,
+        gt=0,
+        description="wait after a read that did not move the position; further idle reads double it",
     )
-    max_poll_delay_seconds: float = Field(default=2.0, gt=0, description="longest wait when idle")
+    max_poll_delay_seconds: float = Field(default=0.15, gt=0, description="longest wait when idle")
     max_items_per_page: int = Field(default=1000, ge=1, le=10000)
     acquire_interval_seconds: float = Field(default=13.0, gt=0)
     renew_interval_seconds: float = Field(default=17.0, gt=0)

@@ -1,4 +1,5 @@
-"""Operations controls for tests, reachable from other processes: faults, throttling, splits.
+"""Operations controls for tests, reachable from other processes: faults, throttling, splits,
+change feed scan width.
 
 The server keeps a `Controls` object and serves it under the reserved path `/_emulator/` (no
 Cosmos auth there; the emulator only listens on loopback). `CosmosEmulatorAdmin` is the typed
@@ -229,6 +230,11 @@ class CosmosEmulatorAdmin:
         result = self._call("POST", "split", {"database": database, "container": container,
                                               "range_id": range_id})  # fmt: skip
         return [str(child) for child in result["children"]]
+
+    def set_change_feed_scan(self, lsns: int | None) -> None:
+        """Examine at most `lsns` LSNs per change feed read (None: all): a read whose scope has no
+        change among them answers an empty 200 that moved only that far."""
+        self._call("PUT", "change-feed", {"scan_lsns": lsns})
 
     def partition_key_ranges(self, database: str, container: str) -> list[dict[str, Any]]:
         """The live ranges of a container as the service lists them."""

@@ -2,7 +2,7 @@
 
     eventflow-cosmos-emulator --host 127.0.0.1 --port 8081 --data .local/cosmos \\
         [--partition-key-ranges 4] [--key <base64>] [--request-units-per-second N]
-    eventflow-cosmos-emulator admin --endpoint http://127.0.0.1:8081/ status|split|throttle|fault|outage|reset
+    eventflow-cosmos-emulator admin --endpoint http://127.0.0.1:8081/ status|split|throttle|change-feed-scan|fault|outage|reset
 
 Prints `eventflow-cosmos-emulator listening on http://<host>:<port>/` once it accepts
 connections (with `--port 0`, the port picked), and exits 0 on SIGTERM or SIGINT.
@@ -116,6 +116,10 @@ def _admin_parser() -> argparse.ArgumentParser:
     split.add_argument("range_id")
     throttle = commands.add_parser("throttle", help="set the RU/s budget ('none' for no limit)")
     throttle.add_argument("request_units_per_second")
+    scan = commands.add_parser(
+        "change-feed-scan", help="LSNs examined per change feed read ('none' for all)"
+    )
+    scan.add_argument("lsns")
     fault = commands.add_parser("fault", help="fail the next COUNT matching requests")
     fault.add_argument("kind", choices=[k for k in FAULT_KINDS if k != "outage"])
     fault.add_argument("--count", type=int, default=1)
@@ -141,6 +145,8 @@ def run_admin(argv: Sequence[str]) -> int:
     elif arguments.command == "throttle":
         value = arguments.request_units_per_second
         admin.set_request_units_per_second(None if value == "none" else float(value))
+    elif arguments.command == "change-feed-scan":
+        admin.set_change_feed_scan(None if arguments.lsns == "none" else int(arguments.lsns))
     elif arguments.command == "fault":
         result = admin.inject_fault(arguments.kind, count=arguments.count,
                                     operation=arguments.operation, path_contains=arguments.path_contains)  # fmt: skip

@@ -241,9 +241,10 @@ class Store:
         pk: str | None,
         now: float,
         limit: int,
+        until_lsn: int | None = None,
     ) -> list[ItemRow]:
-        """Latest versions changed after `after_lsn` in [low, high), in commit order; the last
-        transaction (LSN) is always returned whole, even past `limit`."""
+        """Latest versions changed after `after_lsn` (up to `until_lsn`) in [low, high), in commit
+        order; the last transaction (LSN) is always returned whole, even past `limit`."""
         sql = (
             f"SELECT {_ITEM_COLUMNS} FROM items WHERE coll_rid = ? AND epk >= ? AND epk < ? "
             f"AND {_LIVE}"
@@ -253,6 +254,8 @@ class Store:
             sql, args = sql + " AND pk = ?", (*args, pk)
         if since_ts is not None:
             sql, args = sql + " AND ts >= ?", (*args, since_ts)
+        if until_lsn is not None:
+            sql, args = sql + " AND lsn <= ?", (*args, until_lsn)
         rows = [
             ItemRow(*row)
             for row in self._db.execute(

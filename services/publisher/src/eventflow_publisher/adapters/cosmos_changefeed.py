@@ -64,6 +64,27 @@ def continuation_is_resumable(token: str) -> bool:
     return isinstance(parts, list) and all(part.get("token") is not None for part in parts)
 
 
+def _reached_lsn(token: str | None) -> int | None:
+    """The LSN a one-range V2 token stands at (None for any other token)."""
+    state = _v2_state(token) if token else None
+    parts = state.get("continuation", {}).get("continuation") if state else None
+    if not isinstance(parts, list) or len(parts) != 1 or not isinstance(parts[0], dict):
+        return None
+    try:
+        return int(str(parts[0].get("token")).removeprefix("W/").strip('"'))
+    except ValueError:
+        return None
+
+
+def _session_lsn(headers: Any) -> int | None:
+    """The partition's global LSN in `x-ms-session-token` (`<range>:<version>#<lsn>...`)."""
+    session = str(headers.get("x-ms-session-token", ""))
+    try:
+        return int(session.split(":", 1)[1].split("#")[1])
+    except (IndexError, ValueError):
+        return None
+
+
 class CosmosChangeFeed:
     """The ChangeFeed port on the monitored container.
 
@@ -108,9 +129,15 @@ class CosmosChangeFeed:
             # Nothing new (304): the SDK yields no page; the position this poll reached is only in
             # the client's last response headers. Read them now, before any other request.
             reached = self._container.client_connection.last_response_headers.get("etag")
-            return Page([], reached or continuation)
+            return Page([], reached or continuation, drained=True)
         items = [item async for item in page]
-        return Page(items, pager.continuation_token)
+        token = pager.continuation_token
+        # Whether the read reached the partition's latest LSN (its session token): a read short
+        # of it (a narrow range scanned a few LSNs at a time, a full page) is followed at once.
+        reached = _reached_lsn(token)
+        head = _session_lsn(self._container.client_connection.last_response_headers)
+        drained = None if reached is None or head is None else reached >= head
+        return Page(items, token, drained=drained)
 
     def is_resumable(self, continuation: str) -> bool:
         return continuation_is_resumable(continuation)
@@ -241,6 +268,8 @@ class CosmosLeaseStore:
             timestamp=float(document.get("timestamp") or 0.0),
             etag=document["_etag"],
             owner_token=document.get("owner_token"),
+            owner_incarnation=document.get("owner_incarnation"),
+            request=document.get("request"),
             checkpoint_ts=document.get("checkpoint_ts"),
             version=int(document.get("version", 1)),
             properties=document.get("properties") or {},
@@ -252,6 +281,7 @@ class CosmosLeaseStore:
         document = {
             "id": lease.id, "kind": "lease", "schema": LEASE_SCHEMA, "version": LEASE_VERSION,
             "feed_range": lease.feed_range, "owner": lease.owner, "owner_token": lease.owner_token,
+            "owner_incarnation": lease.owner_incarnation, "request": lease.request,
             "continuation": lease.continuation, "checkpoint_ts": lease.checkpoint_ts,
             "start": lease.start.to_document(), "timestamp": self._clock(),
             "properties": lease.properties,
@@ -304,8 +334,16 @@ class CosmosLeaseStore:
 
         return await self._fenced(lease, replace, acquiring=acquiring)
 
-    async def acquire(self, lease: Lease, owner: str) -> Lease:
-        return await self._update(lease, acquiring=True, owner=owner, owner_token=uuid.uuid4().hex)
+    async def acquire(self, lease: Lease, owner: str, incarnation: str | None = None) -> Lease:
+        return await self._update(lease, acquiring=True, owner=owner, owner_token=uuid.uuid4().hex,
+                                  owner_incarnation=incarnation, request=None)  # fmt: skip
+
+    async def read(self, lease_id: str) -> Lease | None:
+        document = await self._read(lease_id)
+        return None if document is None else self._lease(document)
+
+    async def request(self, lease: Lease, by: str) -> Lease:
+        return await self._update(lease, request=by)
 
     async def renew(self, lease: Lease) -> Lease:
         return await self._update(lease)
@@ -314,7 +352,7 @@ class CosmosLeaseStore:
         return await self._update(lease, continuation=continuation, checkpoint_ts=checkpoint_ts)
 
     async def release(self, lease: Lease) -> None:
-        await self._update(lease, owner=None, owner_token=None)
+        await self._update(lease, owner=None, owner_token=None, owner_incarnation=None)
 
     async def split(self, lease: Lease, children: Sequence[dict[str, Any]]) -> list[Lease]:
         start = lease.start

@@ -46,8 +46,12 @@ class StartPosition:
 class Lease:
     """A lease as last read or written; `etag` guards the next write.
 
-    `owner_token` changes on every acquisition: a write by a worker whose token is no longer the
-    lease's fails, so one lease never has two writers, even when two processes share a name.
+    `owner` is the instance name (for people, and what version-1 replicas compare);
+    `owner_incarnation` names the owning process's run (a new one per start), the owner as
+    balancing counts it: two live processes with one name are two owners. `owner_token` changes
+    on every acquisition: a write by a worker whose token is no longer the lease's fails, so one
+    lease never has two writers. `request`: the incarnation that asked for the lease (a steal);
+    every write of the owner keeps it, and the owner hands the lease over at a page boundary.
     `checkpoint_ts` is the largest `_ts` of the changes handled up to the continuation: children
     of a split range start there."""
 
@@ -59,6 +63,8 @@ class Lease:
     timestamp: float
     etag: str
     owner_token: str | None = None
+    owner_incarnation: str | None = None
+    request: str | None = None
     checkpoint_ts: int | None = None
     version: int = LEASE_VERSION
     properties: dict[str, Any] = field(default_factory=dict)
@@ -85,9 +91,18 @@ class LeaseStore(Protocol):
         """Every lease of this processor."""
         ...
 
-    async def acquire(self, lease: Lease, owner: str) -> Lease:
-        """Take `lease` as last listed (owner, ETag) with a new owner token. LeaseLostError when
-        it changed since."""
+    async def acquire(self, lease: Lease, owner: str, incarnation: str | None = None) -> Lease:
+        """Take `lease` as last listed (owner, ETag) with a new owner token, for the process run
+        `incarnation`, clearing any request. LeaseLostError when it changed since."""
+        ...
+
+    async def read(self, lease_id: str) -> Lease | None:
+        """The lease as stored now (None when it is gone)."""
+        ...
+
+    async def request(self, lease: Lease, by: str) -> Lease:
+        """Ask the owner for `lease` (owner and token unchanged; the owner's writes keep the
+        request). LeaseLostError when the owner changed since `lease` was listed."""
         ...
 
     async def renew(self, lease: Lease) -> Lease:
@@ -99,7 +114,8 @@ class LeaseStore(Protocol):
         ...
 
     async def release(self, lease: Lease) -> None:
-        """Give the lease up (owner = none) so another instance can take it at once."""
+        """Give the lease up (no owner, incarnation or token) so another instance can take it at
+        once; a request stays: the asker is its next owner."""
         ...
 
     async def split(self, lease: Lease, children: Sequence[dict[str, Any]]) -> list[Lease]:

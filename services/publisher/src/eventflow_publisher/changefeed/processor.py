@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,10 +39,13 @@ LOG = structlog.get_logger("eventflow_publisher.changefeed")
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One read of a feed range: its changes (maybe none) and the continuation after them."""
+    """One read of a feed range: its changes (maybe none) and the continuation after them.
+    `drained`: whether the read reached everything the range held when it was answered (None:
+    unknown). A read that moved the position without draining is followed by another at once."""
 
     items: list[dict[str, Any]]
     continuation: str | None
+    drained: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +100,18 @@ class ChangeFeed(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ProcessorOptions:
-    """Lease timings follow the .NET processor; polling is adaptive (the .NET default is a fixed
-    5 s): again at once while pages come back full, `poll_delay` after a page that was not, and
-    doubling on empty polls up to `max_poll_delay`, so a lone event after a quiet spell waits at
-    most `max_poll_delay` and an idle lease costs one read per `max_poll_delay`."""
+    """Lease timings follow the .NET processor. Polling (the .NET default is a fixed 5 s): a read
+    that moved the position is followed by the next at once, unless it reached the end of the
+    range (progress is not idleness: a narrow lease in a busy partition moves through empty
+    pages); a read that did not move is idle: the next waits `poll_delay`, doubling on further
+    idle reads up to `max_poll_delay`. Both are 0.15 s by default: a fixed idle interval, so a
+    change after any quiet spell is read within 0.15 s (75 ms on average) and an idle lease costs
+    400 reads a minute (docs/performance.md)."""
 
     instance_name: str
     start: Literal["beginning", "now"] | datetime = "beginning"
-    poll_delay: float = 0.1
-    max_poll_delay: float = 2.0
+    poll_delay: float = 0.15
+    max_poll_delay: float = 0.15
     max_items: int = 1000
     acquire_interval: float = 13.0
     renew_interval: float = 17.0
@@ -116,6 +123,20 @@ class ProcessorOptions:
     stalled_after: float = 120.0
     oldest_change_limit: float | None = None
     split_check_rounds: int = 10
+    restart_takeover: float | None = None
+    """A lease of an earlier run of this instance's name that has not changed for this long is
+    taken (its run is gone: a live one writes every renew interval). Default 1.5 renew
+    intervals, never more than the expiry. A worker whose writes have not succeeded for this long
+    handles no page before one has."""
+    request_check_interval: float = 1.0
+    """How often an owner reads its lease between renewals, to see a request for it."""
+    handover_poll: float = 0.2
+    """How often a thief reads a lease it asked for, to take it once its owner released it."""
+
+    @property
+    def takeover_after(self) -> float:
+        chosen = self.restart_takeover or 1.5 * self.renew_interval
+        return min(chosen, self.expiry)
 
 
 @dataclass
@@ -185,6 +206,7 @@ class _Worker:
         self.lock = asyncio.Lock()
         self.context = LeaseContext(lease.id, lease.feed_range)
         self.stopping = asyncio.Event()
+        self.handover = asyncio.Event()
         self.tasks = [
             asyncio.create_task(self._read(), name=f"read-{lease.id}"),
             asyncio.create_task(self._keep_renewed(), name=f"renew-{lease.id}"),
@@ -195,6 +217,19 @@ class _Worker:
 
     def is_active(self) -> bool:
         return not (self.context.is_lost or self.stopping.is_set())
+
+    def fresh(self) -> bool:
+        """A write of this acquisition succeeded within the restart takeover time: no later run
+        of this name can have judged the lease abandoned."""
+        return self.processor.monotonic() - self.renewed_at <= self.processor.options.takeover_after
+
+    def note(self, lease: Lease) -> None:
+        """See a request for the lease (in what a write returned or a read found)."""
+        if lease.request is not None and lease.request != self.processor.me:
+            if not self.handover.is_set():
+                LOG.info("lease requested; handing it over at the page boundary",
+                         lease=lease.id, requested_by=lease.request)  # fmt: skip
+            self.handover.set()
 
     def outlived(self) -> bool:
         """No write of this acquisition has succeeded for the expiry: another instance may judge
@@ -225,6 +260,7 @@ class _Worker:
             try:
                 async with self.lock:
                     self.lease = await update(self.lease)
+                self.note(self.lease)
             except LeaseLostError:
                 self.lose()
                 raise
@@ -237,15 +273,47 @@ class _Worker:
             return
 
     async def _keep_renewed(self) -> None:
-        interval = self.processor.options.renew_interval
-        await self._pause(interval / 2)
-        while self.is_active():
-            try:
-                await self.write(self.processor.leases.renew)
-            except LeaseLostError:
-                LOG.warning("lease lost at renewal", lease=self.lease.id)
+        """Renew every renew interval (the first after half of one) and, in between, read the
+        lease every request check interval for a request. Once the lease is requested, renewals
+        stop: an owner that reaches no page boundary lets the lease expire."""
+        processor, options = self.processor, self.processor.options
+        renew_at = processor.monotonic() + options.renew_interval / 2
+        while self.is_active() and not self.handover.is_set():
+            now = processor.monotonic()
+            await self._pause(max(0.0, min(options.request_check_interval, renew_at - now)))
+            if not self.is_active() or self.handover.is_set():
                 return
-            await self._pause(interval)
+            if processor.monotonic() >= renew_at:
+                try:
+                    await self.write(processor.leases.renew)
+                except LeaseLostError:
+                    LOG.warning("lease lost at renewal", lease=self.lease.id)
+                    return
+                renew_at = processor.monotonic() + options.renew_interval
+                continue
+            try:
+                current = await processor.leases.read(self.lease.id)
+            except Exception:  # noqa: BLE001 - a failed look is retried at the next check
+                continue
+            if current is None or (current.owner, current.owner_token) != (
+                self.lease.owner, self.lease.owner_token,
+            ):  # fmt: skip
+                self.lose()
+                return
+            self.note(current)
+
+    async def _hand_over(self) -> None:
+        """At a page boundary, with the lease requested: release it (the asker takes it)."""
+        leases = self.processor.leases
+        try:
+            async with self.lock:
+                await leases.release(self.lease)
+            LOG.info("lease handed over", lease=self.lease.id)
+        except LeaseLostError:
+            pass
+        except Exception as error:  # noqa: BLE001 - not released: the asker takes it at expiry
+            LOG.warning("hand-over release failed", lease=self.lease.id, error=repr(error))
+        self.lose()
 
     def _after_start(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         not_before = self.lease.start.not_before_ts
@@ -276,35 +344,41 @@ class _Worker:
         self.status.checkpointed_at = self.processor.monotonic()
         return True
 
+    async def _split_at_once(self) -> bool:
+        """The read met a split before this lease had a resumable position (the SDK's token names
+        a child never read): replace the lease by its children now, before its page is handled
+        (the children read it), and have them balanced at once. False when the ranges show no
+        split (yet)."""
+        processor = self.processor
+        children = children_of(self.lease.feed_range, await processor.feed.feed_ranges())
+        if not children:
+            return False
+        created: list[Lease] = []
+
+        async def split(lease: Lease) -> Lease:
+            created[:] = await processor.leases.split(lease, children)
+            return lease
+
+        with contextlib.suppress(LeaseLostError):
+            await self.write(split)
+        self.lose()
+        LOG.info("feed range split before a first checkpoint; lease replaced by its children",
+                 lease=self.lease.id, children=[child.id for child in created])  # fmt: skip
+        processor.wake()
+        return True
+
     async def _read(self) -> None:
         processor, options = self.processor, self.processor.options
-        delay = options.poll_delay
+        delay: float | None = options.poll_delay
         while self.is_active():
             if self.outlived():
                 self.lose()
                 break
+            if self.handover.is_set():
+                await self._hand_over()
+                break
             try:
-                page = await processor.feed.read_page(
-                    self.lease.feed_range, continuation=self.lease.continuation,
-                    start=self.lease.start, max_items=options.max_items,
-                )  # fmt: skip
-                if not self.is_active() or self.outlived():
-                    break
-                changes = self._after_start(page.items)
-                if changes:
-                    await processor.handler(self.context, changes)
-                stored = await self._checkpoint(page)
-                self.status.consecutive_failures = 0
-                if page.items:
-                    processor.observer.page_handled(self.lease.id, len(changes))
-                if not stored:  # the same page comes back: not in a tight loop
-                    await self._pause(options.poll_delay)
-                    continue
-                if len(page.items) >= options.max_items:
-                    delay = options.poll_delay
-                    continue
-                delay = options.poll_delay if page.items else min(delay * 2, options.max_poll_delay)
-                await self._pause(delay)
+                delay = await self._step(delay or options.poll_delay)
             except LeaseLostError:
                 self.lose()
                 break
@@ -313,12 +387,65 @@ class _Worker:
                 processor.observer.handler_failed(self.lease.id, error)
                 attempt = self.status.consecutive_failures
                 await self._pause(backoff(attempt, options.retry_delay, options.max_retry_delay))
+                continue
+            if delay is None:
+                break
         if self.context.is_lost:
             LOG.info("lease lost; stopped reading its range", lease=self.lease.id)
 
+    async def _step(self, delay: float) -> float | None:
+        """Read, handle and checkpoint one page, then wait as the page calls for: not at all when
+        the read moved the position short of the range's end, else `delay` (idle). Returns the
+        next idle delay, or None when the worker must stop."""
+        processor, options = self.processor, self.processor.options
+        if not self.fresh():
+            # a pause or a store outage: prove the lease is still this acquisition's before
+            # handling anything more (a later run of this name may have taken it)
+            await self.write(processor.leases.renew)
+            return delay
+        before = self.lease.continuation
+        page = await processor.feed.read_page(
+            self.lease.feed_range, continuation=before,
+            start=self.lease.start, max_items=options.max_items,
+        )  # fmt: skip
+        if not self.is_active() or self.outlived():
+            return None
+        if (
+            page.continuation is not None
+            and not processor.feed.is_resumable(page.continuation)
+            and await self._split_at_once()
+        ):
+            return None
+        changes = self._after_start(page.items)
+        if changes:
+            await processor.handler(self.context, changes)
+        stored = await self._checkpoint(page)
+        self.status.consecutive_failures = 0
+        if page.items:
+            processor.observer.page_handled(self.lease.id, len(changes))
+        if not stored:  # the same page comes back: not in a tight loop
+            await self._pause(options.poll_delay)
+            return delay
+        moved = page.continuation is not None and page.continuation != before
+        if len(page.items) >= options.max_items or (moved and not page.drained):
+            return options.poll_delay  # progress, not idleness: read on at once
+        if moved:
+            delay = options.poll_delay
+        await self._pause(delay)
+        return min(delay * 2, options.max_poll_delay)
+
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), seconds)
+        """Wait `seconds`, or less when stopping or asked to hand over."""
+        if self.stopping.is_set() or self.handover.is_set():
+            return
+        waits = [
+            asyncio.create_task(self.stopping.wait()),
+            asyncio.create_task(self.handover.wait()),
+        ]
+        _, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 class ChangeFeedProcessor:
@@ -342,12 +469,23 @@ class ChangeFeedProcessor:
         self.observer = observer or ProcessorObserver()
         self.monotonic = monotonic
         self.workers: dict[str, _Worker] = {}
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.me = f"{options.instance_name}#{self.incarnation}"
+        """The owner as balancing counts it: this run of this instance name."""
+        self._asked: dict[str, str] = {}  # lease id -> the ETag this run's request wrote
+        self._handovers: dict[str, asyncio.Task[None]] = {}
+        self._wake_timer: asyncio.TimerHandle | None = None
         self.ready = asyncio.Event()
         self._observed: dict[str, tuple[str, float]] = {}
         self._rounds = 0
         self.split_suspected = False
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Run a balancing round now rather than at the end of the acquire interval."""
+        self._wake.set()
 
     @property
     def owned(self) -> list[str]:
@@ -369,20 +507,34 @@ class ChangeFeedProcessor:
         return StartPosition("time", datetime.now(UTC) if start == "now" else start)
 
     async def run(self) -> None:
-        """Bootstrap the leases, then balance and read until `stop()`."""
+        """Bootstrap the leases, then balance and read until `stop()`. Cancelling it abandons
+        everything at once, releasing nothing (what a crash does)."""
         try:
             await self.leases.bootstrap(await self.feed.feed_ranges(), self._start_position())
             self.ready.set()
             loops = [
-                asyncio.create_task(self._every(self.options.acquire_interval, self._balance, first=0)),
+                asyncio.create_task(self._every(self.options.acquire_interval, self._balance, first=0, wake=self._wake)),
                 asyncio.create_task(self._every(self.options.lag_interval, self._assess, first=self.options.lag_interval)),
             ]  # fmt: skip
-            await self._stopping.wait()
+            try:
+                await self._stopping.wait()
+            except asyncio.CancelledError:
+                # Cancelled (the process is going down hard): everything stops at once and
+                # nothing is released, as after kill -9; the leases go by expiry or takeover.
+                await self._abandon(loops)
+                raise
             # A round in flight finishes (never a lease acquired and left without a worker).
             await asyncio.gather(*loops, return_exceptions=True)
             await self._shutdown()
         finally:
             self._stopped.set()
+
+    async def _abandon(self, loops: Sequence[asyncio.Task[None]]) -> None:
+        tasks = [*loops, *self._handovers.values()]
+        tasks += [task for worker in self.workers.values() for task in worker.tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def stop(self) -> None:
         """Stop reading, let in-flight pages finish and checkpoint, release every lease."""
@@ -390,20 +542,33 @@ class ChangeFeedProcessor:
         await self._stopped.wait()
 
     async def _every(
-        self, interval: float, action: Callable[[], Awaitable[None]], *, first: float
+        self,
+        interval: float,
+        action: Callable[[], Awaitable[None]],
+        *,
+        first: float,
+        wake: asyncio.Event | None = None,
     ) -> None:
-        """Run `action` every `interval` until stop(); a round in flight is never cut short."""
+        """Run `action` every `interval` (or as soon as `wake` is set) until stop(); a round in
+        flight is never cut short."""
         wait = first
-        while not await self._stopped_within(wait):
+        while not await self._stopped_within(wait, wake):
             try:
                 await action()
             except Exception as error:  # noqa: BLE001 - a failed round is retried next interval
                 LOG.warning("processor round failed", action=action.__name__, error=repr(error))
             wait = interval
 
-    async def _stopped_within(self, seconds: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    async def _stopped_within(self, seconds: float, wake: asyncio.Event | None = None) -> bool:
+        waits = [asyncio.create_task(self._stopping.wait())]
+        if wake is not None:
+            waits.append(asyncio.create_task(wake.wait()))
+        _, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if wake is not None:
+            wake.clear()
         return self._stopping.is_set()
 
     def _observe(self, leases: Sequence[Lease], now: float) -> None:
@@ -411,21 +576,89 @@ class ChangeFeedProcessor:
         seen = {}
         for lease in leases:
             previous = self._observed.get(lease.id)
-            seen[lease.id] = (
-                previous if previous and previous[0] == lease.etag else (lease.etag, now)
-            )
+            if previous and (previous[0] == lease.etag or self._asked.get(lease.id) == lease.etag):
+                seen[lease.id] = (lease.etag, previous[1])  # our own request is no sign of life
+            else:
+                seen[lease.id] = (lease.etag, now)
         self._observed = seen
 
     def _is_mine(self, lease: Lease) -> bool:
         worker = self.workers.get(lease.id)
         return worker is not None and worker.lease.owner_token == lease.owner_token
 
-    def _view(self, lease: Lease) -> LeaseView:
-        owner = lease.owner
-        if owner == self.options.instance_name and not self._is_mine(lease) and self._rounds > 0:
-            # Another process with this name (or an acquisition of ours that ended): not me.
-            owner = f"{owner} (token {lease.owner_token})"
+    @staticmethod
+    def owner_of(lease: Lease) -> str | None:
+        """The owner as balancing counts it: the process run (a version-1 lease: the name)."""
+        if lease.owner is None or lease.owner_incarnation is None:
+            return lease.owner
+        return f"{lease.owner}#{lease.owner_incarnation}"
+
+    def _gone_at(self, lease: Lease) -> float | None:
+        """When a lease of an earlier run of this name may be taken (None: not such a lease)."""
+        owner = self.owner_of(lease)
+        if lease.owner != self.options.instance_name or owner in (None, self.me):
+            return None
+        return self._observed[lease.id][1] + self.options.takeover_after
+
+    def _view(self, lease: Lease, now: float) -> LeaseView:
+        owner = self.owner_of(lease)
+        if owner is None and lease.request not in (None, self.me):
+            owner = lease.request  # released to its asker: the asker's, unless it never takes it
+        if owner == self.me and not self._is_mine(lease):
+            owner = None  # an acquisition of this run that ended: free for this run to take
+        gone_at = self._gone_at(lease)
+        if gone_at is not None and now > gone_at:
+            owner = None  # an earlier run of this name, silent past the restart takeover time
+        if owner not in (None, self.me) and lease.request == self.me:
+            owner = self.me  # asked for: counted as this run's share (taken at expiry if no answer)
         return LeaseView(lease.id, owner, self._observed[lease.id][1])
+
+    def _wake_at(self, leases: Sequence[Lease], now: float) -> None:
+        """Run the next round when the first lease of an earlier run of this name may be taken,
+        if that comes before the acquire interval ends."""
+        due = [at for lease in leases if (at := self._gone_at(lease)) is not None and at > now]
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+            self._wake_timer = None
+        if due and min(due) - now < self.options.acquire_interval:
+            loop = asyncio.get_running_loop()
+            self._wake_timer = loop.call_later(min(due) - now + 0.05, self.wake)
+
+    async def _ask(self, lease: Lease) -> None:
+        """Steal by asking: write a request the owner's writes keep; the owner releases at its
+        next page boundary, and a task here takes the lease once it is free."""
+        if lease.id in self._handovers:
+            return
+        try:
+            asked = await self.leases.request(lease, self.me)
+        except LeaseLostError:
+            return
+        self._asked[lease.id] = asked.etag
+        LOG.info("lease requested from its owner", lease=lease.id, owner=self.owner_of(lease))
+        self._handovers[lease.id] = asyncio.create_task(self._await_handover(asked))
+
+    async def _await_handover(self, asked: Lease) -> None:
+        """Read the requested lease every hand-over poll; once released, balance at once (it is
+        free now). Given up when another request or owner replaced this one, or after the expiry
+        (an owner that reaches no boundary lets it expire; balancing takes it then)."""
+        deadline = self.monotonic() + self.options.expiry + self.options.renew_interval
+        try:
+            while self.monotonic() < deadline:
+                if await self._stopped_within(self.options.handover_poll):
+                    return
+                try:
+                    current = await self.leases.read(asked.id)
+                except Exception:  # noqa: BLE001 - read again at the next poll
+                    continue
+                if current is None:
+                    return
+                if current.owner is None:
+                    self.wake()
+                    return
+                if current.request != self.me or self.owner_of(current) != self.owner_of(asked):
+                    return
+        finally:
+            self._handovers.pop(asked.id, None)
 
     async def _retire(self, lease_id: str) -> None:
         worker = self.workers.pop(lease_id)
@@ -434,7 +667,7 @@ class ChangeFeedProcessor:
         self.observer.lease_released(lease_id)
 
     async def _balance(self) -> None:
-        me, now = self.options.instance_name, self.monotonic()
+        now = self.monotonic()
         leases = [
             lease for lease in await self.leases.list_leases() if lease.version <= LEASE_VERSION
         ]
@@ -454,15 +687,12 @@ class ChangeFeedProcessor:
             if children:
                 await self._retire(lease_id)
                 await self._split(worker.lease, children)
-        decision = plan([self._view(lease) for lease in leases], me, now, self.options.expiry)
+        views = [self._view(lease, now) for lease in leases]
+        decision = plan(views, self.me, now, self.options.expiry)
         wanted = list(decision.take)
-        if self._rounds == 0:  # a restart under the same name takes its leases back at once
-            wanted += [lease.id for lease in leases if lease.owner == me and lease.id not in wanted]
         if decision.steal is not None:
-            wanted.append(decision.steal)
-            LOG.info(
-                "stealing a lease", lease=decision.steal, from_owner=by_id[decision.steal].owner
-            )
+            await self._ask(by_id[decision.steal])
+        self._wake_at(leases, now)
         self._rounds += 1
         for lease_id in wanted:
             if lease_id not in self.workers:
@@ -471,7 +701,7 @@ class ChangeFeedProcessor:
 
     async def _start(self, listed: Lease, ranges: Sequence[dict[str, Any]]) -> None:
         try:
-            lease = await self.leases.acquire(listed, self.options.instance_name)
+            lease = await self.leases.acquire(listed, self.options.instance_name, self.incarnation)
         except LeaseLostError:
             return
         except Exception as error:  # noqa: BLE001 - this lease is tried again next round
@@ -536,6 +766,11 @@ class ChangeFeedProcessor:
         status.stalled = problem
 
     async def _shutdown(self) -> None:
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+        for handover in list(self._handovers.values()):
+            handover.cancel()
+        await asyncio.gather(*self._handovers.values(), return_exceptions=True)
         workers = list(self.workers.values())
         await asyncio.gather(*(worker.stop() for worker in workers))
         await asyncio.gather(*(self._release(worker) for worker in workers))

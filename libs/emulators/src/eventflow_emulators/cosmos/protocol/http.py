@@ -306,7 +306,7 @@ class CosmosProtocol:
             return web.json_response(error.body(), status=error.status)
         return web.json_response(result)
 
-    async def _admin_call(self, request: web.Request, route: str) -> Any:
+    async def _admin_call(self, request: web.Request, route: str) -> Any:  # noqa: PLR0911 - one return per route
         method = request.method
         body: dict[str, Any] = await request.json() if request.can_read_body else {}
         if route == "status" and method == "GET":
@@ -330,6 +330,12 @@ class CosmosProtocol:
                 body["database"], body["container"], str(body["range_id"])
             )
             return {"children": [child.id for child in children]}
+        if route == "change-feed" and method == "PUT":
+            scan = body.get("scan_lsns")
+            if scan is not None and (not isinstance(scan, int) or scan < 1):
+                raise errors.bad_request("scan_lsns must be a positive integer or null.")
+            self.account.change_feed_scan_lsns = scan
+            return {"scan_lsns": scan}
         if route == "ranges" and method == "GET":
             container = self.account.container(
                 request.query["database"], request.query["container"]

@@ -6,7 +6,9 @@ conformance-plain of emulators/servicebus.json, lock duration 5 s), and the Serv
 or Azure when
 EVENTFLOW_CONFORMANCE_SERVICEBUS_CONNECTION_STRING is set, with two existing queues named by
 EVENTFLOW_CONFORMANCE_SERVICEBUS_SESSION_QUEUE (sessions, duplicate detection, max delivery count 3,
-lock duration EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS, default 5) and EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE (no sessions).
+lock duration EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS, default 5) and EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE (no sessions,
+the same lock duration, dead-lettering on expiration), both with the default message time to live
+EVENTFLOW_CONFORMANCE_SERVICEBUS_DEFAULT_TTL_SECONDS (default 3600).
 Every case uses its own session ids and message ids, so a shared broker needs no clean-up.
 """
 
@@ -53,6 +55,7 @@ class Broker:
     plain_queue: str
     lock_seconds: float
     connection_string: str = ""
+    default_ttl_seconds: float = 3600.0
     emulator: RunningMessagingEmulator | None = None
 
 
@@ -103,11 +106,14 @@ async def keep_receiving(receiver: Any, times: int) -> None:
         await receiver.receive_messages(max_wait_time=1)
 
 
-async def dead_letters_of(broker: Broker, message_id: str, wait: float = 5.0) -> list[Any]:
-    """Dead-lettered messages of the session queue with `message_id` (others are left alone)."""
+async def dead_letters_of(
+    broker: Broker, message_id: str, wait: float = 5.0, queue: str | None = None
+) -> list[Any]:
+    """Dead-lettered messages of the session queue (or `queue`) with `message_id` (others are left
+    alone)."""
     deadline = asyncio.get_running_loop().time() + wait
     async with broker.client.get_queue_receiver(
-        broker.session_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=1
+        queue or broker.session_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=1
     ) as receiver:
         while asyncio.get_running_loop().time() < deadline:
             found = [
@@ -504,6 +510,114 @@ class ServiceBusConformance(BackendCases):
             await receiver.complete_message(again)
         assert (first.delivery_count, again.delivery_count) == (0, 0)
 
+    # --- limits and times (issue 23, item 4) ----------------------------------------------
+
+    async def test_an_application_property_over_32_kb_is_refused(self, broker: Broker) -> None:
+        # "Service Bus quotas", message property size: at most 32 KB per property, else
+        # SerializationException; the AMQP condition is not documented (any ServiceBusError).
+        big = message(None, application_properties={"big": "x" * (33 * 1024)})
+        with pytest.raises(ServiceBusError):
+            await self.send(broker, big, queue=broker.plain_queue)
+        fits = message(None, b"fits", application_properties={"big": "x" * (30 * 1024)})
+        await self.send(broker, fits, queue=broker.plain_queue)
+        async with broker.client.get_queue_receiver(broker.plain_queue, max_wait_time=2) as r:
+            found = await receive_one(r, fits.message_id)
+            await r.complete_message(found)
+
+    async def test_properties_over_64_kb_in_total_are_refused(self, broker: Broker) -> None:
+        # "Service Bus quotas": all properties of a message together at most 64 KB.
+        each = "x" * (30 * 1024)
+        with pytest.raises(ServiceBusError):
+            await self.send(
+                broker, message(None, application_properties={"a": each, "b": each, "c": each}),
+                queue=broker.plain_queue,
+            )  # fmt: skip
+
+    async def test_a_scheduled_message_lives_its_ttl_from_its_scheduled_time(
+        self, broker: Broker
+    ) -> None:
+        # "Message expiration": the time to live starts when the message is enqueued, and a
+        # scheduled message is enqueued at its scheduled time ("Message sequencing and
+        # timestamps"): scheduled +4 s with 3 s to live, it is delivered, not dead-lettered.
+        session = new_session()
+        due = datetime.now(UTC) + timedelta(seconds=4)
+        sent = message(session, b"scheduled", time_to_live=timedelta(seconds=3))
+        async with broker.client.get_queue_sender(broker.session_queue) as sender:
+            await sender.schedule_messages(sent, due)
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1, wait=8)
+            await receiver.complete_message(received)
+        assert received.time_to_live == timedelta(seconds=3)
+        assert received.expires_at_utc == received.enqueued_time_utc + timedelta(seconds=3)
+
+    async def test_a_ttl_above_the_queue_default_is_reported_as_applied(
+        self, broker: Broker
+    ) -> None:
+        # "Message expiration": a message TTL above the entity's default is silently adjusted to
+        # it (also the SDK's `time_to_live` docstring); the received message reports that value.
+        default = timedelta(seconds=broker.default_ttl_seconds)
+        session = new_session()
+        await self.send(broker, message(session, time_to_live=default * 2))
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await receiver.complete_message(received)
+        assert received.time_to_live == default
+        assert received.expires_at_utc == received.enqueued_time_utc + default
+
+    async def test_an_expired_deferred_message_waits_to_be_received_then_is_dead_lettered(
+        self, broker: Broker
+    ) -> None:
+        # "Message deferral" (note): deferred messages are not expired and moved to the dead-letter
+        # queue until a client receives them by sequence number; then they are moved there. What
+        # that receive returns is not documented: assumed MessageNotFoundError or nothing.
+        sent = message(None, b"deferred", time_to_live=timedelta(seconds=2))
+        await self.send(broker, sent, queue=broker.plain_queue)
+        async with (
+            AzureServiceBusClient.from_connection_string(
+                broker.connection_string, retry_total=0
+            ) as client,
+            client.get_queue_receiver(broker.plain_queue, max_wait_time=2) as receiver,
+        ):
+            found = await receive_one(receiver, sent.message_id)
+            await receiver.defer_message(found)
+            await asyncio.sleep(3)  # past the time to live: the point of this case
+            peeked = await receiver.peek_messages(
+                max_message_count=1, sequence_number=found.sequence_number
+            )
+            assert [m.sequence_number for m in peeked] == [found.sequence_number]
+            try:
+                got = await receiver.receive_deferred_messages([found.sequence_number])
+            except MessageNotFoundError:
+                got = []
+            assert got == []
+        (dead,) = await dead_letters_of(broker, sent.message_id, queue=broker.plain_queue)
+        assert dead.dead_letter_reason == "TTLExpiredException"
+
+    # --- a plain receiver that closes (issue 23, item 5) ----------------------------------
+
+    async def test_closing_a_plain_receiver_keeps_its_lock_until_it_expires(
+        self, broker: Broker
+    ) -> None:
+        # A sessionless receiver that closes holding an unsettled message leaves it locked until
+        # the lock expires, which counts a delivery (.NET ServiceBusReceivedMessage.DeliveryCount:
+        # "incremented when a message lock expires"; azure-servicebus
+        # `ServiceBusReceiver._close_handler` releases only what it buffered, "so they are not
+        # left locked at the broker until lock expiry ... inflating delivery count").
+        sent = message(None, b"held")
+        await self.send(broker, sent, queue=broker.plain_queue)
+        async with broker.client.get_queue_receiver(broker.plain_queue, max_wait_time=2) as r:
+            first = await receive_one(r, sent.message_id)
+        closed = time.monotonic()
+        async with broker.client.get_queue_receiver(broker.plain_queue, max_wait_time=1) as r:
+            early = await r.receive_messages(max_message_count=10, max_wait_time=1)
+            assert sent.message_id not in [m.message_id for m in early]
+            for item in early:
+                await r.abandon_message(item)
+            again = await receive_one(r, sent.message_id, wait=broker.lock_seconds + 5)
+            await r.complete_message(again)
+        assert time.monotonic() - closed >= broker.lock_seconds * 0.5
+        assert (first.delivery_count, again.delivery_count) == (0, 1)
+
 
 class TestMessagingEmulator(ServiceBusConformance):
     backend = "the eventflow messaging emulator"
@@ -641,5 +755,11 @@ class TestEmulatorOrAzure(ServiceBusConformance):
         session_queue = setting_or_skip("EVENTFLOW_CONFORMANCE_SERVICEBUS_SESSION_QUEUE")
         plain_queue = setting_or_skip("EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE")
         lock_seconds = float(os.environ.get("EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS", "5"))
+        default_ttl = float(
+            os.environ.get("EVENTFLOW_CONFORMANCE_SERVICEBUS_DEFAULT_TTL_SECONDS", "3600")
+        )
         async with AzureServiceBusClient.from_connection_string(connection_string) as client:
-            yield Broker(client, session_queue, plain_queue, lock_seconds, connection_string)
+            yield Broker(
+                client, session_queue, plain_queue, lock_seconds, connection_string,
+                default_ttl_seconds=default_ttl,
+            )  # fmt: skip

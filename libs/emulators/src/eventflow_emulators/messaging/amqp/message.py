@@ -124,12 +124,16 @@ def encode_message(
     *,
     delivery_count: int | None = None,
     annotations: dict[Any, Any] | None = None,
+    ttl: int | None = None,
 ) -> bytes:
-    """The message with the broker's header and annotations; the rest copied as received."""
+    """The message with the broker's header and annotations; the rest copied as received.
+    `ttl` replaces the header's time to live (the value the broker applied)."""
     out = bytearray()
     header = list(message.header) if message.header else [None] * 5
     if delivery_count is not None:
         header[4] = UInt(delivery_count)
+    if ttl is not None:
+        header[2] = UInt(ttl)
     if any(v is not None for v in header):
         header = _typed_header(header)
         encode_into(out, Described(ULong(HEADER), header))
@@ -208,6 +212,16 @@ def with_delivery_annotations(payload: bytes, annotations: dict[Any, Any]) -> by
     section = bytearray()
     encode_into(section, Described(ULong(DELIVERY_ANNOTATIONS), annotations))
     return payload[:split] + bytes(section) + payload[split:]
+
+
+def application_properties_size(message: Message) -> int:
+    """The encoded size of the message's application-properties section (0 without one)."""
+    data = message.raw_rest
+    if data[:1] == b"\x00":
+        descriptor, value_pos = decode(data, 1)
+        if _code(descriptor) == APPLICATION_PROPERTIES:
+            return skip(data, value_pos)
+    return 0
 
 
 def with_application_properties(message: Message, extra: dict[str, Any]) -> Message:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .codec import Array, Described, Symbol, UByte, UInt, ULong, UShort
+from .codec import Array, DecodeError, Described, Symbol, UByte, UInt, ULong, UShort
 from .frames import (
     AMQP_HEADER,
     ATTACH,
@@ -27,6 +27,7 @@ from .frames import (
     FLOW,
     FRAME_SASL,
     OPEN,
+    REJECTED,
     SASL_HEADER,
     SASL_INIT,
     SASL_MECHANISMS,
@@ -381,6 +382,9 @@ class Connection(asyncio.Protocol):
                 raw = bytes(self.buffer[:size])
                 del self.buffer[:size]
                 self._on_frame(parse_frame(raw))
+        except DecodeError as error:  # a frame that is not AMQP: the connection cannot go on
+            log.warning("connection %s sent a malformed frame: %s", self.peer, error)
+            self.close("amqp:decode-error", str(error))
         except Exception as error:  # a peer speaking nonsense gets a close, not a crash
             log.exception("connection %s failed", self.peer)
             self.close("amqp:internal-error", str(error))
@@ -566,7 +570,7 @@ class Connection(asyncio.Protocol):
         if f[4] is None:
             for each in list(session.links.values()):
                 if each.sends and each.handler is not None and each.can_send():
-                    each.handler.on_flow(each)
+                    guarded(each, each.handler.on_flow, each)
             return
         found = session.links.get(int(f[4]))
         if found is None:
@@ -578,7 +582,7 @@ class Connection(asyncio.Protocol):
             link.credit = rcv_count + int(f[6] or 0) - link.delivery_count
             if f[8]:  # drain: use it up now or give it back
                 if link.handler is not None and link.attached:
-                    link.handler.on_flow(link)
+                    guarded(link, link.handler.on_flow, link)
                 link.delivery_count += max(link.credit, 0)
                 link.credit = 0
                 session.send_flow(link)
@@ -586,7 +590,7 @@ class Connection(asyncio.Protocol):
             if f[9]:
                 session.send_flow(link)
             if link.handler is not None and link.attached and link.can_send():
-                link.handler.on_flow(link)
+                guarded(link, link.handler.on_flow, link)
         elif f[9]:
             session.send_flow(link)
 
@@ -623,7 +627,15 @@ class Connection(asyncio.Protocol):
         )
         if link.handler is None:
             return  # attach still pending or refused: the client should not have sent
-        link.handler.on_transfer(link, delivery)
+        try:
+            link.handler.on_transfer(link, delivery)
+        except Exception as error:  # that one delivery fails, never the connection
+            log.exception("transfer on %s failed", link.address)
+            condition = (
+                "amqp:decode-error" if isinstance(error, ValueError) else "amqp:internal-error"
+            )
+            if not delivery.settled:
+                link.settle(delivery.delivery_id, _rejected(condition, str(error)))
 
     def _on_disposition(self, frame: Frame) -> None:
         session = self._session(frame)
@@ -641,7 +653,7 @@ class Connection(asyncio.Protocol):
                 session.outgoing.pop(delivery_id, None)
                 link.unsettled.pop(delivery_id, None)
             if link.handler is not None:
-                link.handler.on_disposition(link, delivery_id, tag, state, settled)
+                guarded(link, link.handler.on_disposition, link, delivery_id, tag, state, settled)
 
     def _on_detach(self, frame: Frame) -> None:
         session = self._session(frame)
@@ -650,6 +662,21 @@ class Connection(asyncio.Protocol):
             return
         self.write(build_frame(DETACH, [UInt(link.handle), True], channel=session.channel))
         session.forget(link)
+
+
+def _rejected(condition: str, description: str) -> Described:
+    return Described(ULong(REJECTED), [error_fields(condition, description)])
+
+
+def guarded(link: Link, call: Callable[..., None], *args: Any) -> None:
+    """Run a link handler's callback; a failure detaches that link with the error, and the
+    connection and its other links carry on."""
+    try:
+        call(*args)
+    except Exception as error:
+        log.exception("link %s failed", link.address)
+        condition = "amqp:decode-error" if isinstance(error, ValueError) else "amqp:internal-error"
+        link.detach(condition, str(error))
 
 
 def _ubyte(value: int) -> Any:

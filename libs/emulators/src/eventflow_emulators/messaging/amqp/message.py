@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .codec import (
+    DecodeError,
     Described,
     Raw,
     Symbol,
@@ -19,6 +20,7 @@ from .codec import (
     UInt,
     ULong,
     decode,
+    decode_all,
     encode,
     encode_into,
     skip,
@@ -89,6 +91,14 @@ def _code(descriptor: Any) -> int:
             APPLICATION_PROPERTIES}.get(str(descriptor), -1)  # fmt: skip
 
 
+def check(payload: bytes) -> None:
+    """Raise `DecodeError` unless `payload` is a sequence of well-formed, described sections:
+    what the broker accepts it must be able to deliver (and re-encode) later."""
+    for section in decode_all(payload):
+        if not isinstance(section, Described):
+            raise DecodeError("a message section must be a described type")
+
+
 def parse(payload: bytes) -> Message:
     message = Message()
     pos = 0
@@ -96,7 +106,7 @@ def parse(payload: bytes) -> Message:
     rest_start = len(payload)
     while pos < len(payload):
         if payload[pos] != 0x00:
-            raise ValueError("a message section must be a described type")
+            raise DecodeError("a message section must be a described type")
         descriptor, value_pos = decode(view, pos + 1)
         code = _code(descriptor)
         if code in (HEADER, MESSAGE_ANNOTATIONS, PROPERTIES, DELIVERY_ANNOTATIONS):

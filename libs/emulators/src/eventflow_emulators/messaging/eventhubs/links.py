@@ -13,10 +13,10 @@ import re
 from typing import Any
 
 from ..amqp import message as amqp_message
-from ..amqp.codec import Array, Symbol, Timestamp
-from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused
+from ..amqp.codec import Array, DecodeError, Symbol, Timestamp
+from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused, guarded
 from ..faults import Faults
-from ..nodes import ACCEPTED_STATE, ManagementError, Operation, Reply, refused_send
+from ..nodes import ACCEPTED_STATE, ManagementError, Operation, Reply, refused_send, rejected
 from .model import EntityNotFound, EventHubsModel, Partition, Position, ReaderRefused
 
 log = logging.getLogger("eventflow_emulators.messaging.eventhubs")
@@ -78,12 +78,16 @@ class ProducerHandler(BaseLinkHandler):
     def on_transfer(self, link: Link, delivery: Delivery) -> None:
         if refused_send(link, delivery, self.guard, MAX_MESSAGE_SIZE):
             return
-        outer = amqp_message.parse(delivery.payload)
-        events = (
-            amqp_message.unbatch(outer)
-            if delivery.message_format == amqp_message.BATCH_FORMAT
-            else [outer]
-        )
+        try:
+            amqp_message.check(delivery.payload)
+            outer = amqp_message.parse(delivery.payload)
+            batched = delivery.message_format == amqp_message.BATCH_FORMAT
+            for section in outer.data_sections() if batched else ():
+                amqp_message.check(section)
+            events = amqp_message.unbatch(outer) if batched else [outer]
+        except DecodeError as error:
+            link.settle(delivery.delivery_id, rejected("amqp:decode-error", str(error)))
+            return
         key = outer.annotations.get(PARTITION_KEY)
         if self.partition_id is not None:
             part = self.model.partition(self.hub, self.partition_id)
@@ -145,7 +149,7 @@ class ConsumerHandler(BaseLinkHandler):
 
     def wake(self) -> None:
         if self.link.can_send():
-            self.pump(self.link)
+            guarded(self.link, self.pump, self.link)  # woken by a producer's append
 
     def pump(self, link: Link) -> None:
         while link.can_send():

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..amqp import message as amqp_message
-from ..amqp.codec import Array, Described, Symbol, Timestamp, ULong, encode
-from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused
+from ..amqp.codec import Array, DecodeError, Described, Symbol, Timestamp, ULong, encode
+from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused, guarded
 from ..amqp.frames import ACCEPTED, MODIFIED, REJECTED, RELEASED, descriptor_code
 from ..faults import Faults
 from ..nodes import (
@@ -124,6 +124,7 @@ def _check_properties(message: amqp_message.Message) -> None:
 
 def _item(body: bytes, message: amqp_message.Message) -> Item:
     """(body, session id, message id, ttl ms, scheduled enqueue ms) of one sent message."""
+    amqp_message.check(body)
     _check_properties(message)
     session_id = message.prop("group_id")
     message_id = message.prop("message_id")
@@ -158,6 +159,9 @@ class SenderHandler(BaseLinkHandler):
             self.model.send(self.queue, _items(delivery))
         except ServiceBusFault as fault:
             link.settle(delivery.delivery_id, rejected(fault.condition, fault.description))
+            return
+        except DecodeError as error:
+            link.settle(delivery.delivery_id, rejected("amqp:decode-error", str(error)))
             return
         if self.faults.drop_after("send", link):
             return
@@ -234,7 +238,9 @@ class ReceiverHandler(BaseLinkHandler):
     def wake(self) -> None:
         self._accepted.set()
         if self.link.attached and self.link.can_send():
-            self.pump(self.link)
+            # Woken by another link's operation (a send, a settlement): a failure here is this
+            # receiver's, never that operation's.
+            guarded(self.link, self.pump, self.link)
 
     def pump(self, link: Link) -> None:
         if self.is_session:

@@ -3,12 +3,13 @@ backend.
 
 Backends: this repository's messaging emulator (always), and the official Event Hubs emulator or
 Azure when EVENTFLOW_CONFORMANCE_EVENTHUBS_CONNECTION_STRING and _HUB (a hub of its own for these
-tests) are set. The consumer always checkpoints with the SDK's real BlobCheckpointStore on Azurite.
+tests) are set; _OTHER_HUB names a second hub of the namespace for the authorization case. The consumer always checkpoints with the SDK's real BlobCheckpointStore on Azurite.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +29,7 @@ from eventflow_emulators.messaging.eventhubs.hashing import partition_for_key
 from eventflow_emulators.messaging.testing import RunningMessagingEmulator
 from eventflow_emulators.servers import RunningServer
 
-from . import amqp_types
+from . import amqp_types, sas
 from .test_checkpoint_store import blob_store
 
 PARTITIONS = 4
@@ -45,6 +46,7 @@ class Hub:
     consumer_group: str
     partitions: int = PARTITIONS
     emulator: RunningMessagingEmulator | None = None
+    other_hub: str | None = None  # another hub of the namespace, for the authorization case
 
 
 @dataclass
@@ -362,6 +364,25 @@ class EventHubsConformance(BackendCases):
                 await eventually(lambda: bool(a.errors), wait=20)
         assert a.errors
 
+    async def test_a_token_for_one_hub_does_not_read_another_hubs_properties(
+        self, hub: Hub
+    ) -> None:
+        # "Authorize access to Event Hubs resources using Shared Access Signatures": a token is
+        # scoped to its resource URI (a hub, or the namespace root); the $management node serves
+        # a request only for a hub its token reaches.
+        if hub.other_hub is None:
+            pytest.skip("no second hub named (EVENTFLOW_CONFORMANCE_EVENTHUBS_OTHER_HUB)")
+        only_this = sas.with_signature(hub.connection_string, hub.name)
+        async with AzureProducer.from_connection_string(
+            only_this, eventhub_name=hub.name, retry_total=0
+        ) as own:
+            assert await own.get_partition_ids()
+        async with AzureProducer.from_connection_string(
+            only_this, eventhub_name=hub.other_hub, retry_total=0
+        ) as other:
+            with pytest.raises(AuthenticationError):
+                await other.get_eventhub_properties()
+
     @pytest.mark.parametrize("retries", [0])
     async def test_a_wrong_key_is_an_authentication_error(self, hub: Hub, retries: int) -> None:
         wrong = hub.connection_string.replace("SharedAccessKey=", "SharedAccessKey=x")
@@ -448,6 +469,7 @@ class TestMessagingEmulator(EventHubsConformance):
             azurite_server,
         ) as hub:
             hub.emulator = messaging_emulator_server
+            hub.other_hub = "orders"
             yield hub
 
     async def test_a_stolen_partition_reaches_on_error(self, hub: Hub) -> None:
@@ -527,4 +549,5 @@ class TestEmulatorOrAzure(EventHubsConformance):
         connection_string = setting_or_skip("EVENTFLOW_CONFORMANCE_EVENTHUBS_CONNECTION_STRING")
         name = setting_or_skip("EVENTFLOW_CONFORMANCE_EVENTHUBS_HUB")
         async with sdk_hub(connection_string, name, "$Default", azurite_server) as hub:
+            hub.other_hub = os.environ.get("EVENTFLOW_CONFORMANCE_EVENTHUBS_OTHER_HUB")
             yield hub

@@ -37,6 +37,9 @@ from azure.servicebus.exceptions import (
     MessageSizeExceededError,
     MessagingEntityNotFoundError,
     OperationTimeoutError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+    ServiceBusConnectionError,
     ServiceBusError,
     SessionCannotBeLockedError,
     SessionLockLostError,
@@ -45,9 +48,12 @@ from azure.servicebus.exceptions import (
 from eventflow_emulators.conformance import BackendCases, setting_or_skip
 from eventflow_emulators.messaging.testing import RunningMessagingEmulator
 
-from . import amqp_types
+from . import amqp_types, sas
 
 MAX_DELIVERY_COUNT = 3
+# What the SDK raises for a token the service does not accept: at put-token (CBS answers 401) or
+# at attach (amqp:unauthorized-access), depending on where the service refuses it.
+DENIED = (ServiceBusAuthenticationError, ServiceBusAuthorizationError)
 
 
 @dataclass(frozen=True)
@@ -566,6 +572,60 @@ class ServiceBusConformance(BackendCases):
                 await receiver.complete_message(item)
         assert [b"".join(m.body) for m in received] == [b"big", b"after"]
         assert received[0].raw_amqp_message.annotations[b"x-opt-big"] == 2**64 - 1
+
+    # --- authorization per entity (issue 23, item 2) --------------------------------------
+    # "Service Bus authentication and authorization with SAS": a token is scoped to the resource
+    # URI it was issued for (an entity, or the namespace root) and is valid until its expiry.
+
+    async def test_a_token_for_one_queue_does_not_reach_another_queues_management(
+        self, broker: Broker
+    ) -> None:
+        session = new_session()
+        await self.send(broker, message(session, b"private"))
+        only_plain = sas.with_signature(broker.connection_string, broker.plain_queue)
+        async with AzureServiceBusClient.from_connection_string(only_plain, retry_total=0) as c:
+            async with c.get_queue_receiver(broker.plain_queue, max_wait_time=1) as own:
+                await own.peek_messages(max_message_count=1)  # its own queue: allowed
+            # The refusal may come when the link opens or at the request: either way, nothing.
+            with pytest.raises(DENIED):
+                async with c.get_queue_receiver(broker.session_queue, session_id=session) as other:
+                    await other.peek_messages(max_message_count=5)
+            with pytest.raises(DENIED):
+                async with c.get_queue_sender(broker.session_queue) as sender:
+                    await sender.schedule_messages(
+                        message(session, b"sneaked"), datetime.now(UTC) + timedelta(seconds=1)
+                    )
+        async with self.session_receiver(broker, session) as receiver:
+            received = await receive_all(receiver, 2, wait=3)
+            for item in received:
+                await receiver.complete_message(item)
+        assert [b"".join(m.body) for m in received] == [b"private"]
+
+    async def test_a_token_of_another_namespace_is_refused(self, broker: Broker) -> None:
+        elsewhere = sas.with_signature(
+            broker.connection_string, "", namespace="another-namespace.servicebus.windows.net"
+        )
+        async with AzureServiceBusClient.from_connection_string(elsewhere, retry_total=0) as c:
+            with pytest.raises(DENIED):
+                async with c.get_queue_sender(broker.plain_queue) as sender:
+                    await sender.send_messages(message(None))
+
+    async def test_a_link_is_refused_once_its_token_has_expired(self, broker: Broker) -> None:
+        short = sas.with_signature(broker.connection_string, broker.plain_queue, lifetime_s=3)
+        async with (
+            AzureServiceBusClient.from_connection_string(short, retry_total=0) as c,
+            c.get_queue_sender(broker.plain_queue) as sender,
+        ):
+            await sender.send_messages(message(None, b"in time"))
+            await asyncio.sleep(4.5)  # past the token's expiry: the point of this case
+            with pytest.raises((*DENIED, ServiceBusConnectionError)):
+                await sender.send_messages(message(None, b"too late"))
+        async with broker.client.get_queue_receiver(broker.plain_queue, max_wait_time=1) as r:
+            bodies = []
+            for item in await receive_all(r, 50, wait=2):
+                bodies.append(b"".join(item.body))
+                await r.complete_message(item)
+        assert b"too late" not in bodies
 
     # --- limits and times (issue 23, item 4) ----------------------------------------------
 

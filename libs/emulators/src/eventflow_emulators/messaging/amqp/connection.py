@@ -133,6 +133,9 @@ class Link:
     reply_properties: dict[Any, Any] = field(default_factory=dict)
     max_message_size: int | None = None
     unsettled: dict[int, bytes] = field(default_factory=dict)  # delivery id -> tag, sent by us
+    # Asked each time the client uses the link: None to go on, or the (condition, description)
+    # the link is detached with (a token that expired since the attach).
+    permit: Callable[[], tuple[str, str] | None] | None = None
     _partial: bytearray | None = None
     _partial_head: list[Any] | None = None
 
@@ -181,6 +184,14 @@ class Link:
                 channel=self.session.channel,
             )
         )
+
+    def permitted(self) -> bool:
+        """False (and the link detached with the reason) when the broker no longer allows it."""
+        refusal = self.permit() if self.permit is not None else None
+        if refusal is None:
+            return True
+        self.detach(*refusal)
+        return False
 
     def grant(self, credit: int) -> None:
         """Give the client credit to send on this link."""
@@ -278,7 +289,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.remote_max_frame_size = 512
         self.sessions: dict[int, Session] = {}  # by the client's channel
-        self.authorized: dict[str, float] = {}  # CBS: audience path -> expiry (epoch s)
+        self.grants: list[Any] = []  # the broker's record of the tokens put on $cbs
+        self.hostname: str | None = None  # the namespace the client opened the connection to
         self.stalled_until = 0.0
         self._held: list[bytes] | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -424,6 +436,7 @@ class Connection(asyncio.Protocol):
 
     def _on_open(self, frame: Frame) -> None:
         fields = frame.fields
+        self.hostname = str(fields[1]) if fields[1] else None
         self.remote_max_frame_size = min(int(fields[2] or 2**32 - 1), 2**24)
         idle_ms = fields[4]
         self.write(
@@ -573,7 +586,7 @@ class Connection(asyncio.Protocol):
                     guarded(each, each.handler.on_flow, each)
             return
         found = session.links.get(int(f[4]))
-        if found is None:
+        if found is None or (found.attached and not found.permitted()):
             return
         link = found
         if link.sends:
@@ -625,8 +638,8 @@ class Connection(asyncio.Protocol):
             payload=payload,
             settled=bool(head[4]),
         )
-        if link.handler is None:
-            return  # attach still pending or refused: the client should not have sent
+        if link.handler is None or not link.permitted():
+            return  # attach pending or refused, or no longer allowed: nothing to take
         try:
             link.handler.on_transfer(link, delivery)
         except Exception as error:  # that one delivery fails, never the connection
@@ -652,7 +665,7 @@ class Connection(asyncio.Protocol):
             if settled:
                 session.outgoing.pop(delivery_id, None)
                 link.unsettled.pop(delivery_id, None)
-            if link.handler is not None:
+            if link.handler is not None and link.permitted():
                 guarded(link, link.handler.on_disposition, link, delivery_id, tag, state, settled)
 
     def _on_detach(self, frame: Frame) -> None:

@@ -45,6 +45,11 @@ from .frames import (
 log = logging.getLogger("eventflow_emulators.messaging.amqp")
 
 MAX_FRAME_SIZE = 256 * 1024
+# The largest message any entity takes (Event Hubs Standard, 1 MB): the bound for a transfer on a
+# link that declares no max-message-size of its own (request/response nodes).
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+# A connection must complete its handshake, and a frame it has begun, within this many seconds.
+FRAME_TIMEOUT_S = 30.0
 SESSION_WINDOW = 2**31 - 1  # never the limit: credit is what paces a link
 SASL_MECHANISM_NAMES = ("ANONYMOUS", "MSSBCBS", "PLAIN", "EXTERNAL")
 
@@ -138,6 +143,7 @@ class Link:
     permit: Callable[[], tuple[str, str] | None] | None = None
     _partial: bytearray | None = None
     _partial_head: list[Any] | None = None
+    _refusing: bool = False  # dropping the remaining frames of a refused delivery
 
     @property
     def connection(self) -> Connection:
@@ -278,8 +284,17 @@ class Session:
 class Connection(asyncio.Protocol):
     """The state machine: protocol headers, SASL, then AMQP frames until close."""
 
-    def __init__(self, broker: Broker, *, on_close: Callable[[Connection], None]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        on_close: Callable[[Connection], None],
+        frame_timeout: float = FRAME_TIMEOUT_S,
+    ) -> None:
         self.broker = broker
+        self.frame_timeout = frame_timeout
+        self._frames = 0  # headers and frames taken so far: progress for the frame timeout
+        self._frame_timer: asyncio.TimerHandle | None = None
         self._closed_callback = on_close
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -307,6 +322,30 @@ class Connection(asyncio.Protocol):
         remaining = self.broker.stall_remaining()
         if remaining > 0:
             self.stall(remaining)
+        self._arm_frame_timer()
+
+    def _arm_frame_timer(self) -> None:
+        """Close the connection if, `frame_timeout` from now, it has made no progress and is
+        still mid-handshake or mid-frame (a peer that opens a socket, or starts a frame, and
+        never finishes it holds memory for nothing: AMQP 1.0 part 2.4.5, idle time-out)."""
+        if self._frame_timer is not None or self.closed:
+            return
+        mark = self._frames
+
+        def check() -> None:
+            self._frame_timer = None
+            if self.closed or self._held is not None:
+                return
+            stuck = not self.opened or bool(self.buffer)
+            if stuck and self._frames == mark:
+                self.close(
+                    "amqp:resource-limit-exceeded",
+                    f"local-idle-timeout expired: no complete frame in {self.frame_timeout} s",
+                )
+            elif stuck:
+                self._arm_frame_timer()
+
+        self._frame_timer = asyncio.get_running_loop().call_later(self.frame_timeout, check)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
@@ -350,6 +389,8 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
         for session in list(self.sessions.values()):
             session.close_all()
         self.sessions.clear()
@@ -373,6 +414,8 @@ class Connection(asyncio.Protocol):
         self.buffer += data
         if self._held is None:
             self._drain()
+        if self.buffer or not self.opened:
+            self._arm_frame_timer()
 
     def _drain(self) -> None:
         try:
@@ -382,17 +425,24 @@ class Connection(asyncio.Protocol):
                         return
                     header = bytes(self.buffer[:8])
                     del self.buffer[:8]
+                    self._frames += 1
                     self._on_header(header)
                     continue
                 if len(self.buffer) < 8:
                     return
                 (size,) = struct.unpack_from(">I", self.buffer, 0)
-                if size < 8:
-                    raise ValueError(f"bad frame size {size}")
+                if size < 8 or size > MAX_FRAME_SIZE:
+                    # Refused as the header arrives, before any of the frame is buffered.
+                    self.close(
+                        "amqp:connection:framing-error",
+                        f"a frame of {size} bytes is outside 8..{MAX_FRAME_SIZE} (max-frame-size)",
+                    )
+                    return
                 if len(self.buffer) < size:
                     return
                 raw = bytes(self.buffer[:size])
                 del self.buffer[:size]
+                self._frames += 1
                 self._on_frame(parse_frame(raw))
         except DecodeError as error:  # a frame that is not AMQP: the connection cannot go on
             log.warning("connection %s sent a malformed frame: %s", self.peer, error)
@@ -614,6 +664,9 @@ class Connection(asyncio.Protocol):
         link = session.links.get(int(f[0]))
         if link is None or link.sends:
             raise ValueError("transfer on an unknown link")
+        if link._refusing:  # the rest of a delivery already refused for its size: dropped
+            link._refusing = bool(f[5]) and not f[9]
+            return
         if link._partial is None:
             link._partial_head = f
             link._partial = bytearray(frame.payload)
@@ -621,6 +674,10 @@ class Connection(asyncio.Protocol):
             link._partial += frame.payload
         if f[9]:  # aborted
             link._partial = link._partial_head = None
+            return
+        limit = link.max_message_size or DEFAULT_MAX_MESSAGE_SIZE
+        if len(link._partial) > limit:
+            self._refuse_oversized(link, limit, more=bool(f[5]))
             return
         if f[5]:  # more frames follow
             return
@@ -649,6 +706,23 @@ class Connection(asyncio.Protocol):
             )
             if not delivery.settled:
                 link.settle(delivery.delivery_id, _rejected(condition, str(error)))
+
+    def _refuse_oversized(self, link: Link, limit: int, *, more: bool) -> None:
+        """Reject a delivery as soon as it passes the link's max-message-size, and drop its
+        remaining frames unbuffered (the services answer amqp:link:message-size-exceeded)."""
+        head = link._partial_head or []
+        size = len(link._partial or b"")
+        link._partial = link._partial_head = None
+        link._refusing = more
+        link.delivery_count += 1
+        link.credit -= 1
+        if link.credit < 500:
+            link.grant(1000)
+        if head and head[1] is not None and not head[4]:
+            link.settle(int(head[1]), _rejected(
+                "amqp:link:message-size-exceeded",
+                f"The message (at least {size} bytes so far) exceeds the limit ({limit} bytes).",
+            ))  # fmt: skip
 
     def _on_disposition(self, frame: Frame) -> None:
         session = self._session(frame)

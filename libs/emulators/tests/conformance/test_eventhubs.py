@@ -316,6 +316,27 @@ class EventHubsConformance(BackendCases):
                 f"{key}-{n}".encode() for n in expected
             ]
 
+    async def test_a_start_past_the_partitions_end_is_refused(self, hub: Hub) -> None:
+        # "Event Hubs features" (Event consumers, stream offsets and sequence numbers): a reader
+        # starts at a sequence number or offset of an event; one past the partition's last
+        # sequence number + 1 is refused with "The supplied sequence number '…' is invalid. The
+        # last sequence number in the system is '…'" (the service's wording in client reports;
+        # not on a documentation page), never taken as the end of the partition.
+        key = uuid.uuid4().hex
+        await send(hub, key, key.encode())
+        partition = str(partition_for_key(key, hub.partitions))
+        last = (await hub.producer.get_partition_properties(partition))[
+            "last_enqueued_sequence_number"
+        ]
+        consumer = await hub.make_consumer(checkpoint_store=None)
+        async with consuming(
+            consumer, checkpoint=False, partition_id=partition, starting_position=last + 10,
+            starting_position_inclusive=True,
+        ) as got:  # fmt: skip
+            await eventually(lambda: bool(got.errors), wait=20)
+        assert got.all() == []
+        assert any("sequence number" in str(error) for error in got.errors), got.errors
+
     async def test_an_offset_and_an_enqueued_time_are_positions(self, hub: Hub) -> None:
         key = uuid.uuid4().hex
         before = datetime.now(UTC) - timedelta(seconds=1)

@@ -86,10 +86,10 @@ class ProducerHandler(BaseLinkHandler):
         if refused_send(link, delivery, self.guard, MAX_MESSAGE_SIZE):
             return
         try:
-            amqp_message.check(delivery.payload)
-            outer = amqp_message.parse(delivery.payload)
             batched = delivery.message_format == amqp_message.BATCH_FORMAT
-            for section in outer.data_sections() if batched else ():
+            outer = amqp_message.parse(delivery.payload)
+            # Every event is checked whole once: a batch's events are its data sections.
+            for section in outer.data_sections() if batched else (delivery.payload,):
                 amqp_message.check(section)
             events = amqp_message.unbatch(outer) if batched else [outer]
         except DecodeError as error:

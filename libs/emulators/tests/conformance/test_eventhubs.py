@@ -3,12 +3,13 @@ backend.
 
 Backends: this repository's messaging emulator (always), and the official Event Hubs emulator or
 Azure when EVENTFLOW_CONFORMANCE_EVENTHUBS_CONNECTION_STRING and _HUB (a hub of its own for these
-tests) are set. The consumer always checkpoints with the SDK's real BlobCheckpointStore on Azurite.
+tests) are set; _OTHER_HUB names a second hub of the namespace for the authorization case. The consumer always checkpoints with the SDK's real BlobCheckpointStore on Azurite.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,6 +29,7 @@ from eventflow_emulators.messaging.eventhubs.hashing import partition_for_key
 from eventflow_emulators.messaging.testing import RunningMessagingEmulator
 from eventflow_emulators.servers import RunningServer
 
+from . import amqp_types, sas
 from .test_checkpoint_store import blob_store
 
 PARTITIONS = 4
@@ -44,6 +46,7 @@ class Hub:
     consumer_group: str
     partitions: int = PARTITIONS
     emulator: RunningMessagingEmulator | None = None
+    other_hub: str | None = None  # another hub of the namespace, for the authorization case
 
 
 @dataclass
@@ -136,6 +139,23 @@ class EventHubsConformance(BackendCases):
         assert event.properties[b"sequence"] == 3
         assert isinstance(event.sequence_number, int)
         assert event.offset is not None
+
+    async def test_every_amqp_type_round_trips_in_an_event(self, hub: Hub) -> None:
+        # "AMQP 1.0 in Azure Service Bus and Event Hubs protocol guide": every AMQP type in
+        # application properties and message annotations reaches the consumer as sent.
+        key = uuid.uuid4().hex
+        event = EventData(key.encode())
+        event.properties = amqp_types.application_properties()
+        event.raw_amqp_message.annotations = amqp_types.annotations()
+        batch = await hub.producer.create_batch(partition_key=key)
+        batch.add(event)
+        await hub.producer.send_batch(batch)
+        async with consuming(await hub.make_consumer(), starting_position="-1") as got:
+            await eventually(lambda: key.encode() in got.bodies())
+        (received,) = [e for e in got.all() if b"".join(e.body) == key.encode()]
+        assert amqp_types.received(received.properties) == amqp_types.EXPECTED
+        annotations = received.raw_amqp_message.annotations
+        assert amqp_types.received(annotations, "x-opt-") == amqp_types.EXPECTED
 
     async def test_one_partition_key_lands_on_one_partition_in_send_order(self, hub: Hub) -> None:
         key = uuid.uuid4().hex
@@ -296,6 +316,27 @@ class EventHubsConformance(BackendCases):
                 f"{key}-{n}".encode() for n in expected
             ]
 
+    async def test_a_start_past_the_partitions_end_is_refused(self, hub: Hub) -> None:
+        # "Event Hubs features" (Event consumers, stream offsets and sequence numbers): a reader
+        # starts at a sequence number or offset of an event; one past the partition's last
+        # sequence number + 1 is refused with "The supplied sequence number '…' is invalid. The
+        # last sequence number in the system is '…'" (the service's wording in client reports;
+        # not on a documentation page), never taken as the end of the partition.
+        key = uuid.uuid4().hex
+        await send(hub, key, key.encode())
+        partition = str(partition_for_key(key, hub.partitions))
+        last = (await hub.producer.get_partition_properties(partition))[
+            "last_enqueued_sequence_number"
+        ]
+        consumer = await hub.make_consumer(checkpoint_store=None)
+        async with consuming(
+            consumer, checkpoint=False, partition_id=partition, starting_position=last + 10,
+            starting_position_inclusive=True,
+        ) as got:  # fmt: skip
+            await eventually(lambda: bool(got.errors), wait=20)
+        assert got.all() == []
+        assert any("sequence number" in str(error) for error in got.errors), got.errors
+
     async def test_an_offset_and_an_enqueued_time_are_positions(self, hub: Hub) -> None:
         key = uuid.uuid4().hex
         before = datetime.now(UTC) - timedelta(seconds=1)
@@ -343,6 +384,25 @@ class EventHubsConformance(BackendCases):
             ):
                 await eventually(lambda: bool(a.errors), wait=20)
         assert a.errors
+
+    async def test_a_token_for_one_hub_does_not_read_another_hubs_properties(
+        self, hub: Hub
+    ) -> None:
+        # "Authorize access to Event Hubs resources using Shared Access Signatures": a token is
+        # scoped to its resource URI (a hub, or the namespace root); the $management node serves
+        # a request only for a hub its token reaches.
+        if hub.other_hub is None:
+            pytest.skip("no second hub named (EVENTFLOW_CONFORMANCE_EVENTHUBS_OTHER_HUB)")
+        only_this = sas.with_signature(hub.connection_string, hub.name)
+        async with AzureProducer.from_connection_string(
+            only_this, eventhub_name=hub.name, retry_total=0
+        ) as own:
+            assert await own.get_partition_ids()
+        async with AzureProducer.from_connection_string(
+            only_this, eventhub_name=hub.other_hub, retry_total=0
+        ) as other:
+            with pytest.raises(AuthenticationError):
+                await other.get_eventhub_properties()
 
     @pytest.mark.parametrize("retries", [0])
     async def test_a_wrong_key_is_an_authentication_error(self, hub: Hub, retries: int) -> None:
@@ -430,6 +490,7 @@ class TestMessagingEmulator(EventHubsConformance):
             azurite_server,
         ) as hub:
             hub.emulator = messaging_emulator_server
+            hub.other_hub = "orders"
             yield hub
 
     async def test_a_stolen_partition_reaches_on_error(self, hub: Hub) -> None:
@@ -509,4 +570,5 @@ class TestEmulatorOrAzure(EventHubsConformance):
         connection_string = setting_or_skip("EVENTFLOW_CONFORMANCE_EVENTHUBS_CONNECTION_STRING")
         name = setting_or_skip("EVENTFLOW_CONFORMANCE_EVENTHUBS_HUB")
         async with sdk_hub(connection_string, name, "$Default", azurite_server) as hub:
+            hub.other_hub = os.environ.get("EVENTFLOW_CONFORMANCE_EVENTHUBS_OTHER_HUB")
             yield hub

@@ -6,7 +6,9 @@ conformance-plain of emulators/servicebus.json, lock duration 5 s), and the Serv
 or Azure when
 EVENTFLOW_CONFORMANCE_SERVICEBUS_CONNECTION_STRING is set, with two existing queues named by
 EVENTFLOW_CONFORMANCE_SERVICEBUS_SESSION_QUEUE (sessions, duplicate detection, max delivery count 3,
-lock duration EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS, default 5) and EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE (no sessions).
+lock duration EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS, default 5) and EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE (no sessions,
+the same lock duration, dead-lettering on expiration), both with the default message time to live
+EVENTFLOW_CONFORMANCE_SERVICEBUS_DEFAULT_TTL_SECONDS (default 3600).
 Every case uses its own session ids and message ids, so a shared broker needs no clean-up.
 """
 
@@ -35,6 +37,9 @@ from azure.servicebus.exceptions import (
     MessageSizeExceededError,
     MessagingEntityNotFoundError,
     OperationTimeoutError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+    ServiceBusConnectionError,
     ServiceBusError,
     SessionCannotBeLockedError,
     SessionLockLostError,
@@ -43,7 +48,12 @@ from azure.servicebus.exceptions import (
 from eventflow_emulators.conformance import BackendCases, setting_or_skip
 from eventflow_emulators.messaging.testing import RunningMessagingEmulator
 
+from . import amqp_types, sas
+
 MAX_DELIVERY_COUNT = 3
+# What the SDK raises for a token the service does not accept: at put-token (CBS answers 401) or
+# at attach (amqp:unauthorized-access), depending on where the service refuses it.
+DENIED = (ServiceBusAuthenticationError, ServiceBusAuthorizationError)
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class Broker:
     plain_queue: str
     lock_seconds: float
     connection_string: str = ""
+    default_ttl_seconds: float = 3600.0
     emulator: RunningMessagingEmulator | None = None
 
 
@@ -103,11 +114,14 @@ async def keep_receiving(receiver: Any, times: int) -> None:
         await receiver.receive_messages(max_wait_time=1)
 
 
-async def dead_letters_of(broker: Broker, message_id: str, wait: float = 5.0) -> list[Any]:
-    """Dead-lettered messages of the session queue with `message_id` (others are left alone)."""
+async def dead_letters_of(
+    broker: Broker, message_id: str, wait: float = 5.0, queue: str | None = None
+) -> list[Any]:
+    """Dead-lettered messages of the session queue (or `queue`) with `message_id` (others are left
+    alone)."""
     deadline = asyncio.get_running_loop().time() + wait
     async with broker.client.get_queue_receiver(
-        broker.session_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=1
+        queue or broker.session_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=1
     ) as receiver:
         while asyncio.get_running_loop().time() < deadline:
             found = [
@@ -504,6 +518,223 @@ class ServiceBusConformance(BackendCases):
             await receiver.complete_message(again)
         assert (first.delivery_count, again.delivery_count) == (0, 0)
 
+    # --- every AMQP type, every place (issue 23, item 1) -----------------------------------
+
+    async def test_every_amqp_type_round_trips_in_properties_and_annotations(
+        self, broker: Broker
+    ) -> None:
+        # "AMQP 1.0 in Azure Service Bus and Event Hubs protocol guide" (type system: every AMQP
+        # type is carried); "Messages, payloads, and serialization": application properties of
+        # the AMQP primitive types.
+        session = new_session()
+        sent = message(session, application_properties=amqp_types.application_properties())
+        sent.raw_amqp_message.annotations = amqp_types.annotations()
+        await self.send(broker, sent)
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await receiver.complete_message(received)
+        assert amqp_types.received(received.application_properties) == amqp_types.EXPECTED
+        annotations = received.raw_amqp_message.annotations
+        assert amqp_types.received(annotations, "x-opt-") == amqp_types.EXPECTED
+
+    async def test_a_ulong_property_survives_dead_lettering_peek_and_receive(
+        self, broker: Broker
+    ) -> None:
+        session = new_session()
+        sent = message(session, application_properties={"big": amqp_types.ULONG_MAX})
+        await self.send(broker, sent)
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await receiver.dead_letter_message(received, reason="r")
+        (peeked,) = await dead_letters_of(broker, sent.message_id)
+        assert peeked.application_properties[b"big"] == 2**64 - 1
+        async with broker.client.get_queue_receiver(
+            broker.session_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=1
+        ) as dlq:
+            found = await receive_one(dlq, sent.message_id)
+            await dlq.complete_message(found)
+        assert found.application_properties[b"big"] == 2**64 - 1
+
+    async def test_a_ulong_annotation_sent_to_a_waiting_receiver_arrives_once(
+        self, broker: Broker
+    ) -> None:
+        session = new_session()
+        sent = message(session, b"big")
+        sent.raw_amqp_message.annotations = {"x-opt-big": amqp_types.ULONG_MAX}
+        async with self.session_receiver(broker, session, wait=10) as receiver:
+            waiting = asyncio.create_task(receive_all(receiver, 2, wait=6))
+            await asyncio.sleep(0.5)  # the receiver waits with credit: the point of this case
+            async with broker.client.get_queue_sender(broker.session_queue) as sender:
+                await sender.send_messages(sent)
+                await sender.send_messages(message(session, b"after"))
+            received = await waiting
+            for item in received:
+                await receiver.complete_message(item)
+        assert [b"".join(m.body) for m in received] == [b"big", b"after"]
+        assert received[0].raw_amqp_message.annotations[b"x-opt-big"] == 2**64 - 1
+
+    # --- authorization per entity (issue 23, item 2) --------------------------------------
+    # "Service Bus authentication and authorization with SAS": a token is scoped to the resource
+    # URI it was issued for (an entity, or the namespace root) and is valid until its expiry.
+
+    async def test_a_token_for_one_queue_does_not_reach_another_queues_management(
+        self, broker: Broker
+    ) -> None:
+        session = new_session()
+        await self.send(broker, message(session, b"private"))
+        only_plain = sas.with_signature(broker.connection_string, broker.plain_queue)
+        async with AzureServiceBusClient.from_connection_string(only_plain, retry_total=0) as c:
+            async with c.get_queue_receiver(broker.plain_queue, max_wait_time=1) as own:
+                await own.peek_messages(max_message_count=1)  # its own queue: allowed
+            # The refusal may come when the link opens or at the request: either way, nothing.
+            with pytest.raises(DENIED):
+                async with c.get_queue_receiver(broker.session_queue, session_id=session) as other:
+                    await other.peek_messages(max_message_count=5)
+            with pytest.raises(DENIED):
+                async with c.get_queue_sender(broker.session_queue) as sender:
+                    await sender.schedule_messages(
+                        message(session, b"sneaked"), datetime.now(UTC) + timedelta(seconds=1)
+                    )
+        async with self.session_receiver(broker, session) as receiver:
+            received = await receive_all(receiver, 2, wait=3)
+            for item in received:
+                await receiver.complete_message(item)
+        assert [b"".join(m.body) for m in received] == [b"private"]
+
+    async def test_a_token_of_another_namespace_is_refused(self, broker: Broker) -> None:
+        elsewhere = sas.with_signature(
+            broker.connection_string, "", namespace="another-namespace.servicebus.windows.net"
+        )
+        async with AzureServiceBusClient.from_connection_string(elsewhere, retry_total=0) as c:
+            with pytest.raises(DENIED):
+                async with c.get_queue_sender(broker.plain_queue) as sender:
+                    await sender.send_messages(message(None))
+
+    async def test_a_link_is_refused_once_its_token_has_expired(self, broker: Broker) -> None:
+        short = sas.with_signature(broker.connection_string, broker.plain_queue, lifetime_s=3)
+        async with (
+            AzureServiceBusClient.from_connection_string(short, retry_total=0) as c,
+            c.get_queue_sender(broker.plain_queue) as sender,
+        ):
+            await sender.send_messages(message(None, b"in time"))
+            await asyncio.sleep(4.5)  # past the token's expiry: the point of this case
+            with pytest.raises((*DENIED, ServiceBusConnectionError)):
+                await sender.send_messages(message(None, b"too late"))
+        async with broker.client.get_queue_receiver(broker.plain_queue, max_wait_time=1) as r:
+            bodies = []
+            for item in await receive_all(r, 50, wait=2):
+                bodies.append(b"".join(item.body))
+                await r.complete_message(item)
+        assert b"too late" not in bodies
+
+    # --- limits and times (issue 23, item 4) ----------------------------------------------
+
+    async def test_an_application_property_over_32_kb_is_refused(self, broker: Broker) -> None:
+        # "Service Bus quotas", message property size: at most 32 KB per property, else
+        # SerializationException; the AMQP condition is not documented (any ServiceBusError).
+        big = message(None, application_properties={"big": "x" * (33 * 1024)})
+        with pytest.raises(ServiceBusError):
+            await self.send(broker, big, queue=broker.plain_queue)
+        fits = message(None, b"fits", application_properties={"big": "x" * (30 * 1024)})
+        await self.send(broker, fits, queue=broker.plain_queue)
+        async with broker.client.get_queue_receiver(broker.plain_queue, max_wait_time=2) as r:
+            found = await receive_one(r, fits.message_id)
+            await r.complete_message(found)
+
+    async def test_properties_over_64_kb_in_total_are_refused(self, broker: Broker) -> None:
+        # "Service Bus quotas": all properties of a message together at most 64 KB.
+        each = "x" * (30 * 1024)
+        with pytest.raises(ServiceBusError):
+            await self.send(
+                broker, message(None, application_properties={"a": each, "b": each, "c": each}),
+                queue=broker.plain_queue,
+            )  # fmt: skip
+
+    async def test_a_scheduled_message_lives_its_ttl_from_its_scheduled_time(
+        self, broker: Broker
+    ) -> None:
+        # "Message expiration": the time to live starts when the message is enqueued, and a
+        # scheduled message is enqueued at its scheduled time ("Message sequencing and
+        # timestamps"): scheduled +4 s with 3 s to live, it is delivered, not dead-lettered.
+        session = new_session()
+        due = datetime.now(UTC) + timedelta(seconds=4)
+        sent = message(session, b"scheduled", time_to_live=timedelta(seconds=3))
+        async with broker.client.get_queue_sender(broker.session_queue) as sender:
+            await sender.schedule_messages(sent, due)
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1, wait=8)
+            await receiver.complete_message(received)
+        assert received.time_to_live == timedelta(seconds=3)
+        assert received.expires_at_utc == received.enqueued_time_utc + timedelta(seconds=3)
+
+    async def test_a_ttl_above_the_queue_default_is_reported_as_applied(
+        self, broker: Broker
+    ) -> None:
+        # "Message expiration": a message TTL above the entity's default is silently adjusted to
+        # it (also the SDK's `time_to_live` docstring); the received message reports that value.
+        default = timedelta(seconds=broker.default_ttl_seconds)
+        session = new_session()
+        await self.send(broker, message(session, time_to_live=default * 2))
+        async with self.session_receiver(broker, session) as receiver:
+            (received,) = await receive_all(receiver, 1)
+            await receiver.complete_message(received)
+        assert received.time_to_live == default
+        assert received.expires_at_utc == received.enqueued_time_utc + default
+
+    async def test_an_expired_deferred_message_waits_to_be_received_then_is_dead_lettered(
+        self, broker: Broker
+    ) -> None:
+        # "Message deferral" (note): deferred messages are not expired and moved to the dead-letter
+        # queue until a client receives them by sequence number; then they are moved there. What
+        # that receive returns is not documented: assumed MessageNotFoundError or nothing.
+        sent = message(None, b"deferred", time_to_live=timedelta(seconds=2))
+        await self.send(broker, sent, queue=broker.plain_queue)
+        async with (
+            AzureServiceBusClient.from_connection_string(
+                broker.connection_string, retry_total=0
+            ) as client,
+            client.get_queue_receiver(broker.plain_queue, max_wait_time=2) as receiver,
+        ):
+            found = await receive_one(receiver, sent.message_id)
+            await receiver.defer_message(found)
+            await asyncio.sleep(3)  # past the time to live: the point of this case
+            peeked = await receiver.peek_messages(
+                max_message_count=1, sequence_number=found.sequence_number
+            )
+            assert [m.sequence_number for m in peeked] == [found.sequence_number]
+            try:
+                got = await receiver.receive_deferred_messages([found.sequence_number])
+            except MessageNotFoundError:
+                got = []
+            assert got == []
+        (dead,) = await dead_letters_of(broker, sent.message_id, queue=broker.plain_queue)
+        assert dead.dead_letter_reason == "TTLExpiredException"
+
+    # --- a plain receiver that closes (issue 23, item 5) ----------------------------------
+
+    async def test_closing_a_plain_receiver_keeps_its_lock_until_it_expires(
+        self, broker: Broker
+    ) -> None:
+        # A sessionless receiver that closes holding an unsettled message leaves it locked until
+        # the lock expires, which counts a delivery (.NET ServiceBusReceivedMessage.DeliveryCount:
+        # "incremented when a message lock expires"; azure-servicebus
+        # `ServiceBusReceiver._close_handler` releases only what it buffered, "so they are not
+        # left locked at the broker until lock expiry ... inflating delivery count").
+        sent = message(None, b"held")
+        await self.send(broker, sent, queue=broker.plain_queue)
+        async with broker.client.get_queue_receiver(broker.plain_queue, max_wait_time=2) as r:
+            first = await receive_one(r, sent.message_id)
+        closed = time.monotonic()
+        async with broker.client.get_queue_receiver(broker.plain_queue, max_wait_time=1) as r:
+            early = await r.receive_messages(max_message_count=10, max_wait_time=1)
+            assert sent.message_id not in [m.message_id for m in early]
+            for item in early:
+                await r.abandon_message(item)
+            again = await receive_one(r, sent.message_id, wait=broker.lock_seconds + 5)
+            await r.complete_message(again)
+        assert time.monotonic() - closed >= broker.lock_seconds * 0.5
+        assert (first.delivery_count, again.delivery_count) == (0, 1)
+
 
 class TestMessagingEmulator(ServiceBusConformance):
     backend = "the eventflow messaging emulator"
@@ -614,6 +845,29 @@ class TestMessagingEmulator(ServiceBusConformance):
                 await receiver.complete_message(item)
         assert [b"".join(m.body) for m in received] == [b"warm-up", b"stalled"]
 
+    async def test_a_value_the_emulator_cannot_take_fails_that_send_only(
+        self, broker: Broker
+    ) -> None:
+        # A map keyed by a list is valid AMQP that the emulator cannot hold (see the README's
+        # known differences): that one transfer is rejected with amqp:decode-error (not retried
+        # by the SDK, _pyamqp/error.py RetryPolicy.no_retry), and the connection and the
+        # sender's link carry on.
+        session = new_session()
+        odd = message(session, b"odd")
+        odd.raw_amqp_message.annotations = {
+            "x-opt-odd": amqp_types.typed(amqp_types.AMQPTypes.map, [([1, 2], "v")])
+        }
+        async with broker.client.get_queue_sender(broker.session_queue) as sender:
+            with pytest.raises(ServiceBusError) as refused:
+                await sender.send_messages(odd)
+            await sender.send_messages(message(session, b"fine"))
+        assert "decode-error" in str(refused.value)
+        async with self.session_receiver(broker, session) as receiver:
+            received = await receive_all(receiver, 2, wait=2)
+            for item in received:
+                await receiver.complete_message(item)
+        assert [b"".join(m.body) for m in received] == [b"fine"]
+
     async def test_an_expired_session_lock_is_lost_on_settle(self, broker: Broker) -> None:
         assert broker.emulator is not None
         session = new_session()
@@ -641,5 +895,11 @@ class TestEmulatorOrAzure(ServiceBusConformance):
         session_queue = setting_or_skip("EVENTFLOW_CONFORMANCE_SERVICEBUS_SESSION_QUEUE")
         plain_queue = setting_or_skip("EVENTFLOW_CONFORMANCE_SERVICEBUS_PLAIN_QUEUE")
         lock_seconds = float(os.environ.get("EVENTFLOW_CONFORMANCE_SERVICEBUS_LOCK_SECONDS", "5"))
+        default_ttl = float(
+            os.environ.get("EVENTFLOW_CONFORMANCE_SERVICEBUS_DEFAULT_TTL_SECONDS", "3600")
+        )
         async with AzureServiceBusClient.from_connection_string(connection_string) as client:
-            yield Broker(client, session_queue, plain_queue, lock_seconds, connection_string)
+            yield Broker(
+                client, session_queue, plain_queue, lock_seconds, connection_string,
+                default_ttl_seconds=default_ttl,
+            )  # fmt: skip

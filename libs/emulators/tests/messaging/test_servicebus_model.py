@@ -12,6 +12,7 @@ from eventflow_emulators.messaging.config import QueueConfig
 from eventflow_emulators.messaging.servicebus.model import (
     ArgumentError,
     MessageLockLost,
+    MessageNotFound,
     Queue,
     ServiceBusModel,
     SessionCannotBeLocked,
@@ -159,3 +160,36 @@ def test_messages_survive_a_restart(store: Store, clock: Clock, tmp_path: Path) 
     assert send(model, queue, "a") == [0]  # the duplicate window survives too
     assert send(model, queue, "c") == [3]
     reopened.close()
+
+
+def test_an_expired_deferred_message_stays_deferred_until_it_is_received(
+    store: Store, clock: Clock
+) -> None:
+    # message-deferral: expired deferred messages move to the DLQ only when received.
+    model, queue = make(store, clock, dead_lettering_on_expiration=True)
+    (seq,) = model.send(queue, [(b"\x00Sw\xa1\x01x", None, "m", 1_000, None)])
+    receiver = Receiver()
+    (m,) = model.take(queue, receiver, 1, dead=False, session_id=None, lock=True)
+    assert m.lock_token is not None
+    model.defer(queue, m.lock_token, receiver)
+    clock.now += 2_000
+    model.housekeeping()
+    assert [p.seq for p in model.peek(queue, 0, 10, dead=False, session_id=None)] == [seq]
+    with pytest.raises(MessageNotFound):
+        model.receive_deferred(queue, receiver, [seq], None)
+    (dead,) = model.peek(queue, 0, 10, dead=True, session_id=None)
+    assert (dead.seq, dead.dl_reason, dead.state) == (seq, "TTLExpiredException", "active")
+
+
+def test_a_closed_plain_receiver_keeps_its_locks_until_they_expire(
+    store: Store, clock: Clock
+) -> None:
+    model, queue = make(store, clock)
+    send(model, queue, "a")
+    first = Receiver()
+    (m,) = model.take(queue, first, 1, dead=False, session_id=None, lock=True)
+    model.drop_receiver(queue, first)
+    assert model.take(queue, Receiver(), 1, dead=False, session_id=None, lock=True) == []
+    clock.now += 5_000
+    (again,) = model.take(queue, Receiver(), 1, dead=False, session_id=None, lock=True)
+    assert (again.seq, again.delivery_count) == (m.seq, 1)

@@ -18,10 +18,21 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 @dataclass(frozen=True)
 class Grant:
-    """What a valid token allows: entity paths under `path` until `expires` (epoch seconds)."""
+    """What a valid token allows: entity paths under `path` of the namespace `host` (None when
+    the token names no host) until `expires` (epoch seconds)."""
 
+    host: str | None
     path: str
     expires: float
+
+    def covers(self, host: str | None, path: str) -> bool:
+        """True when this grant reaches `path` (an entity, or a path under it) in `host`'s
+        namespace: a token for the namespace root covers every entity, one for an entity only
+        that entity and its sub-paths (service-bus-sas, "Rights required"; the same scheme for
+        Event Hubs)."""
+        return same_namespace(self.host, host) and (
+            self.path in ("", path) or path.startswith(self.path + "/")
+        )
 
 
 class TokenRefused(Exception):
@@ -33,6 +44,31 @@ def resource_path(resource: str) -> str:
     if "://" in resource:
         resource = urlparse(resource).path
     return resource.strip("/").lower()
+
+
+def resource_host(resource: str) -> str | None:
+    """`sb://host:port/hub` -> `host` (lowercase, no port); None when the resource has no host."""
+    if "://" not in resource:
+        return None
+    host = urlparse(resource).hostname
+    return host.lower() if host else None
+
+
+def same_namespace(granted: str | None, used: str | None) -> bool:
+    """A token names the namespace it was issued for; used on another one it grants nothing.
+    Hosts compare without the port; when the connection named no host there is nothing to
+    compare with, and a token without a host names no namespace."""
+    if used is None:
+        return True
+    return granted is not None and granted == used.lower().split(":")[0]
+
+
+def covered(grants: list[Grant], host: str | None, path: str, now: float) -> Grant | None:
+    """The unexpired grant that reaches `path`, if any."""
+    for grant in grants:
+        if grant.expires > now and grant.covers(host, path):
+            return grant
+    return None
 
 
 def verify(token: str, keys: dict[str, str], *, now: float | None = None) -> Grant:
@@ -55,4 +91,4 @@ def verify(token: str, keys: dict[str, str], *, now: float | None = None) -> Gra
     expires = float(expiry)
     if expires < (now if now is not None else time.time()):
         raise TokenRefused("the token has expired")
-    return Grant(resource_path(unquote(resource)), expires)
+    return Grant(resource_host(unquote(resource)), resource_path(unquote(resource)), expires)

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .amqp import message as amqp_message
-from .amqp.codec import Described, Symbol, ULong
+from .amqp.codec import DecodeError, Described, Symbol, ULong
 from .amqp.connection import BaseLinkHandler, Delivery, Link, Session
 from .amqp.frames import ACCEPTED, REJECTED, error_fields
 from .faults import Faults
@@ -112,7 +112,12 @@ class RequestLinkHandler(BaseLinkHandler):
         self.operation = operation
 
     def on_transfer(self, link: Link, delivery: Delivery) -> None:
-        request = amqp_message.parse(delivery.payload)
+        try:
+            amqp_message.check(delivery.payload)
+            request = amqp_message.parse(delivery.payload)
+        except DecodeError as error:  # no message id to answer to: the transfer is refused
+            link.settle(delivery.delivery_id, rejected("amqp:decode-error", str(error)))
+            return
         try:
             reply = self.operation(link, request)
         except ManagementError as error:

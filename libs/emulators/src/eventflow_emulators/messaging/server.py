@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .admin import start_admin
-from .amqp.connection import Connection
+from .amqp.connection import FRAME_TIMEOUT_S, Connection
 from .broker import MessagingBroker
 from .config import load_eventhubs, load_servicebus
 from .eventhubs.model import EventHubsModel
@@ -46,6 +46,7 @@ class Options:
     key_name: str
     key: str
     shutdown_delay: float = 0.0
+    frame_timeout: float = FRAME_TIMEOUT_S
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -63,10 +64,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--key", default=DEFAULT_KEY)
     parser.add_argument("--shutdown-delay", type=float, default=0.0,
                         help="seconds to keep serving after SIGTERM/SIGINT (default 0)")  # fmt: skip
+    parser.add_argument("--frame-timeout", type=float, default=FRAME_TIMEOUT_S,
+                        help="seconds a connection may take to finish its handshake or a frame"
+                        f" it began (default {FRAME_TIMEOUT_S:g})")  # fmt: skip
     args = parser.parse_args(argv)
     return Options(args.host, args.port, args.admin_port, args.eventhubs_config,
                    args.servicebus_config, args.data, args.key_name, args.key,
-                   args.shutdown_delay)  # fmt: skip
+                   args.shutdown_delay, args.frame_timeout)  # fmt: skip
 
 
 async def serve(options: Options, *, ready: asyncio.Event | None = None) -> None:
@@ -79,7 +83,9 @@ async def serve(options: Options, *, ready: asyncio.Event | None = None) -> None
     broker = MessagingBroker(eventhubs, servicebus, {options.key_name: options.key})
 
     def new_connection() -> Connection:
-        connection = Connection(broker, on_close=broker.connection_lost)
+        connection = Connection(
+            broker, on_close=broker.connection_lost, frame_timeout=options.frame_timeout
+        )
         broker.connections.add(connection)
         return connection
 

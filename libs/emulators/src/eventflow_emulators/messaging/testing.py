@@ -60,6 +60,7 @@ def messaging_emulator(
     eventhubs_config: Path | None = None,
     servicebus_config: Path | None = None,
     port: int = 0,
+    frame_timeout: float | None = None,
 ) -> Iterator[RunningMessagingEmulator]:
     """Run the emulator until the block ends (SIGTERM, then SIGKILL after 10 s).
 
@@ -75,6 +76,8 @@ def messaging_emulator(
         command += ["--eventhubs-config", str(eventhubs_config)]
     if servicebus_config is not None:
         command += ["--servicebus-config", str(servicebus_config)]
+    if frame_timeout is not None:
+        command += ["--frame-timeout", str(frame_timeout)]
     kept = os.environ.get("EVENTFLOW_MESSAGING_EMULATOR_LOG")  # keep the log there, for debugging
     log = (
         open(kept, "wb")  # noqa: SIM115

@@ -4,6 +4,7 @@ accepted the batch. The SDK's EventHubConsumerClient."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,27 @@ from eventflow_subscriber.routing import HubEvent
 
 LOG = structlog.get_logger("eventflow_subscriber.hub")
 CLOSE_TIMEOUT_SECONDS = 3.0
+
+
+CHECKPOINT_PAST_THE_END = (
+    "the partition's checkpoint is past the partition's end: the hub was emptied or recreated"
+    " while its checkpoints were kept; nothing is read from this partition until its checkpoint"
+    " is removed"
+)
+CHECKPOINT_REMEDY = (
+    "delete this partition's checkpoint blob (<namespace>/<hub>/<consumer group>/checkpoint/"
+    "<partition> in the checkpoint container) and the subscriber reads the partition from"
+    " STARTING_POSITION; locally, `make dev-reset` clears the emulators' data and the checkpoints"
+    " together"
+)
+# The service's refusal of a start position it does not have (sequence number or offset), as the
+# SDK reports it to on_error: "The supplied offset '…' is invalid. The last offset in the system
+# is '…'".
+_PAST_THE_END = re.compile(r"The supplied (offset|sequence number) '[^']*' is invalid")
+
+
+def is_checkpoint_past_the_end(error: Exception) -> bool:
+    return _PAST_THE_END.search(str(error)) is not None
 
 
 def hub_event(partition_id: str, event: Any) -> HubEvent:
@@ -77,6 +99,10 @@ class Subscription:
 
     async def _on_error(self, context: Any, error: Exception) -> None:
         partition = getattr(context, "partition_id", None)
+        if is_checkpoint_past_the_end(error):
+            LOG.error(CHECKPOINT_PAST_THE_END, partition=partition, remedy=CHECKPOINT_REMEDY,
+                      error=str(error).splitlines()[0])  # fmt: skip
+            return
         LOG.error("partition closed after an error; it is claimed again and read from its checkpoint",
                   partition=partition, error=repr(error))  # fmt: skip
 

@@ -1,22 +1,31 @@
 """The AMQP 1.0 type system (OASIS AMQP 1.0 part 1, "Types"): Python values <-> encoded bytes.
 
-Decoding gives plain Python values: `Symbol` for symbols (a `str`, so map look-ups by plain `str`
-work), `str`, `bytes`, `int` (`Timestamp` for timestamps), `float`, `bool`, `None`, `uuid.UUID`,
-`list` (lists and arrays), `dict` (maps) and `Described` for described types. Encoding needs the
-exact AMQP type for some fields, so the wrappers below (`UInt`, `ULong`, `Symbol`, `Array`, ...)
-pick it; a plain `int` becomes an int or a long, whichever fits.
+Every AMQP type decodes to a value that encodes back to the same type, at its full range: the
+broker re-encodes what clients sent (annotations, application properties, batches), so a value
+must never change its type on the way through. Decoding gives `UByte`, `UShort`, `UInt`,
+`ULong`, `Byte`, `Short`, `Int`, `Long` and `Timestamp` (all `int`), `Float` (32-bit) and plain
+`float` (64-bit), `Decimal32`/`Decimal64`/`Decimal128` (the IEEE 754 bytes, kept opaque), `Char`
+and `str`, `Symbol` (a `str`, so map look-ups by plain `str` work), `bytes`, `bool`, `None`,
+`uuid.UUID`, `list`, `dict`, `Array` (which remembers its element constructor) and `Described`.
+Encoding takes the same values; a plain `int` becomes an int or a long, whichever fits. A value
+outside its type's range, or of no AMQP type, raises `EncodeError`; malformed bytes raise
+`DecodeError`: both are `ValueError`s, so the caller can refuse that one operation.
 """
 
 from __future__ import annotations
 
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 
 class Symbol(str):
     """An AMQP symbol (ASCII name) as opposed to an AMQP string."""
+
+
+class Char(str):
+    """An AMQP char: one UTF-32 code point."""
 
 
 class UByte(int):
@@ -35,12 +44,50 @@ class ULong(int):
     pass
 
 
+class Byte(int):
+    pass
+
+
+class Short(int):
+    pass
+
+
+class Int(int):
+    pass
+
+
+class Long(int):
+    pass
+
+
 class Timestamp(int):
     """Milliseconds since the Unix epoch."""
 
 
+class Float(float):
+    """An AMQP float (IEEE 754 32-bit); a plain `float` is an AMQP double."""
+
+
+class Decimal32(bytes):
+    """An AMQP decimal32: its 4 IEEE 754-2008 bytes, kept as they are."""
+
+
+class Decimal64(bytes):
+    """An AMQP decimal64: its 8 bytes."""
+
+
+class Decimal128(bytes):
+    """An AMQP decimal128: its 16 bytes."""
+
+
 class Array(list[Any]):
-    """An AMQP array: every element has the type of the first one."""
+    """An AMQP array: every element has one type. `constructor` is the element constructor as
+    received (with its descriptor, for described elements); an empty array needs it to keep
+    its type, and it defaults to symbol, what the services send."""
+
+    def __init__(self, items: Iterable[Any] = (), constructor: bytes | None = None) -> None:
+        super().__init__(items)
+        self.constructor = constructor
 
 
 class Described(NamedTuple):
@@ -53,27 +100,20 @@ class Raw(bytes):
 
 
 class DecodeError(ValueError):
-    pass
+    """Bytes that are not a well-formed AMQP value."""
 
 
-_pack_b = struct.Struct(">b").pack
-_pack_h = struct.Struct(">h").pack
-_pack_H = struct.Struct(">H").pack
-_pack_i = struct.Struct(">i").pack
-_pack_I = struct.Struct(">I").pack
-_pack_q = struct.Struct(">q").pack
-_pack_Q = struct.Struct(">Q").pack
-_pack_d = struct.Struct(">d").pack
-_pack_f = struct.Struct(">f").pack
-_unpack_b = struct.Struct(">b").unpack_from
-_unpack_h = struct.Struct(">h").unpack_from
-_unpack_H = struct.Struct(">H").unpack_from
-_unpack_i = struct.Struct(">i").unpack_from
-_unpack_I = struct.Struct(">I").unpack_from
-_unpack_q = struct.Struct(">q").unpack_from
-_unpack_Q = struct.Struct(">Q").unpack_from
-_unpack_d = struct.Struct(">d").unpack_from
-_unpack_f = struct.Struct(">f").unpack_from
+class EncodeError(ValueError):
+    """A value outside its AMQP type's range, or of no AMQP type."""
+
+
+_S = struct.Struct
+_pack_b, _pack_h, _pack_i, _pack_q = _S(">b").pack, _S(">h").pack, _S(">i").pack, _S(">q").pack
+_pack_B, _pack_H, _pack_I, _pack_Q = _S(">B").pack, _S(">H").pack, _S(">I").pack, _S(">Q").pack
+_pack_f, _pack_d = _S(">f").pack, _S(">d").pack
+_unpack_b, _unpack_h, _unpack_i = _S(">b").unpack_from, _S(">h").unpack_from, _S(">i").unpack_from
+_unpack_q, _unpack_H, _unpack_I = _S(">q").unpack_from, _S(">H").unpack_from, _S(">I").unpack_from
+_unpack_Q, _unpack_f, _unpack_d = _S(">Q").unpack_from, _S(">f").unpack_from, _S(">d").unpack_from
 
 
 def encode(value: Any) -> bytes:
@@ -82,7 +122,15 @@ def encode(value: Any) -> bytes:
     return bytes(out)
 
 
-def encode_into(out: bytearray, value: Any) -> None:  # noqa: PLR0912 - a branch per AMQP type
+def encode_into(out: bytearray, value: Any) -> None:
+    """Append `value`'s encoding to `out`; `EncodeError` when it has no AMQP encoding."""
+    try:
+        _encode(out, value)
+    except (struct.error, OverflowError, UnicodeEncodeError) as error:
+        raise EncodeError(f"cannot encode {value!r:.80} as AMQP: {error}") from error
+
+
+def _encode(out: bytearray, value: Any) -> None:  # noqa: PLR0912 - a branch per AMQP type
     if value is None:
         out.append(0x40)
     elif value is True:
@@ -92,14 +140,22 @@ def encode_into(out: bytearray, value: Any) -> None:  # noqa: PLR0912 - a branch
     elif isinstance(value, Raw):
         out += value
     elif isinstance(value, Symbol):
-        data = value.encode("ascii")
-        _variable(out, 0xA3, 0xB3, data)
+        _variable(out, 0xA3, 0xB3, value.encode("ascii"))
+    elif isinstance(value, Char):
+        out.append(0x73)
+        out += _pack_I(_code_point(value))
     elif isinstance(value, str):
         _variable(out, 0xA1, 0xB1, value.encode("utf-8"))
+    elif isinstance(value, (Decimal32, Decimal64, Decimal128)):
+        out.append(_DECIMAL_CODES[type(value)])
+        out += _decimal_bytes(value)
     elif isinstance(value, (bytes, bytearray, memoryview)):
         _variable(out, 0xA0, 0xB0, bytes(value))
     elif isinstance(value, int):
         _encode_int(out, value)
+    elif isinstance(value, Float):
+        out.append(0x72)
+        out += _pack_f(value)
     elif isinstance(value, float):
         out.append(0x82)
         out += _pack_d(value)
@@ -108,8 +164,8 @@ def encode_into(out: bytearray, value: Any) -> None:  # noqa: PLR0912 - a branch
         out += value.bytes
     elif isinstance(value, Described):
         out.append(0x00)
-        encode_into(out, value.descriptor)
-        encode_into(out, value.value)
+        _encode(out, value.descriptor)
+        _encode(out, value.value)
     elif isinstance(value, Array):
         _encode_array(out, value)
     elif isinstance(value, (list, tuple)):
@@ -117,7 +173,24 @@ def encode_into(out: bytearray, value: Any) -> None:  # noqa: PLR0912 - a branch
     elif isinstance(value, dict):
         _encode_map(out, value)
     else:
-        raise TypeError(f"cannot encode {type(value).__name__} as AMQP")
+        raise EncodeError(f"cannot encode {type(value).__name__} as AMQP")
+
+
+_DECIMAL_CODES = {Decimal32: 0x74, Decimal64: 0x84, Decimal128: 0x94}
+_DECIMAL_WIDTHS = {Decimal32: 4, Decimal64: 8, Decimal128: 16}
+
+
+def _decimal_bytes(value: bytes) -> bytes:
+    width = _DECIMAL_WIDTHS[type(value)]
+    if len(value) != width:
+        raise EncodeError(f"a {type(value).__name__} is {width} bytes, not {len(value)}")
+    return bytes(value)
+
+
+def _code_point(value: str) -> int:
+    if len(value) != 1:
+        raise EncodeError(f"a char is one code point, not {len(value)}")
+    return ord(value)
 
 
 def _variable(out: bytearray, small: int, large: int, data: bytes) -> None:
@@ -134,11 +207,21 @@ def _unsigned(out: bytearray, value: int, codes: tuple[int, int, int], pack: Any
     """uint / ulong: the zero code, the one-byte code, or the full width."""
     if value == 0:
         out.append(codes[0])
-    elif value < 256:
+    elif 0 < value < 256:
         out.append(codes[1])
         out.append(value)
     else:
         out.append(codes[2])
+        out += pack(value)
+
+
+def _signed(out: bytearray, value: int, codes: tuple[int, int], pack: Any) -> None:
+    """int / long: the one-byte code or the full width."""
+    if -128 <= value <= 127:
+        out.append(codes[0])
+        out += _pack_b(value)
+    else:
+        out.append(codes[1])
         out += pack(value)
 
 
@@ -152,19 +235,24 @@ def _encode_int(out: bytearray, value: int) -> None:
         out += _pack_q(value)
     elif isinstance(value, UByte):
         out.append(0x50)
-        out.append(value)
+        out += _pack_B(value)
     elif isinstance(value, UShort):
         out.append(0x60)
         out += _pack_H(value)
-    elif -128 <= value <= 127:
-        out.append(0x54)
+    elif isinstance(value, Byte):
+        out.append(0x51)
         out += _pack_b(value)
+    elif isinstance(value, Short):
+        out.append(0x61)
+        out += _pack_h(value)
+    elif isinstance(value, Int):
+        _signed(out, value, (0x54, 0x71), _pack_i)
+    elif isinstance(value, Long):
+        _signed(out, value, (0x55, 0x81), _pack_q)
     elif -(2**31) <= value < 2**31:
-        out.append(0x71)
-        out += _pack_i(value)
+        _signed(out, value, (0x54, 0x71), _pack_i)
     else:
-        out.append(0x81)
-        out += _pack_q(value)
+        _signed(out, value, (0x55, 0x81), _pack_q)
 
 
 def _encode_list(out: bytearray, items: list[Any] | tuple[Any, ...]) -> None:
@@ -173,72 +261,104 @@ def _encode_list(out: bytearray, items: list[Any] | tuple[Any, ...]) -> None:
         return
     body = bytearray()
     for item in items:
-        encode_into(body, item)
-    if len(body) + 1 < 256 and len(items) < 256:
-        out.append(0xC0)
-        out.append(len(body) + 1)
-        out.append(len(items))
-    else:
-        out.append(0xD0)
-        out += _pack_I(len(body) + 4)
-        out += _pack_I(len(items))
-    out += body
+        _encode(body, item)
+    _compound(out, 0xC0, 0xD0, body, len(items))
 
 
 def _encode_map(out: bytearray, mapping: dict[Any, Any]) -> None:
     body = bytearray()
     for key, item in mapping.items():
-        encode_into(body, key)
-        encode_into(body, item)
-    count = 2 * len(mapping)
+        _encode(body, key)
+        _encode(body, item)
+    _compound(out, 0xC1, 0xD1, body, 2 * len(mapping))
+
+
+def _compound(out: bytearray, small: int, large: int, body: bytes | bytearray, count: int) -> None:
     if len(body) + 1 < 256 and count < 256:
-        out.append(0xC1)
+        out.append(small)
         out.append(len(body) + 1)
         out.append(count)
     else:
-        out.append(0xD1)
+        out.append(large)
         out += _pack_I(len(body) + 4)
         out += _pack_I(count)
     out += body
 
 
-def _array_element(value: Any) -> tuple[int, Callable[[bytearray, Any], None]]:  # noqa: PLR0911
-    """The constructor byte and the constructor-less writer for an array's elements."""
-    if isinstance(value, Symbol):
-        return 0xB3, lambda out, v: _raw_var32(out, v.encode("ascii"))
+# An array's elements share one constructor, so each is written at its type's one full width.
+_FIXED_WIDE: list[tuple[type, int, Callable[[Any], bytes]]] = [
+    (ULong, 0x80, _pack_Q), (UInt, 0x70, _pack_I), (Timestamp, 0x83, _pack_q),
+    (UByte, 0x50, _pack_B), (UShort, 0x60, _pack_H), (Byte, 0x51, _pack_b),
+    (Short, 0x61, _pack_h), (Int, 0x71, _pack_i), (Long, 0x81, _pack_q),
+    (Float, 0x72, _pack_f), (Char, 0x73, lambda v: _pack_I(_code_point(v))),
+    (Decimal32, 0x74, _decimal_bytes), (Decimal64, 0x84, _decimal_bytes),
+    (Decimal128, 0x94, _decimal_bytes), (Symbol, 0xB3, lambda v: _var32(v.encode("ascii"))),
+]  # fmt: skip
+
+
+def _var32(data: bytes) -> bytes:
+    return _pack_I(len(data)) + data
+
+
+def _element(value: Any) -> tuple[bytes, bytes]:  # noqa: PLR0911 - a branch per AMQP type
+    """(constructor, constructor-less value) of an array element, at its widest encoding."""
+    if value is None:
+        return b"\x40", b""
+    if isinstance(value, bool):
+        return b"\x56", b"\x01" if value else b"\x00"
+    for kind, code, write in _FIXED_WIDE:
+        if isinstance(value, kind):
+            return bytes([code]), write(value)
     if isinstance(value, str):
-        return 0xB1, lambda out, v: _raw_var32(out, v.encode("utf-8"))
+        return b"\xb1", _var32(value.encode("utf-8"))
     if isinstance(value, (bytes, bytearray)):
-        return 0xB0, lambda out, v: _raw_var32(out, bytes(v))
+        return b"\xb0", _var32(bytes(value))
+    if isinstance(value, int):
+        return (b"\x71", _pack_i(value)) if -(2**31) <= value < 2**31 else (b"\x81", _pack_q(value))
+    if isinstance(value, float):
+        return b"\x82", _pack_d(value)
     if isinstance(value, uuid.UUID):
-        return 0x98, lambda out, v: out.extend(v.bytes)
-    if isinstance(value, Timestamp):
-        return 0x83, lambda out, v: out.extend(_pack_q(v))
-    if isinstance(value, (UInt,)):
-        return 0x70, lambda out, v: out.extend(_pack_I(v))
-    if isinstance(value, int) and not isinstance(value, bool):
-        return 0x81, lambda out, v: out.extend(_pack_q(v))
-    raise TypeError(f"cannot encode an array of {type(value).__name__}")
+        return b"\x98", value.bytes
+    if isinstance(value, Described):
+        constructor, body = _element(value.value)
+        return b"\x00" + encode(value.descriptor) + constructor, body
+    if isinstance(value, (list, tuple, dict)):
+        wide = bytearray()
+        _encode(wide, value)
+        if wide[0] in (0x45, 0xC0, 0xC1, 0xE0):  # re-frame the short forms at 32 bits
+            return _widen(bytes(wide))
+        return bytes(wide[:1]), bytes(wide[1:])
+    raise EncodeError(f"cannot encode an array of {type(value).__name__}")
 
 
-def _raw_var32(out: bytearray, data: bytes) -> None:
-    out += _pack_I(len(data))
-    out += data
+def _widen(short: bytes) -> tuple[bytes, bytes]:
+    code = short[0]
+    if code == 0x45:
+        return b"\xd0", _pack_I(4) + _pack_I(0)
+    count, body = short[2], short[3:]
+    wide = {0xC0: 0xD0, 0xC1: 0xD1, 0xE0: 0xF0}[code]
+    return bytes([wide]), _pack_I(len(body) + 4) + _pack_I(count) + body
 
 
 def _encode_array(out: bytearray, items: Array) -> None:
-    if not items:
-        # An empty array still needs an element type; symbols are what the services send.
-        out += b"\xe0\x02\x00\xb3"
-        return
-    constructor, write = _array_element(items[0])
+    constructor = items.constructor or b"\xb3"
     body = bytearray()
-    for item in items:
-        write(body, item)
-    out.append(0xF0)
-    out += _pack_I(len(body) + 5)
-    out += _pack_I(len(items))
-    out.append(constructor)
+    if items:
+        constructor, _ = _element(items[0])
+        for item in items:
+            element_constructor, value = _element(item)
+            if element_constructor != constructor:
+                raise EncodeError("the elements of an AMQP array must share one type")
+            body += value
+    if len(body) + 1 + len(constructor) < 256 and len(items) < 256:
+        out.append(0xE0)
+        out.append(len(body) + 1 + len(constructor))
+        out.append(len(items))
+    else:
+        out.append(0xF0)
+        out += _pack_I(len(body) + 4 + len(constructor))
+        out += _pack_I(len(items))
+    out += constructor
     out += body
 
 
@@ -246,12 +366,16 @@ def _encode_array(out: bytearray, items: Array) -> None:
 
 
 def decode(data: bytes | memoryview, pos: int = 0) -> tuple[Any, int]:
-    """The value starting at `pos` and the position after it."""
+    """The value starting at `pos` and the position after it; `DecodeError` when malformed."""
     try:
         code = data[pos]
         return _DECODERS[code](data, pos + 1)
-    except (IndexError, KeyError, struct.error) as error:
-        raise DecodeError(f"malformed AMQP value at {pos}: {error!r}") from error
+    except KeyError:
+        raise DecodeError(f"unknown AMQP constructor 0x{data[pos]:02x} at {pos}") from None
+    except (IndexError, OverflowError, TypeError, struct.error, ValueError) as error:
+        if isinstance(error, DecodeError):
+            raise
+        raise DecodeError(f"malformed AMQP value at {pos}: {error}") from error
 
 
 def decode_all(data: bytes | memoryview) -> list[Any]:
@@ -261,10 +385,6 @@ def decode_all(data: bytes | memoryview) -> list[Any]:
         value, pos = decode(data, pos)
         values.append(value)
     return values
-
-
-def _value_of(code: int, data: bytes | memoryview, pos: int) -> tuple[Any, int]:
-    return _DECODERS[code](data, pos)
 
 
 def _described(data: bytes | memoryview, pos: int) -> tuple[Any, int]:
@@ -293,18 +413,30 @@ def _var(width: int, convert: Callable[[bytes], Any]) -> Callable[..., tuple[Any
     return read
 
 
-def _compound(width: int, as_map: bool) -> Callable[..., tuple[Any, int]]:
+def _sized(data: bytes | memoryview, pos: int, width: int) -> tuple[int, int, int]:
+    """(count, position of the first item, end) of a compound or array value."""
+    if width == 1:
+        size, count, first = data[pos], data[pos + 1], pos + 2
+        end = pos + 1 + size
+    else:
+        size, count, first = _unpack_I(data, pos)[0], _unpack_I(data, pos + 4)[0], pos + 8
+        end = pos + 4 + size
+    if end > len(data) or first > end:
+        raise DecodeError("compound value runs past the end")
+    return count, first, end
+
+
+def _compound_reader(width: int, as_map: bool) -> Callable[..., tuple[Any, int]]:
     def read(data: bytes | memoryview, pos: int) -> tuple[Any, int]:
-        if width == 1:
-            count = data[pos + 1]
-            pos += 2
-        else:
-            (count,) = _unpack_I(data, pos + 4)
-            pos += 8
+        count, pos, end = _sized(data, pos, width)
+        if as_map and count % 2:
+            raise DecodeError("a map has an even number of items")
         items = []
         for _ in range(count):
             item, pos = decode(data, pos)
             items.append(item)
+        if pos != end:
+            raise DecodeError("compound value size does not match its items")
         if as_map:
             return dict(zip(items[::2], items[1::2], strict=True)), pos
         return items, pos
@@ -314,12 +446,8 @@ def _compound(width: int, as_map: bool) -> Callable[..., tuple[Any, int]]:
 
 def _array(width: int) -> Callable[..., tuple[Any, int]]:
     def read(data: bytes | memoryview, pos: int) -> tuple[Any, int]:
-        if width == 1:
-            count = data[pos + 1]
-            pos += 2
-        else:
-            (count,) = _unpack_I(data, pos + 4)
-            pos += 8
+        count, pos, end = _sized(data, pos, width)
+        start = pos
         code = data[pos]
         pos += 1
         descriptor = None
@@ -327,19 +455,39 @@ def _array(width: int) -> Callable[..., tuple[Any, int]]:
             descriptor, pos = decode(data, pos)
             code = data[pos]
             pos += 1
+        if code not in _DECODERS or code == 0x00:
+            raise DecodeError(f"unknown array element constructor 0x{code:02x}")
+        constructor = bytes(data[start:pos])
         items = []
         for _ in range(count):
-            item, pos = _value_of(code, data, pos)
+            item, pos = _DECODERS[code](data, pos)
             items.append(Described(descriptor, item) if descriptor is not None else item)
-        return items, pos
+        if pos != end:
+            raise DecodeError("array size does not match its items")
+        return Array(items, constructor), pos
 
     return read
 
 
-def _struct(
-    size: int, unpack: Callable[..., tuple[Any, ...]], wrap: Callable[[Any], Any] = int
-) -> Any:
+def _struct(size: int, unpack: Callable[..., tuple[Any, ...]], wrap: Callable[[Any], Any]) -> Any:
     return lambda data, pos: (wrap(unpack(data, pos)[0]), pos + size)
+
+
+def _byte(wrap: Callable[[int], Any]) -> Any:
+    return lambda data, pos: (wrap(data[pos]), pos + 1)
+
+
+def _opaque(wrap: Callable[[bytes], Any], size: int) -> Any:
+    def read(data: bytes | memoryview, pos: int) -> tuple[Any, int]:
+        if pos + size > len(data):
+            raise DecodeError("fixed-width value runs past the end")
+        return wrap(bytes(data[pos : pos + size])), pos + size
+
+    return read
+
+
+def _char(code_point: int) -> Char:
+    return Char(chr(code_point))
 
 
 _DECODERS: dict[int, Callable[[bytes | memoryview, int], tuple[Any, int]]] = {
@@ -348,25 +496,25 @@ _DECODERS: dict[int, Callable[[bytes | memoryview, int], tuple[Any, int]]] = {
     0x41: _fixed(True),
     0x42: _fixed(False),
     0x56: lambda data, pos: (data[pos] != 0, pos + 1),
-    0x50: lambda data, pos: (data[pos], pos + 1),
-    0x51: _struct(1, _unpack_b),
-    0x60: _struct(2, _unpack_H),
-    0x61: _struct(2, _unpack_h),
-    0x43: _fixed(0),
-    0x52: lambda data, pos: (data[pos], pos + 1),
-    0x70: _struct(4, _unpack_I),
-    0x71: _struct(4, _unpack_i),
-    0x54: _struct(1, _unpack_b),
-    0x44: _fixed(0),
-    0x53: lambda data, pos: (data[pos], pos + 1),
-    0x80: _struct(8, _unpack_Q),
-    0x81: _struct(8, _unpack_q),
-    0x55: _struct(1, _unpack_b),
+    0x50: _byte(UByte),
+    0x51: _struct(1, _unpack_b, Byte),
+    0x60: _struct(2, _unpack_H, UShort),
+    0x61: _struct(2, _unpack_h, Short),
+    0x43: _fixed(UInt(0)),
+    0x52: _byte(UInt),
+    0x70: _struct(4, _unpack_I, UInt),
+    0x54: _struct(1, _unpack_b, Int),
+    0x71: _struct(4, _unpack_i, Int),
+    0x44: _fixed(ULong(0)),
+    0x53: _byte(ULong),
+    0x80: _struct(8, _unpack_Q, ULong),
+    0x55: _struct(1, _unpack_b, Long),
+    0x81: _struct(8, _unpack_q, Long),
     0x83: _struct(8, _unpack_q, Timestamp),
-    0x72: _struct(4, _unpack_f, float),
+    0x72: _struct(4, _unpack_f, Float),
     0x82: _struct(8, _unpack_d, float),
-    0x73: _struct(4, _unpack_I, chr),
-    0x98: lambda data, pos: (uuid.UUID(bytes=bytes(data[pos : pos + 16])), pos + 16),
+    0x73: _struct(4, _unpack_I, _char),
+    0x98: _opaque(lambda b: uuid.UUID(bytes=b), 16),
     0xA0: _var(1, bytes),
     0xB0: _var(4, bytes),
     0xA1: _var(1, lambda b: b.decode("utf-8")),
@@ -374,15 +522,15 @@ _DECODERS: dict[int, Callable[[bytes | memoryview, int], tuple[Any, int]]] = {
     0xA3: _var(1, lambda b: Symbol(b.decode("ascii"))),
     0xB3: _var(4, lambda b: Symbol(b.decode("ascii"))),
     0x45: lambda _data, pos: ([], pos),
-    0xC0: _compound(1, as_map=False),
-    0xD0: _compound(4, as_map=False),
-    0xC1: _compound(1, as_map=True),
-    0xD1: _compound(4, as_map=True),
+    0xC0: _compound_reader(1, as_map=False),
+    0xD0: _compound_reader(4, as_map=False),
+    0xC1: _compound_reader(1, as_map=True),
+    0xD1: _compound_reader(4, as_map=True),
     0xE0: _array(1),
     0xF0: _array(4),
-    0x74: lambda data, pos: (bytes(data[pos : pos + 4]), pos + 4),  # decimal32, kept opaque
-    0x84: lambda data, pos: (bytes(data[pos : pos + 8]), pos + 8),  # decimal64
-    0x94: lambda data, pos: (bytes(data[pos : pos + 16]), pos + 16),  # decimal128
+    0x74: _opaque(Decimal32, 4),
+    0x84: _opaque(Decimal64, 8),
+    0x94: _opaque(Decimal128, 16),
 }
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .codec import Array, Described, Symbol, UByte, UInt, ULong, UShort
+from .codec import Array, DecodeError, Described, Symbol, UByte, UInt, ULong, UShort
 from .frames import (
     AMQP_HEADER,
     ATTACH,
@@ -27,6 +27,7 @@ from .frames import (
     FLOW,
     FRAME_SASL,
     OPEN,
+    REJECTED,
     SASL_HEADER,
     SASL_INIT,
     SASL_MECHANISMS,
@@ -44,6 +45,11 @@ from .frames import (
 log = logging.getLogger("eventflow_emulators.messaging.amqp")
 
 MAX_FRAME_SIZE = 256 * 1024
+# The largest message any entity takes (Event Hubs Standard, 1 MB): the bound for a transfer on a
+# link that declares no max-message-size of its own (request/response nodes).
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+# A connection must complete its handshake, and a frame it has begun, within this many seconds.
+FRAME_TIMEOUT_S = 30.0
 SESSION_WINDOW = 2**31 - 1  # never the limit: credit is what paces a link
 SASL_MECHANISM_NAMES = ("ANONYMOUS", "MSSBCBS", "PLAIN", "EXTERNAL")
 
@@ -132,8 +138,12 @@ class Link:
     reply_properties: dict[Any, Any] = field(default_factory=dict)
     max_message_size: int | None = None
     unsettled: dict[int, bytes] = field(default_factory=dict)  # delivery id -> tag, sent by us
+    # Asked each time the client uses the link: None to go on, or the (condition, description)
+    # the link is detached with (a token that expired since the attach).
+    permit: Callable[[], tuple[str, str] | None] | None = None
     _partial: bytearray | None = None
     _partial_head: list[Any] | None = None
+    _refusing: bool = False  # dropping the remaining frames of a refused delivery
 
     @property
     def connection(self) -> Connection:
@@ -180,6 +190,14 @@ class Link:
                 channel=self.session.channel,
             )
         )
+
+    def permitted(self) -> bool:
+        """False (and the link detached with the reason) when the broker no longer allows it."""
+        refusal = self.permit() if self.permit is not None else None
+        if refusal is None:
+            return True
+        self.detach(*refusal)
+        return False
 
     def grant(self, credit: int) -> None:
         """Give the client credit to send on this link."""
@@ -266,8 +284,17 @@ class Session:
 class Connection(asyncio.Protocol):
     """The state machine: protocol headers, SASL, then AMQP frames until close."""
 
-    def __init__(self, broker: Broker, *, on_close: Callable[[Connection], None]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        on_close: Callable[[Connection], None],
+        frame_timeout: float = FRAME_TIMEOUT_S,
+    ) -> None:
         self.broker = broker
+        self.frame_timeout = frame_timeout
+        self._frames = 0  # headers and frames taken so far: progress for the frame timeout
+        self._frame_timer: asyncio.TimerHandle | None = None
         self._closed_callback = on_close
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -277,7 +304,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.remote_max_frame_size = 512
         self.sessions: dict[int, Session] = {}  # by the client's channel
-        self.authorized: dict[str, float] = {}  # CBS: audience path -> expiry (epoch s)
+        self.grants: list[Any] = []  # the broker's record of the tokens put on $cbs
+        self.hostname: str | None = None  # the namespace the client opened the connection to
         self.stalled_until = 0.0
         self._held: list[bytes] | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -294,6 +322,30 @@ class Connection(asyncio.Protocol):
         remaining = self.broker.stall_remaining()
         if remaining > 0:
             self.stall(remaining)
+        self._arm_frame_timer()
+
+    def _arm_frame_timer(self) -> None:
+        """Close the connection if, `frame_timeout` from now, it has made no progress and is
+        still mid-handshake or mid-frame (a peer that opens a socket, or starts a frame, and
+        never finishes it holds memory for nothing: AMQP 1.0 part 2.4.5, idle time-out)."""
+        if self._frame_timer is not None or self.closed:
+            return
+        mark = self._frames
+
+        def check() -> None:
+            self._frame_timer = None
+            if self.closed or self._held is not None:
+                return
+            stuck = not self.opened or bool(self.buffer)
+            if stuck and self._frames == mark:
+                self.close(
+                    "amqp:resource-limit-exceeded",
+                    f"local-idle-timeout expired: no complete frame in {self.frame_timeout} s",
+                )
+            elif stuck:
+                self._arm_frame_timer()
+
+        self._frame_timer = asyncio.get_running_loop().call_later(self.frame_timeout, check)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
@@ -337,6 +389,8 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
         for session in list(self.sessions.values()):
             session.close_all()
         self.sessions.clear()
@@ -360,6 +414,8 @@ class Connection(asyncio.Protocol):
         self.buffer += data
         if self._held is None:
             self._drain()
+        if self.buffer or not self.opened:
+            self._arm_frame_timer()
 
     def _drain(self) -> None:
         try:
@@ -369,18 +425,28 @@ class Connection(asyncio.Protocol):
                         return
                     header = bytes(self.buffer[:8])
                     del self.buffer[:8]
+                    self._frames += 1
                     self._on_header(header)
                     continue
                 if len(self.buffer) < 8:
                     return
                 (size,) = struct.unpack_from(">I", self.buffer, 0)
-                if size < 8:
-                    raise ValueError(f"bad frame size {size}")
+                if size < 8 or size > MAX_FRAME_SIZE:
+                    # Refused as the header arrives, before any of the frame is buffered.
+                    self.close(
+                        "amqp:connection:framing-error",
+                        f"a frame of {size} bytes is outside 8..{MAX_FRAME_SIZE} (max-frame-size)",
+                    )
+                    return
                 if len(self.buffer) < size:
                     return
                 raw = bytes(self.buffer[:size])
                 del self.buffer[:size]
+                self._frames += 1
                 self._on_frame(parse_frame(raw))
+        except DecodeError as error:  # a frame that is not AMQP: the connection cannot go on
+            log.warning("connection %s sent a malformed frame: %s", self.peer, error)
+            self.close("amqp:decode-error", str(error))
         except Exception as error:  # a peer speaking nonsense gets a close, not a crash
             log.exception("connection %s failed", self.peer)
             self.close("amqp:internal-error", str(error))
@@ -420,6 +486,7 @@ class Connection(asyncio.Protocol):
 
     def _on_open(self, frame: Frame) -> None:
         fields = frame.fields
+        self.hostname = str(fields[1]) if fields[1] else None
         self.remote_max_frame_size = min(int(fields[2] or 2**32 - 1), 2**24)
         idle_ms = fields[4]
         self.write(
@@ -566,10 +633,10 @@ class Connection(asyncio.Protocol):
         if f[4] is None:
             for each in list(session.links.values()):
                 if each.sends and each.handler is not None and each.can_send():
-                    each.handler.on_flow(each)
+                    guarded(each, each.handler.on_flow, each)
             return
         found = session.links.get(int(f[4]))
-        if found is None:
+        if found is None or (found.attached and not found.permitted()):
             return
         link = found
         if link.sends:
@@ -578,7 +645,7 @@ class Connection(asyncio.Protocol):
             link.credit = rcv_count + int(f[6] or 0) - link.delivery_count
             if f[8]:  # drain: use it up now or give it back
                 if link.handler is not None and link.attached:
-                    link.handler.on_flow(link)
+                    guarded(link, link.handler.on_flow, link)
                 link.delivery_count += max(link.credit, 0)
                 link.credit = 0
                 session.send_flow(link)
@@ -586,7 +653,7 @@ class Connection(asyncio.Protocol):
             if f[9]:
                 session.send_flow(link)
             if link.handler is not None and link.attached and link.can_send():
-                link.handler.on_flow(link)
+                guarded(link, link.handler.on_flow, link)
         elif f[9]:
             session.send_flow(link)
 
@@ -597,6 +664,9 @@ class Connection(asyncio.Protocol):
         link = session.links.get(int(f[0]))
         if link is None or link.sends:
             raise ValueError("transfer on an unknown link")
+        if link._refusing:  # the rest of a delivery already refused for its size: dropped
+            link._refusing = bool(f[5]) and not f[9]
+            return
         if link._partial is None:
             link._partial_head = f
             link._partial = bytearray(frame.payload)
@@ -604,6 +674,10 @@ class Connection(asyncio.Protocol):
             link._partial += frame.payload
         if f[9]:  # aborted
             link._partial = link._partial_head = None
+            return
+        limit = link.max_message_size or DEFAULT_MAX_MESSAGE_SIZE
+        if len(link._partial) > limit:
+            self._refuse_oversized(link, limit, more=bool(f[5]))
             return
         if f[5]:  # more frames follow
             return
@@ -621,9 +695,34 @@ class Connection(asyncio.Protocol):
             payload=payload,
             settled=bool(head[4]),
         )
-        if link.handler is None:
-            return  # attach still pending or refused: the client should not have sent
-        link.handler.on_transfer(link, delivery)
+        if link.handler is None or not link.permitted():
+            return  # attach pending or refused, or no longer allowed: nothing to take
+        try:
+            link.handler.on_transfer(link, delivery)
+        except Exception as error:  # that one delivery fails, never the connection
+            log.exception("transfer on %s failed", link.address)
+            condition = (
+                "amqp:decode-error" if isinstance(error, ValueError) else "amqp:internal-error"
+            )
+            if not delivery.settled:
+                link.settle(delivery.delivery_id, _rejected(condition, str(error)))
+
+    def _refuse_oversized(self, link: Link, limit: int, *, more: bool) -> None:
+        """Reject a delivery as soon as it passes the link's max-message-size, and drop its
+        remaining frames unbuffered (the services answer amqp:link:message-size-exceeded)."""
+        head = link._partial_head or []
+        size = len(link._partial or b"")
+        link._partial = link._partial_head = None
+        link._refusing = more
+        link.delivery_count += 1
+        link.credit -= 1
+        if link.credit < 500:
+            link.grant(1000)
+        if head and head[1] is not None and not head[4]:
+            link.settle(int(head[1]), _rejected(
+                "amqp:link:message-size-exceeded",
+                f"The message (at least {size} bytes so far) exceeds the limit ({limit} bytes).",
+            ))  # fmt: skip
 
     def _on_disposition(self, frame: Frame) -> None:
         session = self._session(frame)
@@ -640,8 +739,8 @@ class Connection(asyncio.Protocol):
             if settled:
                 session.outgoing.pop(delivery_id, None)
                 link.unsettled.pop(delivery_id, None)
-            if link.handler is not None:
-                link.handler.on_disposition(link, delivery_id, tag, state, settled)
+            if link.handler is not None and link.permitted():
+                guarded(link, link.handler.on_disposition, link, delivery_id, tag, state, settled)
 
     def _on_detach(self, frame: Frame) -> None:
         session = self._session(frame)
@@ -650,6 +749,21 @@ class Connection(asyncio.Protocol):
             return
         self.write(build_frame(DETACH, [UInt(link.handle), True], channel=session.channel))
         session.forget(link)
+
+
+def _rejected(condition: str, description: str) -> Described:
+    return Described(ULong(REJECTED), [error_fields(condition, description)])
+
+
+def guarded(link: Link, call: Callable[..., None], *args: Any) -> None:
+    """Run a link handler's callback; a failure detaches that link with the error, and the
+    connection and its other links carry on."""
+    try:
+        call(*args)
+    except Exception as error:
+        log.exception("link %s failed", link.address)
+        condition = "amqp:decode-error" if isinstance(error, ValueError) else "amqp:internal-error"
+        link.detach(condition, str(error))
 
 
 def _ubyte(value: int) -> Any:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .codec import (
+    DecodeError,
     Described,
     Raw,
     Symbol,
@@ -19,6 +20,7 @@ from .codec import (
     UInt,
     ULong,
     decode,
+    decode_all,
     encode,
     encode_into,
     skip,
@@ -89,6 +91,14 @@ def _code(descriptor: Any) -> int:
             APPLICATION_PROPERTIES}.get(str(descriptor), -1)  # fmt: skip
 
 
+def check(payload: bytes) -> None:
+    """Raise `DecodeError` unless `payload` is a sequence of well-formed, described sections:
+    what the broker accepts it must be able to deliver (and re-encode) later."""
+    for section in decode_all(payload):
+        if not isinstance(section, Described):
+            raise DecodeError("a message section must be a described type")
+
+
 def parse(payload: bytes) -> Message:
     message = Message()
     pos = 0
@@ -96,7 +106,7 @@ def parse(payload: bytes) -> Message:
     rest_start = len(payload)
     while pos < len(payload):
         if payload[pos] != 0x00:
-            raise ValueError("a message section must be a described type")
+            raise DecodeError("a message section must be a described type")
         descriptor, value_pos = decode(view, pos + 1)
         code = _code(descriptor)
         if code in (HEADER, MESSAGE_ANNOTATIONS, PROPERTIES, DELIVERY_ANNOTATIONS):
@@ -124,12 +134,16 @@ def encode_message(
     *,
     delivery_count: int | None = None,
     annotations: dict[Any, Any] | None = None,
+    ttl: int | None = None,
 ) -> bytes:
-    """The message with the broker's header and annotations; the rest copied as received."""
+    """The message with the broker's header and annotations; the rest copied as received.
+    `ttl` replaces the header's time to live (the value the broker applied)."""
     out = bytearray()
     header = list(message.header) if message.header else [None] * 5
     if delivery_count is not None:
         header[4] = UInt(delivery_count)
+    if ttl is not None:
+        header[2] = UInt(ttl)
     if any(v is not None for v in header):
         header = _typed_header(header)
         encode_into(out, Described(ULong(HEADER), header))
@@ -208,6 +222,16 @@ def with_delivery_annotations(payload: bytes, annotations: dict[Any, Any]) -> by
     section = bytearray()
     encode_into(section, Described(ULong(DELIVERY_ANNOTATIONS), annotations))
     return payload[:split] + bytes(section) + payload[split:]
+
+
+def application_properties_size(message: Message) -> int:
+    """The encoded size of the message's application-properties section (0 without one)."""
+    data = message.raw_rest
+    if data[:1] == b"\x00":
+        descriptor, value_pos = decode(data, 1)
+        if _code(descriptor) == APPLICATION_PROPERTIES:
+            return skip(data, value_pos)
+    return 0
 
 
 def with_application_properties(message: Message, extra: dict[str, Any]) -> Message:

@@ -13,11 +13,18 @@ import re
 from typing import Any
 
 from ..amqp import message as amqp_message
-from ..amqp.codec import Array, Symbol, Timestamp
-from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused
+from ..amqp.codec import Array, DecodeError, Symbol, Timestamp
+from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused, guarded
 from ..faults import Faults
-from ..nodes import ACCEPTED_STATE, ManagementError, Operation, Reply, refused_send
-from .model import EntityNotFound, EventHubsModel, Partition, Position, ReaderRefused
+from ..nodes import ACCEPTED_STATE, ManagementError, Operation, Reply, refused_send, rejected
+from .model import (
+    OUT_OF_RANGE,
+    EntityNotFound,
+    EventHubsModel,
+    Partition,
+    Position,
+    ReaderRefused,
+)
 
 log = logging.getLogger("eventflow_emulators.messaging.eventhubs")
 
@@ -78,12 +85,16 @@ class ProducerHandler(BaseLinkHandler):
     def on_transfer(self, link: Link, delivery: Delivery) -> None:
         if refused_send(link, delivery, self.guard, MAX_MESSAGE_SIZE):
             return
-        outer = amqp_message.parse(delivery.payload)
-        events = (
-            amqp_message.unbatch(outer)
-            if delivery.message_format == amqp_message.BATCH_FORMAT
-            else [outer]
-        )
+        try:
+            batched = delivery.message_format == amqp_message.BATCH_FORMAT
+            outer = amqp_message.parse(delivery.payload)
+            # Every event is checked whole once: a batch's events are its data sections.
+            for section in outer.data_sections() if batched else (delivery.payload,):
+                amqp_message.check(section)
+            events = amqp_message.unbatch(outer) if batched else [outer]
+        except DecodeError as error:
+            link.settle(delivery.delivery_id, rejected("amqp:decode-error", str(error)))
+            return
         key = outer.annotations.get(PARTITION_KEY)
         if self.partition_id is not None:
             part = self.model.partition(self.hub, self.partition_id)
@@ -145,7 +156,7 @@ class ConsumerHandler(BaseLinkHandler):
 
     def wake(self) -> None:
         if self.link.can_send():
-            self.pump(self.link)
+            guarded(self.link, self.pump, self.link)  # woken by a producer's append
 
     def pump(self, link: Link) -> None:
         while link.can_send():
@@ -178,13 +189,27 @@ class ConsumerHandler(BaseLinkHandler):
         self.model.close_reader(self.part, self.group, self)
 
 
+class RefusedPosition(BaseLinkHandler):
+    """A reader whose start position the partition does not have: the link attaches, then is
+    detached with the error as the client asks for events (as the service closes such a
+    receiver: the Java client reports it from `MessageReceiver.onClose`; the Python SDK surfaces
+    a detach after attach to `on_error`, a refused attach only as endless re-attaching)."""
+
+    def __init__(self, condition: str, description: str) -> None:
+        self.condition = condition
+        self.description = description
+
+    def on_flow(self, link: Link) -> None:
+        link.detach(self.condition, self.description)
+
+
 _CONSUMER = re.compile(r"^([^/]+)/ConsumerGroups/([^/]+)/Partitions/([^/]+)$", re.IGNORECASE)
 _PRODUCER = re.compile(r"^([^/]+)(?:/Partitions/([^/]+))?$", re.IGNORECASE)
 
 
 def attach(
     model: EventHubsModel, link: Link, path: str, guard: Faults
-) -> ProducerHandler | ConsumerHandler | None:
+) -> ProducerHandler | ConsumerHandler | RefusedPosition | None:
     """The handler for an Event Hubs link at `path`, or None when `path` names no hub."""
     hub = path.split("/", 1)[0]
     if hub.lower() not in model.hubs:
@@ -197,7 +222,12 @@ def attach(
             _, group, partition_id = match.groups()
             model.check_consumer_group(hub, group)
             part = model.partition(hub, partition_id)
-            handler = ConsumerHandler(model, part, group, link)
+            try:
+                handler = ConsumerHandler(model, part, group, link)
+            except ReaderRefused as error:
+                if error.condition != OUT_OF_RANGE:
+                    raise
+                return RefusedPosition(error.condition, error.description)
             model.open_reader(part, group, handler)
             link.reply_properties = (
                 {Symbol(EPOCH): handler.owner_level} if handler.owner_level is not None else {}

@@ -31,6 +31,9 @@ class ReaderRefused(Exception):
         self.description = description
 
 
+OUT_OF_RANGE = "com.microsoft:argument-out-of-range"
+
+
 @dataclass(frozen=True)
 class Position:
     """Where a reader starts: after (or at) an offset, a sequence number or an enqueued time."""
@@ -150,12 +153,32 @@ class EventHubsModel:
     # --- reading ---------------------------------------------------------------------------
 
     def start_sequence(self, part: Partition, position: Position) -> int:
+        """The first sequence number a reader at `position` gets. A sequence number or an offset
+        past the partition's end is refused as the service refuses it, not read as "the end"
+        (which would silently skip every event sent until the position is reached): "The
+        supplied sequence number '488' is invalid. The last sequence number in the system is
+        '482'" (the service's wording, seen in client reports; the AMQP condition is assumed)."""
         if position.kind == "start":
             return 0
         if position.kind == "end":
             return part.next_seq
         if position.kind == "sequence":
-            return position.value if position.inclusive else position.value + 1
+            start = position.value if position.inclusive else position.value + 1
+            if start > part.next_seq:
+                raise ReaderRefused(
+                    OUT_OF_RANGE,
+                    f"The supplied sequence number '{position.value}' is invalid. The last"
+                    f" sequence number in the system is '{part.next_seq - 1}'",
+                )
+            return start
+        if position.kind == "offset":
+            end = part.next_offset if position.inclusive else part.last_offset
+            if position.value > end:
+                raise ReaderRefused(
+                    OUT_OF_RANGE,
+                    f"The supplied offset '{position.value}' is invalid. The last offset in the"
+                    f" system is '{part.last_offset}'",
+                )
         column = "offset" if position.kind == "offset" else "enqueued_ms"
         found = self.store.first_seq_at(
             part.hub, part.index, column, position.value, position.inclusive

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..amqp import message as amqp_message
-from ..amqp.codec import Array, Described, Symbol, Timestamp, ULong
-from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused
+from ..amqp.codec import Array, DecodeError, Described, Symbol, Timestamp, ULong, encode
+from ..amqp.connection import BaseLinkHandler, Delivery, Link, LinkRefused, guarded
 from ..amqp.frames import ACCEPTED, MODIFIED, REJECTED, RELEASED, descriptor_code
 from ..faults import Faults
 from ..nodes import (
@@ -31,6 +31,7 @@ from ..nodes import (
 )
 from .model import (
     MESSAGE_STATE,
+    ArgumentError,
     MessageLockLost,
     Queue,
     ServiceBusFault,
@@ -40,6 +41,8 @@ from .model import (
 )
 
 MAX_MESSAGE_SIZE = 256 * 1024  # Standard tier (service-bus-quotas); the SDK sizes batches by it
+PROPERTY_LIMIT = 32 * 1024  # one message property (service-bus-quotas)
+PROPERTIES_LIMIT = 64 * 1024  # all of a message's properties together (service-bus-quotas)
 SESSION_FILTER = "com.microsoft:session-filter"
 LOCKED_UNTIL_UTC = "com.microsoft:locked-until-utc"
 TIMEOUT = "com.microsoft:timeout"
@@ -83,15 +86,46 @@ def delivered_form(m: StoredMessage) -> bytes:
     if m.lock_token is not None:
         annotations[LOCKED_UNTIL] = Timestamp(m.locked_until_ms)
     return amqp_message.encode_message(
-        message, delivery_count=m.delivery_count, annotations=annotations
+        message, delivery_count=m.delivery_count, annotations=annotations, ttl=_applied_ttl(m)
     )
+
+
+def _applied_ttl(m: StoredMessage) -> int | None:
+    """The time to live the queue applied, when the sender set one: the message's, or the
+    queue's default when that is lower (message-expiration: "silently adjusted")."""
+    header = _message_of(m).header
+    if not header or not header[2] or m.expires_ms is None:
+        return None
+    return max(0, m.expires_ms - (m.scheduled_ms or m.enqueued_ms))
 
 
 Item = tuple[bytes, str | None, str | None, int | None, int | None]
 
 
+def _check_properties(message: amqp_message.Message) -> None:
+    """Service Bus quotas ("Message property size for a queue, topic, or subscription
+    entity"): each property at most 32 KB, all properties (the properties section and the
+    application properties) at most 64 KB; the service refuses more (SerializationException)."""
+    application = message.application_properties or {}
+    for key, value in application.items():
+        size = len(encode(key)) + len(encode(value))
+        if size > PROPERTY_LIMIT:
+            raise ArgumentError(
+                f"The application property {str(key)!r} is {size} bytes; a property may be at"
+                f" most {PROPERTY_LIMIT} bytes."
+            )
+    total = len(message.raw_properties) + amqp_message.application_properties_size(message)
+    if total > PROPERTIES_LIMIT:
+        raise ArgumentError(
+            f"The message's properties take {total} bytes; all properties together may take at"
+            f" most {PROPERTIES_LIMIT} bytes."
+        )
+
+
 def _item(body: bytes, message: amqp_message.Message) -> Item:
     """(body, session id, message id, ttl ms, scheduled enqueue ms) of one sent message."""
+    amqp_message.check(body)
+    _check_properties(message)
     session_id = message.prop("group_id")
     message_id = message.prop("message_id")
     ttl = message.header[2] if message.header else None
@@ -125,6 +159,9 @@ class SenderHandler(BaseLinkHandler):
             self.model.send(self.queue, _items(delivery))
         except ServiceBusFault as fault:
             link.settle(delivery.delivery_id, rejected(fault.condition, fault.description))
+            return
+        except DecodeError as error:
+            link.settle(delivery.delivery_id, rejected("amqp:decode-error", str(error)))
             return
         if self.faults.drop_after("send", link):
             return
@@ -201,7 +238,9 @@ class ReceiverHandler(BaseLinkHandler):
     def wake(self) -> None:
         self._accepted.set()
         if self.link.attached and self.link.can_send():
-            self.pump(self.link)
+            # Woken by another link's operation (a send, a settlement): a failure here is this
+            # receiver's, never that operation's.
+            guarded(self.link, self.pump, self.link)
 
     def pump(self, link: Link) -> None:
         if self.is_session:

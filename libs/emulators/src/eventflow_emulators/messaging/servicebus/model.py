@@ -11,8 +11,10 @@ Sources for the rules (learn.microsoft.com/azure/service-bus-messaging/...):
 - duplicate-detection: keyed on MessageId within the window; a duplicate is accepted and dropped.
 - message-sessions: one receiver holds a session; the session lock covers its messages.
 - service-bus-quotas: 256 KB messages (Standard), session state 256 KB (Standard).
-Released deliveries (a closed link's unsettled messages) do not count as a delivery: AMQP 1.0
-part 3.4.4 "released" means the message was not processed.
+Released deliveries do not count as a delivery: AMQP 1.0 part 3.4.4 "released" means the message
+was not processed. A closed plain receiver's unsettled messages are not released: they stay locked
+until the lock expires, which counts (the .NET `ServiceBusReceivedMessage.DeliveryCount` docs; the
+SDK releases what it buffered itself). A closed session receiver releases its session's messages.
 """
 
 from __future__ import annotations
@@ -291,11 +293,14 @@ class ServiceBusModel:
             queue.last_seq += 1
             default_ttl = int(queue.config.default_ttl.total_seconds() * 1000)
             ttl = min(ttl_ms, default_ttl) if ttl_ms else default_ttl
+            scheduled = scheduled_ms if scheduled_ms and scheduled_ms > now else None
+            # A scheduled message's time to live counts from its enqueue time, the scheduled one
+            # (message-expiration: "the message becomes available ... TTL starts").
             m = StoredMessage(
                 seq=queue.last_seq, body=body,
                 session_id=session_id if queue.config.requires_session else None,
-                message_id=message_id, enqueued_ms=now, expires_ms=now + ttl,
-                scheduled_ms=scheduled_ms if scheduled_ms and scheduled_ms > now else None,
+                message_id=message_id, enqueued_ms=now, expires_ms=(scheduled or now) + ttl,
+                scheduled_ms=scheduled,
             )  # fmt: skip
             if m.scheduled_ms is not None:
                 m.state = SCHEDULED
@@ -333,7 +338,7 @@ class ServiceBusModel:
     def _expire(self, queue: Queue, m: StoredMessage) -> None:
         """TTL expiry: dead-letter if the queue says so, else drop."""
         if queue.config.dead_lettering_on_expiration:
-            m.dead, m.dl_reason = True, TTL_REASON
+            m.dead, m.state, m.dl_reason = True, ACTIVE, TTL_REASON
             m.dl_description = "The message expired and was dead lettered."
             self.store.update_message(queue.name, m.seq, dead=True, state=m.state,
                                       delivery_count=m.delivery_count, dl_reason=m.dl_reason,
@@ -494,9 +499,15 @@ class ServiceBusModel:
         return expired
 
     def drop_receiver(self, queue: Queue, receiver: Receiver) -> None:
-        """A receiver went away: its locked messages are released, its session unlocked."""
+        """A receiver went away. A session receiver's messages are released with its session
+        (no delivery counted); a plain receiver's messages stay locked until their locks expire,
+        which then counts a delivery (the messages the SDK still buffered it releases itself
+        before closing: azure-servicebus `ServiceBusReceiver._close_handler`)."""
         for m in [m for m in queue.locks.values() if m.holder is receiver]:
-            self._unlock(queue, m)
+            if m.session_id is not None and not m.dead:
+                self._unlock(queue, m)
+            else:
+                m.holder = None
         for session_id, lock in list(queue.sessions.items()):
             if lock.holder is receiver:
                 del queue.sessions[session_id]
@@ -510,6 +521,7 @@ class ServiceBusModel:
         self, queue: Queue, receiver: Receiver, seqs: list[int], session_id: str | None
     ) -> list[StoredMessage]:
         found = []
+        now = self.clock()
         for seq in seqs:
             m = queue.messages.get(seq)
             if (
@@ -521,7 +533,17 @@ class ServiceBusModel:
                     f"Failed to retrieve the deferred message with sequence number {seq}."
                 )
             found.append(m)
-        now = self.clock()
+        expired = [m for m in found if m.expires_ms is not None and m.expires_ms <= now]
+        if expired:
+            # An expired deferred message is expired only when it is asked for (message-deferral:
+            # "checked for expired condition and moved to a dead-letter queue").
+            for m in expired:
+                if m.lock_token is not None:
+                    self._unlock(queue, m)
+                self._expire(queue, m)
+            raise MessageNotFound(
+                f"The deferred message with sequence number {expired[0].seq} has expired."
+            )
         for m in found:
             if m.lock_token is not None:
                 self._unlock(queue, m)
@@ -615,6 +637,7 @@ class ServiceBusModel:
             for m in list(queue.messages.values()):
                 if (
                     not m.dead
+                    and m.state != DEFERRED  # expired only when received (message-deferral)
                     and m.lock_token is None
                     and m.expires_ms is not None
                     and m.expires_ms <= now

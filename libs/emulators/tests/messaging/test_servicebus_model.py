@@ -181,6 +181,28 @@ def test_an_expired_deferred_message_stays_deferred_until_it_is_received(
     assert (dead.seq, dead.dl_reason, dead.state) == (seq, "TTLExpiredException", "active")
 
 
+@pytest.mark.parametrize("dead_lettering_on_expiration", [False, True])
+def test_a_message_deferred_in_the_dead_letter_queue_never_expires(
+    store: Store, clock: Clock, dead_lettering_on_expiration: bool
+) -> None:
+    # "Overview of Service Bus dead-letter queues": time to live isn't observed there.
+    model, queue = make(store, clock, dead_lettering_on_expiration=dead_lettering_on_expiration)
+    (seq,) = model.send(queue, [(b"\x00Sw\xa1\x01x", None, "m", 10_000, None)])
+    receiver = Receiver()
+    (m,) = model.take(queue, receiver, 1, dead=False, session_id=None, lock=True)
+    assert m.lock_token is not None
+    model.dead_letter(queue, m.lock_token, "bad", "poison", receiver)
+    (d,) = model.take(queue, receiver, 1, dead=True, session_id=None, lock=True)
+    assert d.lock_token is not None
+    model.defer(queue, d.lock_token, receiver)
+    clock.now += 20_000
+    model.housekeeping()
+    (received,) = model.receive_deferred(queue, receiver, [seq], None)
+    assert (received.seq, received.dl_reason) == (seq, "bad")
+    (still,) = model.peek(queue, 0, 10, dead=True, session_id=None)
+    assert (still.seq, still.dl_reason) == (seq, "bad")
+
+
 def test_a_closed_plain_receiver_keeps_its_locks_until_they_expire(
     store: Store, clock: Clock
 ) -> None:

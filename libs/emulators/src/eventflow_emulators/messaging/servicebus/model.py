@@ -533,7 +533,11 @@ class ServiceBusModel:
                     f"Failed to retrieve the deferred message with sequence number {seq}."
                 )
             found.append(m)
-        expired = [m for m in found if m.expires_ms is not None and m.expires_ms <= now]
+        # The dead-letter queue does not observe time to live ("Overview of Service Bus dead-letter
+        # queues"): a message deferred there never expires.
+        expired = [
+            m for m in found if not m.dead and m.expires_ms is not None and m.expires_ms <= now
+        ]
         if expired:
             # An expired deferred message is expired only when it is asked for (message-deferral:
             # "checked for expired condition and moved to a dead-letter queue").

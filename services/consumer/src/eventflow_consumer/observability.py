@@ -132,18 +132,18 @@ def problem(
 
 
 async def store_answer(
-    read_order: Callable[[str], Awaitable[dict[str, Any] | None]], order_id: str
+    read_order: Callable[[str], Awaitable[dict[str, Any] | None]], order_id: str, within_s: float
 ) -> dict[str, Any] | None:
-    """`read_order(order_id)` within READ_TIMEOUT_S. The id is valid by now, so no failure is the
+    """`read_order(order_id)` within `within_s` seconds. The id is valid by now, so no failure is the
     caller's: each one (an outage, a stall, a refused identity, anything unforeseen: logged) is
     raised as TransientStoreError, for a 503 rather than a 500."""
     try:
-        async with asyncio.timeout(READ_TIMEOUT_S):
+        async with asyncio.timeout(within_s):
             return await read_order(order_id)
     except TransientStoreError:
         raise
     except TimeoutError as error:
-        raise TransientStoreError(f"Cosmos DB did not answer within {READ_TIMEOUT_S} s") from error
+        raise TransientStoreError(f"Cosmos DB did not answer within {within_s} s") from error
     except Exception as error:
         LOG.exception("the read API's store read failed", error=type(error).__name__)
         raise TransientStoreError(f"the store read failed ({type(error).__name__})") from error
@@ -159,6 +159,8 @@ def http_app(
     metrics: ConsumerMetrics,
     read_order: Callable[[str], Awaitable[dict[str, Any] | None]],
     ready: Callable[[], bool],
+    *,
+    read_timeout_seconds: float = READ_TIMEOUT_S,
 ) -> web.Application:
     async def order(request: web.Request) -> web.Response:
         order_id = request.match_info["order_id"]
@@ -168,7 +170,7 @@ def http_app(
             return problem(400, "invalid-order-id", "Invalid order id",
                            "an order id is 1-64 letters, digits, '_' or '-', starting with a letter or digit")  # fmt: skip
         try:
-            found = await store_answer(read_order, order_id)
+            found = await store_answer(read_order, order_id, read_timeout_seconds)
         except TransientStoreError as error:
             return store_unavailable(error)
         if found is None:
@@ -181,7 +183,7 @@ def http_app(
     async def readyz(_: web.Request) -> web.Response:
         """Ready: the store answers a point read and the inbox is being worked (`ready`)."""
         try:
-            await store_answer(read_order, READINESS_PROBE_ID)
+            await store_answer(read_order, READINESS_PROBE_ID, read_timeout_seconds)
         except TransientStoreError as error:
             return store_unavailable(error)
         if not ready():

@@ -131,19 +131,23 @@ async def waited_for(
 
 
 async def _blob_store(settings: Settings, stack: AsyncExitStack, credential: Any = None) -> Any:
+    """The checkpoint store, once its container is there (created where this service may). The
+    setup's own client does not retry (its SDK backs off 15 s and more): the caller does."""
     from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore  # noqa: PLC0415
     from azure.storage.blob.aio import BlobServiceClient  # noqa: PLC0415
 
     if credential is None:
         assert settings.storage_connection_string is not None
         connection_string = settings.storage_connection_string.get_secret_value()
-        service = BlobServiceClient.from_connection_string(connection_string)
+        service = BlobServiceClient.from_connection_string(connection_string, retry_total=0)
         store = BlobCheckpointStore.from_connection_string(
             connection_string, container_name=settings.checkpoint_container
         )
     else:
         assert settings.storage_account_url is not None
-        service = BlobServiceClient(settings.storage_account_url, credential=credential)
+        service = BlobServiceClient(
+            settings.storage_account_url, credential=credential, retry_total=0
+        )
         store = BlobCheckpointStore(
             settings.storage_account_url, settings.checkpoint_container, credential=credential
         )

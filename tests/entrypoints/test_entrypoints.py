@@ -1,7 +1,8 @@
 """Each service's entry point: invalid settings end the process with one line and exit 2 (naming
 the variables, never their values); a stop signal while the backends are still being connected to
-ends it at once with exit 0; started before its backends, it waits unready and then works. One table
-of the four services, one set of cases."""
+ends it at once with exit 0; started before its backends, it waits unready and then works; a setup
+a backend refuses (a wrong key, a container it does not create) ends it with one line and exit 2.
+One table of the four services, one set of cases."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -71,6 +73,7 @@ class Service:
     port_setting: str  # an integer setting, for a wrong value
     secret_setting: str  # a setting whose value must never be printed
     connecting: Callable[[int], dict[str, str]]  # emulator settings aimed at a silent port
+    not_creating: dict[str, str]  # the setting that leaves creating the containers to others
     late: Callable[
         [Backends], dict[str, str]
     ]  # emulator settings aimed at backends not yet started
@@ -86,6 +89,7 @@ SERVICES = [
         {"PRODUCER_COSMOS_ENDPOINT": "https://account.documents.azure.com/"}, "PRODUCER_PORT", "PRODUCER_COSMOS_KEY",
         lambda port: {"PRODUCER_COSMOS_ENDPOINT": f"http://127.0.0.1:{port}/", "PRODUCER_COSMOS_KEY": EMULATOR_KEY,
                       "PRODUCER_PORT": _free_port()},
+        {"PRODUCER_CREATE_CONTAINERS": "false"},
         lambda b: {"PRODUCER_COSMOS_ENDPOINT": b.cosmos_endpoint, "PRODUCER_COSMOS_KEY": EMULATOR_KEY,
                    "PRODUCER_STARTUP_WAIT_SECONDS": "0"},
     ),
@@ -96,6 +100,7 @@ SERVICES = [
          "PUBLISHER_EVENTHUBS_NAMESPACE": "ns.servicebus.windows.net"}, "PUBLISHER_HEALTH_PORT", "PUBLISHER_COSMOS_KEY",
         lambda port: {"PUBLISHER_COSMOS_ENDPOINT": f"http://127.0.0.1:{port}/", "PUBLISHER_COSMOS_KEY": EMULATOR_KEY,
                       "PUBLISHER_EVENTHUBS_CONNECTION_STRING": _messaging(port), "PUBLISHER_HEALTH_PORT": "0"},
+        {"PUBLISHER_CREATE_CONTAINERS": "false"},
         lambda b: {"PUBLISHER_COSMOS_ENDPOINT": b.cosmos_endpoint, "PUBLISHER_COSMOS_KEY": EMULATOR_KEY,
                    "PUBLISHER_EVENTHUBS_CONNECTION_STRING": connection_string("127.0.0.1", b.messaging),
                    "PUBLISHER_ACQUIRE_INTERVAL_SECONDS": "1", "PUBLISHER_POLL_DELAY_SECONDS": "0.1"},
@@ -113,6 +118,7 @@ SERVICES = [
                           "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
                           f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"),
                       "SUBSCRIBER_HEALTH_PORT": "0"},
+        {"SUBSCRIBER_CREATE_CHECKPOINT_CONTAINER": "false"},
         lambda b: {"SUBSCRIBER_EVENTHUBS_CONNECTION_STRING": connection_string("127.0.0.1", b.messaging),
                    "SUBSCRIBER_SERVICEBUS_CONNECTION_STRING": connection_string("127.0.0.1", b.messaging),
                    "SUBSCRIBER_STORAGE_CONNECTION_STRING": b.storage, "SUBSCRIBER_LOAD_BALANCING_INTERVAL_SECONDS": "1"},
@@ -124,6 +130,7 @@ SERVICES = [
          "CONSUMER_COSMOS_ENDPOINT": "https://account.documents.azure.com/"}, "CONSUMER_HTTP_PORT", "CONSUMER_COSMOS_KEY",
         lambda port: {"CONSUMER_COSMOS_ENDPOINT": f"http://127.0.0.1:{port}/", "CONSUMER_COSMOS_KEY": EMULATOR_KEY,
                       "CONSUMER_SERVICEBUS_CONNECTION_STRING": _messaging(port), "CONSUMER_HTTP_PORT": "0"},
+        {"CONSUMER_CREATE_CONTAINERS": "false"},
         lambda b: {"CONSUMER_COSMOS_ENDPOINT": b.cosmos_endpoint, "CONSUMER_COSMOS_KEY": EMULATOR_KEY,
                    "CONSUMER_SERVICEBUS_CONNECTION_STRING": connection_string("127.0.0.1", b.messaging),
                    "CONSUMER_SESSION_IDLE_SECONDS": "0.3"},
@@ -257,6 +264,14 @@ async def _status(client: httpx.AsyncClient, url: str) -> int | None:
         return None
 
 
+def _process(service: Service, env: dict[str, str]) -> subprocess.Popen[str]:
+    """The service's entry point with `env`, its stderr kept (its log lines are dropped)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", f"from {service.module} import main; main()"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 def _started(service: Service, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as output:
         return subprocess.Popen(
@@ -322,6 +337,8 @@ async def test_each_service_started_before_its_backends_waits_unready_then_works
                 base = f"http://127.0.0.1:{http[service.id]}"
 
                 async def alive_unready_and_saying_so() -> bool:
+                    process = processes[service.id]
+                    assert process.poll() is None, f"{service.id} ended: {log_of(service.id)}"
                     statuses = (await _status(client, f"{base}/healthz"),
                                 await _status(client, f"{base}/readyz"))  # fmt: skip
                     return statuses == (200, 503) and "still waiting for" in log_of(service.id)
@@ -360,3 +377,50 @@ async def test_each_service_started_before_its_backends_waits_unready_then_works
             process.wait()
     for service in SERVICES:
         assert "Traceback" not in log_of(service.id), log_of(service.id)
+
+
+WRONG_KEY = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ=="
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["a wrong key", "a missing container"])
+async def test_a_setup_the_backends_refuse_ends_each_service_with_one_line_and_exit_2(
+    case: str, cosmos_emulator_server: Any, azurite_server: Any
+) -> None:
+    """Not an outage, so not waited for: Cosmos DB and Azurite answer, but refuse the key, or the
+    database has no containers and the service is not the one to create them. Each of the four,
+    at once: exit 2 with one line naming the cause (never the key), no traceback."""
+    backends = Backends(int(cosmos_emulator_server.endpoint.rstrip("/").rsplit(":", 1)[1]),
+                        int(_free_port()), azurite_server.port)  # fmt: skip
+    database = f"refused-{uuid.uuid4().hex[:8]}"
+    processes: dict[str, subprocess.Popen[str]] = {}
+    for service in SERVICES:
+        env = {
+            name: value for name, value in os.environ.items() if not name.startswith(service.prefix)
+        }
+        env |= {f"{service.prefix}MODE": "emulator", **service.late(backends),
+                service.port_setting: "0" if service.prefix != "PRODUCER_" else _free_port(),
+                f"{service.prefix}CHECKPOINT_CONTAINER" if service.prefix == "SUBSCRIBER_"
+                else f"{service.prefix}DATABASE": database}  # fmt: skip
+        if case == "a wrong key":
+            env = {name: value.replace(EMULATOR_KEY, WRONG_KEY).replace(AZURITE_KEY, WRONG_KEY)
+                   for name, value in env.items()}  # fmt: skip
+        else:
+            env |= service.not_creating
+        processes[service.id] = _process(service, env)
+    try:
+        ended = {service_id: await asyncio.to_thread(process.communicate, timeout=90)
+                 for service_id, process in processes.items()}  # fmt: skip
+    finally:
+        for process in processes.values():
+            process.kill()
+    cause = "refused this service" if case == "a wrong key" else "has no container"
+    for service in SERVICES:
+        err = ended[service.id][1]
+        assert processes[service.id].returncode == 2, err
+        lines = [line for line in err.splitlines() if line.startswith(service.program)]
+        assert len(lines) == 1, err
+        assert lines[0].startswith(f"{service.program}: cannot start: "), err
+        assert cause in lines[0], err
+        assert WRONG_KEY not in err, err
+        assert "Traceback" not in err, err

@@ -306,10 +306,10 @@ async def _works(client: httpx.AsyncClient, http: dict[str, str]) -> None:
 async def test_each_service_started_before_its_backends_waits_unready_then_works(
     tmp_path: Path,
 ) -> None:
-    """All four at once (one pipeline, and one wait for all): the Cosmos DB emulator, the
-    messaging emulator and Azurite are started LATE_BY_S after the services, on the ports the
-    services were given. Meanwhile each is alive and unready and says what it waits for; then each
-    turns ready and does its work: the producer takes an order, the publisher puts its event on
+    """All four at once (one pipeline, and one wait for all): the Cosmos DB emulator is started
+    LATE_BY_S after the services, on the port they were given, and the messaging emulator and
+    Azurite once the publisher and the consumer wait for them in turn. Meanwhile each service is
+    alive and unready and says what it waits for; then each turns ready and does its work: the producer takes an order, the publisher puts its event on
     the hub, the subscriber forwards it to the inbox, the consumer applies it (its read API shows
     the order). None ends with exit code 1: each stops with 0 at SIGTERM."""
     backends = Backends(*(int(_free_port()) for _ in range(3)))
@@ -351,6 +351,19 @@ async def test_each_service_started_before_its_backends_waits_unready_then_works
             await asyncio.sleep(max(0.0, LATE_BY_S - (time.monotonic() - started)))
             with ExitStack() as running:
                 running.enter_context(cosmos_emulator(tmp_path / "cosmos", port=backends.cosmos))
+
+                async def on_to(service_id: str, backend: str) -> None:
+                    url = f"http://127.0.0.1:{http[service_id]}/readyz"
+
+                    async def waiting_for_it_unready() -> bool:
+                        said = f"still waiting for {backend}" in log_of(service_id)
+                        return said and await _status(client, url) == 503
+
+                    await _until(waiting_for_it_unready, f"{service_id} waiting for {backend}")
+
+                # Cosmos DB alone first: the publisher and the consumer go on to wait for the rest.
+                await on_to("publisher", "Event Hubs")
+                await on_to("consumer", "Service Bus")
                 running.enter_context(
                     messaging_emulator(tmp_path / "messaging", port=backends.messaging)
                 )

@@ -34,6 +34,7 @@ ATTEMPT_TIMEOUT_S = 15.0
 must keep coming."""
 RETRY_MAX_WAIT_S = 10.0
 T = TypeVar("T")
+_REFUSALS = ("not-found", "unauthorized-access")  # AMQP conditions that no retry changes
 
 
 @dataclass(frozen=True)
@@ -72,15 +73,25 @@ def _backends(settings: Settings) -> tuple[Backend, Backend]:
     )  # fmt: skip
 
 
+def _amqp_condition(error: BaseException) -> str | None:
+    """An Event Hubs error's AMQP condition without its "amqp:" ("not-found", ...), if any."""
+    return error.error if isinstance(error, EventHubError) else None
+
+
 def _setup_problem(backend: Backend, error: BaseException) -> ConfigurationError | None:
     """What in the setup an error names (exit 2), or None when it is not a setup problem."""
     status = getattr(error, "status_code", None)
-    if status in (401, 403) or isinstance(error, AuthenticationError):
+    condition = _amqp_condition(error)
+    if (
+        status in (401, 403)
+        or isinstance(error, AuthenticationError)
+        or condition == "unauthorized-access"
+    ):
         return ConfigurationError(f"{backend.name} refused this service"
                                   f"{f' ({status})' if status else ''}: check {backend.credential}")  # fmt: skip
     if isinstance(error, ClientAuthenticationError):
         return ConfigurationError(f"no credential for {backend.name}: {error.message}")
-    if status == 404:
+    if status == 404 or condition == "not-found":
         return ConfigurationError(f"{backend.name} has no {backend.missing}")
     return None
 
@@ -94,7 +105,9 @@ def _outage(settings: Settings, error: BaseException) -> bool:
         return status in (408, 429, 449) or status >= 500 or (
             status == 404 and settings.creates_containers
         )  # fmt: skip
-    return not isinstance(error, AuthenticationError) and isinstance(
+    if isinstance(error, AuthenticationError) or _amqp_condition(error) in _REFUSALS:
+        return False
+    return isinstance(
         error, TimeoutError | ServiceRequestError | ServiceResponseError | CosmosClientTimeoutError
         | EventHubError,
     )  # fmt: skip

@@ -34,6 +34,7 @@ must keep coming."""
 RETRY_MAX_WAIT_S = 10.0
 T = TypeVar("T")
 _REFUSED = (AuthenticationError, ServiceBusAuthenticationError, ServiceBusAuthorizationError)
+_REFUSALS = ("not-found", "unauthorized-access")  # AMQP conditions that no retry changes
 
 
 @dataclass(frozen=True)
@@ -69,15 +70,21 @@ def _backends(settings: Settings) -> tuple[Backend, Backend, Backend]:
     )  # fmt: skip
 
 
+def _amqp_condition(error: BaseException) -> str | None:
+    """An Event Hubs error's AMQP condition without its "amqp:" ("not-found", ...), if any."""
+    return error.error if isinstance(error, EventHubError) else None
+
+
 def _setup_problem(backend: Backend, error: BaseException) -> ConfigurationError | None:
     """What in the setup an error names (exit 2), or None when it is not a setup problem."""
     status = getattr(error, "status_code", None)
-    if status in (401, 403) or isinstance(error, _REFUSED):
+    condition = _amqp_condition(error)
+    if status in (401, 403) or isinstance(error, _REFUSED) or condition == "unauthorized-access":
         return ConfigurationError(f"{backend.name} refused this service"
                                   f"{f' ({status})' if status else ''}: check {backend.credential}")  # fmt: skip
     if isinstance(error, ClientAuthenticationError):
         return ConfigurationError(f"no credential for {backend.name}: {error.message}")
-    if status == 404 or isinstance(error, MessagingEntityNotFoundError):
+    if status == 404 or isinstance(error, MessagingEntityNotFoundError) or condition == "not-found":
         return ConfigurationError(f"{backend.name} has no {backend.missing}")
     return None
 
@@ -88,7 +95,10 @@ def _outage(error: BaseException) -> bool:
     if isinstance(error, HttpResponseError):
         status = error.status_code or 0
         return status in (408, 429) or status >= 500
-    return not isinstance(error, (*_REFUSED, MessagingEntityNotFoundError)) and isinstance(
+    refused = isinstance(error, (*_REFUSED, MessagingEntityNotFoundError))
+    if refused or _amqp_condition(error) in _REFUSALS:
+        return False
+    return isinstance(
         error, TimeoutError | ServiceRequestError | ServiceResponseError | ServiceBusError
         | EventHubError,
     )  # fmt: skip

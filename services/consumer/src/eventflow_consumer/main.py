@@ -1,8 +1,8 @@
-"""Entry point. SIGTERM/SIGINT: accept no new session, finish the in-flight message, close. A store
-that is down at start is waited for, for as long as it takes: the HTTP endpoint answers meanwhile
-(/healthz 200, /readyz and the read API 503); a stop signal while still connecting gives up the
-connecting (exit 0). Invalid settings or a setup Cosmos DB refuses (a wrong key, a missing role or
-container): one line on stderr naming the cause, exit 2."""
+"""Entry point. SIGTERM/SIGINT: accept no new session, finish the in-flight message, close.
+Backends that are down at start are waited for, for as long as it takes: the HTTP endpoint answers
+meanwhile (/healthz 200, /readyz and the read API 503); a stop signal while still connecting gives
+up the connecting (exit 0). Invalid settings or a setup a backend refuses (a wrong key, a missing
+role, container or queue): one line on stderr naming the cause, exit 2."""
 
 from __future__ import annotations
 

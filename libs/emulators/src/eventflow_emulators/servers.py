@@ -103,9 +103,9 @@ def _node_server(
 
 
 @contextmanager
-def azurite(workdir: Path) -> Iterator[RunningServer]:
-    """Azurite's Blob service, in memory, on a free port."""
-    port = free_port()
+def azurite(workdir: Path, *, port: int = 0) -> Iterator[RunningServer]:
+    """Azurite's Blob service, in memory, on `port` (0: a free one)."""
+    port = port or free_port()
     arguments = [
         "node_modules/azurite/dist/src/blob/main.js",
         "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",

@@ -4,28 +4,70 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import certifi
 import structlog
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.cosmos import PartitionKey
+from azure.cosmos.exceptions import CosmosClientTimeoutError
+from azure.servicebus import ServiceBusSubQueue
+from azure.servicebus.exceptions import (
+    MessagingEntityNotFoundError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+    ServiceBusError,
+)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from eventflow_consumer.adapters.cosmos_projection import PARTITION_KEY_PATH, CosmosProjectionStore
 from eventflow_consumer.settings import Settings
 
 LOG = structlog.get_logger("eventflow_consumer.bootstrap")
-STARTUP_TIMEOUT_S = 120.0
+ATTEMPT_TIMEOUT_S = 15.0
+"""One connection attempt's bound: a stalled endpoint is an outage too, and the wait's log line
+must keep coming."""
+RETRY_MAX_WAIT_S = 10.0
+T = TypeVar("T")
+_REFUSED = (ServiceBusAuthenticationError, ServiceBusAuthorizationError)
 
 
 @dataclass(frozen=True)
 class Resources:
     servicebus: Any
     store: CosmosProjectionStore
+
+
+class ConfigurationError(Exception):
+    """A backend refuses this service for a reason a retry cannot fix (a wrong key, a missing role
+    assignment, a container or queue that is not there and is not ours to create): exit 2."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # as the logs and errors say it
+    credential: str  # what to check when it refuses this service
+    missing: str  # what a 404 means is not there
+
+
+def _backends(settings: Settings) -> tuple[Backend, Backend]:
+    """Cosmos DB and Service Bus, as this setup names them."""
+    role = "its role assignment" if settings.mode == "azure" else None
+    return (
+        Backend("Cosmos DB", role or "CONSUMER_COSMOS_KEY",
+                f"container {settings.database}/{settings.projections_container}, and this service "
+                "does not create it (CONSUMER_CREATE_CONTAINERS)"),
+        Backend("Service Bus", role or "CONSUMER_SERVICEBUS_CONNECTION_STRING",
+                f"queue {settings.inbox_queue}"),
+    )  # fmt: skip
 
 
 async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
@@ -80,38 +122,103 @@ async def _servicebus(settings: Settings, stack: AsyncExitStack) -> Any:
         servicebus = AzureServiceBusClient(
             settings.servicebus_namespace, credential, ssl_context=tls_context()
         )
-    return await stack.enter_async_context(servicebus)
+    client = await stack.enter_async_context(servicebus)
+    # The broker answers for the inbox: a peek at its dead-letter queue takes no session and no
+    # lock, and needs no more than the receiving right the service has anyway.
+    async with client.get_queue_receiver(
+        settings.inbox_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER
+    ) as dead_letters:
+        await dead_letters.peek_messages(max_message_count=1)
+    return client
 
 
-async def _projections(settings: Settings, cosmos: Any) -> Any:
-    """The projections container (created where the service may create it), retried while the
-    store is still starting (an emulator started beside it)."""
-    deadline, delay = time.monotonic() + STARTUP_TIMEOUT_S, 0.5
-    while True:
-        try:
-            if not settings.creates_containers:
-                database = cosmos.get_database_client(settings.database)
-                return database.get_container_client(settings.projections_container)
-            database = await cosmos.create_database_if_not_exists(settings.database)
-            return await database.create_container_if_not_exists(
-                id=settings.projections_container,
-                partition_key=PartitionKey(path=PARTITION_KEY_PATH),
-                default_ttl=-1,
-            )
-        except AzureError as error:
-            if time.monotonic() > deadline:
-                raise
-            LOG.warning("cosmos not ready; retrying", error=type(error).__name__, retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+async def _projections(settings: Settings, stack: AsyncExitStack) -> Any:
+    """The projections container, created where the service may create it."""
+    cosmos = await open_cosmos_client(settings, stack)
+    if not settings.creates_containers:
+        container = cosmos.get_database_client(settings.database).get_container_client(
+            settings.projections_container
+        )
+        await container.read()
+        return container
+    database = await cosmos.create_database_if_not_exists(settings.database)
+    return await database.create_container_if_not_exists(
+        id=settings.projections_container, partition_key=PartitionKey(path=PARTITION_KEY_PATH),
+        default_ttl=-1,
+    )  # fmt: skip
+
+
+def _setup_problem(backend: Backend, error: BaseException) -> ConfigurationError | None:
+    """What in the setup an error names (exit 2), or None when it is not a setup problem."""
+    status = getattr(error, "status_code", None)
+    if status in (401, 403) or isinstance(error, _REFUSED):
+        return ConfigurationError(f"{backend.name} refused this service"
+                                  f"{f' ({status})' if status else ''}: check {backend.credential}")  # fmt: skip
+    if isinstance(error, ClientAuthenticationError):
+        return ConfigurationError(f"no credential for {backend.name}: {error.message}")
+    if status == 404 or isinstance(error, MessagingEntityNotFoundError):
+        return ConfigurationError(f"{backend.name} has no {backend.missing}")
+    return None
+
+
+def _outage(error: BaseException) -> bool:
+    """No connection, no answer in time, a status Cosmos DB uses for "not now", a broker's
+    connection or busy error."""
+    if isinstance(error, HttpResponseError):
+        status = error.status_code or 0
+        return status in (408, 429, 449) or status >= 500
+    return not isinstance(error, (*_REFUSED, MessagingEntityNotFoundError)) and isinstance(
+        error, TimeoutError | ServiceRequestError | ServiceResponseError | CosmosClientTimeoutError
+        | ServiceBusError,
+    )  # fmt: skip
+
+
+async def waited_for(
+    backend: Backend, stack: AsyncExitStack, connect: Callable[[AsyncExitStack], Awaitable[T]]
+) -> T:
+    """`connect`'s result once `backend` answers: an outage (`_outage`, or an attempt silent past
+    ATTEMPT_TIMEOUT_S) is waited out with backoff for as long as it lasts, logging "still waiting
+    for <backend>" before each retry; only the caller's cancellation (the stop signal) ends the
+    wait. Each attempt opens its clients afresh (their own setup calls included) and closes them
+    when it fails. Raises ConfigurationError for a setup a retry cannot fix."""
+
+    def still_waiting(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        LOG.warning(
+            f"still waiting for {backend.name}", error=type(error).__name__,
+            attempts=state.attempt_number, retry_in_s=round(state.upcoming_sleep, 1),
+        )  # fmt: skip
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(_outage), before_sleep=still_waiting, reraise=True,
+        wait=wait_exponential_jitter(multiplier=0.5, max=RETRY_MAX_WAIT_S),
+    )  # fmt: skip
+    async for attempt in retrying:
+        with attempt:
+            async with AsyncExitStack() as attempt_stack:
+                try:
+                    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                        connected = await connect(attempt_stack)
+                except Exception as error:
+                    problem = None if _outage(error) else _setup_problem(backend, error)
+                    if problem is not None:
+                        raise problem from error
+                    raise
+                await stack.enter_async_context(attempt_stack.pop_all())
+                return connected
+    raise AssertionError("unreachable: the retry loop returns or raises")
 
 
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    """The Service Bus client and the projection store, closed on exit, once Cosmos DB and Service
+    Bus answer (`waited_for`: waits out outages, raises ConfigurationError for a wrong setup)."""
+    cosmos, servicebus_backend = _backends(settings)
     async with AsyncExitStack() as stack:
-        cosmos = await open_cosmos_client(settings, stack)
-        servicebus = await _servicebus(settings, stack)
-        container = await _projections(settings, cosmos)
+        container = await waited_for(cosmos, stack, lambda attempt: _projections(settings, attempt))
+        servicebus = await waited_for(
+            servicebus_backend, stack, lambda attempt: _servicebus(settings, attempt)
+        )
         LOG.info(
             "resources ready",
             mode=settings.mode,

@@ -1,24 +1,27 @@
-"""Entry point. SIGTERM/SIGINT: accept no new session, finish the in-flight message, close; while
-still connecting at start, give up the connecting and exit 0. Invalid settings: one line on stderr
-naming them, exit 2."""
+"""Entry point. SIGTERM/SIGINT: accept no new session, finish the in-flight message, close.
+Backends that are down at start are waited for, for as long as it takes: the HTTP endpoint answers
+meanwhile (/healthz 200, /readyz and the read API 503); a stop signal while still connecting gives
+up the connecting (exit 0). Invalid settings or a setup a backend refuses (a wrong key, a missing
+role, container or queue): one line on stderr naming the cause, exit 2."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump
-from eventflow_consumer.bootstrap import Resources, open_resources
+from eventflow_consumer.bootstrap import ConfigurationError, Resources, open_resources
 from eventflow_consumer.handling import InboxHandler
 from eventflow_consumer.observability import METER, SERVICE, ConsumerMetrics, http_app
+from eventflow_consumer.ports import TransientStoreError
 from eventflow_consumer.sessions import PoisonPolicy, SessionWorker, WorkerSettings
 from eventflow_consumer.settings import Settings
 from eventflow_contracts.auth import Authenticator
@@ -87,41 +90,47 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with AsyncExitStack() as stack:
-        resources = await unless_stopped(stop, stack.enter_async_context(open_resources(settings)))
-        if resources is None:
-            LOG.info("stopped while connecting")
-            return
-        worker = worker_of(settings, resources, metrics)
-        pump = SessionPump(
-            resources.servicebus, settings.inbox_queue, worker,
-            concurrency=settings.max_concurrent_sessions, idle_seconds=settings.session_idle_seconds,
-            renew_seconds=settings.session_renew_seconds,
-            accept_wait_seconds=settings.session_accept_wait_seconds,
-        )  # fmt: skip
-        running = asyncio.create_task(pump.run())
-        auth = Authenticator(settings.auth_config())
-        stack.push_async_callback(auth.close)
-        runner = web.AppRunner(
-            http_app(
-                metrics,
-                resources.store.get,
-                lambda: not running.done() and worker.health.available and pump.connected,
-                auth,
-            ),
-            access_log=None,
-        )
-        await runner.setup()
-        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-        try:
+    connected: list[Resources] = []  # once connected: the read API answers from its store
+    checks: list[Callable[[], bool]] = []  # once running: readiness
+
+    async def read_order(order_id: str) -> dict[str, Any] | None:
+        if not connected:
+            raise TransientStoreError("still connecting to Cosmos DB")
+        return await connected[0].store.get(order_id)
+
+    auth = Authenticator(settings.auth_config())
+    runner = web.AppRunner(
+        http_app(metrics, read_order, lambda: bool(checks) and checks[0](), auth), access_log=None
+    )
+    await runner.setup()
+    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+    try:
+        async with AsyncExitStack() as stack:
+            resources = await unless_stopped(
+                stop, stack.enter_async_context(open_resources(settings))
+            )
+            if resources is None:
+                LOG.info("stopped while connecting")
+                return
+            connected.append(resources)
+            worker = worker_of(settings, resources, metrics)
+            pump = SessionPump(
+                resources.servicebus, settings.inbox_queue, worker,
+                concurrency=settings.max_concurrent_sessions, idle_seconds=settings.session_idle_seconds,
+                renew_seconds=settings.session_renew_seconds,
+                accept_wait_seconds=settings.session_accept_wait_seconds,
+            )  # fmt: skip
+            running = asyncio.create_task(pump.run())
+            checks.append(lambda: not running.done() and worker.health.available and pump.connected)
             await asyncio.wait(
                 [running, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
             )
             LOG.info("stopping: finishing in-flight messages")
             pump.stop()
             await running
-        finally:
-            await runner.cleanup()
+    finally:
+        await runner.cleanup()
+        await auth.close()
     LOG.info("consumer stopped")
 
 
@@ -130,6 +139,9 @@ def main() -> None:
     telemetry = configure_telemetry(SERVICE, settings, METER)
     try:
         asyncio.run(run(settings, telemetry))
+    except ConfigurationError as error:
+        sys.stderr.write(f"eventflow-consumer: cannot start: {error}\n")
+        raise SystemExit(2) from None
     finally:
         telemetry.shutdown()
 

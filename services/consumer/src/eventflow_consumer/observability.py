@@ -8,10 +8,12 @@ store), served here as Prometheus text; names are listed in docs/observability.m
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import structlog
 from aiohttp import web
 from opentelemetry.metrics import CallbackOptions, Observation
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,8 +26,14 @@ from eventflow_contracts.auth import READ_ROLE, Authenticator, AuthError, author
 from eventflow_contracts.telemetry import Telemetry, metrics_only
 from eventflow_contracts.values import OrderId
 
+LOG = structlog.get_logger("eventflow_consumer.observability")
 PROBLEM = "application/problem+json"
 _ORDER_ID: TypeAdapter[str] = TypeAdapter(OrderId)
+READ_TIMEOUT_S = 10.0
+"""The read API's bound on one store read (the SDK's own read timeout is 65 s, retried): past it,
+503 store-unavailable."""
+READINESS_PROBE_ID = "readyz"
+"""The document /readyz reads (a point read that finds nothing: the store answers)."""
 
 
 SERVICE, METER = "consumer", "eventflow_consumer"  # the names its spans, logs and instruments carry
@@ -127,11 +135,37 @@ def problem(
     return web.json_response(body, status=status, content_type=PROBLEM, headers=headers or None)
 
 
+async def store_answer(
+    read_order: Callable[[str], Awaitable[dict[str, Any] | None]], order_id: str, within_s: float
+) -> dict[str, Any] | None:
+    """`read_order(order_id)` within `within_s` seconds. The id is valid by now, so no failure is the
+    caller's: each one (an outage, a stall, a refused identity, anything unforeseen: logged) is
+    raised as TransientStoreError, for a 503 rather than a 500."""
+    try:
+        async with asyncio.timeout(within_s):
+            return await read_order(order_id)
+    except TransientStoreError:
+        raise
+    except TimeoutError as error:
+        raise TransientStoreError(f"Cosmos DB did not answer within {within_s} s") from error
+    except Exception as error:
+        LOG.exception("the read API's store read failed", error=type(error).__name__)
+        raise TransientStoreError(f"the store read failed ({type(error).__name__})") from error
+
+
+def store_unavailable(error: TransientStoreError) -> web.Response:
+    retry = max(1, math.ceil(error.retry_after or 1))
+    return problem(503, "store-unavailable", "The projection store is unavailable", str(error),
+                   **{"Retry-After": str(retry)})  # fmt: skip
+
+
 def http_app(
     metrics: ConsumerMetrics,
     read_order: Callable[[str], Awaitable[dict[str, Any] | None]],
     ready: Callable[[], bool],
     auth: Authenticator | None = None,
+    *,
+    read_timeout_seconds: float = READ_TIMEOUT_S,
 ) -> web.Application:
     """`auth` None: authentication off (the emulator modes' default)."""
     authenticator = auth or Authenticator(None)
@@ -148,11 +182,9 @@ def http_app(
             return problem(400, "invalid-order-id", "Invalid order id",
                            "an order id is 1-64 letters, digits, '_' or '-', starting with a letter or digit")  # fmt: skip
         try:
-            found = await read_order(order_id)
+            found = await store_answer(read_order, order_id, read_timeout_seconds)
         except TransientStoreError as error:
-            retry = max(1, math.ceil(error.retry_after or 1))
-            return problem(503, "store-unavailable", "The projection store is unavailable",
-                           str(error), **{"Retry-After": str(retry)})  # fmt: skip
+            return store_unavailable(error)
         if found is None:
             return problem(404, "order-not-found", "No such order")
         return web.json_response(found)
@@ -161,11 +193,15 @@ def http_app(
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        return (
-            web.json_response({"status": "ready"})
-            if ready()
-            else web.json_response({"status": "not ready"}, status=503)
-        )
+        """Ready: the store answers a point read and the inbox is being worked (`ready`)."""
+        try:
+            await store_answer(read_order, READINESS_PROBE_ID, read_timeout_seconds)
+        except TransientStoreError as error:
+            return store_unavailable(error)
+        if not ready():
+            return problem(503, "not-ready", "Not ready", "not yet receiving from the inbox, or "
+                           "holding messages while the store fails", **{"Retry-After": "5"})  # fmt: skip
+        return web.json_response({"status": "ready"})
 
     async def prometheus(_: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(metrics.registry))

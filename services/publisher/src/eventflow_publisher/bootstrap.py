@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.cosmos import PartitionKey
+from azure.cosmos.exceptions import CosmosClientTimeoutError
+from azure.eventhub.exceptions import AuthenticationError, EventHubError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from eventflow_publisher.adapters.cosmos_changefeed import (
     CosmosChangeFeed,
@@ -22,8 +29,12 @@ from eventflow_publisher.adapters.cosmos_read_model import CosmosReadModelStore
 from eventflow_publisher.settings import Settings
 
 LOG = structlog.get_logger("eventflow_publisher.bootstrap")
-STARTUP_TIMEOUT_S = 120.0
+ATTEMPT_TIMEOUT_S = 15.0
+"""One connection attempt's bound: a stalled endpoint is an outage too, and the wait's log line
+must keep coming."""
+RETRY_MAX_WAIT_S = 10.0
 T = TypeVar("T")
+_REFUSALS = ("not-found", "unauthorized-access")  # AMQP conditions that no retry changes
 
 
 @dataclass(frozen=True)
@@ -37,19 +48,106 @@ class Resources:
     read_models: CosmosReadModelStore | None = None
 
 
-async def retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-    """Retry while a dependency is still starting (emulators, or the producer creating the
-    orders container), for up to STARTUP_TIMEOUT_S."""
-    deadline, delay = time.monotonic() + STARTUP_TIMEOUT_S, 0.5
-    while True:
-        try:
-            return await attempt()
-        except AzureError as error:
-            if time.monotonic() > deadline:
-                raise
-            LOG.warning(f"{what} not ready; retrying", error=type(error).__name__, retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+class ConfigurationError(Exception):
+    """A backend refuses this service for a reason a retry cannot fix (a wrong key, a missing role
+    assignment, a container that is not there and is not ours to create): the process exits 2."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # as the logs and errors say it
+    credential: str  # what to check when it refuses this service
+    missing: str  # what a 404 means is not there
+
+
+def _backends(settings: Settings) -> tuple[Backend, Backend]:
+    """Cosmos DB and Event Hubs, as this setup names them."""
+    role = "its role assignment" if settings.mode == "azure" else None
+    return (
+        Backend("Cosmos DB", role or "PUBLISHER_COSMOS_KEY",
+                f"container {settings.database}/{settings.orders_container} or "
+                f"{settings.database}/{settings.leases_container}, and this service does not "
+                "create them (PUBLISHER_CREATE_CONTAINERS)"),
+        Backend("Event Hubs", role or "PUBLISHER_EVENTHUBS_CONNECTION_STRING",
+                f"event hub {settings.eventhub_name}"),
+    )  # fmt: skip
+
+
+def _amqp_condition(error: BaseException) -> str | None:
+    """An Event Hubs error's AMQP condition without its "amqp:" ("not-found", ...), if any."""
+    return error.error if isinstance(error, EventHubError) else None
+
+
+def _setup_problem(backend: Backend, error: BaseException) -> ConfigurationError | None:
+    """What in the setup an error names (exit 2), or None when it is not a setup problem."""
+    status = getattr(error, "status_code", None)
+    condition = _amqp_condition(error)
+    if (
+        status in (401, 403)
+        or isinstance(error, AuthenticationError)
+        or condition == "unauthorized-access"
+    ):
+        return ConfigurationError(f"{backend.name} refused this service"
+                                  f"{f' ({status})' if status else ''}: check {backend.credential}")  # fmt: skip
+    if isinstance(error, ClientAuthenticationError):
+        return ConfigurationError(f"no credential for {backend.name}: {error.message}")
+    if status == 404 or condition == "not-found":
+        return ConfigurationError(f"{backend.name} has no {backend.missing}")
+    return None
+
+
+def _outage(settings: Settings, error: BaseException) -> bool:
+    """Whether `error` is a backend not answering yet (to wait out): no connection, no answer in
+    time, 408/429/449/5xx, or the orders container not there yet where the producer beside this
+    service creates it (emulators)."""
+    if isinstance(error, HttpResponseError):
+        status = error.status_code or 0
+        return status in (408, 429, 449) or status >= 500 or (
+            status == 404 and settings.creates_containers
+        )  # fmt: skip
+    if isinstance(error, AuthenticationError) or _amqp_condition(error) in _REFUSALS:
+        return False
+    return isinstance(
+        error, TimeoutError | ServiceRequestError | ServiceResponseError | CosmosClientTimeoutError
+        | EventHubError,
+    )  # fmt: skip
+
+
+async def waited_for(
+    backend: Backend, settings: Settings, stack: AsyncExitStack,
+    connect: Callable[[AsyncExitStack], Awaitable[T]],
+) -> T:  # fmt: skip
+    """`connect`'s result once `backend` answers: an outage (`_outage`, or an attempt silent past
+    ATTEMPT_TIMEOUT_S) is waited out with backoff for as long as it lasts, logging "still waiting
+    for <backend>" before each retry; only the caller's cancellation (the stop signal) ends the
+    wait. Each attempt opens its clients afresh (their own setup calls included) and closes them
+    when it fails. Raises ConfigurationError for a setup a retry cannot fix."""
+
+    def still_waiting(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        LOG.warning(
+            f"still waiting for {backend.name}", error=type(error).__name__,
+            attempts=state.attempt_number, retry_in_s=round(state.upcoming_sleep, 1),
+        )  # fmt: skip
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(lambda error: _outage(settings, error)), before_sleep=still_waiting,
+        wait=wait_exponential_jitter(multiplier=0.5, max=RETRY_MAX_WAIT_S), reraise=True,
+    )  # fmt: skip
+    async for attempt in retrying:
+        with attempt:
+            async with AsyncExitStack() as attempt_stack:
+                try:
+                    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                        connected = await connect(attempt_stack)
+                except Exception as error:
+                    problem = None if _outage(settings, error) else _setup_problem(backend, error)
+                    if problem is not None:
+                        raise problem from error
+                    raise
+                await stack.enter_async_context(attempt_stack.pop_all())
+                return connected
+    raise AssertionError("unreachable: the retry loop returns or raises")
 
 
 async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
@@ -81,7 +179,7 @@ async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
 
 
 async def _producer(settings: Settings, stack: AsyncExitStack) -> Any:
-    """The Event Hubs producer for the mode."""
+    """The Event Hubs producer for the mode, its send link open."""
     from azure.eventhub.aio import EventHubProducerClient as AzureProducer  # noqa: PLC0415
 
     if settings.mode != "azure":
@@ -96,27 +194,41 @@ async def _producer(settings: Settings, stack: AsyncExitStack) -> Any:
         credential = await stack.enter_async_context(DefaultAzureCredential())
         assert settings.eventhubs_namespace is not None
         producer = AzureProducer(settings.eventhubs_namespace, settings.eventhub_name, credential)
-    return await stack.enter_async_context(producer)
+    producer = await stack.enter_async_context(producer)
+    await producer.create_batch()  # opens the send link: the hub answers, and takes this identity
+    return producer
+
+
+async def _containers(settings: Settings, stack: AsyncExitStack) -> tuple[Any, Any, str]:
+    """The orders container (the producer owns and creates it), the leases container (created
+    where this service may create containers) and the orders container's identity."""
+    cosmos = await open_cosmos_client(settings, stack)
+    database = cosmos.get_database_client(settings.database)
+    if settings.creates_containers:
+        database = await cosmos.create_database_if_not_exists(settings.database)
+        leases = await database.create_container_if_not_exists(
+            id=settings.leases_container, partition_key=PartitionKey(path="/id"), default_ttl=-1
+        )
+    else:
+        leases = database.get_container_client(settings.leases_container)
+        await leases.read()
+    orders = database.get_container_client(settings.orders_container)
+    return orders, leases, await CosmosChangeFeed(orders).identity()
 
 
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    """The clients and stores, closed on exit, once Cosmos DB and Event Hubs answer
+    (`waited_for`: waits out outages, raises ConfigurationError for a wrong setup)."""
+    cosmos, eventhubs = _backends(settings)
     async with AsyncExitStack() as stack:
-        cosmos = await open_cosmos_client(settings, stack)
-        producer = await _producer(settings, stack)
-        database = cosmos.get_database_client(settings.database)
-        if settings.creates_containers:
-            database = await retrying(
-                "cosmos", lambda: cosmos.create_database_if_not_exists(settings.database)
-            )
-            leases = await retrying("cosmos", lambda: database.create_container_if_not_exists(
-                id=settings.leases_container, partition_key=PartitionKey(path="/id"), default_ttl=-1))  # fmt: skip
-        else:
-            leases = database.get_container_client(settings.leases_container)
-        orders = database.get_container_client(settings.orders_container)
-        await retrying("the orders container", orders.read)  # the producer owns and creates it
+        orders, leases, identity = await waited_for(
+            cosmos, settings, stack, lambda attempt: _containers(settings, attempt)
+        )
+        producer = await waited_for(
+            eventhubs, settings, stack, lambda attempt: _producer(settings, attempt)
+        )
         feed = CosmosChangeFeed(orders)
-        identity = await feed.identity()
         prefix = f"{settings.processor_name}:{identity}"
         LOG.info("resources ready", mode=settings.mode, prefix=prefix, hub=settings.eventhub_name,
                  write_pattern=settings.write_pattern)  # fmt: skip

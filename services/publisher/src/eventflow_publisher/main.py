@@ -1,7 +1,9 @@
 """Entry point: settings, logging, resources, the processor and the health endpoint.
 SIGTERM/SIGINT: stop reading, finish the in-flight page and its checkpoint, release the leases,
-close the clients. A stop signal while still connecting at start gives up the connecting (exit 0).
-Invalid settings: one line on stderr naming them, exit 2."""
+close the clients. Backends that are down at start are waited for, for as long as it takes (unready
+meanwhile); a stop signal while still connecting gives up the connecting (exit 0). Invalid settings
+or a setup a backend refuses (a wrong key, a missing role or container): one line on stderr naming
+the cause, exit 2."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pydantic import ValidationError
 
 from eventflow_contracts.telemetry import Telemetry, configure_telemetry
 from eventflow_publisher.adapters.eventhubs_sender import EventHubsSender
-from eventflow_publisher.bootstrap import Resources, open_resources
+from eventflow_publisher.bootstrap import ConfigurationError, Resources, open_resources
 from eventflow_publisher.changefeed import ChangeFeedProcessor, ProcessorOptions
 from eventflow_publisher.deriving import ENTITY_FIRST, OUTBOX
 from eventflow_publisher.observability import METER, SERVICE, PublisherMetrics, health_app
@@ -157,6 +159,9 @@ def main() -> None:
     telemetry = configure_telemetry(SERVICE, settings, METER)
     try:
         asyncio.run(run(settings, telemetry))
+    except ConfigurationError as error:
+        sys.stderr.write(f"eventflow-publisher: cannot start: {error}\n")
+        raise SystemExit(2) from None
     finally:
         telemetry.shutdown()
 

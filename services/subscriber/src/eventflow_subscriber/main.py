@@ -1,7 +1,8 @@
 """Entry point. SIGTERM/SIGINT: take no new batch, finish the in-flight ones and their checkpoints,
-close the consumer (releasing partition ownership) and the inbox sender. A stop signal while still
-connecting at start gives up the connecting (exit 0). Invalid settings: one line on stderr naming
-them, exit 2."""
+close the consumer (releasing partition ownership) and the inbox sender. Backends that are down at
+start are waited for, for as long as it takes (unready meanwhile); a stop signal while still
+connecting gives up the connecting (exit 0). Invalid settings or a setup a backend refuses (a wrong
+key, a missing role, container or queue): one line on stderr naming the cause, exit 2."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from eventflow_contracts.telemetry import Telemetry, configure_telemetry
 from eventflow_subscriber.adapters.eventhubs_reader import Subscription
 from eventflow_subscriber.adapters.servicebus_inbox import ServiceBusInbox
-from eventflow_subscriber.bootstrap import open_clients
+from eventflow_subscriber.bootstrap import ConfigurationError, open_clients
 from eventflow_subscriber.forwarding import Forwarder
 from eventflow_subscriber.observability import METER, SERVICE, SubscriberMetrics, health_app
 from eventflow_subscriber.settings import Settings
@@ -109,6 +110,9 @@ def main() -> None:
     telemetry = configure_telemetry(SERVICE, settings, METER)
     try:
         asyncio.run(run(settings, telemetry))
+    except ConfigurationError as error:
+        sys.stderr.write(f"eventflow-subscriber: cannot start: {error}\n")
+        raise SystemExit(2) from None
     finally:
         telemetry.shutdown()
 

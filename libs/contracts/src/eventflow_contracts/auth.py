@@ -262,10 +262,15 @@ class KeySet:
         )
 
     def _fetched_recently(self) -> bool:
-        return (
-            self._fetched_at is not None
-            and self._clock() - self._fetched_at < self._config.key_refresh_seconds
-        )
+        """A fetch that worked is not repeated for `key_refresh_seconds`; one that failed is
+        repeated after the Retry-After its 503 announced (or sooner), so one failed fetch at a
+        cold start does not refuse every caller for a whole refresh interval."""
+        if self._fetched_at is None:
+            return False
+        wait = self._config.key_refresh_seconds
+        if not self._fetch_worked:
+            wait = min(wait, KeySetUnavailableError.retry_after_seconds)
+        return self._clock() - self._fetched_at < wait
 
     async def _fetch(self) -> None:
         self.fetches += 1
@@ -351,7 +356,7 @@ class TokenValidator:
             claims = jwt.decode(
                 token, key, algorithms=[ALGORITHM], audience=config.audience, issuer=config.issuer,
                 leeway=config.leeway_seconds,
-                options={"require": ["exp", "nbf", "iat", "iss", "aud", "ver", "tid", "oid"]},
+                options={"require": ["exp", "nbf", "iat", "iss", "aud", "ver", "tid", "oid", "azp"]},
             )  # fmt: skip
         except jwt.ExpiredSignatureError:
             raise AuthError("the token has expired") from None
@@ -362,9 +367,13 @@ class TokenValidator:
         except jwt.InvalidIssuerError:
             raise AuthError("the token is from another issuer") from None
         except jwt.MissingRequiredClaimError as error:
+            if error.claim == "azp":  # v2 access tokens name their client; ID tokens do not
+                raise AuthError("the token is not an access token") from None
             raise AuthError(f"the token has no {error.claim} claim") from None
         except jwt.PyJWTError:
             raise AuthError("the token's signature does not verify") from None
+        if "nonce" in claims:  # an ID token (a sign-in's), never an access token for this API
+            raise AuthError("the token is not an access token")
         if claims["ver"] != TOKEN_VERSION:
             raise AuthError(f"the token must be version {TOKEN_VERSION}")
         if str(claims["tid"]).lower() != config.tenant_id:

@@ -71,6 +71,12 @@ def _bad_tokens(issuer: LocalIssuer) -> dict[str, str]:
         "wrong tenant": issuer.token(WRITE_ROLE, tid="00000000-0000-0000-0000-000000000000"),
         "v1": issuer.token(WRITE_ROLE, ver="1.0"),
         "no object id": issuer.token(WRITE_ROLE, oid=None),
+        # An ID token for the API's own registration (a sign-in at /docs or a SPA): same issuer,
+        # tenant, version, audience and the user's app roles, but no client (azp) and a nonce.
+        "id token": issuer.token(
+            WRITE_ROLE, azp=None, nonce="n-1", preferred_username="someone@example.com"
+        ),
+        "nonce": issuer.token(WRITE_ROLE, nonce="n-1"),
         "too long": "x" * 20000,
     }
 
@@ -78,7 +84,8 @@ def _bad_tokens(issuer: LocalIssuer) -> dict[str, str]:
 @pytest.mark.parametrize(
     "case",
     ["garbage", "another key", "alg none", "hs256 with the public key", "expired", "not yet valid",
-     "wrong audience", "wrong issuer", "wrong tenant", "v1", "no object id", "too long"],
+     "wrong audience", "wrong issuer", "wrong tenant", "v1", "no object id", "id token", "nonce",
+     "too long"],
 )  # fmt: skip
 async def test_a_bad_token_is_refused(
     issuer: LocalIssuer, validator: TokenValidator, case: str
@@ -169,6 +176,30 @@ async def test_unknown_keys_fetch_the_key_set_at_most_once_per_refresh_interval(
         assert keys.fetches == 1
         clock[0] += 61
         assert await validator.caller("Bearer " + issuer.token(READ_ROLE, key=issuer.rotate()))
+        assert keys.fetches == 2
+    finally:
+        await keys.close()
+
+
+async def test_a_failed_fetch_is_retried_after_its_retry_after_not_after_the_refresh_interval(
+    issuer: LocalIssuer,
+) -> None:
+    clock = [1000.0]
+    keys = KeySet(issuer.config(key_refresh_seconds=60.0), clock=lambda: clock[0])
+    validator = TokenValidator(issuer.config(), keys)
+    token = "Bearer " + issuer.token(READ_ROLE)
+    try:
+        issuer.down = True  # a cold start during a blip: nothing cached yet
+        with pytest.raises(KeySetUnavailableError) as unavailable:
+            await validator.caller(token)
+        retry_after = float(unavailable.value.headers["Retry-After"])
+        issuer.down = False
+        clock[0] += retry_after / 2
+        with pytest.raises(KeySetUnavailableError):  # not hammered: one fetch per Retry-After
+            await validator.caller(token)
+        assert keys.fetches == 1
+        clock[0] += retry_after / 2
+        assert await validator.caller(token)
         assert keys.fetches == 2
     finally:
         await keys.close()

@@ -21,6 +21,7 @@ from eventflow_consumer.projection import (
 )
 from eventflow_consumer.tracing import traced_processing
 from eventflow_contracts import ContractError, decode_event, read_routing
+from eventflow_contracts.lanes import belongs, parse_lane, session_id_for
 
 LOG = structlog.get_logger("eventflow_consumer.handling")
 MARKER_PROPERTY = "eventflow_unroutable"
@@ -97,11 +98,13 @@ class InboxHandler:
             return Decision(
                 "dead_letter", reason=error.reason.value, description=error.detail, poison=True
             )
-        if event.partitionkey != delivery.session_id:
-            # Applying it would change another order than the one its session serialises.
+        if not belongs(event.partitionkey, delivery.session_id):
+            # Applying it would change an order that its session does not serialise.
+            reason = "lane-mismatch" if parse_lane(delivery.session_id) else "session-mismatch"
             return Decision(
-                "dead_letter", reason="session-mismatch", sequence=event.sequence,
-                description=f"session {delivery.session_id!r} carries an event of order {event.partitionkey!r}",
+                "dead_letter", reason=reason, sequence=event.sequence,
+                description=f"session {delivery.session_id!r} carries an event of order {event.partitionkey!r}, "
+                            f"whose session is {_own_session(event.partitionkey, delivery.session_id)!r}",
             )  # fmt: skip
         applying = self._apply(event, accept_gap=accept_gap, skip_poison=skip_poison)
         return await traced_processing(event, delivery, applying)
@@ -130,6 +133,11 @@ class InboxHandler:
         except AlreadyAppliedError:
             return Decision("complete", duplicate="inbox", sequence=sequence)
         return Decision("complete", effect=True, sequence=sequence)
+
+
+def _own_session(order_id: str, session_id: str) -> str:
+    lane = parse_lane(session_id)
+    return session_id_for(order_id, lane.count if lane else 0)
 
 
 def _not_applicable(where: Position, order_id: str, sequence: int) -> Decision:

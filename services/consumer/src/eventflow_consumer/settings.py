@@ -7,6 +7,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eventflow_contracts.lanes import MAX_LANES
 from eventflow_contracts.telemetry import TelemetryFields
 
 # The Cosmos DB emulators' published well-known key (the official emulator's and this project's):
@@ -28,6 +29,14 @@ class Settings(BaseSettings, TelemetryFields):
     servicebus_namespace: str | None = None
     servicebus_connection_string: SecretStr | None = None
     inbox_queue: str = "inbox"
+    inbox_lanes: int = Field(
+        default=32,
+        ge=0,
+        le=MAX_LANES,
+        description="the inbox's lane count (eventflow_contracts.lanes), the same as the "
+        "subscriber's SUBSCRIBER_INBOX_LANES; 0 = one session per order. A resubmitted message goes to "
+        "its order's lane under this count",
+    )
     cosmos_endpoint: str | None = None
     cosmos_key: SecretStr | None = None
     database: str = "eventflow"

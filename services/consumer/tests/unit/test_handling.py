@@ -5,6 +5,7 @@ import pytest
 
 from eventflow_consumer.handling import Delivery, InboxHandler, properties_of
 from eventflow_consumer.ports import TransientStoreError
+from eventflow_contracts.lanes import Lane, lane_of, session_id_for
 
 from ..conftest import item_added, order_events  # type: ignore[import-not-found]
 from .fakes import FakeStore  # type: ignore[import-not-found]
@@ -112,6 +113,38 @@ async def test_a_message_whose_session_is_not_its_order_is_dead_lettered() -> No
         False,
     )
     assert store.log == []
+
+
+async def test_an_event_in_its_orders_lane_is_applied() -> None:
+    store, lane = FakeStore(), session_id_for("o1", 32)
+    decision = await InboxHandler(store).handle(
+        Delivery(order_events("o1")[0], "m", lane, 1, 0, {})
+    )
+    assert (decision.action, decision.effect) == ("complete", True)
+
+
+async def test_an_event_in_another_lane_is_dead_lettered_lane_mismatch() -> None:
+    store, own = FakeStore(), lane_of("o1", 32)
+    wrong = Lane(32, (own.index + 1) % 32).session_id
+    decision = await InboxHandler(store).handle(
+        Delivery(order_events("o1")[0], "m", wrong, 1, 0, {})
+    )
+    assert (decision.action, decision.reason, decision.poison) == (
+        "dead_letter",
+        "lane-mismatch",
+        False,
+    )
+    assert decision.description is not None
+    assert own.session_id in decision.description
+    assert store.log == []
+
+
+async def test_the_lane_check_uses_the_lane_count_the_session_id_names() -> None:
+    """While N changes, an event sent under the old count is in the right lane of that count."""
+    store = FakeStore()
+    old = session_id_for("o1", 16)
+    decision = await InboxHandler(store).handle(Delivery(order_events("o1")[0], "m", old, 1, 0, {}))
+    assert (decision.action, decision.effect) == ("complete", True)
 
 
 def test_properties_decode() -> None:

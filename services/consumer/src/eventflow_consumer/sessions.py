@@ -394,24 +394,31 @@ class SessionWorker:
     async def _through_outage(
         self, call: Callable[[], Awaitable[T]], stopping: Callable[[], bool]
     ) -> T:
-        """`call()`, retried with capped, jittered backoff for as long as the store is unavailable.
-        Raises LetGo when the worker stops meanwhile."""
-        delay = self._settings.retry_initial_seconds
-        while True:
-            try:
-                result = await call()
-            except ConcurrentWriteError:
-                await asyncio.sleep(random.uniform(0, self._settings.retry_initial_seconds))
-                continue
-            except TransientStoreError as error:
-                self.health.failed(error)
-                if stopping():
-                    raise LetGo(str(error)) from error
-                pause = error.retry_after if error.retry_after is not None else delay
-                await asyncio.sleep(
-                    min(pause, self._settings.retry_max_seconds) * random.uniform(0.5, 1.0)
-                )
-                delay = min(delay * 2, self._settings.retry_max_seconds)
-                continue
-            self.health.succeeded()
-            return result
+        return await through_outage(call, stopping, self.health, self._settings)
+
+
+async def through_outage(
+    call: Callable[[], Awaitable[T]],
+    stopping: Callable[[], bool],
+    health: StoreHealth,
+    settings: WorkerSettings,
+) -> T:
+    """`call()`, retried with capped, jittered backoff for as long as the store is unavailable (a
+    concurrent write: at once). Raises LetGo when the worker stops meanwhile."""
+    delay = settings.retry_initial_seconds
+    while True:
+        try:
+            result = await call()
+        except ConcurrentWriteError:
+            await asyncio.sleep(random.uniform(0, settings.retry_initial_seconds))
+            continue
+        except TransientStoreError as error:
+            health.failed(error)
+            if stopping():
+                raise LetGo(str(error)) from error
+            pause = error.retry_after if error.retry_after is not None else delay
+            await asyncio.sleep(min(pause, settings.retry_max_seconds) * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, settings.retry_max_seconds)
+            continue
+        health.succeeded()
+        return result

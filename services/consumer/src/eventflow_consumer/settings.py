@@ -37,6 +37,25 @@ class Settings(BaseSettings, TelemetryFields):
         "subscriber's SUBSCRIBER_INBOX_LANES; 0 = one session per order. A resubmitted message goes to "
         "its order's lane under this count",
     )
+    lane_max_in_flight: int = Field(
+        default=1000,
+        ge=1,
+        le=5000,
+        description="messages one held lane keeps at once (queued, in handling, early ones waiting)",
+    )
+    lane_prefetch: int = Field(
+        default=200, ge=0, le=1000, description="prefetch of a lane's receiver"
+    )
+    lane_retry_seconds: float = Field(
+        default=5.0, gt=0, description="how often a lane held elsewhere is tried again"
+    )
+    leftover_sessions: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="with lanes: sessions that are not this consumer's lanes (per-order sessions of "
+        "an earlier release, the unroutable-event session, lanes of another count) held at once",
+    )
     cosmos_endpoint: str | None = None
     cosmos_key: SecretStr | None = None
     database: str = "eventflow"

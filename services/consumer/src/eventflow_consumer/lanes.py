@@ -45,6 +45,7 @@ from eventflow_contracts import ContractError, read_routing
 
 LOG = structlog.get_logger("eventflow_consumer.lanes")
 RECEIVE_BATCH = 100
+BUSY_RECEIVE_WAIT_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,12 @@ class _Lane:
         self._expire_gaps()
 
     def _receive_wait(self) -> float:
+        """The idle wait, cut short by the next order's gap deadline; and short while orders are
+        being handled: a receive holds the lane's receiver (the SDK's receivers are not
+        coroutine-safe), so their settlements would queue behind a long one."""
         wait = self.settings.idle_seconds
+        if any(o.task is not None and not o.task.done() for o in self.orders.values()):
+            wait = min(wait, BUSY_RECEIVE_WAIT_SECONDS)
         deadlines = [o.waiting_until for o in self.orders.values() if o.waiting_until is not None]
         if deadlines:
             wait = max(0.0, min(wait, min(deadlines) - self.worker._clock()))

@@ -141,7 +141,7 @@ async def test_a_lane_lock_lost_under_load_costs_a_delivery_and_no_dead_letter(
         )
         assert expired >= 1
         await backends.send(*messages[len(messages) // 2 :])
-        await until(summaries_at(resources, dict.fromkeys(orders, 4)), "every order applied", 60)
+        await until(summaries_at(resources, dict.fromkeys(orders, 4)), "every order applied", 120)
     assert await backends.dead_letters() == []
 
 

@@ -33,7 +33,18 @@ async def test_the_same_event_twice_changes_nothing_the_second_time() -> None:
     again = await handle(store, created)
     assert (again.action, again.effect, again.duplicate) == ("complete", False, "sequence")
     assert store.commits == 1
-    assert store.log == ["load"]  # one read per event: no inbox-mark read before it
+    # the create is refused (the summary exists), then the summary is read; no inbox-mark read
+    assert store.log == ["commit", "load"]
+
+
+async def test_an_orders_first_event_is_created_without_a_read() -> None:
+    store = FakeStore()
+    decision = await handle(store, order_events("o1")[0])
+    assert (decision.action, decision.effect) == ("complete", True)
+    assert store.log == ["commit"]  # one store call per new order
+    store.log.clear()
+    await handle(store, order_events("o1")[1])
+    assert store.log == ["load", "commit"]  # a later event reads the summary first
 
 
 async def test_a_copy_that_races_the_first_write_meets_its_mark_in_the_commit() -> None:

@@ -106,11 +106,11 @@ async def test_an_unexpected_error_abandons_that_message_and_backs_off_that_orde
     class OneOrderBroken(FakeStore):
         failures = 1
 
-        async def load(self, order_id: str) -> Any:
-            if order_id == "a" and self.failures:
+        async def commit(self, summary: Any, *args: Any) -> None:
+            if summary.order_id == "a" and self.failures:
                 self.failures -= 1
                 raise RuntimeError("a bug")
-            return await super().load(order_id)
+            await super().commit(summary, *args)
 
     store, channel, observer = OneOrderBroken(), FakeChannel(LANE), Abandons()
     channel.add(order_events("a")[0])

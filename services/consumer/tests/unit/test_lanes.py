@@ -172,3 +172,21 @@ async def until(check: Callable[[], bool], wait: float = 10.0) -> None:
     while not check():
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.005)
+
+
+def test_the_consumer_holds_its_lanes_unless_there_are_none_or_the_block_policy_runs() -> None:
+    from eventflow_consumer.bootstrap import Resources  # noqa: PLC0415
+    from eventflow_consumer.main import lanes_of, worker_of  # noqa: PLC0415
+    from eventflow_consumer.observability import ConsumerMetrics  # noqa: PLC0415
+    from eventflow_consumer.settings import Settings  # noqa: PLC0415
+
+    resources = Resources(servicebus=object(), store=FakeStore())  # type: ignore[arg-type]
+    metrics = ConsumerMetrics()
+
+    def holder(**changes: Any) -> Any:
+        settings = Settings(mode="local", **changes)
+        return lanes_of(settings, resources, worker_of(settings, resources, metrics), metrics)
+
+    assert holder()._session_ids == [f"lanes32-{n}" for n in range(32)]
+    assert holder(inbox_lanes=0) is None  # one session per order: all through the session pump
+    assert holder(poison_policy="block") is None  # the session pump blocks a whole lane

@@ -172,18 +172,23 @@ async def test_one_failing_session_never_stops_the_others(backends: Backends) ->
 
 
 class BrokenFor:
-    """The real store, except that every read of one order fails with an unexpected error."""
+    """The real store, except that every read and write of one order fails with an unexpected
+    error (an order's first event is written without a read)."""
 
     def __init__(self, order_id: str, store: Any) -> None:
         self._order_id, self._store = order_id, store
 
-    async def load(self, order_id: str) -> Any:
+    def _check(self, order_id: str) -> None:
         if order_id == self._order_id:
             raise RuntimeError("a bug that only this order meets")
+
+    async def load(self, order_id: str) -> Any:
+        self._check(order_id)
         return await self._store.load(order_id)
 
-    async def commit(self, *args: Any) -> None:
-        await self._store.commit(*args)
+    async def commit(self, summary: Any, *args: Any) -> None:
+        self._check(summary.order_id)
+        await self._store.commit(summary, *args)
 
 
 def _async(check: Callable[[], bool]) -> Callable[[], Any]:

@@ -1,6 +1,6 @@
 """Consumer throughput and CPU per event, on the real SDKs against the project's emulators.
 
-Per round and per shape (one event per session, ten events per session), in processes of their own:
+Per round and per shape (one event per order, ten events per order), in processes of their own:
 the messaging emulator (its repository config: the `inbox` queue with sessions and duplicate
 detection), the Cosmos DB emulator and one consumer process (`python -m eventflow_consumer.main`,
 its default settings unless --concurrency is given). Once the consumer answers /readyz, this process
@@ -14,12 +14,19 @@ last `applied` log line.
 - own code: CPU per event of the consumer's session worker and handler alone (decode, duplicate
   checks, projection) against an in-memory channel and store, in this process (process time),
   without its logging (only warnings and errors are formatted here).
-- SDK floor: what azure-servicebus alone costs per session, with no consumer code and no store: a
-  bare client in this process (one shared SSL context, as the consumer's) accepts the next session
-  with its first receive, completes its one message and closes the receiver, `concurrency` sessions
-  at a time. Its process CPU per session bounds what one core can do with one event per session.
+- Inbox shapes: what azure-servicebus alone costs per message, with no consumer code and no store,
+  for the three shapes an inbox can have (a bare client in this process, one shared SSL context
+  as the consumer's; messages sent, then drained; wall time includes the sends): one session per
+  message (accept with the first receive, complete, close; 64 at a time), 16 session ids each
+  drained by one long-held receiver (prefetch 200, receives of up to 100, the batch's completes
+  issued together), a plain queue with one such receiver.
+- load: the 1-minute load average (uptime's first figure) when each round starts; the machine may
+  be shared, so read every figure next to it.
 
-    uv run python benchmarks/consumer.py [--messages 400] [--rounds 3] [--concurrency N]
+The inbox is the consumer's default (CONSUMER_INBOX_LANES, 32 lanes) unless --lanes says otherwise
+(0: one session per order, the pump of earlier releases).
+
+    uv run python benchmarks/consumer.py [--messages 1000] [--rounds 3] [--lanes N] [--shape-messages 3000]
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
 
 from eventflow_consumer.handling import Delivery, InboxHandler
+from eventflow_consumer.lanes import LaneSettings, LaneWorker
 from eventflow_consumer.ports import Inbound
 from eventflow_consumer.projection import OrderSummary
 from eventflow_consumer.sessions import SessionWorker
@@ -63,6 +71,7 @@ from eventflow_contracts import (
     encode_event,
     new_event,
 )
+from eventflow_contracts.lanes import session_id_for
 from eventflow_emulators.cosmos.testing import cosmos_emulator
 from eventflow_emulators.messaging.testing import messaging_emulator
 
@@ -165,14 +174,16 @@ async def send_all(connection_string: str, messages: list[ServiceBusMessage]) ->
             await sender.send_messages(messages[start : start + SEND_BATCH])
 
 
-def end_to_end(messages: int, per_session: int, concurrency: int, folder: Path) -> dict[str, Any]:
+def end_to_end(
+    messages: int, per_session: int, concurrency: int, lanes: int, folder: Path
+) -> dict[str, Any]:
     sessions = max(messages // per_session, 1)
     total = sessions * per_session
     outgoing = [
-        ServiceBusMessage(raw, session_id=f"o{n}", message_id=orjson.loads(raw)["id"])
+        ServiceBusMessage(raw, session_id=session_id_for(f"o{n}", lanes), message_id=orjson.loads(raw)["id"])
         for n in range(sessions)
         for raw in order_events(f"o{n}", per_session)
-    ]
+    ]  # fmt: skip
     with ExitStack() as stack:
         messaging = stack.enter_context(messaging_emulator(folder / "messaging"))
         cosmos = stack.enter_context(cosmos_emulator(folder / "cosmos"))
@@ -180,12 +191,16 @@ def end_to_end(messages: int, per_session: int, concurrency: int, folder: Path) 
         env = {**os.environ, "CONSUMER_MODE": "emulator",
                "CONSUMER_SERVICEBUS_CONNECTION_STRING": messaging.connection_string,
                "CONSUMER_COSMOS_ENDPOINT": cosmos.endpoint, "CONSUMER_COSMOS_KEY": cosmos.key,
-               "CONSUMER_HTTP_PORT": str(port), "CONSUMER_MAX_CONCURRENT_SESSIONS": str(concurrency)}  # fmt: skip
+               "CONSUMER_HTTP_PORT": str(port), "CONSUMER_MAX_CONCURRENT_SESSIONS": str(concurrency),
+               "CONSUMER_INBOX_LANES": str(lanes)}  # fmt: skip
         consumer = ConsumerProcess(
             env, total, {"messaging emulator": messaging.pid, "cosmos emulator": cosmos.pid}
         )
         stack.callback(consumer.stop)
         consumer.wait_ready(port)
+        load = os.getloadavg()[
+            0
+        ]  # the machine's load when the round starts (uptime's first figure)
         before = consumer.cpu()
         started = time.perf_counter()
         asyncio.run(send_all(messaging.connection_string, outgoing))
@@ -194,7 +209,9 @@ def end_to_end(messages: int, per_session: int, concurrency: int, folder: Path) 
         elapsed = consumer.finished_at - started
         cpu = {name: consumer.cpu_at_end[name] - before[name] for name in before}
     return {
+        "orders": sessions,
         "sessions": sessions,
+        "load_average_1m": round(load, 2),
         "messages": total,
         "seconds": round(elapsed, 2),
         "events_per_s": round(total / elapsed, 1),
@@ -220,37 +237,74 @@ async def _bare_session(client: ServiceBusClient, timings: dict[str, list[float]
     timings["close"].append(time.perf_counter() - completed)
 
 
-async def _bare_run(connection_string: str, sessions: int, concurrency: int) -> dict[str, Any]:
-    await send_all(connection_string, [ServiceBusMessage(b"{}", session_id=f"bare{n}", message_id=f"bare{n}")
-                                       for n in range(sessions)])  # fmt: skip
+async def _drain_held(
+    client: ServiceBusClient, queue: str, session_id: str | None, left: list[int]
+) -> None:
+    """One long-held receiver (prefetch 200, receives of up to 100, the batch's completes issued
+    together) until `left[0]` messages are completed over all receivers."""
+    receiver = client.get_queue_receiver(queue, session_id=session_id, prefetch_count=200)
+    async with receiver:
+        while left[0] > 0:
+            batch = await receiver.receive_messages(max_message_count=100, max_wait_time=1)
+            await asyncio.gather(*(receiver.complete_message(m) for m in batch))
+            left[0] -= len(batch)
+
+
+async def _inbox_shape(connection_string: str, shape: str, count: int) -> dict[str, Any]:
+    """`count` messages sent then drained by a bare azure-servicebus client in one of three inbox
+    shapes; wall time and this process's CPU include the sends."""
     context = ssl.create_default_context(cafile=certifi.where())
-    timings: dict[str, list[float]] = {"accept + first receive": [], "complete": [], "close": []}
+    queue = "conformance-plain" if shape == "plain queue" else "inbox"
+    sessions: list[str | None] = [None] * count  # the plain queue
+    if shape == "one session per message":
+        sessions = [f"m{n}" for n in range(count)]
+    elif shape == "16 held lanes":
+        sessions = [f"lane{n % 16}" for n in range(count)]
+    cpu, started = time.process_time(), time.perf_counter()
     async with ServiceBusClient.from_connection_string(
         connection_string, ssl_context=context
     ) as client:
-        gate = asyncio.Semaphore(concurrency)
+        async with client.get_queue_sender(queue) as sender:
+            for start in range(0, count, SEND_BATCH):
+                await sender.send_messages([ServiceBusMessage(b"{}", session_id=sessions[n], message_id=f"{shape}{n}")
+                                            for n in range(start, min(start + SEND_BATCH, count))])  # fmt: skip
+        if shape == "one session per message":
+            timings: dict[str, list[float]] = {
+                "accept + first receive": [],
+                "complete": [],
+                "close": [],
+            }
+            gate = asyncio.Semaphore(64)
 
-        async def one() -> None:
-            async with gate:
-                await _bare_session(client, timings)
+            async def one() -> None:
+                async with gate:
+                    await _bare_session(client, timings)
 
-        cpu, started = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(sessions)))
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {"sessions": sessions, "concurrency": concurrency,
-            "sessions_per_s": round(sessions / elapsed, 1),
-            "cpu_us_per_session": round(cpu / sessions * 1e6),
-            "wall_ms_p50": {step: round(statistics.median(v) * 1e3, 1) for step, v in timings.items()}}  # fmt: skip
+            await asyncio.gather(*(one() for _ in range(count)))
+        else:
+            left = [count]
+            ids: list[str | None] = (
+                sorted(set(sessions), key=str) if shape == "16 held lanes" else [None]
+            )
+            await asyncio.gather(*(_drain_held(client, queue, i, left) for i in ids))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"shape": shape, "messages": count, "messages_per_s": round(count / elapsed, 1),
+            "client_cpu_us_per_message": round(cpu / count * 1e6)}  # fmt: skip
 
 
-def sdk_floor(sessions: int, concurrency: int, folder: Path) -> dict[str, Any]:
-    """azure-servicebus alone, per session (see the module's docstring)."""
-    with messaging_emulator(folder / "messaging") as messaging:
-        before = cpu_seconds(messaging.pid)
-        result = asyncio.run(_bare_run(messaging.connection_string, sessions, concurrency))
-        emulator = cpu_seconds(messaging.pid) - before
-    result["messaging_emulator_cpu_us_per_session"] = round(emulator / sessions * 1e6)
-    return result
+def inbox_shapes(count: int, folder: Path) -> list[dict[str, Any]]:
+    """The inbox-shape comparison, each shape on a fresh messaging emulator."""
+    results = []
+    for shape in ("one session per message", "16 held lanes", "plain queue"):
+        with messaging_emulator(folder / shape.replace(" ", "-")) as messaging:
+            load = os.getloadavg()[0]
+            before = cpu_seconds(messaging.pid)
+            result = asyncio.run(_inbox_shape(messaging.connection_string, shape, count))
+            emulator = cpu_seconds(messaging.pid) - before
+        result["messaging_emulator_cpu_us_per_message"] = round(emulator / count * 1e6)
+        result["load_average_1m"] = round(load, 2)
+        results.append(result)
+    return results
 
 
 class _Channel:
@@ -266,6 +320,7 @@ class _Channel:
         return None
 
     async def receive(self, max_count: int, wait: float) -> list[Inbound]:
+        await asyncio.sleep(0)  # a receive always yields, as the SDK's does
         batch, self._inbound = self._inbound[:max_count], self._inbound[max_count:]
         return batch
 
@@ -314,29 +369,30 @@ class _MemoryStore:
         return None
 
 
-async def own_cpu(messages: int, per_session: int) -> float:
+async def own_cpu(messages: int, per_session: int, lanes: int) -> float:
+    """The session worker's (no lanes) or the lane worker's own CPU per event."""
     sessions = max(messages // per_session, 1)
-    channels = [
-        _Channel(f"o{n}", [Inbound(Delivery(raw, orjson.loads(raw)["id"], f"o{n}", s, 0, {}), s)
-                           for s, raw in enumerate(order_events(f"o{n}", per_session))])
-        for n in range(sessions)
+    inbound = [
+        Inbound(Delivery(raw, orjson.loads(raw)["id"], session_id_for(f"o{n}", lanes), s, 0, {}), s)
+        for n in range(sessions) for s, raw in enumerate(order_events(f"o{n}", per_session))
     ]  # fmt: skip
     store = _MemoryStore()
-    worker = SessionWorker(InboxHandler(store), store)
     started = time.process_time()
-    for channel in channels:
-        await worker.drain(channel, idle_seconds=0, stopping=lambda: False)
+    if lanes:
+        by_lane: dict[str, list[Inbound]] = {}
+        for message in inbound:
+            by_lane.setdefault(message.delivery.session_id, []).append(message)
+        worker = LaneWorker(InboxHandler(store), LaneSettings(idle_seconds=0))
+        for session_id, messages_of_lane in by_lane.items():
+            target = worker.settled + len(messages_of_lane)
+            await worker.hold(_Channel(session_id, messages_of_lane),
+                              stopping=lambda: worker.settled >= target)  # fmt: skip  # noqa: B023
+    else:
+        sessions_worker = SessionWorker(InboxHandler(store), store)
+        for n in range(sessions):
+            channel = _Channel(f"o{n}", inbound[n * per_session : (n + 1) * per_session])
+            await sessions_worker.drain(channel, idle_seconds=0, stopping=lambda: False)
     return round((time.process_time() - started) / (sessions * per_session) * 1e6, 1)
-
-
-def floor_rounds(rounds: int, sessions: int, concurrency: int) -> dict[str, Any]:
-    """The SDK floor's median round (by CPU per session)."""
-    results = []
-    for _ in range(rounds):
-        with tempfile.TemporaryDirectory(prefix="bench-consumer-sdk-") as folder:
-            results.append(sdk_floor(sessions, concurrency, Path(folder)))
-    results.sort(key=lambda r: r["cpu_us_per_session"])
-    return results[len(results) // 2]
 
 
 def main() -> None:
@@ -345,12 +401,16 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=None,
                         help="the consumer's concurrent sessions (default: its setting's default)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--floor-sessions", type=int, default=200)
+    parser.add_argument("--lanes", type=int, default=None,
+                        help="CONSUMER_INBOX_LANES (default: its setting's default; 0 = a session per order)")  # fmt: skip
+    parser.add_argument("--shape-messages", type=int, default=3000,
+                        help="messages of the bare-SDK inbox-shape comparison (0: skip it)")  # fmt: skip
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "consumer.json"
     )
     args = parser.parse_args()
     concurrency = args.concurrency or int(Settings.model_fields["max_concurrent_sessions"].default)
+    lanes = int(Settings.model_fields["inbox_lanes"].default) if args.lanes is None else args.lanes
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     shapes: dict[int, dict[str, Any]] = {}
     for per_session in (1, 10):
@@ -360,64 +420,66 @@ def main() -> None:
                 f"consumer, {per_session} per session: round {round_number + 1}/{args.rounds} ...\n"
             )
             with tempfile.TemporaryDirectory(prefix="bench-consumer-") as folder:
-                rounds.append(end_to_end(args.messages, per_session, concurrency, Path(folder)))
-            own.append(asyncio.run(own_cpu(args.messages, per_session)))
+                rounds.append(
+                    end_to_end(args.messages, per_session, concurrency, lanes, Path(folder))
+                )
+            own.append(asyncio.run(own_cpu(args.messages, per_session, lanes)))
         rounds.sort(key=lambda r: r["events_per_s"])
         shapes[per_session] = {"median_round": rounds[len(rounds) // 2],
                                "rounds_events_per_s": [r["events_per_s"] for r in rounds],
                                "own_code_cpu_us_per_event_median": statistics.median(own)}  # fmt: skip
-    sys.stderr.write("azure-servicebus alone: one session at a time, then concurrently ...\n")
-    # One at a time shows each step's wall time; a quarter of the sessions is enough for that.
-    floors = {"1": floor_rounds(args.rounds, max(args.floor_sessions // 4, 10), 1),
-              str(concurrency): floor_rounds(args.rounds, args.floor_sessions, concurrency)}  # fmt: skip
+    floors: list[dict[str, Any]] = []
+    if args.shape_messages:
+        sys.stderr.write("azure-servicebus alone: the three inbox shapes ...\n")
+        with tempfile.TemporaryDirectory(prefix="bench-consumer-shapes-") as folder:
+            floors = inbox_shapes(args.shape_messages, Path(folder))
     report = {"scenario": "consumer", "transport": "azure-servicebus + azure-cosmos on the project's emulators",
-              "concurrent_sessions": concurrency, "events": args.messages, "rounds": args.rounds,
+              "lanes": lanes, "concurrent_sessions": concurrency, "events": args.messages, "rounds": args.rounds,
               "cpu": "/proc/<pid>/stat utime + stime per process; own code and SDK floor: process time in-process",
               "events_per_session": {str(k): v for k, v in shapes.items()},
-              "sdk_floor_by_concurrency": floors}  # fmt: skip
+              "inbox_shapes": floors}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    sys.stdout.write("\n".join(report_lines(args, concurrency, shapes, floors)) + "\n")
+    sys.stdout.write("\n".join(report_lines(args, lanes, shapes, floors)) + "\n")
 
 
 def report_lines(
     args: argparse.Namespace,
-    concurrency: int,
+    lanes: int,
     shapes: dict[int, dict[str, Any]],
-    floors: dict[str, dict[str, Any]],
+    floors: list[dict[str, Any]],
 ) -> list[str]:
+    inbox = f"{lanes} lanes" if lanes else "one session per order"
     lines = [
         f"consumer on the real SDKs: messaging emulator → consumer process → Cosmos DB emulator; "
-        f"{args.messages} events per shape, {concurrency} concurrent sessions, median of {args.rounds} rounds",
-        "CPU: /proc/<pid>/stat utime + stime of each process over the run; own code: process time, in-process",
+        f"{args.messages} events per shape, inbox: {inbox}, median of {args.rounds} rounds",
+        "CPU: /proc/<pid>/stat utime + stime of each process over the run; own code: process time, in-process;"
+        " load: the 1-minute load average (uptime) when the round started",
         "",
-        "| events per session | sessions | events/s | rounds (events/s) | consumer CPU µs/event "
+        "| events per order | orders | events/s | rounds (events/s) | load | consumer CPU µs/event "
         "| messaging emulator CPU µs/event | Cosmos emulator CPU µs/event | own code CPU µs/event |",
-        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for per_session, shape in shapes.items():
         median, cpu = shape["median_round"], shape["median_round"]["cpu_us_per_event"]
         lines.append(
-            f"| {per_session} | {median['sessions']} | {median['events_per_s']} | {shape['rounds_events_per_s']} "
-            f"| {cpu['consumer']} | {cpu['messaging emulator']} | {cpu['cosmos emulator']} "
+            f"| {per_session} | {median['orders']} | {median['events_per_s']} | {shape['rounds_events_per_s']} "
+            f"| {median['load_average_1m']} | {cpu['consumer']} | {cpu['messaging emulator']} | {cpu['cosmos emulator']} "
             f"| {shape['own_code_cpu_us_per_event_median']} |"
         )
-    lines += [
-        "",
-        "azure-servicebus alone (sessions of one message: accept with the first receive, complete, "
-        "close), median of the rounds:",
-        "",
-        "| sessions at a time | sessions | sessions/s | client CPU µs/session | messaging emulator CPU µs/session "
-        "| accept + first receive p50 ms | complete p50 ms | close p50 ms |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for at_once, floor in floors.items():
-        wall = floor["wall_ms_p50"]
-        lines.append(
-            f"| {at_once} | {floor['sessions']} | {floor['sessions_per_s']} | {floor['cpu_us_per_session']} "
-            f"| {floor['messaging_emulator_cpu_us_per_session']} | {wall['accept + first receive']} "
-            f"| {wall['complete']} | {wall['close']} |"
-        )
+    if floors:
+        lines += [
+            "",
+            "azure-servicebus alone, the inbox's shape (messages sent, then drained; wall time includes the sends):",
+            "",
+            "| shape | messages | messages/s | client CPU µs/message | messaging emulator CPU µs/message | load |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for floor in floors:
+            lines.append(
+                f"| {floor['shape']} | {floor['messages']} | {floor['messages_per_s']} | {floor['client_cpu_us_per_message']} "
+                f"| {floor['messaging_emulator_cpu_us_per_message']} | {floor['load_average_1m']} |"
+            )
     return lines
 
 

@@ -225,7 +225,11 @@ class _NullSender:
 async def own_cpu(count: int, batch_size: int) -> float:
     events = [HubEvent(body, "0", str(n), n) for n, (_, body) in enumerate(bodies(count))]
     forwarder = Forwarder(
-        ServiceBusInbox(_NullSender()), hub=HUB, subscribed=None, max_message_bytes=250_000
+        ServiceBusInbox(_NullSender()),
+        hub=HUB,
+        subscribed=None,
+        max_message_bytes=250_000,
+        lanes=32,
     )
     started = time.process_time()
     for chunk in range(0, count, batch_size):

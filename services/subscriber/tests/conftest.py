@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 import pytest
 from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient
@@ -29,6 +30,7 @@ from azure.servicebus.exceptions import OperationTimeoutError
 from azure.storage.blob.aio import BlobServiceClient
 
 from eventflow_contracts import OrderCancelled, OrderItemAdded, OrderLine, encode_event, new_event
+from eventflow_contracts.lanes import belongs
 from eventflow_emulators.messaging.testing import RunningMessagingEmulator, messaging_emulator
 
 HUB, GROUP, INBOX, PARTITIONS = "orders", "inbox-subscriber", "inbox", 4
@@ -150,11 +152,23 @@ async def publish(backends: Backends, bodies: list[tuple[str, bytes]]) -> None:
             await producer.send_batch(batch)
 
 
+def order_of(message: Any) -> str:
+    """The order a message's event belongs to, checked against its session (its lane)."""
+    session_id = str(message.session_id)
+    if (message.application_properties or {}).get(b"eventflow_unroutable"):
+        return session_id
+    order_id = str(orjson.loads(b"".join(message.body))["partitionkey"])
+    assert belongs(order_id, session_id), f"{order_id} travels in {session_id}"
+    return order_id
+
+
 async def read_inbox(
     backends: Backends, queue: str = INBOX, readers: int = 8
 ) -> dict[str, list[Any]]:
-    """Every message of every session, completed, by session id, in session order. `readers`
-    session receivers take the next available session side by side until none is left."""
+    """Every message, completed, by order (markers by their session id), in session order. Orders
+    share lanes (sessions), so each message is checked to travel in its order's lane and grouped
+    by its order: a session keeps its order's events in sequence. `readers` session receivers take
+    the next available session side by side until none is left."""
     sessions: dict[str, list[Any]] = {}
 
     async def reader(client: ServiceBusClient) -> None:
@@ -171,7 +185,7 @@ async def read_inbox(
                     max_message_count=100, max_wait_time=0.5
                 ):
                     for message in messages:
-                        sessions.setdefault(message.session_id, []).append(message)
+                        sessions.setdefault(order_of(message), []).append(message)
                         await receiver.complete_message(message)
 
     # retry_total=0: the SDK retries the accept of a next available session that timed out (three

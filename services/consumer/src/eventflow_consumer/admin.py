@@ -10,7 +10,8 @@
 
 Uses the consumer's own settings (CONSUMER_* environment variables). A resubmitted copy gets a new
 message id by default, so Service Bus duplicate detection cannot drop it, and the original leaves
-the dead-letter queue only once the copy is sent (the consumer's inbox marks still keep the effect
+the dead-letter queue only once the copy is sent, in its order's lane under CONSUMER_INBOX_LANES
+(recomputed: the lane it was dead-lettered in may be another count's) (the consumer's inbox marks still keep the effect
 once: they are keyed by the event id in the body). With --keep-message-id the copy keeps the
 original id, which Service Bus silently drops inside the duplicate-detection window: the original
 then stays in the dead-letter queue, to be purged by hand once the copy is seen handled.
@@ -38,10 +39,12 @@ from azure.servicebus.exceptions import (
 
 from eventflow_consumer.adapters.servicebus_sessions import ServiceBusSessionChannel
 from eventflow_consumer.bootstrap import Resources, open_resources
-from eventflow_consumer.handling import body_of, properties_of
+from eventflow_consumer.handling import MARKER_PROPERTY, body_of, properties_of
 from eventflow_consumer.main import worker_of
 from eventflow_consumer.sessions import NotBlocked
 from eventflow_consumer.settings import Settings
+from eventflow_contracts import ContractError, read_routing
+from eventflow_contracts.lanes import session_id_for
 
 PAGE = 100
 
@@ -92,10 +95,26 @@ async def dead_letters(resources: Resources, settings: Settings, limit: int) -> 
     return 0
 
 
-def copy_of(message: Any, message_id: str) -> ServiceBusMessage:
+def session_of_copy(body: bytes, properties: dict[str, Any], session_id: str, lanes: int) -> str:
+    """The session a resubmitted copy goes to: its order's lane under today's lane count (the lane
+    it was dead-lettered in may belong to another count, or be the wrong one: `lane-mismatch`).
+    A marker, or a body whose order cannot be read, keeps the session it came from."""
+    if properties.get(MARKER_PROPERTY):
+        return session_id
+    try:
+        order_id = read_routing(body).partitionkey
+    except ContractError:
+        return session_id
+    return session_id_for(order_id, lanes)
+
+
+def copy_of(message: Any, message_id: str, lanes: int) -> ServiceBusMessage:
     properties: dict[str | bytes, Any] = dict(properties_of(message.application_properties).items())
+    body = body_of(message.body)
+    session_id = session_of_copy(body, properties_of(message.application_properties),
+                                 str(message.session_id), lanes)  # fmt: skip
     return ServiceBusMessage(
-        body_of(message.body), message_id=message_id, session_id=message.session_id, subject=message.subject,
+        body, message_id=message_id, session_id=session_id, subject=message.subject,
         content_type=message.content_type, application_properties=properties,
     )  # fmt: skip
 
@@ -128,7 +147,7 @@ async def resubmit(
                         passed.append(message)
                         continue
                     wanted.discard(message.message_id)
-                    await _move(dlq, sender, message, keep_ids, passed)
+                    await _move(dlq, sender, message, keep_ids, passed, settings.inbox_lanes)
                     moved += 1
         finally:
             for message in passed:
@@ -139,18 +158,21 @@ async def resubmit(
     return 1 if wanted or (ids and not moved) else 0
 
 
-async def _move(dlq: Any, sender: Any, message: Any, keep_ids: bool, passed: list[Any]) -> None:
+async def _move(
+    dlq: Any, sender: Any, message: Any, keep_ids: bool, passed: list[Any], lanes: int
+) -> None:
     message_id = (
         message.message_id
         if keep_ids
         else f"{message.message_id}:resubmitted:{uuid.uuid4().hex[:8]}"[-128:]
     )
-    await sender.send_messages(copy_of(message, message_id))
+    copy = copy_of(message, message_id, lanes)
+    await sender.send_messages(copy)
     if keep_ids:
         passed.append(message)  # a copy with the same id may be dropped as a duplicate: keep it
     else:
         await dlq.complete_message(message)
-    emit({"resubmitted": message.message_id, "as": message_id, "session_id": message.session_id,
+    emit({"resubmitted": message.message_id, "as": message_id, "session_id": copy.session_id,
           "original": "kept in the dead-letter queue" if keep_ids else "removed"})  # fmt: skip
 
 

@@ -17,14 +17,17 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from eventflow_consumer.adapters.servicebus_lanes import LaneHolder
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump
 from eventflow_consumer.bootstrap import ConfigurationError, Resources, open_resources
 from eventflow_consumer.handling import InboxHandler
+from eventflow_consumer.lanes import LaneSettings, LaneWorker
 from eventflow_consumer.observability import METER, SERVICE, ConsumerMetrics, http_app
 from eventflow_consumer.ports import TransientStoreError
 from eventflow_consumer.sessions import PoisonPolicy, SessionWorker, WorkerSettings
 from eventflow_consumer.settings import Settings
 from eventflow_contracts.auth import Authenticator
+from eventflow_contracts.lanes import Lane
 from eventflow_contracts.telemetry import Telemetry, configure_telemetry
 
 LOG = structlog.get_logger("eventflow_consumer")
@@ -84,6 +87,36 @@ def worker_of(
     )
 
 
+def lanes_of(
+    settings: Settings, resources: Resources, sessions: SessionWorker, metrics: ConsumerMetrics
+) -> LaneHolder | None:
+    """The holder of this consumer's lanes, or None: no lanes (`INBOX_LANES` 0), or the block
+    policy, under which lanes are left to the session pump (it blocks a whole lane)."""
+    if settings.inbox_lanes == 0 or settings.poison_policy != "skip":
+        return None
+    worker_settings = WorkerSettings(
+        policy="skip", gap_wait_seconds=settings.gap_wait_seconds,
+        retry_max_seconds=settings.store_retry_max_seconds,
+    )  # fmt: skip
+    lane_settings = LaneSettings(
+        worker=worker_settings, idle_seconds=max(settings.session_idle_seconds, 1.0),
+        max_in_flight=settings.lane_max_in_flight,
+    )  # fmt: skip
+    worker = LaneWorker(
+        InboxHandler(resources.store), lane_settings, observer=metrics, health=sessions.health
+    )
+    session_ids = [Lane(settings.inbox_lanes, n).session_id for n in range(settings.inbox_lanes)]
+    return LaneHolder(
+        resources.servicebus, settings.inbox_queue, worker, session_ids,
+        renew_seconds=settings.session_renew_seconds, retry_seconds=settings.lane_retry_seconds,
+        prefetch=settings.lane_prefetch,
+    )  # fmt: skip
+
+
+async def _together(*parts: Awaitable[None]) -> None:
+    await asyncio.gather(*parts)
+
+
 async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
     metrics = ConsumerMetrics(telemetry)
     stop = asyncio.Event()
@@ -114,19 +147,30 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
                 return
             connected.append(resources)
             worker = worker_of(settings, resources, metrics)
+            holder = lanes_of(settings, resources, worker, metrics)
             pump = SessionPump(
                 resources.servicebus, settings.inbox_queue, worker,
-                concurrency=settings.max_concurrent_sessions, idle_seconds=settings.session_idle_seconds,
-                renew_seconds=settings.session_renew_seconds,
+                concurrency=settings.leftover_sessions if holder else settings.max_concurrent_sessions,
+                idle_seconds=settings.session_idle_seconds, renew_seconds=settings.session_renew_seconds,
                 accept_wait_seconds=settings.session_accept_wait_seconds,
             )  # fmt: skip
-            running = asyncio.create_task(pump.run())
-            checks.append(lambda: not running.done() and worker.health.available and pump.connected)
+            parts = [pump.run()] + ([holder.run()] if holder else [])
+            running = asyncio.create_task(_together(*parts))
+
+            def ready() -> bool:
+                lanes_ok = holder is None or holder.connected
+                return (
+                    not running.done() and worker.health.available and pump.connected and lanes_ok
+                )
+
+            checks.append(ready)
             await asyncio.wait(
                 [running, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
             )
             LOG.info("stopping: finishing in-flight messages")
             pump.stop()
+            if holder:
+                holder.stop()
             await running
     finally:
         await runner.cleanup()

@@ -123,6 +123,7 @@ class _Held:
     state: SessionState
     waiting: list[Inbound] = field(default_factory=list)
     waiting_until: float | None = None
+    since: dict[int, float] = field(default_factory=dict)  # broker sequence number → wait started
 
 
 def _order(inbound: Inbound, known: dict[int, int]) -> tuple[int, int]:
@@ -313,7 +314,7 @@ class SessionWorker:
                 gap_wait_seconds=self._settings.gap_wait_seconds,
             )
             if len(held.waiting) > self._settings.max_waiting:
-                await self._gap_expired(held, stopping)
+                await self._gap_expired(held, stopping, every=True)
             return
         reason = decision.reason or "unknown"
         description = (decision.description or "")[:1000]
@@ -325,8 +326,8 @@ class SessionWorker:
     def _wait(self, held: _Held, inbound: Inbound) -> None:
         held.waiting.append(inbound)
         held.waiting.sort(key=lambda i: _order(i, {}))
-        if held.waiting_until is None:
-            held.waiting_until = self._clock() + self._settings.gap_wait_seconds
+        held.since.setdefault(inbound.delivery.sequence_number, self._clock())
+        self._next_deadline(held)
         self._observer.waited()
 
     async def _release_waiting(self, held: _Held, stopping: Callable[[], bool]) -> None:
@@ -338,13 +339,34 @@ class SessionWorker:
                 held.waiting.insert(0, first)
                 return
             await self._settle(held, first, decision, stopping)
-        if not held.waiting:
-            held.waiting_until = None
+        self._next_deadline(held)
 
-    async def _gap_expired(self, held: _Held, stopping: Callable[[], bool]) -> None:
-        """The predecessors did not come in time: skip applies the waiting events over the gap (the
-        projection records the missing sequences as skipped); block blocks the session."""
-        waiting, held.waiting, held.waiting_until = held.waiting, [], None
+    def _next_deadline(self, held: _Held) -> None:
+        """When the longest-waiting message's wait ends. Each message waits its own
+        `gap_wait_seconds`: a session may carry many orders (a lane), and one order's early event
+        must not cut short the wait of another's that came later."""
+        waiting = {i.delivery.sequence_number for i in held.waiting}
+        held.since = {n: t for n, t in held.since.items() if n in waiting}
+        started = min(held.since.values(), default=None)
+        held.waiting_until = None if started is None else started + self._settings.gap_wait_seconds
+
+    async def _gap_expired(
+        self, held: _Held, stopping: Callable[[], bool], *, every: bool = False
+    ) -> None:
+        """The predecessors did not come in time: skip applies the waiting events whose wait is over
+        (or `every` one: too many wait) over the gap (the projection records the missing sequences
+        as skipped); block blocks the session."""
+        if self.policy == "block" or every:
+            waiting, held.waiting = held.waiting, []
+        else:
+            over = self._clock() - self._settings.gap_wait_seconds
+
+            def expired(i: Inbound) -> bool:
+                return held.since.get(i.delivery.sequence_number, over) <= over
+
+            waiting = [i for i in held.waiting if expired(i)]
+            held.waiting = [i for i in held.waiting if not expired(i)]
+        self._next_deadline(held)
         if not waiting:
             return
         first = waiting[0].delivery
@@ -370,7 +392,8 @@ class SessionWorker:
         LOG.warning("session blocked", session=session_id, reason=reason)
         for inbound in held.waiting:
             await self._defer(held, inbound)
-        held.waiting, held.waiting_until = [], None
+        held.waiting = []
+        self._next_deadline(held)
 
     async def _defer(self, held: _Held, inbound: Inbound) -> None:
         """Recorded in the session state before it is deferred, so it can never be orphaned."""
@@ -394,24 +417,31 @@ class SessionWorker:
     async def _through_outage(
         self, call: Callable[[], Awaitable[T]], stopping: Callable[[], bool]
     ) -> T:
-        """`call()`, retried with capped, jittered backoff for as long as the store is unavailable.
-        Raises LetGo when the worker stops meanwhile."""
-        delay = self._settings.retry_initial_seconds
-        while True:
-            try:
-                result = await call()
-            except ConcurrentWriteError:
-                await asyncio.sleep(random.uniform(0, self._settings.retry_initial_seconds))
-                continue
-            except TransientStoreError as error:
-                self.health.failed(error)
-                if stopping():
-                    raise LetGo(str(error)) from error
-                pause = error.retry_after if error.retry_after is not None else delay
-                await asyncio.sleep(
-                    min(pause, self._settings.retry_max_seconds) * random.uniform(0.5, 1.0)
-                )
-                delay = min(delay * 2, self._settings.retry_max_seconds)
-                continue
-            self.health.succeeded()
-            return result
+        return await through_outage(call, stopping, self.health, self._settings)
+
+
+async def through_outage(
+    call: Callable[[], Awaitable[T]],
+    stopping: Callable[[], bool],
+    health: StoreHealth,
+    settings: WorkerSettings,
+) -> T:
+    """`call()`, retried with capped, jittered backoff for as long as the store is unavailable (a
+    concurrent write: at once). Raises LetGo when the worker stops meanwhile."""
+    delay = settings.retry_initial_seconds
+    while True:
+        try:
+            result = await call()
+        except ConcurrentWriteError:
+            await asyncio.sleep(random.uniform(0, settings.retry_initial_seconds))
+            continue
+        except TransientStoreError as error:
+            health.failed(error)
+            if stopping():
+                raise LetGo(str(error)) from error
+            pause = error.retry_after if error.retry_after is not None else delay
+            await asyncio.sleep(min(pause, settings.retry_max_seconds) * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, settings.retry_max_seconds)
+            continue
+        health.succeeded()
+        return result

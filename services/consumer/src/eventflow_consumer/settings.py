@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventflow_contracts.auth import AuthFields
+from eventflow_contracts.lanes import MAX_LANES
 from eventflow_contracts.telemetry import TelemetryFields
 
 # The Cosmos DB emulators' published well-known key (the official emulator's and this project's):
@@ -32,6 +33,33 @@ class Settings(BaseSettings, TelemetryFields, AuthFields):
     servicebus_namespace: str | None = None
     servicebus_connection_string: SecretStr | None = None
     inbox_queue: str = "inbox"
+    inbox_lanes: int = Field(
+        default=32,
+        ge=0,
+        le=MAX_LANES,
+        description="the inbox's lane count (eventflow_contracts.lanes), the same as the "
+        "subscriber's SUBSCRIBER_INBOX_LANES; 0 = one session per order. A resubmitted message goes to "
+        "its order's lane under this count",
+    )
+    lane_max_in_flight: int = Field(
+        default=1000,
+        ge=1,
+        le=5000,
+        description="messages one held lane keeps at once (queued, in handling, early ones waiting)",
+    )
+    lane_prefetch: int = Field(
+        default=200, ge=0, le=1000, description="prefetch of a lane's receiver"
+    )
+    lane_retry_seconds: float = Field(
+        default=5.0, gt=0, description="how often a lane held elsewhere is tried again"
+    )
+    leftover_sessions: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="with lanes: sessions that are not this consumer's lanes (per-order sessions of "
+        "an earlier release, the unroutable-event session, lanes of another count) held at once",
+    )
     cosmos_endpoint: str | None = None
     cosmos_key: SecretStr | None = None
     database: str = "eventflow"

@@ -85,21 +85,26 @@ async def locked(client: Any, backends: Backends, session_id: str, wait: float =
 
 
 class SlowFor:
-    """The real store, except that the reads of one order wait until the test lets them go."""
+    """The real store, except that the reads and writes of one order wait until the test lets
+    them go (an order's first event is written without a read)."""
 
     def __init__(self, order_id: str, store: Any) -> None:
         self._order_id, self._store = order_id, store
         self.entered = asyncio.Event()
         self.go = asyncio.Event()
 
-    async def load(self, order_id: str) -> Any:
+    async def _stall(self, order_id: str) -> None:
         if order_id == self._order_id:
             self.entered.set()
             await self.go.wait()
+
+    async def load(self, order_id: str) -> Any:
+        await self._stall(order_id)
         return await self._store.load(order_id)
 
-    async def commit(self, *args: Any) -> None:
-        await self._store.commit(*args)
+    async def commit(self, summary: Any, *args: Any) -> None:
+        await self._stall(summary.order_id)
+        await self._store.commit(summary, *args)
 
 
 async def test_other_sessions_go_on_while_one_is_slow(backends: Backends) -> None:

@@ -20,6 +20,7 @@ from eventflow_consumer.main import worker_of
 from eventflow_consumer.session_state import SessionState
 from eventflow_consumer.sessions import SessionWorker
 from eventflow_consumer.settings import Settings
+from eventflow_contracts.lanes import Lane, lane_of
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
 
 from ..conftest import (  # type: ignore[import-not-found]
@@ -171,18 +172,23 @@ async def test_one_failing_session_never_stops_the_others(backends: Backends) ->
 
 
 class BrokenFor:
-    """The real store, except that every read of one order fails with an unexpected error."""
+    """The real store, except that every read and write of one order fails with an unexpected
+    error (an order's first event is written without a read)."""
 
     def __init__(self, order_id: str, store: Any) -> None:
         self._order_id, self._store = order_id, store
 
-    async def load(self, order_id: str) -> Any:
+    def _check(self, order_id: str) -> None:
         if order_id == self._order_id:
             raise RuntimeError("a bug that only this order meets")
+
+    async def load(self, order_id: str) -> Any:
+        self._check(order_id)
         return await self._store.load(order_id)
 
-    async def commit(self, *args: Any) -> None:
-        await self._store.commit(*args)
+    async def commit(self, summary: Any, *args: Any) -> None:
+        self._check(summary.order_id)
+        await self._store.commit(summary, *args)
 
 
 def _async(check: Callable[[], bool]) -> Callable[[], Any]:
@@ -260,6 +266,40 @@ async def test_the_admin_lists_and_resubmits_dead_letters_under_a_new_id_by_defa
     ):
         (copy,) = await receiver.peek_messages()
     assert copy.message_id.startswith("bad-1:resubmitted:")
+
+
+async def test_resubmit_sends_the_copy_to_its_orders_lane_under_todays_lane_count(
+    backends: Backends, monkeypatch: Any, capsys: Any
+) -> None:
+    """An event dead-lettered `lane-mismatch` (sent to the wrong lane) goes back to its own lane;
+    a marker (its session is not an order's) keeps its session."""
+    created = order_events("o7")[0]
+    own = lane_of("o7", 8)
+    wrong = Lane(8, (own.index + 1) % 8).session_id
+    marker = inbox_message(b'{"reason": "invalid-json"}', "eventflow.unroutable", "marker-1",
+                           eventflow_unroutable=True, reason="invalid-json")  # fmt: skip
+    await backends.send(inbox_message(created, wrong, "misrouted"), marker)
+    async with consumer(backends):
+        await until(lambda: _count_dead_letters(backends, 2), "both dead-lettered")
+    reasons = {m.message_id: m.dead_letter_reason for m in await backends.dead_letters()}
+    assert reasons == {"misrouted": "lane-mismatch", "marker-1": "unroutable:invalid-json"}
+    monkeypatch.setenv("CONSUMER_INBOX_LANES", "8")
+    assert await admin(["resubmit"]) == 0
+    out = capsys.readouterr().out
+    assert f'"session_id":"{own.session_id}"' in out
+    assert '"session_id":"eventflow.unroutable"' in out
+    async with (
+        backends.client() as client,
+        client.get_queue_receiver(
+            backends.queue, session_id=own.session_id, max_wait_time=2
+        ) as receiver,
+    ):
+        (copy,) = await receiver.peek_messages()
+    assert copy.message_id.startswith("misrouted:resubmitted:")
+
+
+async def _count_dead_letters(backends: Backends, count: int) -> bool:
+    return len(await backends.dead_letters()) >= count
 
 
 async def test_a_copy_that_keeps_its_id_leaves_the_original_in_the_dead_letter_queue(

@@ -56,11 +56,13 @@ class FakeStore:
         if self.conflicts:
             self.conflicts -= 1
             raise ConcurrentWriteError("412")
-        if event_id is not None and event_id in self.marks:
-            raise AlreadyAppliedError(event_id)
+        # In the store's order: the summary's write first (a create that finds one, a replace on a
+        # stale token: refused), then the mark (a mark that exists: already applied).
         current = self.summaries.get(summary.order_id)
         if (current[1] if current else None) != token:
             raise ConcurrentWriteError("stale token")
+        if event_id is not None and event_id in self.marks:
+            raise AlreadyAppliedError(event_id)
         self.commits += 1
         if event_id is not None:
             self.marks.add(event_id)

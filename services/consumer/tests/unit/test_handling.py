@@ -5,6 +5,7 @@ import pytest
 
 from eventflow_consumer.handling import Delivery, InboxHandler, properties_of
 from eventflow_consumer.ports import TransientStoreError
+from eventflow_contracts.lanes import Lane, lane_of, session_id_for
 
 from ..conftest import item_added, order_events  # type: ignore[import-not-found]
 from .fakes import FakeStore  # type: ignore[import-not-found]
@@ -32,7 +33,18 @@ async def test_the_same_event_twice_changes_nothing_the_second_time() -> None:
     again = await handle(store, created)
     assert (again.action, again.effect, again.duplicate) == ("complete", False, "sequence")
     assert store.commits == 1
-    assert store.log == ["load"]  # one read per event: no inbox-mark read before it
+    # the create is refused (the summary exists), then the summary is read; no inbox-mark read
+    assert store.log == ["commit", "load"]
+
+
+async def test_an_orders_first_event_is_created_without_a_read() -> None:
+    store = FakeStore()
+    decision = await handle(store, order_events("o1")[0])
+    assert (decision.action, decision.effect) == ("complete", True)
+    assert store.log == ["commit"]  # one store call per new order
+    store.log.clear()
+    await handle(store, order_events("o1")[1])
+    assert store.log == ["load", "commit"]  # a later event reads the summary first
 
 
 async def test_a_copy_that_races_the_first_write_meets_its_mark_in_the_commit() -> None:
@@ -112,6 +124,38 @@ async def test_a_message_whose_session_is_not_its_order_is_dead_lettered() -> No
         False,
     )
     assert store.log == []
+
+
+async def test_an_event_in_its_orders_lane_is_applied() -> None:
+    store, lane = FakeStore(), session_id_for("o1", 32)
+    decision = await InboxHandler(store).handle(
+        Delivery(order_events("o1")[0], "m", lane, 1, 0, {})
+    )
+    assert (decision.action, decision.effect) == ("complete", True)
+
+
+async def test_an_event_in_another_lane_is_dead_lettered_lane_mismatch() -> None:
+    store, own = FakeStore(), lane_of("o1", 32)
+    wrong = Lane(32, (own.index + 1) % 32).session_id
+    decision = await InboxHandler(store).handle(
+        Delivery(order_events("o1")[0], "m", wrong, 1, 0, {})
+    )
+    assert (decision.action, decision.reason, decision.poison) == (
+        "dead_letter",
+        "lane-mismatch",
+        False,
+    )
+    assert decision.description is not None
+    assert own.session_id in decision.description
+    assert store.log == []
+
+
+async def test_the_lane_check_uses_the_lane_count_the_session_id_names() -> None:
+    """While N changes, an event sent under the old count is in the right lane of that count."""
+    store = FakeStore()
+    old = session_id_for("o1", 16)
+    decision = await InboxHandler(store).handle(Delivery(order_events("o1")[0], "m", old, 1, 0, {}))
+    assert (decision.action, decision.effect) == ("complete", True)
 
 
 def test_properties_decode() -> None:

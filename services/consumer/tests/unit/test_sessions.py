@@ -375,3 +375,36 @@ def test_a_receiver_that_never_opened_is_told_apart_from_an_empty_queue() -> Non
     assert not _link_never_opened(
         OperationTimeoutError(message="Timeout: no session available (com.microsoft:timeout)")
     )
+
+
+async def test_in_a_lane_each_early_event_waits_its_own_gap_time() -> None:
+    """A session that carries many orders (a lane, handled by the session pump): order a's early
+    event is skipped over when its own wait ends, while order b's, early later, still waits."""
+    now = [0.0]
+    store = FakeStore()
+    channel = FakeChannel("lanes1-0")
+    for body in (order_events("a")[0], order_events("b")[0], item_added("a", 3)):
+        channel.add(body)
+    w = SessionWorker(InboxHandler(store), store, WorkerSettings(**FAST), clock=lambda: now[0])
+    task = asyncio.create_task(
+        w.drain(channel, idle_seconds=0.01, stopping=lambda: store.summaries.get("b", (None,))[0] is not None
+                and store.summary("b").last_sequence == 3)
+    )  # fmt: skip
+    await _until(lambda: channel.receives > 3)
+    now[0] = 3.0
+    channel.add(item_added("b", 3))  # b's wait starts at 3 s, a's at 0 s
+    await _until(lambda: channel.receives > 10)
+    now[0] = 5.5  # a's wait (5 s) is over; b's is not
+    await _until(lambda: store.summary("a").last_sequence == 3)
+    assert store.summary("a").skipped == (2,)
+    assert store.summary("b").last_sequence == 1  # b still waits for its event 2
+    channel.add(item_added("b", 2))
+    await asyncio.wait_for(task, 10)
+    assert store.summary("b").skipped == ()
+
+
+async def _until(check: Any, wait: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + wait
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.005)

@@ -84,6 +84,7 @@ class Forwarder:
         hub: str,
         subscribed: Collection[str] | None,
         max_message_bytes: int,
+        lanes: int,
         retry: RetryPolicy | None = None,
         observer: ForwarderObserver | None = None,
     ) -> None:
@@ -94,6 +95,7 @@ class Forwarder:
         self._hub = hub
         self._subscribed = None if subscribed is None else type_names(subscribed)
         self._max_message_bytes = max_message_bytes
+        self._lanes = lanes
         self._retry = retry or RetryPolicy()
         self._observer = observer or ForwarderObserver()
 
@@ -108,6 +110,7 @@ class Forwarder:
                 hub=self._hub,
                 subscribed=self._subscribed,
                 max_message_bytes=self._max_message_bytes,
+                lanes=self._lanes,
             )
             if isinstance(routed, Filtered):
                 self._observer.filtered(1)

@@ -86,7 +86,7 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
             forwarder = Forwarder(
                 ServiceBusInbox(clients.inbox_sender), hub=settings.eventhub_name,
                 subscribed=set(settings.subscribed_types) or None, max_message_bytes=settings.max_message_bytes,
-                observer=metrics,
+                lanes=settings.inbox_lanes, observer=metrics,
             )  # fmt: skip
             subscription = Subscription(
                 clients.consumer, forwarder, max_batch_size=settings.max_batch_size,

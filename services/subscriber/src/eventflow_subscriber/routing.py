@@ -1,9 +1,10 @@
 """From a hub event to an inbox message: pure, no SDKs.
 
 An event is read only as far as routing needs (its CloudEvent envelope); its bytes go on unchanged.
-An event that cannot be routed is never dropped: it becomes a small marker message in a session of
-its own, carrying the reason and the hub coordinates, which the consumer dead-letters and an operator
-can trace back to the original event.
+An event goes to its order's lane (`eventflow_contracts.lanes`: the session `lanes<N>-<n>`, or the
+order id itself with no lanes). An event that cannot be routed is never dropped: it becomes a small
+marker message in a session of its own (never a lane), carrying the reason and the hub coordinates,
+which the consumer dead-letters and an operator can trace back to the original event.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 
 from eventflow_contracts import CONTENT_TYPE, ContractError, ErrorReason, read_routing
+from eventflow_contracts.lanes import session_id_for
 
 UNROUTABLE_SESSION = "eventflow.unroutable"
 UNROUTABLE_SUBJECT = "eventflow.unroutable"
@@ -94,12 +96,18 @@ def marker(event: HubEvent, hub: str, reason: str, detail: str) -> InboxMessage:
 
 
 def route(
-    event: HubEvent, *, hub: str, subscribed: Collection[str] | None, max_message_bytes: int
+    event: HubEvent,
+    *,
+    hub: str,
+    subscribed: Collection[str] | None,
+    max_message_bytes: int,
+    lanes: int,
 ) -> InboxMessage | Filtered:
     """The inbox message for `event`, a marker when it cannot be routed, or Filtered.
 
     `subscribed` None means every type; its entries are compared by type name, in any version.
-    `max_message_bytes` is what the queue accepts for a body."""
+    `max_message_bytes` is what the queue accepts for a body. `lanes`: the inbox's lane count, the
+    session is the order's lane; 0 means one session per order (the session is the order id)."""
     try:
         routing = read_routing(event.body, max_bytes=max_message_bytes)
     except ContractError as error:
@@ -115,7 +123,7 @@ def route(
     if routing.tracestate:
         properties["tracestate"] = routing.tracestate
     return InboxMessage(
-        body=event.body, message_id=routing.id, session_id=routing.partitionkey,
+        body=event.body, message_id=routing.id, session_id=session_id_for(routing.partitionkey, lanes),
         subject=routing.type, content_type=CONTENT_TYPE, properties=properties,
     )  # fmt: skip
 

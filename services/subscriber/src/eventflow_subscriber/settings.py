@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from eventflow_contracts.lanes import MAX_LANES
 from eventflow_contracts.telemetry import TelemetryFields
 from eventflow_subscriber.routing import type_names
 
@@ -56,6 +57,14 @@ class Settings(BaseSettings, TelemetryFields):
     servicebus_namespace: str | None = None
     servicebus_connection_string: SecretStr | None = None
     inbox_queue: str = "inbox"
+    inbox_lanes: int = Field(
+        default=32,
+        ge=0,
+        le=MAX_LANES,
+        description="the inbox's lane count: each order's events go to the session lanes<N>-<n> "
+        "(eventflow_contracts.lanes); 0 = one session per order. Every consumer must understand "
+        "lanes before this is turned on (docs/operations.md)",
+    )
 
     subscribed_types: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 
+from eventflow_contracts.lanes import session_id_for
 from eventflow_subscriber.adapters.eventhubs_reader import Subscription
 from eventflow_subscriber.adapters.servicebus_inbox import ServiceBusInbox
 from eventflow_subscriber.forwarding import Forwarder, ForwarderObserver, RetryPolicy
@@ -50,7 +51,7 @@ async def subscriber(
         backends.service_bus(**(service_bus_options or {})) as client,
         client.get_queue_sender(INBOX) as sender,
     ):
-        forwarder = forwarder_type(ServiceBusInbox(sender), hub="orders", subscribed=subscribed, max_message_bytes=max_message_bytes,
+        forwarder = forwarder_type(ServiceBusInbox(sender), hub="orders", subscribed=subscribed, max_message_bytes=max_message_bytes, lanes=32,
                                    retry=retry or RetryPolicy(base_delay=0.01), observer=observer)  # fmt: skip
         subscription = Subscription(
             consumer, forwarder, max_batch_size=50, max_wait_time=None, starting_position="-1"
@@ -80,8 +81,10 @@ async def test_events_reach_the_inbox_in_order_per_order_and_are_checkpointed(
         await eventually(all_checkpointed(backends, store, 40), what="every event checkpointed")
     inbox = await read_inbox(backends)
     assert sorted(inbox) == [f"order-{n}" for n in range(5)]
-    for messages in inbox.values():
+    for order_id, messages in inbox.items():
         assert [m.application_properties[b"sequence"] for m in messages] == list(range(1, 9))
+        # every event of an order in its lane
+        assert {m.session_id for m in messages} == {session_id_for(order_id, 32)}
 
 
 async def test_a_crash_between_send_and_checkpoint_is_absorbed_by_duplicate_detection(
@@ -104,7 +107,7 @@ async def test_a_crash_between_send_and_checkpoint_is_absorbed_by_duplicate_dete
     consumer = backends.consumer(crashed_store, load_balancing_interval=LOAD_BALANCING_INTERVAL)
     sender = backends.service_bus().get_queue_sender(INBOX)
     forwarder = CrashAfterSending(ServiceBusInbox(sender), hub="orders", subscribed=None,
-                                  max_message_bytes=250_000, retry=RetryPolicy(base_delay=0.01))  # fmt: skip
+                                  max_message_bytes=250_000, lanes=32, retry=RetryPolicy(base_delay=0.01))  # fmt: skip
     subscription = Subscription(
         consumer, forwarder, max_batch_size=50, max_wait_time=None, starting_position="-1"
     )

@@ -72,6 +72,7 @@ def forwarder(inbox: FakeInbox, observer: Counts, subscribed: set[str] | None = 
         hub="orders",
         subscribed=subscribed,
         max_message_bytes=256 * 1024,
+        lanes=0,
         retry=FAST,
         observer=observer,
     )

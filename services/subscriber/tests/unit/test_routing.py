@@ -4,6 +4,7 @@ import orjson
 import pytest
 
 from eventflow_contracts import DEFAULT_MAX_EVENT_BYTES
+from eventflow_contracts.lanes import belongs, session_id_for
 from eventflow_subscriber.routing import UNROUTABLE_SESSION, Filtered, HubEvent, InboxMessage, route
 
 from ..conftest import event_bytes  # type: ignore[import-not-found]
@@ -18,12 +19,39 @@ def at(body: bytes) -> HubEvent:
 
 
 def routed(
-    body: bytes, subscribed: set[str] | None = None, limit: int = DEFAULT_MAX_EVENT_BYTES
+    body: bytes,
+    subscribed: set[str] | None = None,
+    limit: int = DEFAULT_MAX_EVENT_BYTES,
+    lanes: int = 0,
 ) -> InboxMessage | Filtered:
-    return route(at(body), hub="orders", subscribed=subscribed, max_message_bytes=limit)
+    return route(
+        at(body), hub="orders", subscribed=subscribed, max_message_bytes=limit, lanes=lanes
+    )
+
+
+def test_with_lanes_an_event_goes_to_its_orders_lane() -> None:
+    body = event_bytes("order-7", 3)
+    message = routed(body, lanes=32)
+    assert isinstance(message, InboxMessage)
+    assert message.session_id == session_id_for("order-7", 32)
+    assert message.session_id.startswith("lanes32-")
+    assert message.message_id == orjson.loads(body)["id"]  # the message id stays the event id
+    assert belongs("order-7", message.session_id)
+    # every event of one order in the same lane; the lane check accepts them
+    assert {routed(event_bytes("order-7", n), lanes=32).session_id for n in range(1, 6)} == {  # type: ignore[union-attr]
+        message.session_id
+    }
+
+
+def test_with_lanes_an_unroutable_event_keeps_its_own_session() -> None:
+    marker = routed(b"\x00 not json", lanes=32)
+    assert isinstance(marker, InboxMessage)
+    assert marker.is_marker
+    assert marker.session_id == UNROUTABLE_SESSION
 
 
 def test_a_valid_event_becomes_a_message_of_its_order_session_with_the_same_bytes() -> None:
+    """Without lanes (0): one session per order, the order id."""
     body = event_bytes("order-7", 3)
     message = routed(body)
     assert isinstance(message, InboxMessage)

@@ -28,3 +28,15 @@ def test_a_filter_with_every_needed_type_in_any_version_is_accepted() -> None:
     )
     assert len(settings.subscribed_types) == 6
     assert Settings().subscribed_types == []  # no filter: every type
+
+
+def test_the_inbox_lanes_default_to_32_and_a_count_out_of_range_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().inbox_lanes == 32
+    monkeypatch.setenv("SUBSCRIBER_INBOX_LANES", "0")
+    assert Settings().inbox_lanes == 0  # one session per order
+    for bad in ("-1", "4097"):
+        monkeypatch.setenv("SUBSCRIBER_INBOX_LANES", bad)
+        with pytest.raises(ValidationError, match="inbox_lanes"):
+            Settings()

@@ -372,16 +372,21 @@ class SessionPump:
             await asyncio.wait_for(self._stopping.wait(), FAILED_SESSION_PAUSE_SECONDS)
 
     async def _keep_locked(self, channel: ServiceBusSessionChannel) -> None:
-        """Renews the session lock (which also holds its messages' locks) while the session is held,
-        including while the worker waits out a store outage."""
-        while True:
-            await asyncio.sleep(self._renew)
-            try:
-                await channel.renew_lock()
-            except ChannelLost as error:
-                LOG.warning("session lock lost", session=channel.session_id, error=str(error))
-                return
-            except ServiceBusError as error:  # a broker blip: try again at the next period
-                LOG.warning(
-                    "session lock renewal failed", session=channel.session_id, error=repr(error)
-                )
+        await keep_locked(channel, self._renew)
+
+
+async def keep_locked(channel: ServiceBusSessionChannel, period: float) -> None:
+    """Renews the session lock (which also holds its messages' locks) every `period` seconds while
+    the session is held, including while the worker waits out a store outage. Returns when the
+    lock is lost; a failed renewal (a broker blip) is tried again at the next period."""
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await channel.renew_lock()
+        except ChannelLost as error:
+            LOG.warning("session lock lost", session=channel.session_id, error=str(error))
+            return
+        except ServiceBusError as error:
+            LOG.warning(
+                "session lock renewal failed", session=channel.session_id, error=repr(error)
+            )

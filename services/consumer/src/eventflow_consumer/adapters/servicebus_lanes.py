@@ -1,0 +1,145 @@
+"""The Service Bus side of lanes: one long-lived session receiver per held lane, on azure-servicebus
+7.15 aio.
+
+Each lane (`lanes<N>-<n>`) has one task here that accepts the lane's session by id (prefetch on),
+hands the receiver to the LaneWorker for as long as it holds it, and renews the session lock
+beside it. A lane held by another replica (the broker refuses the lock) is tried again every
+`retry_seconds`, so a lane let go by a stopped or failed replica is taken over within that
+period plus the lock duration. Closing a receiver releases the session without counting a
+delivery; a lost lock returns the lane's unsettled messages to the queue (one delivery each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from azure.servicebus.exceptions import (
+    OperationTimeoutError,
+    ServiceBusError,
+    SessionCannotBeLockedError,
+)
+
+from eventflow_consumer.adapters.servicebus_sessions import ServiceBusSessionChannel, keep_locked
+from eventflow_consumer.lanes import RECEIVE_BATCH, LaneWorker
+from eventflow_consumer.ports import ChannelLost
+from eventflow_consumer.sessions import LetGo
+
+LOG = structlog.get_logger("eventflow_consumer.lanes")
+ACCEPT_WAIT_SECONDS = 5.0
+
+
+class LaneHolder:
+    """Holds the lanes named by `session_ids`, one receiver each, until stopped."""
+
+    def __init__(
+        self,
+        client: Any,
+        queue: str,
+        worker: LaneWorker,
+        session_ids: list[str],
+        *,
+        renew_seconds: float,
+        retry_seconds: float = 5.0,
+        prefetch: int = 2 * RECEIVE_BATCH,
+    ) -> None:
+        self._client = client
+        self._queue = queue
+        self._worker = worker
+        self._session_ids = session_ids
+        self._renew = renew_seconds
+        self._retry = retry_seconds
+        self._prefetch = prefetch
+        self._stopping = asyncio.Event()
+        self.held: set[str] = set()
+        self.failed_opens_in_a_row = 0
+
+    @property
+    def settled(self) -> int:
+        return self._worker.settled
+
+    @property
+    def connected(self) -> bool:
+        return self.failed_opens_in_a_row < 3
+
+    def stop(self) -> None:
+        """Receive no more; each lane finishes the messages in handling and is released."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._lane(session_id) for session_id in self._session_ids))
+
+    async def _lane(self, session_id: str) -> None:
+        while not self._stopping.is_set():
+            receiver = await self._accept(session_id)
+            if receiver is not None:
+                await self._hold(session_id, receiver)
+                if self._stopping.is_set():
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._retry)
+
+    async def _accept(self, session_id: str) -> Any | None:
+        """The lane's receiver, opened (its session locked), or None when another holds it."""
+        receiver = self._client.get_queue_receiver(
+            self._queue, session_id=session_id, prefetch_count=self._prefetch,
+            max_wait_time=ACCEPT_WAIT_SECONDS,
+        )  # fmt: skip
+        try:
+            await receiver.__aenter__()
+        except (SessionCannotBeLockedError, OperationTimeoutError) as error:
+            self.failed_opens_in_a_row = 0
+            LOG.debug("lane held elsewhere", lane=session_id, error=type(error).__name__)
+            await _close(receiver)
+            return None
+        except ServiceBusError as error:
+            self.failed_opens_in_a_row += 1
+            LOG.warning("could not open a lane's receiver; retrying", lane=session_id,
+                        error=repr(error))  # fmt: skip
+            await _close(receiver)
+            return None
+        self.failed_opens_in_a_row = 0
+        return receiver
+
+    async def _hold(self, session_id: str, receiver: Any) -> None:
+        channel = ServiceBusSessionChannel(receiver)
+        lost = asyncio.Event()
+        log = LOG.bind(lane=session_id)
+
+        async def renewing() -> None:
+            await keep_locked(channel, self._renew)
+            lost.set()
+
+        renewal = asyncio.create_task(renewing())
+        self.held.add(session_id)
+        log.info("lane held")
+        try:
+            await self._worker.hold(
+                channel, stopping=lambda: self._stopping.is_set() or lost.is_set()
+            )
+            if lost.is_set():
+                log.warning("lane lock lost; its unsettled messages return to the queue")
+        except ChannelLost as error:
+            log.warning("lane lock lost; its unsettled messages return to the queue",
+                        error=str(error))  # fmt: skip
+        except LetGo as error:
+            log.warning("stopping during a store outage: lane released unsettled", error=str(error))
+        except ServiceBusError as error:
+            log.warning("Service Bus failed; lane released", error=repr(error))
+        except Exception:
+            log.exception("lane failed unexpectedly; released")
+        finally:
+            self.held.discard(session_id)
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+            await _close(receiver)
+
+
+async def _close(receiver: Any) -> None:
+    try:
+        await receiver.close()
+    except Exception as error:  # noqa: BLE001 - the lock expires on its own
+        LOG.warning("closing a lane's receiver failed", error=repr(error))

@@ -23,7 +23,7 @@ from eventflow_contracts.auth import READ_ROLE, WRITE_ROLE
 from eventflow_contracts.auth_testing import LocalIssuer, SigningKey, running_issuer
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
 from eventflow_producer.api import create_app
-from eventflow_producer.bootstrap import open_store
+from eventflow_producer.bootstrap import write_strategy
 from eventflow_producer.settings import Settings
 
 ORDER = {
@@ -69,7 +69,7 @@ async def producer(
         cosmos_key=SecretStr(cosmos_emulator_server.key), database=database, **issuer.settings(),
     )  # fmt: skip
     port = _free_port()
-    config = uvicorn.Config(create_app(settings, open_store), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(settings, write_strategy(settings)), host="127.0.0.1", port=port,
                             log_config=None, access_log=False)  # fmt: skip
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())

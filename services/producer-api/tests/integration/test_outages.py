@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 from eventflow_emulators.cosmos.server import EMULATOR_KEY
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
 from eventflow_producer.api import create_app
-from eventflow_producer.bootstrap import open_store
+from eventflow_producer.bootstrap import write_strategy
 from eventflow_producer.settings import Settings
 
 ORDER = {
@@ -55,7 +55,7 @@ def _settings(endpoint: str, key: str, **overrides: object) -> Settings:
 async def _app(
     settings: Settings, on_fatal: Callable[[str], None] | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, open_store, *([on_fatal] if on_fatal else []))
+    app = create_app(settings, write_strategy(settings), *([on_fatal] if on_fatal else []))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://producer") as client:

@@ -16,8 +16,9 @@ from eventflow_subscriber.adapters.servicebus_inbox import ServiceBusInbox
 from eventflow_subscriber.forwarding import Forwarder, RetryPolicy
 from eventflow_subscriber.observability import SubscriberMetrics
 from eventflow_subscriber.routing import HubEvent
+from eventflow_testing import eventually
 
-from ..conftest import INBOX, PARTITIONS, Backends, event_bytes, eventually, publish  # type: ignore[import-not-found]
+from ..conftest import INBOX, PARTITIONS, Backends, event_bytes, publish  # type: ignore[import-not-found]
 from ..unit.test_checkpoint_gauge import ages  # type: ignore[import-not-found]
 
 ALL = {str(partition) for partition in range(PARTITIONS)}

@@ -18,8 +18,9 @@ from eventflow_subscriber.adapters.eventhubs_reader import (
 )
 from eventflow_subscriber.adapters.servicebus_inbox import ServiceBusInbox
 from eventflow_subscriber.forwarding import Forwarder, RetryPolicy
+from eventflow_testing import eventually
 
-from ..conftest import GROUP, HUB, INBOX, Backends, eventually  # type: ignore[import-not-found]
+from ..conftest import GROUP, HUB, INBOX, Backends  # type: ignore[import-not-found]
 
 
 async def test_a_checkpoint_past_the_partitions_end_is_reported_with_what_to_do(

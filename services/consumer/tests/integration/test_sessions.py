@@ -5,7 +5,6 @@ crash, and the block → defer → unblock cycle."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +20,7 @@ from eventflow_consumer.session_state import SessionState
 from eventflow_consumer.sessions import SessionWorker
 from eventflow_consumer.settings import Settings
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
+from eventflow_testing import eventually as until
 
 from ..conftest import (  # type: ignore[import-not-found]
     Backends,
@@ -67,13 +67,6 @@ async def running(
         finally:
             pump.stop()
             await task
-
-
-async def until(check: Callable[[], Any], what: str, wait: float = 20.0) -> None:
-    deadline = time.monotonic() + wait
-    while not await check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 def at_sequence(resources: Resources, order_id: str, sequence: int) -> Callable[[], Any]:

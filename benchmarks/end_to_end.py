@@ -26,9 +26,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.e2e.harness import System
+from eventflow_testing.e2e import System
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

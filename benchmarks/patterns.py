@@ -35,9 +35,7 @@ from typing import Any
 import httpx
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.e2e.harness import PATTERNS, System, require, settle
+from eventflow_testing.e2e import PATTERNS, System, require, settle
 
 LINE = {"sku": "SKU-1", "quantity": 1, "unit_price": "1.00"}
 ORDER = {"customer_id": "bench", "currency": "EUR", "lines": [LINE]}

@@ -27,6 +27,7 @@ from azure.cosmos.aio import CosmosClient
 from eventflow_emulators.cosmos.testing import cosmos_emulator
 from eventflow_publisher.adapters.cosmos_changefeed import CosmosChangeFeed, CosmosLeaseStore
 from eventflow_publisher.changefeed import ChangeFeedProcessor, ProcessorOptions
+from eventflow_testing import eventually
 
 
 async def nothing(*_: Any) -> None:
@@ -34,11 +35,9 @@ async def nothing(*_: Any) -> None:
 
 
 async def until(check: Any, limit: float = 120.0) -> float:
+    """How long `check` took to hold (seconds)."""
     began = time.monotonic()
-    while not check():
-        if time.monotonic() - began > limit:
-            raise RuntimeError("not reached")
-        await asyncio.sleep(0.02)
+    await eventually(check, "the ownership reached", wait=limit, every=0.02)
     return time.monotonic() - began
 
 

@@ -28,7 +28,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.end_to_end import cpu_seconds
-from tests.e2e.harness import COMMANDS, Load, System, settle
+from eventflow_testing.e2e import COMMANDS, Load, System, settle
 
 KINDS = ("producer", "publisher", "subscriber", "consumer")
 BOUND = 0.15

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.e2e.harness import PATTERNS, WORKER_KINDS, GuaranteeBrokenError, chaos
+from eventflow_testing.e2e import PATTERNS, WORKER_KINDS, GuaranteeBrokenError, chaos
 
 
 async def main() -> None:

@@ -8,9 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.e2e.traces import in_trace, order_trace_ids, read_spans, waterfall
+from eventflow_testing.traces import in_trace, order_trace_ids, read_spans, waterfall
 
 # The Azure SDKs' HTTP and per-message spans under the project's own: left out unless --all.
 DETAIL = ("GET", "PUT", "POST", "DELETE", "PATCH", "EventHubs.message", "ServiceBus.message")

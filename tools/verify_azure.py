@@ -25,12 +25,9 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.e2e.harness import (
+from eventflow_testing.e2e import (
     GuaranteeBrokenError,
     Load,
     check_derived_orders,

@@ -258,7 +258,7 @@ def test_the_image_environment_holds_the_service_and_contracts_only(
         for p in (workspace / ".venv/lib").glob("python*/site-packages/*.dist-info")
     }
     assert {package.replace("-", "_"), "eventflow_contracts"} <= installed
-    assert "eventflow_emulators" not in installed
+    assert not {"eventflow_emulators", "eventflow_testing"} & installed
     assert not {"pytest", "hypothesis", "schemathesis", "ruff", "mypy"} & installed
 
 

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.skipif(MAKE is None, reason="no make on PATH")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"EVENTFLOW_LOG_FORMAT", "MAKEFLAGS"}}
+    # Run as a make of its own, not a sub-make of `make test` (which would print "Entering directory").
+    skip = {"EVENTFLOW_LOG_FORMAT", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}
+    env = {k: v for k, v in os.environ.items() if k not in skip}
     env.update(extra)
     return env
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import WORKER_KINDS, chaos
+from eventflow_testing.e2e import WORKER_KINDS, chaos
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from eventflow_contracts.auth_testing import running_issuer
-
-from .harness import PATTERNS, Load, System, check_guarantees, inject_malformed, settle
+from eventflow_testing.e2e import PATTERNS, Load, System, check_guarantees, inject_malformed, settle
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ import httpx
 import orjson
 import pytest
 
-from .harness import System, settle
-from .traces import Span, in_trace, order_trace_ids, read_spans
+from eventflow_testing.e2e import System, settle
+from eventflow_testing.traces import Span, in_trace, order_trace_ids, read_spans
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from eventflow_contracts import CloudEvent, to_json_dict
-from eventflow_producer.api import create_app
+from eventflow_producer.api import WriteStrategy, create_app
 from eventflow_producer.domain import Order
 from eventflow_producer.ports import (
     ConcurrentChangeError,
@@ -78,11 +78,9 @@ class FakeOrderStore:
 
 
 @asynccontextmanager
-async def running(
-    settings: Settings, open_store: Callable[[Settings], Any]
-) -> AsyncIterator[httpx.AsyncClient]:
+async def running(settings: Settings, strategy: WriteStrategy) -> AsyncIterator[httpx.AsyncClient]:
     """The app with its lifespan run, behind an httpx client."""
-    app = create_app(settings, open_store)
+    app = create_app(settings, strategy)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://producer") as client:
@@ -97,8 +95,8 @@ def fake_store() -> FakeOrderStore:
 @pytest.fixture
 async def client(fake_store: FakeOrderStore) -> AsyncIterator[httpx.AsyncClient]:
     @asynccontextmanager
-    async def open_store(_: Settings) -> AsyncIterator[OrderStore]:
+    async def open_store() -> AsyncIterator[OrderStore]:
         yield fake_store
 
-    async with running(Settings(max_body_bytes=8192), open_store) as http:
+    async with running(Settings(max_body_bytes=8192), WriteStrategy(open_store)) as http:
         yield http

@@ -3,10 +3,8 @@ and helpers."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -82,16 +80,6 @@ class Store:
                 await self.orders.create_item(document)
                 ids.append(document["id"])
         return ids
-
-
-async def eventually(
-    check: Callable[[], bool], wait: float = 15.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + wait
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {wait}s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

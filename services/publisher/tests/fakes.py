@@ -5,6 +5,7 @@ a feed whose continuation is a position. They record what was written, for asser
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,7 @@ class FakeLeaseStore:
     writes: list[Write] = field(default_factory=list)
     failing: dict[str, int] = field(default_factory=dict)  # kind -> transient failures to inject
     failing_leases: set[str] = field(default_factory=set)  # every write to these fails
+    listings: int = 0  # list_leases calls that answered (a balancing round each)
     _etags: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def _etag(self) -> str:
@@ -87,6 +89,7 @@ class FakeLeaseStore:
         if self.failing.get("list", 0) > 0:
             self.failing["list"] -= 1
             raise Unavailable("list")
+        self.listings += 1
         return list(self.leases.values())
 
     async def acquire(self, lease: Lease, owner: str, incarnation: str | None = None) -> Lease:
@@ -149,6 +152,7 @@ class FakeChangeFeed:
     ranges: list[dict[str, Any]]
     items: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     reads: int = 0
+    read_times: list[float] = field(default_factory=list)  # time.monotonic() of each read
     failing_reads: int = 0
     unresumable: set[int] = field(default_factory=set)
     multi_range: bool = False  # tokens read several sub-ranges in turn (after a split)
@@ -172,6 +176,7 @@ class FakeChangeFeed:
         max_items: int,
     ) -> Page:
         self.reads += 1
+        self.read_times.append(time.monotonic())
         if self.failing_reads:
             self.failing_reads -= 1
             raise Unavailable("read")

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -199,14 +198,3 @@ async def checkpointed(backends: Backends, store: BlobCheckpointStore) -> int:
     """Events checkpointed over every partition (sequence numbers start at 0 on each)."""
     listed = await store.list_checkpoints(backends.namespace, HUB, GROUP)
     return sum(checkpoint["sequence_number"] + 1 for checkpoint in listed)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], wait: float = 30.0, what: str = "condition"
-) -> None:
-    """Poll `check` until it is truthy; fail after `wait` seconds."""
-    deadline = time.monotonic() + wait
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {wait}s")
-        await asyncio.sleep(0.05)

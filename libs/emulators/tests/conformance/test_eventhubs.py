@@ -28,6 +28,7 @@ from eventflow_emulators.conformance import BackendCases, setting_or_skip
 from eventflow_emulators.messaging.eventhubs.hashing import partition_for_key
 from eventflow_emulators.messaging.testing import RunningMessagingEmulator
 from eventflow_emulators.servers import RunningServer
+from eventflow_testing import eventually
 
 from . import amqp_types, sas
 from .test_checkpoint_store import blob_store
@@ -62,14 +63,6 @@ class Collected:
 
     def all(self) -> list[Any]:
         return [e for events in self.events.values() for e in events]
-
-
-async def eventually(check: Callable[[], bool], wait: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + wait
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {wait}s")
-        await asyncio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -250,10 +243,10 @@ class EventHubsConformance(BackendCases):
         first, second = await hub.make_consumer(), await hub.make_consumer()
         async with consuming(first, starting_position="-1"):
             async with consuming(second, starting_position="-1"):
-                await eventually_async(
+                await eventually(
                     lambda: self._split_evenly(hub), wait=30, what="two owners, half each"
                 )
-            await eventually_async(
+            await eventually(
                 lambda: self._one_owner_of_all(hub), wait=30, what="one owner of every partition"
             )
 
@@ -275,14 +268,12 @@ class EventHubsConformance(BackendCases):
         # not about. The first cycle runs at once.
         consumer = await hub.make_consumer(load_balancing_interval=2)
         async with consuming(consumer, starting_position="-1"):
-            await eventually_async(
+            await eventually(
                 lambda: self._one_owner_of_all(hub), wait=30, what="every partition owned"
             )
         # close() releases each partition as its receiver closes; on a loaded machine the last
         # release can land just after close() returns.
-        await eventually_async(
-            lambda: self._no_owner(hub), wait=10, what="every partition released"
-        )
+        await eventually(lambda: self._no_owner(hub), wait=10, what="every partition released")
 
     async def test_hub_and_partition_properties(self, hub: Hub) -> None:
         # azure-eventhub aio/_client_base_async.py _get_eventhub_properties_async and
@@ -421,16 +412,6 @@ def namespace_of(hub: Hub) -> str:
     return endpoint.removeprefix("Endpoint=sb://").strip("/")
 
 
-async def eventually_async(
-    check: Callable[[], Awaitable[bool]], wait: float = 10.0, what: str = "condition"
-) -> None:
-    deadline = asyncio.get_running_loop().time() + wait
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not met within {wait}s")
-        await asyncio.sleep(0.2)
-
-
 async def read_partition(
     hub: Hub, partition: str, position: Any, *, inclusive: bool = False, until: str
 ) -> list[bytes]:
@@ -509,7 +490,7 @@ class TestMessagingEmulator(EventHubsConformance):
                 )
                 return stolen == 1
 
-            await eventually_async(steal, wait=30, what="a reader on partition 0 to steal from")
+            await eventually(steal, wait=30, what="a reader on partition 0 to steal from")
             await eventually(lambda: bool(got.errors), wait=20)
         assert any(reason == CloseReason.OWNERSHIP_LOST for p, reason in got.closed if p == "0")
 

@@ -18,9 +18,10 @@ from eventflow_consumer.adapters.servicebus_sessions import SessionPump
 from eventflow_consumer.bootstrap import Resources, open_resources
 from eventflow_consumer.handling import InboxHandler
 from eventflow_consumer.sessions import SessionWorker
+from eventflow_testing import eventually as until
 
 from ..conftest import Backends, inbox_message, order_events  # type: ignore[import-not-found]
-from .test_sessions import at_sequence, until  # type: ignore[import-not-found]
+from .test_sessions import at_sequence  # type: ignore[import-not-found]
 
 ACCEPT_WAIT = 1.5
 

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from eventflow_consumer.admin import run as admin
+from eventflow_testing import eventually as until
 
 from ..conftest import Backends, inbox_message, order_events  # type: ignore[import-not-found]
-from .test_sessions import at_sequence, consumer, until
+from .test_sessions import at_sequence, consumer
 
 
 async def test_clear_projection_then_a_replay_rebuilds_the_same_summaries(

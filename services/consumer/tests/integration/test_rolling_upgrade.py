@@ -17,9 +17,10 @@ from azure.servicebus import ServiceBusMessageState
 
 from eventflow_consumer.admin import run as admin
 from eventflow_consumer.session_state import SessionState
+from eventflow_testing import eventually as until
 
 from ..conftest import Backends, inbox_message, order_events  # type: ignore[import-not-found]
-from .test_sessions import at_sequence, consumer, until
+from .test_sessions import at_sequence, consumer
 
 
 @dataclass

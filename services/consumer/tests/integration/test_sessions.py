@@ -5,7 +5,6 @@ crash, and the block → defer → unblock cycle."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +21,7 @@ from eventflow_consumer.sessions import SessionWorker
 from eventflow_consumer.settings import Settings
 from eventflow_contracts.lanes import Lane, lane_of
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
+from eventflow_testing import eventually as until
 
 from ..conftest import (  # type: ignore[import-not-found]
     Backends,
@@ -68,13 +68,6 @@ async def running(
         finally:
             pump.stop()
             await task
-
-
-async def until(check: Callable[[], Any], what: str, wait: float = 20.0) -> None:
-    deadline = time.monotonic() + wait
-    while not await check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 def at_sequence(resources: Resources, order_id: str, sequence: int) -> Callable[[], Any]:

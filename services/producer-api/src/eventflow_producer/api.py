@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -54,7 +55,20 @@ from eventflow_producer.settings import Settings
 
 LOG = structlog.get_logger("eventflow_producer")
 ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-StoreFactory = Callable[[Settings], AbstractAsyncContextManager[OrderStore]]
+
+
+@dataclass(frozen=True)
+class WriteStrategy:
+    """What the write pattern decides for the app; the bootstrap builds it (`write_strategy`)."""
+
+    open_store: Callable[[], AbstractAsyncContextManager[OrderStore]]
+    """Opens the store for the app's lifetime (the lifespan)."""
+    keeps_events: bool = True
+    """False in entity-first: only the order is written, and an order's events answer 404."""
+    description: str = "Orders."
+    """The OpenAPI document's description of the API."""
+
+
 FatalHandler = Callable[[str], None]
 """Told why the process must stop (a setup a retry cannot fix); it stops the server."""
 
@@ -381,23 +395,14 @@ def _complete_the_openapi_document(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-DESCRIPTIONS = {  # by write pattern (docs/patterns.md)
-    "outbox": "Orders with a transactional outbox: every change commits the order and its events together.",
-    "entity-first": "Orders written as documents only; the publisher derives whole-state events from their "
-    "versions on the change feed (GET /orders/{order_id}/events answers 404).",
-    "event-first": "Orders as their events: every change appends events, the source of truth; a read model "
-    "kept from the change feed serves reads, folded up to the latest event.",
-}
-
-
 def _log_fatal(reason: str) -> None:
     LOG.error("cannot start", reason=reason)
 
 
 def create_app(
-    settings: Settings, open_store: StoreFactory, on_fatal: FatalHandler = _log_fatal
+    settings: Settings, strategy: WriteStrategy, on_fatal: FatalHandler = _log_fatal
 ) -> FastAPI:
-    """The ASGI app. `open_store` opens the store for the app's lifetime (the lifespan). The app
+    """The ASGI app. `strategy.open_store` opens the store for the app's lifetime. The app
     waits up to `settings.startup_wait_seconds` for it, then answers anyway while it keeps
     connecting: liveness 200, readiness and every store route 503 until the store is open. A
     StoreConfigurationError goes to `on_fatal`."""
@@ -409,12 +414,10 @@ def create_app(
             stack.push_async_callback(app.state.auth.close)  # the key set's HTTP session
 
             async def connect() -> None:
-                store = await stack.enter_async_context(open_store(settings))
+                store = await stack.enter_async_context(strategy.open_store())
                 app.state.store = store
                 app.state.service = OrderService(
-                    store,
-                    source=settings.event_source,
-                    keeps_events=settings.write_pattern != "entity-first",
+                    store, source=settings.event_source, keeps_events=strategy.keeps_events
                 )
 
             def settled(task: asyncio.Task[None]) -> None:
@@ -437,7 +440,7 @@ def create_app(
     app = FastAPI(
         title="eventflow orders API", version="1.0.0", lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,  # operation ids: create_order, ...
-        description=DESCRIPTIONS[settings.write_pattern],
+        description=strategy.description,
     )  # fmt: skip
     app.state.auth = Authenticator(settings.auth_config())
     routes(app)

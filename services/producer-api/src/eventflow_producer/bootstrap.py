@@ -1,21 +1,25 @@
-"""The one place that chooses adapters: emulators (local or compose) or Azure, by `settings.mode`."""
+"""The service's one place of wiring: the adapters for `settings.mode` (emulators, local or
+compose, or Azure) and what the write pattern decides (`write_strategy`); the rest of the service
+never reads `settings.write_pattern`."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from functools import partial
+from typing import Any, Final
 
 import structlog
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
 from azure.cosmos import PartitionKey
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from eventflow_contracts.orders_container import PARTITION_KEY_PATH
+from eventflow_contracts.orders_container import PARTITION_KEY_PATH, WritePattern, keeps_events
 from eventflow_producer.adapters.cosmos_event_store import CosmosEventStore
 from eventflow_producer.adapters.cosmos_store import CosmosOrderStore, unavailable_from
-from eventflow_producer.ports import StoreConfigurationError
+from eventflow_producer.api import WriteStrategy
+from eventflow_producer.ports import OrderStore, StoreConfigurationError
 from eventflow_producer.settings import Settings
 
 LOG = structlog.get_logger("eventflow_producer.bootstrap")
@@ -130,11 +134,12 @@ async def _connected(settings: Settings, stack: AsyncExitStack) -> Any:
 
 
 @asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[CosmosOrderStore]:
-    """The Cosmos order store for `settings.mode` and the write pattern, with its clients closed
-    on exit, once Cosmos DB answers (`_connected`: waits out outages, raises
-    StoreConfigurationError for a wrong setup): the outbox's and entity-first's (which is given no
-    events to write) is the same store; event-first appends events and reads a folded read model."""
+async def open_store(
+    settings: Settings, store_of: Callable[[Any], OrderStore]
+) -> AsyncIterator[OrderStore]:
+    """The order store `store_of` makes of the orders container, with its clients closed on exit,
+    once Cosmos DB answers (`_connected`: waits out outages, raises StoreConfigurationError for a
+    wrong setup)."""
     async with AsyncExitStack() as stack:
         container = await _connected(settings, stack)
         LOG.info(
@@ -144,15 +149,38 @@ async def open_store(settings: Settings) -> AsyncIterator[CosmosOrderStore]:
             container=settings.orders_container,
             write_pattern=settings.write_pattern,
         )
-        if settings.write_pattern == "event-first":
-            yield CosmosEventStore(
+        yield store_of(container)
+
+
+DESCRIPTIONS: Final[dict[WritePattern, str]] = {  # the API's, by write pattern (docs/patterns.md)
+    "outbox": "Orders with a transactional outbox: every change commits the order and its events together.",
+    "entity-first": "Orders written as documents only; the publisher derives whole-state events from their "
+    "versions on the change feed (GET /orders/{order_id}/events answers 404).",
+    "event-first": "Orders as their events: every change appends events, the source of truth; a read model "
+    "kept from the change feed serves reads, folded up to the latest event.",
+}
+
+
+def write_strategy(settings: Settings) -> WriteStrategy:
+    """What `settings.write_pattern` decides: the store (the outbox's and entity-first's is the
+    same store, given no events to write in entity-first; event-first appends events and reads a
+    folded read model), whether events are kept, and the API's description. Nothing connects
+    until the app opens the store."""
+    pattern = settings.write_pattern
+
+    def store_of(container: Any) -> OrderStore:
+        if pattern == "event-first":
+            return CosmosEventStore(
                 container, idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
                 timeout_seconds=settings.store_timeout_seconds,
             )  # fmt: skip
-        else:
-            yield CosmosOrderStore(
-                container,
-                event_ttl_seconds=settings.event_ttl_seconds,
-                idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
-                timeout_seconds=settings.store_timeout_seconds,
-            )
+        return CosmosOrderStore(
+            container, event_ttl_seconds=settings.event_ttl_seconds,
+            idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+            timeout_seconds=settings.store_timeout_seconds,
+        )  # fmt: skip
+
+    return WriteStrategy(
+        open_store=partial(open_store, settings, store_of), keeps_events=keeps_events(pattern),
+        description=DESCRIPTIONS[pattern],
+    )  # fmt: skip

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from eventflow_contracts.telemetry import Telemetry, configure_telemetry
 from eventflow_producer.api import create_app
-from eventflow_producer.bootstrap import open_store
+from eventflow_producer.bootstrap import write_strategy
 from eventflow_producer.settings import Settings
 
 LOG = structlog.get_logger("eventflow_producer")
@@ -81,7 +81,7 @@ class Server(uvicorn.Server):
 def instrumented_app(settings: Settings, server: Server | None = None) -> FastAPI:
     """The app with an OpenTelemetry server span per request (health probes left out; no spans
     of their own for the ASGI send and receive calls). A wrong setup stops `server`."""
-    app = create_app(settings, open_store, *([server.stop_for] if server else []))
+    app = create_app(settings, write_strategy(settings), *([server.stop_for] if server else []))
     FastAPIInstrumentor.instrument_app(
         app, excluded_urls="healthz,readyz", exclude_spans=["receive", "send"]
     )

@@ -18,7 +18,7 @@ from eventflow_contracts.auth import WRITE_ROLE
 from eventflow_contracts.auth_testing import LocalIssuer, running_issuer
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
 from eventflow_producer.api import create_app
-from eventflow_producer.bootstrap import open_store
+from eventflow_producer.bootstrap import write_strategy
 from eventflow_producer.settings import Settings
 
 MIN_CASES = 500
@@ -55,7 +55,7 @@ _authorization = {
     "Authorization": f"Bearer {_tokens.token(WRITE_ROLE, exp=int(time.time()) + 6 * 3600)}"
 }
 schema = schemathesis.openapi.from_asgi(
-    "/openapi.json", create_app(_settings, open_store), config=_config
+    "/openapi.json", create_app(_settings, write_strategy(_settings)), config=_config
 )
 
 

@@ -23,8 +23,9 @@ from eventflow_contracts.auth import READ_ROLE, WRITE_ROLE
 from eventflow_contracts.auth_testing import LocalIssuer, SigningKey, running_issuer
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
 from eventflow_producer.api import create_app
-from eventflow_producer.bootstrap import open_store
+from eventflow_producer.bootstrap import write_strategy
 from eventflow_producer.settings import Settings
+from eventflow_testing import eventually
 
 ORDER = {
     "customer_id": "c-1",
@@ -69,15 +70,12 @@ async def producer(
         cosmos_key=SecretStr(cosmos_emulator_server.key), database=database, **issuer.settings(),
     )  # fmt: skip
     port = _free_port()
-    config = uvicorn.Config(create_app(settings, open_store), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(settings, write_strategy(settings)), host="127.0.0.1", port=port,
                             log_config=None, access_log=False)  # fmt: skip
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert not serving.done(), "the server stopped"
-        assert time.monotonic() < deadline, "the server did not start"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: server.started or serving.done(), "the server started", wait=60)
+    assert not serving.done(), "the server stopped"
     try:
         yield Producer(f"http://127.0.0.1:{port}", database, cosmos_emulator_server)
     finally:

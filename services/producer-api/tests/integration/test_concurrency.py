@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
-from eventflow_producer.bootstrap import open_store
+from eventflow_producer.bootstrap import write_strategy
 from eventflow_producer.settings import Settings
 
 from ..conftest import running  # type: ignore[import-not-found]
@@ -40,8 +40,8 @@ async def replicas(
         write_pattern=pattern,
     )  # fmt: skip
     async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(running(settings, open_store))
-        second = await stack.enter_async_context(running(settings, open_store))
+        first = await stack.enter_async_context(running(settings, write_strategy(settings)))
+        second = await stack.enter_async_context(running(settings, write_strategy(settings)))
         yield first, second
 
 

@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
+from eventflow_testing import eventually
 
 WANTED = {("eventflow-producer-api", "POST /orders"),
           ("eventflow-producer-api", "ContainerProxy.execute_item_batch")}  # fmt: skip
@@ -81,15 +82,14 @@ async def test_spans_and_logs_go_to_the_otlp_endpoint(
     process = _start_producer(env, tmp_path / "producer.log")
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            deadline = time.monotonic() + 60
-            while True:
+
+            async def ready() -> bool:
                 try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
+                    return (await client.get("/readyz")).status_code == 200
                 except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the producer never got ready"
-                await asyncio.sleep(0.1)
+                    return False
+
+            await eventually(ready, "the producer ready", wait=60, every=0.1)
             line = {"sku": "SKU-1", "quantity": 1, "unit_price": "1.00"}
             created = await client.post("/orders", json={"customer_id": "c", "currency": "EUR", "lines": [line]})  # fmt: skip
             assert created.status_code == 201

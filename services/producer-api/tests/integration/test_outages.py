@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -26,8 +26,9 @@ from structlog.testing import capture_logs
 from eventflow_emulators.cosmos.server import EMULATOR_KEY
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
 from eventflow_producer.api import create_app
-from eventflow_producer.bootstrap import open_store
+from eventflow_producer.bootstrap import write_strategy
 from eventflow_producer.settings import Settings
+from eventflow_testing import eventually
 
 ORDER = {
     "customer_id": "c-1",
@@ -55,18 +56,11 @@ def _settings(endpoint: str, key: str, **overrides: object) -> Settings:
 async def _app(
     settings: Settings, on_fatal: Callable[[str], None] | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, open_store, *([on_fatal] if on_fatal else []))
+    app = create_app(settings, write_strategy(settings), *([on_fatal] if on_fatal else []))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://producer") as client:
             yield client
-
-
-async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not await condition():
-        assert time.monotonic() < deadline, f"not within {DEADLINE_S} s: {what}"
-        await asyncio.sleep(0.2)
 
 
 async def _ready(client: httpx.AsyncClient) -> bool:
@@ -100,7 +94,7 @@ async def test_a_stopped_store_answers_503_on_every_store_route_and_liveness_sta
     emulator: RunningCosmosEmulator,
 ) -> None:
     async with _app(_settings(emulator.endpoint, emulator.key)) as client:
-        await _until(lambda: _ready(client), "ready")
+        await eventually(lambda: _ready(client), "ready", wait=DEADLINE_S)
         created = await client.post("/orders", json=ORDER)
         assert created.status_code == 201
         url = created.headers["location"]
@@ -117,7 +111,7 @@ async def test_a_stalled_store_answers_503_within_the_store_timeout(
     emulator: RunningCosmosEmulator,
 ) -> None:
     async with _app(_settings(emulator.endpoint, emulator.key)) as client:
-        await _until(lambda: _ready(client), "ready")
+        await eventually(lambda: _ready(client), "ready", wait=DEADLINE_S)
         created = await client.post("/orders", json=ORDER)
         with _stalled(emulator.pid):
             started = time.monotonic()
@@ -125,7 +119,7 @@ async def test_a_stalled_store_answers_503_within_the_store_timeout(
             _is_store_unavailable(await client.get("/readyz"))
             # two calls of at most 3 s each (store_timeout_seconds), with room for a loaded machine
             assert time.monotonic() - started < 15
-        await _until(lambda: _ready(client), "ready again after the stall")
+        await eventually(lambda: _ready(client), "ready again after the stall", wait=DEADLINE_S)
         assert (await client.get(created.headers["location"])).status_code == 200
 
 
@@ -133,7 +127,7 @@ async def test_a_faulting_store_answers_503_also_while_a_keyed_create_reads_its_
     emulator: RunningCosmosEmulator,
 ) -> None:
     async with _app(_settings(emulator.endpoint, emulator.key)) as client:
-        await _until(lambda: _ready(client), "ready")
+        await eventually(lambda: _ready(client), "ready", wait=DEADLINE_S)
         keyed = {"Idempotency-Key": uuid.uuid4().hex}
         first = await client.post("/orders", json=ORDER, headers=keyed)
         assert first.status_code == 201
@@ -159,7 +153,9 @@ async def test_an_app_started_before_its_store_waits_unready_then_works(tmp_path
             _is_store_unavailable(await client.get("/readyz"))
             _is_store_unavailable(await client.post("/orders", json=ORDER))
             with cosmos_emulator(tmp_path / "late", port=port):
-                await _until(lambda: _ready(client), "ready once the store is up")
+                await eventually(
+                    lambda: _ready(client), "ready once the store is up", wait=DEADLINE_S
+                )
                 assert (await client.post("/orders", json=ORDER)).status_code == 201
     waits = [entry for entry in logs if entry["event"] == "still waiting for Cosmos DB"]
     assert waits, "the wait is logged"
@@ -172,7 +168,7 @@ async def test_a_wrong_key_is_a_setup_problem_told_at_once(
     fatal: list[str] = []
     wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ=="
     async with _app(_settings(emulator.endpoint, wrong), fatal.append) as client:
-        await _until(lambda: asyncio.sleep(0, bool(fatal)), "the setup problem told")
+        await eventually(lambda: bool(fatal), "the setup problem told", wait=DEADLINE_S)
         _is_store_unavailable(await client.get("/readyz"))
     assert len(fatal) == 1
     assert "PRODUCER_COSMOS_KEY" in fatal[0]
@@ -184,7 +180,7 @@ async def test_a_container_that_is_not_there_and_not_ours_to_create_is_a_setup_p
     fatal: list[str] = []
     settings = _settings(emulator.endpoint, emulator.key, create_containers=False)
     async with _app(settings, fatal.append):
-        await _until(lambda: asyncio.sleep(0, bool(fatal)), "the setup problem told")
+        await eventually(lambda: bool(fatal), "the setup problem told", wait=DEADLINE_S)
     assert f"{settings.database}/orders" in fatal[0]
     assert "PRODUCER_CREATE_CONTAINERS" in fatal[0]
 
@@ -231,11 +227,13 @@ async def test_a_producer_process_started_while_its_store_is_down_waits_then_wor
                     503,
                 )
 
-            await _until(alive_and_unready, "alive and unready while the store is down")
+            await eventually(
+                alive_and_unready, "alive and unready while the store is down", wait=DEADLINE_S
+            )
             await asyncio.sleep(3)  # a few more waits
             assert process.poll() is None
             with cosmos_emulator(tmp_path / "late", port=cosmos_port):
-                await _until(lambda: _ready(client), "ready")
+                await eventually(lambda: _ready(client), "ready", wait=DEADLINE_S)
                 assert (await client.post("/orders", json=ORDER)).status_code == 201
                 process.send_signal(signal.SIGTERM)
                 assert await asyncio.to_thread(process.wait, 30) == 0

@@ -17,7 +17,8 @@ import pytest
 
 from eventflow_contracts.auth import WRITE_ROLE
 from eventflow_contracts.auth_testing import LocalIssuer, running_issuer
-from eventflow_producer.api import create_app
+from eventflow_producer.api import WriteStrategy, create_app
+from eventflow_producer.bootstrap import write_strategy
 from eventflow_producer.ports import OrderStore
 from eventflow_producer.settings import Settings
 
@@ -29,7 +30,7 @@ PACKAGE = "eventflow_orders_client"
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
     folder = tmp_path_factory.mktemp("generated-client")
-    document = create_app(Settings(mode="local"), lambda _: contextlib.nullcontext()).openapi()
+    document = create_app(Settings(mode="local"), write_strategy(Settings(mode="local"))).openapi()
     (folder / "openapi.json").write_text(json.dumps(document))
     (folder / "config.yaml").write_text(f"package_name_override: {PACKAGE}\npost_hooks: []\n")
     done = subprocess.run(
@@ -72,10 +73,10 @@ async def transport(
     """The app with authentication on (the issuer's tokens), behind an in-process transport."""
 
     @contextlib.asynccontextmanager
-    async def open_store(_: Settings) -> AsyncIterator[OrderStore]:
+    async def open_store() -> AsyncIterator[OrderStore]:
         yield fake_store
 
-    app = create_app(Settings(**issuer.settings()), open_store)
+    app = create_app(Settings(**issuer.settings()), WriteStrategy(open_store))
     async with app.router.lifespan_context(app):
         yield httpx.ASGITransport(app=app, raise_app_exceptions=False)
 
@@ -155,7 +156,7 @@ async def test_a_generated_client_sends_its_token_and_round_trips_every_operatio
 
 
 def test_the_document_names_each_operation_by_its_route() -> None:
-    document = create_app(Settings(mode="local"), lambda _: contextlib.nullcontext()).openapi()
+    document = create_app(Settings(mode="local"), write_strategy(Settings(mode="local"))).openapi()
     ids = sorted(op["operationId"] for path in document["paths"].values() for op in path.values())
     assert ids == sorted([
         "create_order", "read_order", "add_order_item", "submit_order", "cancel_order",

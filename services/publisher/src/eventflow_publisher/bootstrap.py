@@ -1,4 +1,7 @@
-"""The one place that chooses adapters: emulators (local or compose) or Azure, by `settings.mode`."""
+"""The service's one place of wiring: the adapters for `settings.mode` (emulators, local or
+compose, or Azure), and the workers for the write pattern (`processors`: which documents carry the
+events, and whether a read-model maintainer runs); the rest of the service never reads
+`settings.write_pattern`."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import structlog
 from azure.core.exceptions import (
@@ -20,12 +23,19 @@ from azure.cosmos.exceptions import CosmosClientTimeoutError
 from azure.eventhub.exceptions import AuthenticationError, EventHubError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
+from eventflow_contracts.orders_container import WritePattern
 from eventflow_publisher.adapters.cosmos_changefeed import (
     CosmosChangeFeed,
     CosmosLeaseStore,
     CosmosPoisonStore,
 )
 from eventflow_publisher.adapters.cosmos_read_model import CosmosReadModelStore
+from eventflow_publisher.adapters.eventhubs_sender import EventHubsSender
+from eventflow_publisher.changefeed import ChangeFeedProcessor, ProcessorOptions
+from eventflow_publisher.deriving import ENTITY_FIRST, OUTBOX, EventSource
+from eventflow_publisher.observability import PublisherMetrics
+from eventflow_publisher.publishing import EventPublisher, SendHealth
+from eventflow_publisher.readmodel import ReadModelMaintainer
 from eventflow_publisher.settings import Settings
 
 LOG = structlog.get_logger("eventflow_publisher.bootstrap")
@@ -232,10 +242,59 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         prefix = f"{settings.processor_name}:{identity}"
         LOG.info("resources ready", mode=settings.mode, prefix=prefix, hub=settings.eventhub_name,
                  write_pattern=settings.write_pattern)  # fmt: skip
-        maintaining = settings.write_pattern == "event-first"
+        maintaining = maintains_read_models(settings.write_pattern)
         read_model_prefix = f"{settings.read_model_processor_name}:{identity}"
         yield Resources(
             feed, CosmosLeaseStore(leases, prefix), CosmosPoisonStore(leases, prefix), producer,
             read_model_leases=CosmosLeaseStore(leases, read_model_prefix) if maintaining else None,
             read_models=CosmosReadModelStore(orders) if maintaining else None,
         )  # fmt: skip
+
+
+SOURCES: Final[dict[WritePattern, EventSource]] = {
+    "outbox": OUTBOX, "entity-first": ENTITY_FIRST, "event-first": OUTBOX,
+}  # fmt: skip
+"""Which documents carry the events in each write pattern, and how an event is read from one."""
+
+
+def maintains_read_models(pattern: WritePattern) -> bool:
+    """event-first only: the events are the source of truth, and the producer's API reads the
+    read models this service folds from them."""
+    return pattern == "event-first"
+
+
+def options_of(settings: Settings) -> ProcessorOptions:
+    return ProcessorOptions(
+        instance_name=settings.instance_name, start=settings.start, poll_delay=settings.poll_delay_seconds,
+        max_poll_delay=settings.max_poll_delay_seconds, max_items=settings.max_items_per_page,
+        acquire_interval=settings.acquire_interval_seconds, renew_interval=settings.renew_interval_seconds,
+        expiry=settings.lease_expiry_seconds, lag_interval=settings.lag_interval_seconds,
+        stalled_after=settings.stalled_after_seconds,
+        oldest_change_limit=settings.event_ttl_seconds * settings.oldest_event_alert_share,
+    )  # fmt: skip
+
+
+def processors(
+    settings: Settings, resources: Resources, *, health: SendHealth, metrics: PublisherMetrics
+) -> list[ChangeFeedProcessor]:
+    """The workers: the change feed processor that publishes the write pattern's events to Event
+    Hubs; in event-first also a second one on the same container, with its own leases, that folds
+    the events into the read models the producer's API reads."""
+    publisher = EventPublisher(
+        EventHubsSender(resources.producer), resources.poison, health=health, observer=metrics,
+        source=SOURCES[settings.write_pattern],
+    )  # fmt: skip
+    publishing = ChangeFeedProcessor(
+        feed=resources.feed, leases=resources.leases, handler=publisher,
+        options=options_of(settings), observer=metrics,
+    )  # fmt: skip
+    if not maintains_read_models(settings.write_pattern):
+        return [publishing]
+    assert resources.read_model_leases is not None
+    assert resources.read_models is not None
+    maintaining = ChangeFeedProcessor(
+        feed=resources.feed, leases=resources.read_model_leases,
+        handler=ReadModelMaintainer(resources.read_models, resources.poison),
+        options=options_of(settings), observer=metrics,
+    )  # fmt: skip
+    return [publishing, maintaining]

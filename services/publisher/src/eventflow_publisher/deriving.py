@@ -1,5 +1,6 @@
 """Which change feed documents carry events, and how an event is read from each (the write patterns).
 
+The documents are those of `eventflow_contracts.orders_container`, the producer's layout.
 - outbox and event-first: event documents (`kind = "event"`) carry their CloudEvent as written.
 - entity-first: the order documents (`kind = "order"`) a legacy writer keeps are the only record;
   each version read becomes an `OrderStateChanged.v1` with the whole order, its version as the
@@ -28,6 +29,7 @@ from eventflow_contracts import (
     new_event,
     to_json_dict,
 )
+from eventflow_contracts.orders_container import DocumentKind, event_kind
 
 DERIVED_SOURCE = "/eventflow/publisher/entity-first"
 _DERIVED_IDS = uuid.UUID("6f1c2a4e-5b0d-4e53-9d0e-0a6b3f4c2d71")
@@ -38,7 +40,7 @@ class EventSource:
     """The documents of the change feed that carry events (`kind`), and the CloudEvent JSON object
     of one (`event_of`, which raises KeyError, TypeError or ContractError when it has none)."""
 
-    kind: str
+    kind: DocumentKind
     event_of: Callable[[dict[str, Any]], Any]
 
 
@@ -71,5 +73,7 @@ def state_event(document: dict[str, Any]) -> dict[str, Any]:
     return to_json_dict(event)
 
 
-OUTBOX = EventSource("event", stored_event)
-ENTITY_FIRST = EventSource("order", state_event)
+OUTBOX = EventSource(event_kind("outbox"), stored_event)
+"""The outbox's and event-first's: the event documents, their CloudEvent as written."""
+ENTITY_FIRST = EventSource(event_kind("entity-first"), state_event)
+"""entity-first's: the order documents, an event derived from each version read."""

@@ -19,13 +19,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from eventflow_contracts.telemetry import Telemetry, configure_telemetry
-from eventflow_publisher.adapters.eventhubs_sender import EventHubsSender
-from eventflow_publisher.bootstrap import ConfigurationError, Resources, open_resources
-from eventflow_publisher.changefeed import ChangeFeedProcessor, ProcessorOptions
-from eventflow_publisher.deriving import ENTITY_FIRST, OUTBOX
+from eventflow_publisher.bootstrap import ConfigurationError, open_resources, processors
+from eventflow_publisher.changefeed import ChangeFeedProcessor
 from eventflow_publisher.observability import METER, SERVICE, PublisherMetrics, health_app
-from eventflow_publisher.publishing import EventPublisher, SendHealth
-from eventflow_publisher.readmodel import ReadModelMaintainer
+from eventflow_publisher.publishing import SendHealth
 from eventflow_publisher.settings import Settings
 
 LOG = structlog.get_logger("eventflow_publisher")
@@ -68,36 +65,10 @@ async def unless_stopped(stop: asyncio.Event, starting: Awaitable[T]) -> T | Non
     return None
 
 
-def options_of(settings: Settings) -> ProcessorOptions:
-    return ProcessorOptions(
-        instance_name=settings.instance_name, start=settings.start, poll_delay=settings.poll_delay_seconds,
-        max_poll_delay=settings.max_poll_delay_seconds, max_items=settings.max_items_per_page,
-        acquire_interval=settings.acquire_interval_seconds, renew_interval=settings.renew_interval_seconds,
-        expiry=settings.lease_expiry_seconds, lag_interval=settings.lag_interval_seconds,
-        stalled_after=settings.stalled_after_seconds,
-        oldest_change_limit=settings.event_ttl_seconds * settings.oldest_event_alert_share,
-    )  # fmt: skip
-
-
-def read_model_maintainer(
-    settings: Settings, resources: Resources, metrics: PublisherMetrics
-) -> ChangeFeedProcessor | None:
-    """event-first: a second change feed processor on the same container, with its own leases,
-    that folds events into the read models the producer's API reads; None in the other patterns."""
-    if resources.read_model_leases is None or resources.read_models is None:
-        return None
-    return ChangeFeedProcessor(
-        feed=resources.feed, leases=resources.read_model_leases,
-        handler=ReadModelMaintainer(resources.read_models, resources.poison),
-        options=options_of(settings), observer=metrics,
-    )  # fmt: skip
-
-
 async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
     metrics = PublisherMetrics(telemetry)
     health = SendHealth(settings.unready_after_failing_seconds)
-    processor: ChangeFeedProcessor | None = None
-    maintainer: ChangeFeedProcessor | None = None
+    workers: list[ChangeFeedProcessor] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -105,11 +76,9 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
 
     def ready() -> bool:
         return (
-            processor is not None
-            and processor.ready.is_set()
+            bool(workers)
             and health.ready
-            and not processor.problems()
-            and (maintainer is None or (maintainer.ready.is_set() and not maintainer.problems()))
+            and all(each.ready.is_set() and not each.problems() for each in workers)
         )
 
     runner = web.AppRunner(health_app(metrics, ready), access_log=None)
@@ -123,29 +92,14 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
             if resources is None:
                 LOG.info("stopped while connecting")
                 return
-            publisher = EventPublisher(
-                EventHubsSender(resources.producer),
-                resources.poison,
-                health=health,
-                observer=metrics,
-                source=ENTITY_FIRST if settings.write_pattern == "entity-first" else OUTBOX,
-            )
-            processor = ChangeFeedProcessor(
-                feed=resources.feed,
-                leases=resources.leases,
-                handler=publisher,
-                options=options_of(settings),
-                observer=metrics,
-            )
-            maintainer = read_model_maintainer(settings, resources, metrics)
-            processors = [processor] if maintainer is None else [processor, maintainer]
-            running = [asyncio.create_task(each.run()) for each in processors]
+            workers.extend(processors(settings, resources, health=health, metrics=metrics))
+            running = [asyncio.create_task(each.run()) for each in workers]
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait([*running, stopped], return_when=asyncio.FIRST_COMPLETED)
             if not stopped.done():
                 LOG.error("a change feed processor ended; stopping the others")
             LOG.info("stopping: finishing in-flight pages, releasing leases")
-            await asyncio.gather(*(each.stop() for each in processors))
+            await asyncio.gather(*(each.stop() for each in workers))
             stopped.cancel()
             for task in running:
                 await task

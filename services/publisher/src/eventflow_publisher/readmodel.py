@@ -1,6 +1,6 @@
 """The read-model maintainer of the event-first write pattern: a change feed handler that folds each
 order's events into its read model, the order document the producer's API reads (id = order id,
-kind = "order").
+kind = "order": `eventflow_contracts.orders_container`).
 
 Events are the source of truth and are never changed or expired, so the fold is deterministic and
 only moves forward: an event at or before the read model's version is a replay and changes nothing,
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 import structlog
@@ -30,10 +30,12 @@ from eventflow_contracts import (
     decode_event,
     evolve,
 )
+from eventflow_contracts.orders_container import DocumentKind
 from eventflow_publisher.changefeed import LeaseContext, LeaseLostError
 from eventflow_publisher.publishing import PoisonRecorder
 
 LOG = structlog.get_logger("eventflow_publisher.readmodel")
+EVENT: Final[DocumentKind] = "event"
 MAX_CONFLICT_RETRIES = 10
 
 
@@ -85,7 +87,7 @@ class ReadModelMaintainer:
     async def __call__(self, context: LeaseContext, documents: Sequence[dict[str, Any]]) -> None:
         by_order: dict[str, list[dict[str, Any]]] = {}
         for document in documents:
-            if document.get("kind") == "event":
+            if document.get("kind") == EVENT:
                 by_order.setdefault(str(document.get("order_id")), []).append(document)
         async with asyncio.TaskGroup() as folds:
             for order_id, events in by_order.items():

@@ -9,6 +9,7 @@ from typing import Literal, Self
 from pydantic import AwareDatetime, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eventflow_contracts.orders_container import WritePattern
 from eventflow_contracts.telemetry import TelemetryFields
 
 # The Cosmos DB emulators' published well-known key (the official emulator's and this project's):
@@ -45,7 +46,7 @@ class Settings(BaseSettings, TelemetryFields):
     )
     eventhub_name: str = "orders"
 
-    write_pattern: Literal["outbox", "entity-first", "event-first"] = Field(
+    write_pattern: WritePattern = Field(
         default="outbox",
         description="the producer's (PRODUCER_WRITE_PATTERN): outbox and event-first publish the "
         "event documents; entity-first derives an OrderStateChanged from each order document read; "

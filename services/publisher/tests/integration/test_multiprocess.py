@@ -19,6 +19,7 @@ import pytest
 
 from eventflow_emulators.messaging.reading import hub_contents
 from eventflow_emulators.messaging.testing import RunningMessagingEmulator, messaging_emulator
+from eventflow_testing import eventually
 
 from ..conftest import Store  # type: ignore[import-not-found]
 
@@ -117,10 +118,11 @@ async def test_sigterm_finishes_and_releases_every_lease(
 ) -> None:
     process = publisher(store, hub, "solo")
     leases = await store.lease_store()
-    deadline = time.monotonic() + 30
-    while {lease.owner for lease in await leases.list_leases()} != {"solo"}:
-        assert time.monotonic() < deadline, "never took the leases"
-        await asyncio.sleep(0.1)
+
+    async def taken() -> bool:
+        return {lease.owner for lease in await leases.list_leases()} == {"solo"}
+
+    await eventually(taken, "the leases taken", every=0.1)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 0
     assert {lease.owner for lease in await leases.list_leases()} == {None}

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventflow_publisher.changefeed import ChangeFeedProcessor, LeaseContext, ProcessorOptions
+from eventflow_testing import eventually
 
-from ..conftest import Store, eventually  # type: ignore[import-not-found]
+from ..conftest import Store  # type: ignore[import-not-found]
 
 FAST = {"poll_delay": 0.02, "max_poll_delay": 0.02, "acquire_interval": 0.1, "renew_interval": 0.2,
         "expiry": 2.0, "lag_interval": 0.5, "retry_delay": 0.01, "max_retry_delay": 0.05,

@@ -20,8 +20,9 @@ from eventflow_publisher.changefeed import (
     ProcessorOptions,
     StartPosition,
 )
+from eventflow_testing import eventually
 
-from ..conftest import Collector, Store, eventually  # type: ignore[import-not-found]
+from ..conftest import Collector, Store  # type: ignore[import-not-found]
 
 
 async def keys_in(store: Store, feed_range: dict[str, Any], count: int, skip: int = 0) -> list[str]:

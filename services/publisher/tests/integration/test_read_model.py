@@ -17,8 +17,9 @@ from eventflow_publisher.adapters.cosmos_changefeed import CosmosPoisonStore
 from eventflow_publisher.adapters.cosmos_read_model import CosmosReadModelStore
 from eventflow_publisher.changefeed import ChangeFeedProcessor, LeaseContext, ProcessorOptions
 from eventflow_publisher.readmodel import ReadModelConflictError, ReadModelMaintainer
+from eventflow_testing import eventually
 
-from ..conftest import Collector, Store, eventually  # type: ignore[import-not-found]
+from ..conftest import Collector, Store  # type: ignore[import-not-found]
 
 FAST = {"poll_delay": 0.02, "acquire_interval": 0.1, "renew_interval": 0.2, "expiry": 1.0,
         "lag_interval": 0.1, "retry_delay": 0.01, "max_retry_delay": 0.05}  # fmt: skip

@@ -8,7 +8,7 @@ import asyncio
 import functools
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from eventflow_publisher.changefeed import (
     ProcessorOptions,
     StartPosition,
 )
+from eventflow_testing import eventually
 
 from ..fakes import FakeChangeFeed, FakeLeaseStore, feed_range  # type: ignore[import-not-found]
 
@@ -48,13 +49,6 @@ class Recorder:
 
 def documents(prefix: str, count: int, ts: int = 1000) -> list[dict[str, Any]]:
     return [{"id": f"{prefix}{n}", "_ts": ts} for n in range(count)]
-
-
-async def eventually(check: Callable[[], bool], what: str, wait: float = 10.0) -> None:
-    deadline = time.monotonic() + wait
-    while not check():
-        assert time.monotonic() < deadline, f"{what} not met within {wait}s"
-        await asyncio.sleep(0.01)
 
 
 class Running:
@@ -156,11 +150,24 @@ async def test_transient_checkpoint_failures_retry_the_checkpoint_not_the_page()
     handler = Recorder()
     running = start(feed, store, handler)
     await eventually(lambda: any(w.continuation == "5" for w in store.writes), "checkpointed")
+    assert store.failing["checkpoint"] == 0, "the three checkpoint failures were met"
     assert handler.ids() == [f"d{n}" for n in range(5)], "the page was handled once"
+    (lease_id,) = running.processor.owned
     store.failing["renew"] = 2
     store.failing["list"] = 1
-    await asyncio.sleep(0.3)
-    assert running.processor.owned, "transient renew and list failures lose nothing"
+    await eventually(
+        lambda: store.failing["renew"] == store.failing["list"] == 0,
+        "the renew and list failures met",
+    )
+    listings = store.listings
+    await eventually(lambda: store.listings >= listings + 2, "balancing on after them")
+    renewals = len([w for w in store.writes if w.kind == "renew"])
+    await eventually(
+        lambda: len([w for w in store.writes if w.kind == "renew"]) > renewals, "renewing on"
+    )
+    assert running.processor.owned == [lease_id], "transient renew and list failures lose nothing"
+    assert [w.kind for w in store.writes].count("acquire") == 1, "the lease was never lost"
+    assert handler.ids() == [f"d{n}" for n in range(5)], "nothing handled again"
     await running.stop()
 
 
@@ -188,14 +195,31 @@ async def test_a_token_that_cannot_be_resumed_is_never_checkpointed() -> None:
 
 
 async def test_an_idle_lease_backs_off_and_a_full_page_is_followed_at_once() -> None:
+    """Lower bounds on the waits between reads (a sleep never ends early, however busy the
+    machine): idle, they double from `poll_delay` to `max_poll_delay`. After a full page the
+    next read waits not even `poll_delay` (an upper bound of half of it, 0.3 s)."""
     feed, store = FakeChangeFeed([WHOLE]), FakeLeaseStore()
-    running = start(feed, store, Recorder(), poll_delay=0.01, max_poll_delay=0.2, max_items=5)
-    await eventually(lambda: running.processor.owned != [], "owned")
-    before = feed.reads
-    await asyncio.sleep(1.0)
-    idle_reads = feed.reads - before
-    assert idle_reads <= 12, (
-        f"{idle_reads} reads in an idle second (a fixed 0.01 s poll makes ~100)"
+    handler = Recorder()
+    running = start(feed, store, handler, poll_delay=0.01, max_poll_delay=0.8, max_items=5)
+    await eventually(lambda: feed.reads >= 10, "ten reads of an empty range")
+    # the first read moves the position (none yet to "0") and is followed at once; the next
+    # ones are idle
+    idle = [b - a for a, b in itertools.pairwise(feed.read_times[1:10])]
+    expected = [min(0.01 * 2**n, 0.8) for n in range(8)]  # 0.01, 0.02, ... 0.64, 0.8
+    tolerance = 0.005  # the clock's resolution
+    assert all(gap >= want - tolerance for gap, want in zip(idle, expected, strict=True)), (
+        f"waits between idle reads {idle}, expected at least {expected}"
+    )
+    await running.stop()
+    feed, handler = FakeChangeFeed([WHOLE]), Recorder()
+    feed.append(WHOLE, *documents("d", 12))  # pages of 5, 5, 2
+    running = start(
+        feed, FakeLeaseStore(), handler, poll_delay=0.6, max_poll_delay=0.6, max_items=5
+    )
+    await eventually(lambda: len(handler.ids()) == 12, "the three pages handled")
+    after_full = [b - a for a, b in itertools.pairwise(feed.read_times[:3])]
+    assert all(gap < 0.6 / 2 for gap in after_full), (
+        f"a full page waited before the next read: {after_full}"
     )
     await running.stop()
 
@@ -284,10 +308,14 @@ async def test_leases_of_the_previous_version_are_taken_and_of_a_newer_one_left_
     version: int,
 ) -> None:
     feed, store = FakeChangeFeed([WHOLE]), FakeLeaseStore()
-    store.add(WHOLE, version=version, continuation="0")
+    lease = store.add(WHOLE, version=version, continuation="0")
     running = start(feed, store, Recorder())
-    await asyncio.sleep(0.3)
-    assert running.processor.owned == ([] if version > 2 else [next(iter(store.leases))])
+    if version <= 2:
+        await eventually(lambda: running.processor.owned == [lease.id], "the lease taken")
+    else:
+        await eventually(lambda: store.listings >= 3, "balancing rounds after the first")
+        assert running.processor.owned == [], "a newer version's lease is left alone"
+        assert store.leases[lease.id] == lease, "and not written"
     await running.stop()
 
 

@@ -18,12 +18,26 @@ from eventflow_contracts import (
     new_event,
     to_json_dict,
 )
+from eventflow_contracts.orders_container import WRITE_PATTERNS, event_kind, keeps_events
+from eventflow_publisher.bootstrap import SOURCES, maintains_read_models
 from eventflow_publisher.changefeed import LeaseContext
 from eventflow_publisher.deriving import ENTITY_FIRST, derived_event_id
 from eventflow_publisher.publishing import EventPublisher, SendHealth
 from eventflow_publisher.readmodel import ReadModelConflictError, ReadModelMaintainer
 
 from .test_publishing import FakePoison, FakeSender  # type: ignore[import-not-found]
+
+
+def test_each_write_pattern_reads_the_documents_the_producer_writes_its_events_in() -> None:
+    """The bootstrap's choice agrees with the orders container's contract, for every pattern."""
+    assert {p: SOURCES[p].kind for p in WRITE_PATTERNS} == {
+        p: event_kind(p) for p in WRITE_PATTERNS
+    }
+    assert {p: SOURCES[p] is ENTITY_FIRST for p in WRITE_PATTERNS} == {
+        p: not keeps_events(p) for p in WRITE_PATTERNS
+    }
+    assert [p for p in WRITE_PATTERNS if maintains_read_models(p)] == ["event-first"]
+
 
 LINE = OrderLine(sku="SKU-1", quantity=2, unit_price=Decimal("1.25"))
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)

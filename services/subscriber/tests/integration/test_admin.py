@@ -24,6 +24,7 @@ import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
 from eventflow_emulators.messaging.testing import RunningMessagingEmulator, messaging_emulator
+from eventflow_testing import eventually
 
 from ..conftest import (  # type: ignore[import-not-found]
     EVENTHUBS_CONFIG,
@@ -33,7 +34,6 @@ from ..conftest import (  # type: ignore[import-not-found]
     BlobServer,
     checkpointed,
     event_bytes,
-    eventually,
     publish,
     read_inbox,
 )
@@ -107,7 +107,7 @@ async def forward_until(backends: Backends, events: int) -> None:
             async def reached() -> bool:
                 return await checkpointed(backends, store) == events
 
-            await eventually(reached, 60, f"{events} events checkpointed")
+            await eventually(reached, f"{events} events checkpointed", wait=60)
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 60) == 0
@@ -195,7 +195,7 @@ async def test_rewind_refuses_while_subscribers_claim_partitions_and_rejects_bad
             async def all_forwarded() -> bool:
                 return await checkpointed(backends, store) == ORDERS
 
-            await eventually(all_forwarded, 60, "every event checkpointed")
+            await eventually(all_forwarded, "every event checkpointed", wait=60)
         code, _, error = admin(backends, "rewind", "--to", "beginning")
         assert code == 2
         assert "claimed by running subscribers" in error

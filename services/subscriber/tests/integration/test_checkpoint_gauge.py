@@ -16,8 +16,9 @@ from eventflow_subscriber.adapters.servicebus_inbox import ServiceBusInbox
 from eventflow_subscriber.forwarding import Forwarder, RetryPolicy
 from eventflow_subscriber.observability import SubscriberMetrics
 from eventflow_subscriber.routing import HubEvent
+from eventflow_testing import eventually
 
-from ..conftest import INBOX, PARTITIONS, Backends, event_bytes, eventually, publish  # type: ignore[import-not-found]
+from ..conftest import INBOX, PARTITIONS, Backends, event_bytes, publish  # type: ignore[import-not-found]
 from ..unit.test_checkpoint_gauge import ages  # type: ignore[import-not-found]
 
 ALL = {str(partition) for partition in range(PARTITIONS)}
@@ -44,7 +45,7 @@ async def replica(
     consumer = backends.consumer(store, load_balancing_interval=0.2)
     async with store, backends.service_bus() as client, client.get_queue_sender(INBOX) as sender:
         forwarder = forwarder_type(ServiceBusInbox(sender), hub="orders", subscribed=None,
-                              max_message_bytes=250_000, retry=RetryPolicy(base_delay=0.01), observer=metrics)  # fmt: skip
+                              max_message_bytes=250_000, lanes=32, retry=RetryPolicy(base_delay=0.01), observer=metrics)  # fmt: skip
         subscription = Subscription(
             consumer, forwarder, max_batch_size=50, max_wait_time=None, starting_position="-1",
             on_checkpoint=metrics.checkpointed, on_claim=on_claim or metrics.claimed, on_release=metrics.released,

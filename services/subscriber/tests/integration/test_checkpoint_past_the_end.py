@@ -18,8 +18,9 @@ from eventflow_subscriber.adapters.eventhubs_reader import (
 )
 from eventflow_subscriber.adapters.servicebus_inbox import ServiceBusInbox
 from eventflow_subscriber.forwarding import Forwarder, RetryPolicy
+from eventflow_testing import eventually
 
-from ..conftest import GROUP, HUB, INBOX, Backends, eventually  # type: ignore[import-not-found]
+from ..conftest import GROUP, HUB, INBOX, Backends  # type: ignore[import-not-found]
 
 
 async def test_a_checkpoint_past_the_partitions_end_is_reported_with_what_to_do(
@@ -38,7 +39,7 @@ async def test_a_checkpoint_past_the_partitions_end_is_reported_with_what_to_do(
             client.get_queue_sender(INBOX) as sender,
         ):
             forwarder = Forwarder(ServiceBusInbox(sender), hub="orders", subscribed=None,
-                                  max_message_bytes=250_000, retry=RetryPolicy(base_delay=0.01))  # fmt: skip
+                                  max_message_bytes=250_000, lanes=32, retry=RetryPolicy(base_delay=0.01))  # fmt: skip
             subscription = Subscription(
                 consumer, forwarder, max_batch_size=50, max_wait_time=None, starting_position="-1"
             )

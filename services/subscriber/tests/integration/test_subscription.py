@@ -20,13 +20,13 @@ from eventflow_contracts.lanes import session_id_for
 from eventflow_subscriber.adapters.eventhubs_reader import Subscription
 from eventflow_subscriber.adapters.servicebus_inbox import ServiceBusInbox
 from eventflow_subscriber.forwarding import Forwarder, ForwarderObserver, RetryPolicy
+from eventflow_testing import eventually
 
 from ..conftest import (  # type: ignore[import-not-found]
     INBOX,
     Backends,
     checkpointed,
     event_bytes,
-    eventually,
     publish,
     read_inbox,
 )

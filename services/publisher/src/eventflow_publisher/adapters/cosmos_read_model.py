@@ -3,18 +3,22 @@ container, next to the event documents they are folded from (one partition per o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from azure.core import MatchConditions
 from azure.cosmos.exceptions import CosmosHttpResponseError
 
 from eventflow_contracts import OrderState
-from eventflow_publisher.readmodel import ReadModelConflictError
+from eventflow_contracts.orders_container import DocumentKind, order_document_id
+from eventflow_publisher.readmodel import EVENT, ReadModelConflictError
+
+READ_MODEL: Final[DocumentKind] = "order"
 
 
 def read_model_document(state: OrderState) -> dict[str, Any]:
-    """The order document the producer's API reads: the state's fields, id = order id."""
-    return {**state.model_dump(mode="json"), "id": state.order_id, "kind": "order"}
+    """The order document the producer's API reads (`eventflow_contracts.orders_container`)."""
+    return {**state.model_dump(mode="json"), "id": order_document_id(state.order_id),
+            "kind": READ_MODEL}  # fmt: skip
 
 
 class CosmosReadModelStore:
@@ -25,7 +29,9 @@ class CosmosReadModelStore:
 
     async def load(self, order_id: str) -> tuple[OrderState | None, str | None]:
         try:
-            document = await self._container.read_item(order_id, partition_key=order_id)
+            document = await self._container.read_item(
+                order_document_id(order_id), partition_key=order_id
+            )
         except CosmosHttpResponseError as error:
             if error.status_code == 404:
                 return None, None
@@ -39,7 +45,7 @@ class CosmosReadModelStore:
                 await self._container.create_item(document)
             else:
                 await self._container.replace_item(
-                    state.order_id,
+                    order_document_id(state.order_id),
                     document,
                     etag=etag,
                     match_condition=MatchConditions.IfNotModified,
@@ -51,11 +57,12 @@ class CosmosReadModelStore:
 
     async def events_after(self, order_id: str, version: int) -> list[dict[str, Any]]:
         query = (
-            "SELECT * FROM c WHERE c.order_id = @order_id AND c.kind = 'event'"
+            "SELECT * FROM c WHERE c.order_id = @order_id AND c.kind = @kind"
             " AND c.sequence > @after ORDER BY c.sequence"
         )
         parameters = [
             {"name": "@order_id", "value": order_id},
+            {"name": "@kind", "value": EVENT},
             {"name": "@after", "value": version},
         ]
         found = self._container.query_items(query, parameters=parameters, partition_key=order_id)

@@ -1,5 +1,7 @@
 """The whole system as OS processes on the real Azure SDKs against the project's emulators, a
-REST load, kills, and the checks of every guarantee in ARCHITECTURE.md. Used by the e2e test, the short chaos test and `make chaos`."""
+REST load, kills, and the checks of every guarantee in ARCHITECTURE.md. Used by the e2e tests
+(tests/e2e), the short chaos test, `make chaos` (tools/chaos.py), tools/verify_azure.py and the
+benchmarks. It runs from a checkout of the repository (the emulators' configs in emulators/)."""
 
 from __future__ import annotations
 
@@ -32,12 +34,15 @@ from azure.servicebus.exceptions import OperationTimeoutError
 from eventflow_contracts import ContractError, read_routing
 from eventflow_contracts.auth import WRITE_ROLE
 from eventflow_contracts.auth_testing import LocalIssuer
+from eventflow_contracts.orders_container import WRITE_PATTERNS
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator, cosmos_emulator
 from eventflow_emulators.messaging.reading import hub_contents
 from eventflow_emulators.messaging.testing import RunningMessagingEmulator, messaging_emulator
 from eventflow_emulators.servers import RunningServer, azurite
 from eventflow_publisher.deriving import derived_event_id, state_event
 
+REPOSITORY = Path(__file__).resolve().parents[4]
+"""The checkout this module runs from (libs/testing/src/eventflow_testing/e2e.py)."""
 FAST = {
     "PUBLISHER_ACQUIRE_INTERVAL_SECONDS": "1", "PUBLISHER_RENEW_INTERVAL_SECONDS": "1",
     "PUBLISHER_LEASE_EXPIRY_SECONDS": "4", "PUBLISHER_POLL_DELAY_SECONDS": "0.1",
@@ -68,7 +73,7 @@ def _inbox_config(folder: Path, *, lock_seconds: int) -> Path:
     """The repository's Service Bus emulator config with the inbox's lock shortened."""
     import json  # noqa: PLC0415
 
-    config = json.loads((Path(__file__).parents[2] / "emulators" / "servicebus.json").read_text())
+    config = json.loads((REPOSITORY / "emulators" / "servicebus.json").read_text())
     for namespace in config["UserConfig"]["Namespaces"]:
         for queue in namespace["Queues"]:
             if queue["Name"] == "inbox":
@@ -78,7 +83,7 @@ def _inbox_config(folder: Path, *, lock_seconds: int) -> Path:
     return path
 
 
-PATTERNS = ("outbox", "entity-first", "event-first")
+PATTERNS = WRITE_PATTERNS
 """The producer's write patterns (PRODUCER_WRITE_PATTERN, PUBLISHER_WRITE_PATTERN): docs/patterns.md."""
 
 
@@ -291,6 +296,7 @@ class Load:
             self.accepted["create"] += 1
             for step in range(commands - 1):
                 choice = rng.random()
+                body: Any
                 if step == commands - 3:
                     path, body = (
                         ("cancel", {"reason": "load test"}) if choice < 0.3 else ("submit", None)
@@ -494,6 +500,7 @@ async def check_read_models(system: System, orders: list[str], wait: float) -> N
         for order_id in orders:
             entity = (await client.get(f"{system.producer_url}/orders/{order_id}")).json()
             while True:
+                model: dict[str, Any]
                 try:
                     model = await container.read_item(order_id, partition_key=order_id)
                 except CosmosResourceNotFoundError:

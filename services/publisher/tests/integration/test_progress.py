@@ -120,6 +120,7 @@ async def test_a_read_that_moves_the_position_is_followed_at_once(store: Store) 
         await task
 
 
+@pytest.mark.long  # a latency figure: measured beside make test's other workers it says little
 async def test_an_idle_processor_picks_a_change_up_within_150_ms_at_the_median(
     store: Store,
 ) -> None:

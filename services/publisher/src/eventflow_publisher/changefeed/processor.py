@@ -144,8 +144,8 @@ class ProcessorOptions:
     """How long an owner asked for its lease lets the page in flight run: past it the page is
     cancelled (not checkpointed) and the lease released. The owner renews until it releases."""
     lease_call_timeout: float | None = None
-    """The bound of one lease-store call (default a third of the renew interval): a call that
-    takes longer fails and is retried."""
+    """The bound of one lease-store call (default a third of the renew interval, at most a third
+    of the lease deadline's span): a call that takes longer fails and is retried."""
     lease_margin: float | None = None
     """How long before the earliest moment another run may take a lease its owner stops handling
     (default a tenth of the restart takeover time)."""
@@ -165,7 +165,13 @@ class ProcessorOptions:
     @property
     def call_timeout(self) -> float:
         chosen = self.lease_call_timeout or self.renew_interval / 3
-        return min(chosen, self.held_for / 2)
+        return min(chosen, self.held_for / 3)
+
+    @property
+    def renew_every(self) -> float:
+        """The renew interval, at most half the lease deadline's span, so that a late or failed
+        renewal has a second chance before the deadline stops the handler."""
+        return min(self.renew_interval, self.held_for / 2)
 
 
 def _always() -> bool:
@@ -340,7 +346,7 @@ class _Worker:
         go on until the worker releases it (at the page boundary, or at the hand-over deadline):
         the asker never waits for the expiry of a live owner."""
         processor, options = self.processor, self.processor.options
-        renew_at = processor.monotonic() + options.renew_interval / 2
+        renew_at = processor.monotonic() + options.renew_every / 2
         while self.is_active():
             wait = renew_at - processor.monotonic()
             if not self.handover.is_set():
@@ -354,7 +360,7 @@ class _Worker:
                 except LeaseLostError:
                     LOG.warning("lease lost at renewal", lease=self.lease.id)
                     return
-                renew_at = processor.monotonic() + options.renew_interval
+                renew_at = processor.monotonic() + options.renew_every
                 continue
             if self.handover.is_set():
                 continue

@@ -192,8 +192,8 @@ ACTIONS = st.lists(
 @example(
     actions=["join", "write", "same-name", "write", "pause", "split", "join", "crash", "write"]
 )
-@example(actions=["write", "refuse", "join", "wait", "wait", "write"])  # a steal mid-send
-@example(actions=["write", "refuse", "stall", "join", "wait", "wait", "write"])  # hung lease store
+@example(actions=["refuse", "write", "join", "wait", "wait", "write"])  # a steal mid-send
+@example(actions=["refuse", "write", "stall", "join", "wait", "wait", "write"])  # hung lease store
 def test_no_change_is_handled_by_two_live_runs_at_once_none_is_lost_and_order_is_kept(
     actions: list[str],
 ) -> None:
@@ -238,7 +238,7 @@ def test_no_change_is_handled_by_two_live_runs_at_once_none_is_lost_and_order_is
                 run.pauses.append((time.monotonic(), run.paused_until))
             elif action in ("refuse", "stall") and live:  # the oldest run: it owns the most
                 until = "refused_until" if action == "refuse" else "stalled_until"
-                setattr(live[0], until, time.monotonic() + 1.0)  # longer than the expiry
+                setattr(live[0], until, time.monotonic() + 2.0)  # over three expiries
             elif action == "split":
                 feed.split()
             elif action == "write":

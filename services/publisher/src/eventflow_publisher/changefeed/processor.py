@@ -11,8 +11,8 @@ deadline: its last successful lease write plus the restart takeover time (never 
 expiry: the earliest any other run may take the lease), less a margin. Past it the handler's
 context reports the lease lost and the page in flight is cancelled (a send already on the wire may
 still complete: delivery stays at-least-once, but no new attempt starts); nothing more is handled
-before a write of this acquisition succeeds again. Every lease-store call is bounded by a timeout
-shorter than the renew interval, so a hanging request cannot hold a worker past its deadline.
+before a write of this acquisition succeeds again. Every lease-store call of a worker is bounded by
+a timeout, so a request that hangs cannot hold the worker for good.
 
 Expiry is judged by what this instance observed: a lease whose ETag has not changed for `expiry`
 seconds of this machine's monotonic clock. Two machines' wall clocks are never compared.
@@ -144,8 +144,10 @@ class ProcessorOptions:
     """How long an owner asked for its lease lets the page in flight run: past it the page is
     cancelled (not checkpointed) and the lease released. The owner renews until it releases."""
     lease_call_timeout: float | None = None
-    """The bound of one lease-store call (default a third of the renew interval, at most a third
-    of the lease deadline's span): a call that takes longer fails and is retried."""
+    """The bound of one lease-store call of a worker (default half the lease deadline's span,
+    never under 5 s): a call that hangs is abandoned and retried. It only unsticks the worker;
+    the deadline, not this timeout, stops the handler, so it leaves the SDK's own retries of a
+    slow or throttled request room to run their course."""
     lease_margin: float | None = None
     """How long before the earliest moment another run may take a lease its owner stops handling
     (default a tenth of the restart takeover time)."""
@@ -164,8 +166,7 @@ class ProcessorOptions:
 
     @property
     def call_timeout(self) -> float:
-        chosen = self.lease_call_timeout or self.renew_interval / 3
-        return min(chosen, self.held_for / 3)
+        return self.lease_call_timeout or max(self.held_for / 2, 5.0)
 
     @property
     def renew_every(self) -> float:

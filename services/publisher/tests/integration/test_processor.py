@@ -310,9 +310,10 @@ async def test_splits_while_changes_flow_keep_every_change_and_each_orders_order
 
 async def test_throttling_is_absorbed_by_the_sdks_retries(store: Store) -> None:
     collector = Collector()
-    # An expiry longer than the SDK's waits on 429s: throttled renewals stay within it. (A worker
-    # whose writes are refused for longer than the expiry stops by itself, as it must.)
-    processor, task = await started(store, collector, expiry=10.0, renew_interval=1.0)
+    # An expiry and a lease deadline (1.5 renew intervals less a tenth) longer than the SDK's waits
+    # on 429s: throttled renewals land within them. (A worker whose writes are refused past its
+    # deadline stops handling, and past the expiry stops, as it must.)
+    processor, task = await started(store, collector, expiry=10.0, renew_interval=3.0)
     await eventually(lambda: len(processor.owned) == 4, what="leases owned")
     throttled = store.cosmos.admin.status()["throttled"]
     store.cosmos.admin.set_request_units_per_second(40)  # the writes below alone need more

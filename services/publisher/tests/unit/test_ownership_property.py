@@ -1,10 +1,13 @@
-"""A property over joins, steals, same-name starts, crashes, pauses and splits, against fakes of
-the processor's own ports: no change is handled by two live runs at the same time, none is lost,
-and each order's changes are first seen in order.
+"""A property over joins, steals, same-name starts, crashes, pauses, splits, refused sends and
+stalled lease stores, against fakes of the processor's own ports: no change is handled by two
+live runs at the same time, none is lost, and each order's changes are first seen in order.
 
 A pause freezes every lease-store and feed call of a run, and its handler, like SIGSTOP; a call
 in flight across a pause is not a live one (the run may finish a send it had begun when it
-resumes: at-least-once)."""
+resumes: at-least-once). A refusal makes the hub refuse a run's sends for a while: its handler
+retries, as the publisher's does, until its context reports the lease lost. A stall makes a
+run's lease-store calls hang for a while (a request that never answers) while the run, and its
+handler, stay live. Every send attempt counts for overlaps, refused or cancelled ones too."""
 
 from __future__ import annotations
 
@@ -18,7 +21,12 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from eventflow_publisher.changefeed import ChangeFeedProcessor, LeaseContext, ProcessorOptions
+from eventflow_publisher.changefeed import (
+    ChangeFeedProcessor,
+    LeaseContext,
+    LeaseLostError,
+    ProcessorOptions,
+)
 from eventflow_publisher.changefeed.ranges import bounds
 
 from ..fakes import FakeChangeFeed, FakeLeaseStore, feed_range  # type: ignore[import-not-found]
@@ -26,7 +34,7 @@ from ..fakes import FakeChangeFeed, FakeLeaseStore, feed_range  # type: ignore[i
 FAST = {"poll_delay": 0.01, "max_poll_delay": 0.02, "acquire_interval": 0.05, "renew_interval": 0.1,
         "expiry": 0.6, "lag_interval": 0.2, "retry_delay": 0.01, "max_retry_delay": 0.05,
         "shutdown_grace": 2.0, "max_items": 3, "request_check_interval": 0.05,
-        "handover_poll": 0.02}  # fmt: skip
+        "handover_poll": 0.02, "handover_timeout": 0.3}  # fmt: skip
 ORDERS = {f"o{n}": f"{16 * n + 8:02X}" for n in range(16)}  # order -> its EPK position
 SPLITS = {("", "80"): ("40",), ("80", "FF"): ("C0",), ("", "40"): ("20",), ("C0", "FF"): ("E0",)}
 
@@ -71,10 +79,12 @@ class Feed(FakeChangeFeed):
 
 @dataclass
 class Frozen:
-    """A run's view of a port: every call waits while the run is paused."""
+    """A run's view of a port: every call waits while the run is paused (and, for the lease
+    store, while it is stalled)."""
 
     port: Any
     run: Run
+    stalls: bool = False
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.port, name)
@@ -83,6 +93,8 @@ class Frozen:
 
         async def frozen(*args: Any, **kwargs: Any) -> Any:
             await self.run.thaw()
+            if self.stalls:
+                await self.run.unstall()
             result = await attribute(*args, **kwargs)
             await self.run.thaw()
             return result
@@ -94,6 +106,8 @@ class Frozen:
 class Run:
     label: str
     paused_until: float = 0.0
+    stalled_until: float = 0.0
+    refused_until: float = 0.0
     pauses: list[tuple[float, float]] = field(default_factory=list)
     processor: ChangeFeedProcessor | None = None
     task: asyncio.Task[None] | None = None
@@ -102,19 +116,38 @@ class Run:
         while (left := self.paused_until - time.monotonic()) > 0:  # noqa: ASYNC110 - a pause may be extended
             await asyncio.sleep(left)
 
+    async def unstall(self) -> None:
+        while (left := self.stalled_until - time.monotonic()) > 0:  # noqa: ASYNC110 - as thaw
+            await asyncio.sleep(left)
+
 
 @dataclass
 class Calls:
+    """`calls`: the accepted sends; `attempts`: every send attempt (refused, cancelled too)."""
+
     calls: list[tuple[str, tuple[str, str], float, float, list[str]]] = field(default_factory=list)
+    attempts: list[tuple[str, tuple[str, str], float, float, list[str]]] = field(
+        default_factory=list
+    )
 
     def handler(self, run: Run) -> Any:
         async def handle(context: LeaseContext, documents: Sequence[dict[str, Any]]) -> None:
-            await run.thaw()
-            began = time.monotonic()
-            await asyncio.sleep(0.01)  # a send in flight
-            await run.thaw()
-            self.calls.append((run.label, bounds(context.feed_range), began, time.monotonic(),
-                               [d["id"] for d in documents]))  # fmt: skip
+            ids = [d["id"] for d in documents]
+            while True:  # the publisher's send loop: retry a refused send until the lease is lost
+                if context.is_lost:
+                    raise LeaseLostError(context.lease_id)
+                await run.thaw()
+                began, refused = time.monotonic(), time.monotonic() < run.refused_until
+                try:
+                    await asyncio.sleep(0.01)  # a send in flight
+                    await run.thaw()
+                finally:
+                    attempt = (run.label, bounds(context.feed_range), began, time.monotonic(), ids)
+                    self.attempts.append(attempt)
+                if not refused:
+                    self.calls.append(attempt)
+                    return
+                await asyncio.sleep(0.01)  # the back-off
 
         return handle
 
@@ -124,7 +157,7 @@ def live_overlaps(calls: Calls, runs: dict[str, Run]) -> list[Any]:
         return not any(call[2] < end and call[3] > begin for begin, end in runs[call[0]].pauses)
 
     found = []
-    for a, b in itertools.combinations([c for c in calls.calls if live(c)], 2):
+    for a, b in itertools.combinations([c for c in calls.attempts if live(c)], 2):
         (a_low, a_high), (b_low, b_high) = a[1], b[1]
         meet = a_low < (b_high if b_high != "FF" else "G") and b_low < (
             a_high if a_high != "FF" else "G"
@@ -135,7 +168,20 @@ def live_overlaps(calls: Calls, runs: dict[str, Run]) -> list[Any]:
 
 
 ACTIONS = st.lists(
-    st.sampled_from(["join", "same-name", "crash", "pause", "split", "write", "write", "wait"]),
+    st.sampled_from(
+        [
+            "join",
+            "same-name",
+            "crash",
+            "pause",
+            "split",
+            "refuse",
+            "stall",
+            "write",
+            "write",
+            "wait",
+        ]
+    ),
     min_size=3,
     max_size=9,
 )
@@ -146,6 +192,8 @@ ACTIONS = st.lists(
 @example(
     actions=["join", "write", "same-name", "write", "pause", "split", "join", "crash", "write"]
 )
+@example(actions=["refuse", "write", "join", "wait", "wait", "write"])  # a steal mid-send
+@example(actions=["refuse", "write", "stall", "join", "wait", "wait", "write"])  # hung lease store
 def test_no_change_is_handled_by_two_live_runs_at_once_none_is_lost_and_order_is_kept(
     actions: list[str],
 ) -> None:
@@ -162,7 +210,8 @@ def test_no_change_is_handled_by_two_live_runs_at_once_none_is_lost_and_order_is
             run = Run(f"{name}-{len(runs)}")
             runs[run.label] = run
             run.processor = ChangeFeedProcessor(
-                feed=Frozen(feed, run), leases=Frozen(store, run), handler=calls.handler(run),
+                feed=Frozen(feed, run), leases=Frozen(store, run, stalls=True),
+                handler=calls.handler(run),
                 options=ProcessorOptions(instance_name=name, **FAST),
             )  # fmt: skip
             run.task = asyncio.create_task(run.processor.run())
@@ -187,6 +236,9 @@ def test_no_change_is_handled_by_two_live_runs_at_once_none_is_lost_and_order_is
                 run = live[-1]
                 run.paused_until = time.monotonic() + 1.0  # longer than the expiry
                 run.pauses.append((time.monotonic(), run.paused_until))
+            elif action in ("refuse", "stall") and live:  # the oldest run: it owns the most
+                until = "refused_until" if action == "refuse" else "stalled_until"
+                setattr(live[0], until, time.monotonic() + 2.0)  # over three expiries
             elif action == "split":
                 feed.split()
             elif action == "write":

@@ -8,6 +8,7 @@ the same context as its own code does from the event."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,7 +60,10 @@ def _end(spans: list[Span], error: BaseException | None = None) -> None:
 class EventHubsSender:
     """Fills batches for one partition id, a new one whenever the last is full. Not the buffered
     producer: it settles in the background, and the processor checkpoints only after the hub
-    accepted every batch."""
+    accepted every batch. A cancelled send (the processor cancels a page at its lease or
+    hand-over deadline) stops at once and sends no further batch; the SDK call in flight is
+    shielded and finishes in the background (the hub may still accept it: at-least-once), so the
+    shared producer is never left half-way through opening a link or settling a delivery."""
 
     def __init__(self, producer: Any) -> None:
         self._producer = producer
@@ -77,7 +81,7 @@ class EventHubsSender:
         in_batch: list[Span] = []  # the spans of the events in the batch being filled
         hub = str(getattr(self._producer, "eventhub_name", "eventhub"))
         try:
-            batch = await self._producer.create_batch(partition_id=partition_id)
+            batch = await asyncio.shield(self._producer.create_batch(partition_id=partition_id))
             for index, outgoing in enumerate(events):
                 data = event_data(outgoing)
                 span = _event_span(outgoing, hub, partition_id)
@@ -93,11 +97,11 @@ class EventHubsSender:
                         too_large.append(index)
                         _end([span], ValueError("the event does not fit an empty batch"))
                         continue
-                await self._producer.send_batch(batch)
+                await asyncio.shield(self._producer.send_batch(batch))
                 _end(in_batch)
                 sizes.append(len(batch))
                 accepted = index
-                batch = await self._producer.create_batch(partition_id=partition_id)
+                batch = await asyncio.shield(self._producer.create_batch(partition_id=partition_id))
                 try:
                     with trace.use_span(
                         span, record_exception=False, set_status_on_exception=False
@@ -108,7 +112,7 @@ class EventHubsSender:
                     too_large.append(index)
                     _end([span], error)
             if len(batch):
-                await self._producer.send_batch(batch)
+                await asyncio.shield(self._producer.send_batch(batch))
                 _end(in_batch)
                 sizes.append(len(batch))
         except BaseException as error:

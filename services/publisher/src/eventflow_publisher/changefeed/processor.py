@@ -6,6 +6,14 @@ error means no checkpoint: the same page is read again after a back-off. Every l
 fenced by the owner token of this acquisition; a worker whose writes have not succeeded for the
 lease expiry stops by itself, before any other instance may judge the lease expired.
 
+Fencing only stops writes; a handler already running is stopped by time. Each worker has a lease
+deadline: its last successful lease write plus the restart takeover time (never more than the
+expiry: the earliest any other run may take the lease), less a margin. Past it the handler's
+context reports the lease lost and the page in flight is cancelled (a send already on the wire may
+still complete: delivery stays at-least-once, but no new attempt starts); nothing more is handled
+before a write of this acquisition succeeds again. Every lease-store call of a worker is bounded by
+a timeout, so a request that hangs cannot hold the worker for good.
+
 Expiry is judged by what this instance observed: a lease whose ETag has not changed for `expiry`
 seconds of this machine's monotonic clock. Two machines' wall clocks are never compared.
 """
@@ -132,24 +140,63 @@ class ProcessorOptions:
     """How often an owner reads its lease between renewals, to see a request for it."""
     handover_poll: float = 0.2
     """How often a thief reads a lease it asked for, to take it once its owner released it."""
+    handover_timeout: float = 5.0
+    """How long an owner asked for its lease lets the page in flight run: past it the page is
+    cancelled (not checkpointed) and the lease released. The owner renews until it releases."""
+    lease_call_timeout: float | None = None
+    """The bound of one lease-store call of a worker (default half the lease deadline's span,
+    never under 5 s): a call that hangs is abandoned and retried. It only unsticks the worker;
+    the deadline, not this timeout, stops the handler, so it leaves the SDK's own retries of a
+    slow or throttled request room to run their course."""
+    lease_margin: float | None = None
+    """How long before the earliest moment another run may take a lease its owner stops handling
+    (default a tenth of the restart takeover time)."""
 
     @property
     def takeover_after(self) -> float:
         chosen = self.restart_takeover or 1.5 * self.renew_interval
         return min(chosen, self.expiry)
 
+    @property
+    def held_for(self) -> float:
+        """How long after a successful lease write its owner may handle pages (its lease
+        deadline): the takeover time less the margin."""
+        margin = self.lease_margin if self.lease_margin is not None else self.takeover_after / 10
+        return self.takeover_after - margin
+
+    @property
+    def call_timeout(self) -> float:
+        return self.lease_call_timeout or max(self.held_for / 2, 5.0)
+
+    @property
+    def renew_every(self) -> float:
+        """The renew interval, at most half the lease deadline's span, so that a late or failed
+        renewal has a second chance before the deadline stops the handler."""
+        return min(self.renew_interval, self.held_for / 2)
+
+
+def _always() -> bool:
+    return True
+
 
 @dataclass
 class LeaseContext:
-    """What the handler learns about the lease whose page it handles."""
+    """What the handler learns about the lease whose page it handles. `is_lost`: the lease was
+    lost, or its deadline passed (another run may take it now): start no new send."""
 
     lease_id: str
     feed_range: dict[str, Any]
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+    held: Callable[[], bool] = field(default=_always, repr=False)
+    """Whether the lease's deadline is still ahead."""
 
     @property
     def is_lost(self) -> bool:
-        return self.lost.is_set()
+        return self.lost.is_set() or not self.held()
+
+
+class PageCutError(Exception):
+    """The page in flight was cancelled: its lease deadline or its hand-over deadline passed."""
 
 
 Handler = Callable[[LeaseContext, Sequence[dict[str, Any]]], Awaitable[None]]
@@ -204,9 +251,11 @@ class _Worker:
         self.renewed_at = processor.monotonic()
         self.status = LeaseStatus(acquired_at=self.renewed_at)
         self.lock = asyncio.Lock()
-        self.context = LeaseContext(lease.id, lease.feed_range)
+        self.context = LeaseContext(lease.id, lease.feed_range, held=self.fresh)
         self.stopping = asyncio.Event()
         self.handover = asyncio.Event()
+        self.handover_by: float | None = None
+        """When this worker must have handed the lease over (the page in flight is cancelled)."""
         self.tasks = [
             asyncio.create_task(self._read(), name=f"read-{lease.id}"),
             asyncio.create_task(self._keep_renewed(), name=f"renew-{lease.id}"),
@@ -215,13 +264,29 @@ class _Worker:
     def lose(self) -> None:
         self.context.lost.set()
 
+    @property
+    def lost(self) -> bool:
+        """This acquisition ended (a write was refused, or no write succeeded for the expiry);
+        a worker only past its lease deadline is not lost: it renews before handling more."""
+        return self.context.lost.is_set()
+
     def is_active(self) -> bool:
-        return not (self.context.is_lost or self.stopping.is_set())
+        return not (self.lost or self.stopping.is_set())
+
+    def deadline(self) -> float:
+        """Until when this acquisition may handle pages: its last successful write plus the
+        restart takeover time (the earliest another run may take the lease), less the margin."""
+        return self.renewed_at + self.processor.options.held_for
 
     def fresh(self) -> bool:
-        """A write of this acquisition succeeded within the restart takeover time: no later run
-        of this name can have judged the lease abandoned."""
-        return self.processor.monotonic() - self.renewed_at <= self.processor.options.takeover_after
+        """The lease deadline is ahead: no other run can have taken the lease."""
+        return self.processor.monotonic() < self.deadline()
+
+    def cutoff(self) -> float:
+        """When the page in flight is cancelled: the lease deadline, or the hand-over deadline."""
+        if self.handover_by is None:
+            return self.deadline()
+        return min(self.deadline(), self.handover_by)
 
     def note(self, lease: Lease) -> None:
         """See a request for the lease (in what a write returned or a read found)."""
@@ -229,6 +294,8 @@ class _Worker:
             if not self.handover.is_set():
                 LOG.info("lease requested; handing it over at the page boundary",
                          lease=lease.id, requested_by=lease.request)  # fmt: skip
+                timeout = self.processor.options.handover_timeout
+                self.handover_by = self.processor.monotonic() + timeout
             self.handover.set()
 
     def outlived(self) -> bool:
@@ -251,7 +318,7 @@ class _Worker:
         gone) stops the worker."""
         options, attempt = self.processor.options, 0
         while True:
-            if self.context.is_lost:
+            if self.lost:
                 raise LeaseLostError(self.lease.id)
             if self.outlived():
                 self.lose()
@@ -259,7 +326,9 @@ class _Worker:
             began = self.processor.monotonic()
             try:
                 async with self.lock:
-                    self.lease = await update(self.lease)
+                    self.lease = await asyncio.wait_for(
+                        update(self.lease), self.processor.options.call_timeout
+                    )
                 self.note(self.lease)
             except LeaseLostError:
                 self.lose()
@@ -275,13 +344,16 @@ class _Worker:
     async def _keep_renewed(self) -> None:
         """Renew every renew interval (the first after half of one) and, in between, read the
         lease every request check interval for a request. Once the lease is requested, renewals
-        stop: an owner that reaches no page boundary lets the lease expire."""
+        go on until the worker releases it (at the page boundary, or at the hand-over deadline):
+        the asker never waits for the expiry of a live owner."""
         processor, options = self.processor, self.processor.options
-        renew_at = processor.monotonic() + options.renew_interval / 2
-        while self.is_active() and not self.handover.is_set():
-            now = processor.monotonic()
-            await self._pause(max(0.0, min(options.request_check_interval, renew_at - now)))
-            if not self.is_active() or self.handover.is_set():
+        renew_at = processor.monotonic() + options.renew_every / 2
+        while self.is_active():
+            wait = renew_at - processor.monotonic()
+            if not self.handover.is_set():
+                wait = min(options.request_check_interval, wait)
+            await self._pause(max(0.0, wait), handover=False)
+            if not self.is_active():
                 return
             if processor.monotonic() >= renew_at:
                 try:
@@ -289,10 +361,14 @@ class _Worker:
                 except LeaseLostError:
                     LOG.warning("lease lost at renewal", lease=self.lease.id)
                     return
-                renew_at = processor.monotonic() + options.renew_interval
+                renew_at = processor.monotonic() + options.renew_every
+                continue
+            if self.handover.is_set():
                 continue
             try:
-                current = await processor.leases.read(self.lease.id)
+                current = await asyncio.wait_for(
+                    processor.leases.read(self.lease.id), options.call_timeout
+                )
             except Exception:  # noqa: BLE001 - a failed look is retried at the next check
                 continue
             if current is None or (current.owner, current.owner_token) != (
@@ -307,7 +383,9 @@ class _Worker:
         leases = self.processor.leases
         try:
             async with self.lock:
-                await leases.release(self.lease)
+                await asyncio.wait_for(
+                    leases.release(self.lease), self.processor.options.call_timeout
+                )
             LOG.info("lease handed over", lease=self.lease.id)
         except LeaseLostError:
             pass
@@ -390,7 +468,7 @@ class _Worker:
                 continue
             if delay is None:
                 break
-        if self.context.is_lost:
+        if self.lost:
             LOG.info("lease lost; stopped reading its range", lease=self.lease.id)
 
     async def _step(self, delay: float) -> float | None:
@@ -408,7 +486,7 @@ class _Worker:
             self.lease.feed_range, continuation=before,
             start=self.lease.start, max_items=options.max_items,
         )  # fmt: skip
-        if not self.is_active() or self.outlived():
+        if not self.is_active():
             return None
         if (
             page.continuation is not None
@@ -418,7 +496,7 @@ class _Worker:
             return None
         changes = self._after_start(page.items)
         if changes:
-            await processor.handler(self.context, changes)
+            await self._handle(changes)
         stored = await self._checkpoint(page)
         self.status.consecutive_failures = 0
         if page.items:
@@ -434,14 +512,50 @@ class _Worker:
         await self._pause(delay)
         return min(delay * 2, options.max_poll_delay)
 
-    async def _pause(self, seconds: float) -> None:
-        """Wait `seconds`, or less when stopping or asked to hand over."""
-        if self.stopping.is_set() or self.handover.is_set():
+    async def _handle(self, changes: list[dict[str, Any]]) -> None:
+        """Run the handler on a page until it returns, or cancel it at the cutoff: the lease
+        deadline (no write of this acquisition succeeded recently enough: another run may take
+        the lease from then on) or the hand-over deadline. A cancelled page is not checkpointed."""
+        processor = self.processor
+        handling: asyncio.Future[None] = asyncio.ensure_future(
+            processor.handler(self.context, changes)
+        )  # past the cutoff already (e.g. the read outlasted it): cancelled before it starts
+        try:
+            while not handling.done():
+                left = self.cutoff() - processor.monotonic()
+                if left <= 0:
+                    break
+                waits: list[asyncio.Future[Any]] = [handling]
+                if not self.handover.is_set():
+                    waits.append(asyncio.ensure_future(self.handover.wait()))
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waits[1:]:
+                    waiter.cancel()
+            if handling.done():
+                try:
+                    handling.result()
+                except LeaseLostError:
+                    if self.lost:
+                        raise
+                    # the handler saw the deadline pass (`is_lost`); the lease may still be ours
+                    raise PageCutError(f"{self.lease.id}: lease deadline passed") from None
+                return
+        finally:
+            if not handling.done():
+                handling.cancel()
+                await asyncio.gather(handling, return_exceptions=True)
+        reason = "lease deadline" if not self.fresh() else "hand-over deadline"
+        LOG.warning("page cancelled at the cutoff; it will be read again",
+                    lease=self.lease.id, reason=reason)  # fmt: skip
+        raise PageCutError(f"{self.lease.id}: page cancelled at the {reason}")
+
+    async def _pause(self, seconds: float, *, handover: bool = True) -> None:
+        """Wait `seconds`, or less when stopping or (with `handover`) asked to hand over."""
+        if self.stopping.is_set() or (handover and self.handover.is_set()):
             return
-        waits = [
-            asyncio.create_task(self.stopping.wait()),
-            asyncio.create_task(self.handover.wait()),
-        ]
+        waits = [asyncio.create_task(self.stopping.wait())]
+        if handover:
+            waits.append(asyncio.create_task(self.handover.wait()))
         _, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
@@ -641,7 +755,9 @@ class ChangeFeedProcessor:
         """Read the requested lease every hand-over poll; once released, balance at once (it is
         free now). Given up when another request or owner replaced this one, or after the expiry
         (an owner that reaches no boundary lets it expire; balancing takes it then)."""
-        deadline = self.monotonic() + self.options.expiry + self.options.renew_interval
+        options = self.options
+        patience = max(options.expiry, options.request_check_interval + options.handover_timeout)
+        deadline = self.monotonic() + patience + options.renew_interval
         try:
             while self.monotonic() < deadline:
                 if await self._stopped_within(self.options.handover_poll):
@@ -779,12 +895,14 @@ class ChangeFeedProcessor:
         LOG.info("processor stopped; leases released", leases=len(workers))
 
     async def _release(self, worker: _Worker) -> None:
-        if worker.context.is_lost or worker.outlived():
+        if worker.lost or worker.outlived():
             return
         for attempt in range(1, 4):
             try:
                 async with worker.lock:
-                    await self.leases.release(worker.lease)
+                    await asyncio.wait_for(
+                        self.leases.release(worker.lease), self.options.call_timeout
+                    )
                 break
             except LeaseLostError:
                 return

@@ -133,6 +133,7 @@ def sequences_by_order(inbox: dict[str, list[Any]]) -> dict[str, list[int]]:
     }
 
 
+@pytest.mark.long  # minutes on 2 cores: three forward passes and two rewinds through the real SDKs
 async def test_rewind_replays_exactly_the_events_from_the_time_on_and_never_moves_forward(
     replay_backends: Backends,
 ) -> None:

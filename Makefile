@@ -45,11 +45,11 @@ test: setup ## run every test CI runs, with coverage
 	$(RUN) coverage report --include='libs/contracts/*' --fail-under=95 --skip-covered
 
 .PHONY: test-patterns
-test-patterns: setup ## the write-pattern cases make test leaves out (the short chaos run of entity-first and event-first)
+test-patterns: setup ## the write-pattern cases make test leaves out (the end-to-end and short chaos runs of entity-first and event-first)
 	$(RUN) pytest -n 2 -m patterns tests/e2e $(PYTEST_ARGS)
 
 .PHONY: test-long
-test-long: setup ## the long scenarios make test leaves out (the publishers' overlap count under splits, pauses, kills)
+test-long: setup ## the long scenarios make test leaves out (the publishers' overlap count under splits, pauses, kills; the rewind replay; the idle-latency goal)
 	$(RUN) pytest -n 2 -m long $(PYTEST_ARGS)
 
 .PHONY: images

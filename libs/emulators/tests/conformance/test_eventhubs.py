@@ -273,7 +273,7 @@ class EventHubsConformance(BackendCases):
             )
         # close() releases each partition as its receiver closes; on a loaded machine the last
         # release can land just after close() returns.
-        await eventually(lambda: self._no_owner(hub), wait=10, what="every partition released")
+        await eventually(lambda: self._no_owner(hub), wait=30, what="every partition released")
 
     async def test_hub_and_partition_properties(self, hub: Hub) -> None:
         # azure-eventhub aio/_client_base_async.py _get_eventhub_properties_async and

@@ -5,11 +5,16 @@ can meet the use-time check, which is why it is pinned here and not through an S
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -72,3 +77,38 @@ def test_a_link_is_detached_when_used_after_its_token_expired(broker: MessagingB
     assert "expired" in description
     link.connection.grants.append(Grant("127.0.0.1", "", time.time() + 60))  # a renewed token
     assert link.permit() is None
+
+
+def _token(resource: str, expires: int) -> str:
+    encoded = quote(resource, safe="").lower()
+    signature = base64.b64encode(
+        hmac.new(b"key", f"{encoded}\n{expires}".encode(), hashlib.sha256).digest()
+    ).decode()
+    return f"SharedAccessSignature sr={encoded}&sig={quote(signature, safe='')}&se={expires}&skn=k"
+
+
+def test_renewed_tokens_replace_each_other_and_expired_ones_are_dropped(
+    broker: MessagingBroker,
+) -> None:
+    """A connection lives for hours and its SDK puts a fresh token for each entity before the
+    last one expires: the connection keeps one grant per resource, not one per renewal."""
+    link = link_with()
+    now = int(time.time())
+    for renewal in range(50):
+        for entity in ("a", "b"):
+            resource = f"sb://127.0.0.1/{entity}"
+            put = SimpleNamespace(application_properties={"operation": "put-token", "name": resource},
+                                  body_value=_token(resource, now + 60 + renewal))  # fmt: skip
+            broker._put_token(link, put)  # type: ignore[arg-type]
+    grants = link.connection.grants
+    assert sorted((g.path, g.expires) for g in grants) == [("a", now + 109), ("b", now + 109)]
+
+    expired = Grant("127.0.0.1", "c", time.time() - 1)
+    grants.append(expired)
+    resource = "sb://127.0.0.1/a"
+    put = SimpleNamespace(application_properties={"operation": "put-token", "name": resource},
+                          body_value=_token(resource, now + 200))  # fmt: skip
+    broker._put_token(link, put)  # type: ignore[arg-type]
+    assert expired not in grants
+    assert sorted((g.path, g.expires) for g in grants) == [("a", now + 200), ("b", now + 109)]
+    broker._authorize(link, "b")  # type: ignore[arg-type]

@@ -108,7 +108,15 @@ class MessagingBroker:
                     401, "com.microsoft:auth-failed",
                     f"InvalidAudience: the token's resource does not cover '{wanted}'.",
                 )  # fmt: skip
-        link.connection.grants.append(grant)
+        # A token put for the same resource replaces the one before it (the SDKs renew theirs
+        # before expiry for as long as a connection lives), and expired ones are dropped: a
+        # long-lived connection holds one grant per resource, not one per renewal.
+        now = time.time()
+        grants = link.connection.grants
+        grants[:] = [
+            g for g in grants if g.expires > now and (g.host, g.path) != (grant.host, grant.path)
+        ]
+        grants.append(grant)
         return Reply(202, "Accepted")
 
     def _verified(self, token: object, hostname: str | None) -> Grant:

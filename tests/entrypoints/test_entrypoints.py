@@ -182,24 +182,6 @@ def test_a_wrong_value_is_named_by_its_variable_and_no_value_is_shown(
     assert "eighty" not in err
 
 
-@pytest.mark.parametrize("service", SERVICES[1:], ids=[s.id for s in SERVICES[1:]])
-async def test_unless_stopped_gives_the_result_or_cancels_the_start(service: Service) -> None:
-    unless_stopped = importlib.import_module(service.module).unless_stopped
-    assert await unless_stopped(asyncio.Event(), asyncio.sleep(0, "ready")) == "ready"
-    stop, cleaned_up = asyncio.Event(), asyncio.Event()
-
-    async def never_ready() -> str:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            cleaned_up.set()
-        return "unreachable"
-
-    asyncio.get_running_loop().call_soon(stop.set)
-    assert await unless_stopped(stop, never_ready()) is None
-    assert cleaned_up.is_set()
-
-
 @pytest.fixture
 def silent_backend() -> Iterator[tuple[int, threading.Event]]:
     """A port that accepts connections and never answers: a backend still starting."""

@@ -1,4 +1,5 @@
-"""The one place that chooses adapters: emulators (local or compose) or Azure, by `settings.mode`."""
+"""The one place that chooses adapters: emulators (local or compose) or Azure, by `settings.mode`;
+and that builds the session worker (`worker_of`), for the service and its admin CLI."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ from azure.servicebus.exceptions import (
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from eventflow_consumer.adapters.cosmos_projection import PARTITION_KEY_PATH, CosmosProjectionStore
+from eventflow_consumer.handling import InboxHandler
+from eventflow_consumer.observability import ConsumerMetrics
+from eventflow_consumer.sessions import PoisonPolicy, SessionWorker, WorkerSettings
 from eventflow_consumer.settings import Settings
 
 LOG = structlog.get_logger("eventflow_consumer.bootstrap")
@@ -229,3 +233,20 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             servicebus,
             CosmosProjectionStore(container, mark_ttl_seconds=settings.inbox_mark_ttl_seconds),
         )
+
+
+def worker_of(
+    settings: Settings,
+    resources: Resources,
+    metrics: ConsumerMetrics | None = None,
+    *,
+    policy: PoisonPolicy | None = None,
+) -> SessionWorker:
+    """`policy` overrides the setting (an unblock replays under the block policy)."""
+    worker_settings = WorkerSettings(
+        policy=policy or settings.poison_policy, gap_wait_seconds=settings.gap_wait_seconds,
+        retry_max_seconds=settings.store_retry_max_seconds, max_deferred=settings.max_deferred_per_session,
+    )  # fmt: skip
+    return SessionWorker(
+        InboxHandler(resources.store), resources.store, worker_settings, observer=metrics
+    )

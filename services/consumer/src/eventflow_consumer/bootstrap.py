@@ -76,17 +76,15 @@ def _backends(settings: Settings) -> tuple[Backend, Backend]:
 
 async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
     """The SDK's aio client: with the key of an emulator (local, compose), or with the managed
-    identity in Azure. Its aiohttp session does not read the environment (`trust_env=False`):
+    identity in Azure. Its transport does not read the environment (`use_env_settings=False`):
     aiohttp's default looks up proxies and ~/.netrc in a worker thread for every request, which
     more than doubled the client CPU per operation here (docs/performance.md). No proxy from the
     environment is used for Cosmos DB, then."""
-    import aiohttp  # noqa: PLC0415
     from azure.core.pipeline.transport import AioHttpTransport  # noqa: PLC0415
     from azure.cosmos.aio import CosmosClient  # noqa: PLC0415
 
     assert settings.cosmos_endpoint is not None
-    session = await stack.enter_async_context(aiohttp.ClientSession(trust_env=False))
-    transport = AioHttpTransport(session=session, session_owner=False)
+    transport = AioHttpTransport(use_env_settings=False)  # its session closes with the client
     if settings.mode == "azure":
         from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
 
@@ -177,40 +175,41 @@ def _outage(error: BaseException) -> bool:
     )  # fmt: skip
 
 
+def _waiting(backend: Backend) -> AsyncRetrying:
+    """How an attempt at `backend` is retried (tenacity): while it meets an outage (`_outage`), for
+    as long as that lasts, with backoff, saying "still waiting for <backend>" before each retry."""
+
+    def still_waiting(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        LOG.warning(f"still waiting for {backend.name}", error=type(error).__name__,
+                    attempts=state.attempt_number, retry_in_s=round(state.upcoming_sleep, 1))  # fmt: skip
+
+    return AsyncRetrying(retry=retry_if_exception(_outage), before_sleep=still_waiting, reraise=True,
+                         wait=wait_exponential_jitter(multiplier=0.5, max=RETRY_MAX_WAIT_S))  # fmt: skip
+
+
+async def _attempt(stack: AsyncExitStack, connect: Callable[[AsyncExitStack], Awaitable[T]]) -> T:
+    """`connect`'s result, its clients opened afresh: closed if it fails or is silent past
+    ATTEMPT_TIMEOUT_S, handed to `stack` if it succeeds."""
+    async with AsyncExitStack() as attempt, asyncio.timeout(ATTEMPT_TIMEOUT_S):
+        connected = await connect(attempt)
+        stack.push_async_exit(attempt.pop_all())
+    return connected
+
+
 async def waited_for(
     backend: Backend, stack: AsyncExitStack, connect: Callable[[AsyncExitStack], Awaitable[T]]
 ) -> T:
     """`connect`'s result once `backend` answers: an outage (`_outage`, or an attempt silent past
-    ATTEMPT_TIMEOUT_S) is waited out with backoff for as long as it lasts, logging "still waiting
-    for <backend>" before each retry; only the caller's cancellation (the stop signal) ends the
-    wait. Each attempt opens its clients afresh (their own setup calls included) and closes them
-    when it fails. Raises ConfigurationError for a setup a retry cannot fix."""
-
-    def still_waiting(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        LOG.warning(
-            f"still waiting for {backend.name}", error=type(error).__name__,
-            attempts=state.attempt_number, retry_in_s=round(state.upcoming_sleep, 1),
-        )  # fmt: skip
-
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(_outage), before_sleep=still_waiting, reraise=True,
-        wait=wait_exponential_jitter(multiplier=0.5, max=RETRY_MAX_WAIT_S),
-    )  # fmt: skip
-    async for attempt in retrying:
-        with attempt:
-            async with AsyncExitStack() as attempt_stack:
-                try:
-                    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
-                        connected = await connect(attempt_stack)
-                except Exception as error:
-                    problem = None if _outage(error) else _setup_problem(backend, error)
-                    if problem is not None:
-                        raise problem from error
-                    raise
-                await stack.enter_async_context(attempt_stack.pop_all())
-                return connected
-    raise AssertionError("unreachable: the retry loop returns or raises")
+    ATTEMPT_TIMEOUT_S) is waited out, logging "still waiting for <backend>" before each retry;
+    only the caller's cancellation (the stop signal) ends the wait. Raises ConfigurationError for
+    a setup a retry cannot fix."""
+    try:
+        return await _waiting(backend)(_attempt, stack, connect)
+    except Exception as error:
+        if problem := _setup_problem(backend, error):
+            raise problem from error
+        raise
 
 
 @asynccontextmanager

@@ -171,7 +171,8 @@ async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
     from azure.cosmos.aio import CosmosClient  # noqa: PLC0415
 
     assert settings.cosmos_endpoint is not None
-    transport = AioHttpTransport(use_env_settings=False)  # its session closes with the client
+    # Entered first: closed even when the client's own setup (`__aenter__`) fails or is given up.
+    transport = await stack.enter_async_context(AioHttpTransport(use_env_settings=False))
     if settings.mode == "azure":
         from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
 

@@ -176,19 +176,6 @@ def _outage(error: BaseException) -> bool:
     )  # fmt: skip
 
 
-def _waiting(backend: Backend) -> AsyncRetrying:
-    """How an attempt at `backend` is retried (tenacity): while it meets an outage (`_outage`), for
-    as long as that lasts, with backoff, saying "still waiting for <backend>" before each retry."""
-
-    def still_waiting(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        LOG.warning(f"still waiting for {backend.name}", error=type(error).__name__,
-                    attempts=state.attempt_number, retry_in_s=round(state.upcoming_sleep, 1))  # fmt: skip
-
-    return AsyncRetrying(retry=retry_if_exception(_outage), before_sleep=still_waiting, reraise=True,
-                         wait=wait_exponential_jitter(multiplier=0.5, max=RETRY_MAX_WAIT_S))  # fmt: skip
-
-
 async def _attempt(stack: AsyncExitStack, connect: Callable[[AsyncExitStack], Awaitable[T]]) -> T:
     """`connect`'s result, its clients opened afresh: closed if it fails or is silent past
     ATTEMPT_TIMEOUT_S, handed to `stack` if it succeeds."""
@@ -201,12 +188,24 @@ async def _attempt(stack: AsyncExitStack, connect: Callable[[AsyncExitStack], Aw
 async def waited_for(
     backend: Backend, stack: AsyncExitStack, connect: Callable[[AsyncExitStack], Awaitable[T]]
 ) -> T:
-    """`connect`'s result once `backend` answers: an outage (`_outage`, or an attempt silent past
-    ATTEMPT_TIMEOUT_S) is waited out, logging "still waiting for <backend>" before each retry;
-    only the caller's cancellation (the stop signal) ends the wait. Raises ConfigurationError for
-    a setup a retry cannot fix."""
+    """`connect`'s result once `backend` answers: tenacity retries the attempt while it meets an
+    outage (`_outage`, or silence past ATTEMPT_TIMEOUT_S), with backoff, for as long as that lasts,
+    logging "still waiting for <backend>" before each retry; only the caller's cancellation (the
+    stop signal) ends the wait. Raises ConfigurationError for a setup a retry cannot fix."""
+
+    def still_waiting(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        LOG.warning(
+            f"still waiting for {backend.name}", error=type(error).__name__,
+            attempts=state.attempt_number, retry_in_s=round(state.upcoming_sleep, 1),
+        )  # fmt: skip
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(_outage), before_sleep=still_waiting, reraise=True,
+        wait=wait_exponential_jitter(multiplier=0.5, max=RETRY_MAX_WAIT_S),
+    )  # fmt: skip
     try:
-        return await _waiting(backend)(_attempt, stack, connect)
+        return await retrying(_attempt, stack, connect)
     except Exception as error:
         if problem := _setup_problem(backend, error):
             raise problem from error

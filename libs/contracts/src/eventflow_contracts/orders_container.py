@@ -27,7 +27,7 @@ derives one whole-state event per version it reads).
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from eventflow_contracts.envelope import format_sequence
 
@@ -65,3 +65,18 @@ def event_kind(pattern: WritePattern) -> DocumentKind:
 def keeps_events(pattern: WritePattern) -> bool:
     """Whether the producer stores events (and can list an order's events)."""
     return pattern != "entity-first"
+
+
+def events_after_query(order_id: str, sequence: int) -> tuple[str, list[dict[str, Any]]]:
+    """The query text and parameters that read an order's `event` documents after `sequence`, in
+    sequence order (run it in the order's partition, `partition_key=order_id`)."""
+    query = (
+        "SELECT * FROM c WHERE c.order_id = @order_id AND c.kind = @kind"
+        " AND c.sequence > @after ORDER BY c.sequence"
+    )
+    kind: DocumentKind = "event"
+    return query, [
+        {"name": "@order_id", "value": order_id},
+        {"name": "@kind", "value": kind},
+        {"name": "@after", "value": sequence},
+    ]

@@ -38,9 +38,8 @@ from azure.servicebus.exceptions import (
 )
 
 from eventflow_consumer.adapters.servicebus_sessions import ServiceBusSessionChannel
-from eventflow_consumer.bootstrap import Resources, open_resources
+from eventflow_consumer.bootstrap import Resources, open_resources, worker_of
 from eventflow_consumer.handling import MARKER_PROPERTY, body_of, properties_of
-from eventflow_consumer.main import worker_of
 from eventflow_consumer.sessions import NotBlocked
 from eventflow_consumer.settings import Settings
 from eventflow_contracts import ContractError, read_routing

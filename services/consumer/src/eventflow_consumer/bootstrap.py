@@ -1,4 +1,5 @@
-"""The one place that chooses adapters: emulators (local or compose) or Azure, by `settings.mode`."""
+"""The one place that chooses adapters: emulators (local or compose) or Azure, by `settings.mode`;
+and that builds the session worker (`worker_of`), for the service and its admin CLI."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ from azure.servicebus.exceptions import (
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from eventflow_consumer.adapters.cosmos_projection import PARTITION_KEY_PATH, CosmosProjectionStore
+from eventflow_consumer.handling import InboxHandler
+from eventflow_consumer.observability import ConsumerMetrics
+from eventflow_consumer.sessions import PoisonPolicy, SessionWorker, WorkerSettings
 from eventflow_consumer.settings import Settings
 
 LOG = structlog.get_logger("eventflow_consumer.bootstrap")
@@ -72,17 +76,16 @@ def _backends(settings: Settings) -> tuple[Backend, Backend]:
 
 async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
     """The SDK's aio client: with the key of an emulator (local, compose), or with the managed
-    identity in Azure. Its aiohttp session does not read the environment (`trust_env=False`):
+    identity in Azure. Its transport does not read the environment (`use_env_settings=False`):
     aiohttp's default looks up proxies and ~/.netrc in a worker thread for every request, which
     more than doubled the client CPU per operation here (docs/performance.md). No proxy from the
     environment is used for Cosmos DB, then."""
-    import aiohttp  # noqa: PLC0415
     from azure.core.pipeline.transport import AioHttpTransport  # noqa: PLC0415
     from azure.cosmos.aio import CosmosClient  # noqa: PLC0415
 
     assert settings.cosmos_endpoint is not None
-    session = await stack.enter_async_context(aiohttp.ClientSession(trust_env=False))
-    transport = AioHttpTransport(session=session, session_owner=False)
+    # Entered first: closed even when the client's own setup (`__aenter__`) fails or is given up.
+    transport = await stack.enter_async_context(AioHttpTransport(use_env_settings=False))
     if settings.mode == "azure":
         from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
 
@@ -173,14 +176,22 @@ def _outage(error: BaseException) -> bool:
     )  # fmt: skip
 
 
+async def _attempt(stack: AsyncExitStack, connect: Callable[[AsyncExitStack], Awaitable[T]]) -> T:
+    """`connect`'s result, its clients opened afresh: closed if it fails or is silent past
+    ATTEMPT_TIMEOUT_S, handed to `stack` if it succeeds."""
+    async with AsyncExitStack() as attempt, asyncio.timeout(ATTEMPT_TIMEOUT_S):
+        connected = await connect(attempt)
+        stack.push_async_exit(attempt.pop_all())
+    return connected
+
+
 async def waited_for(
     backend: Backend, stack: AsyncExitStack, connect: Callable[[AsyncExitStack], Awaitable[T]]
 ) -> T:
-    """`connect`'s result once `backend` answers: an outage (`_outage`, or an attempt silent past
-    ATTEMPT_TIMEOUT_S) is waited out with backoff for as long as it lasts, logging "still waiting
-    for <backend>" before each retry; only the caller's cancellation (the stop signal) ends the
-    wait. Each attempt opens its clients afresh (their own setup calls included) and closes them
-    when it fails. Raises ConfigurationError for a setup a retry cannot fix."""
+    """`connect`'s result once `backend` answers: tenacity retries the attempt while it meets an
+    outage (`_outage`, or silence past ATTEMPT_TIMEOUT_S), with backoff, for as long as that lasts,
+    logging "still waiting for <backend>" before each retry; only the caller's cancellation (the
+    stop signal) ends the wait. Raises ConfigurationError for a setup a retry cannot fix."""
 
     def still_waiting(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -193,20 +204,12 @@ async def waited_for(
         retry=retry_if_exception(_outage), before_sleep=still_waiting, reraise=True,
         wait=wait_exponential_jitter(multiplier=0.5, max=RETRY_MAX_WAIT_S),
     )  # fmt: skip
-    async for attempt in retrying:
-        with attempt:
-            async with AsyncExitStack() as attempt_stack:
-                try:
-                    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
-                        connected = await connect(attempt_stack)
-                except Exception as error:
-                    problem = None if _outage(error) else _setup_problem(backend, error)
-                    if problem is not None:
-                        raise problem from error
-                    raise
-                await stack.enter_async_context(attempt_stack.pop_all())
-                return connected
-    raise AssertionError("unreachable: the retry loop returns or raises")
+    try:
+        return await retrying(_attempt, stack, connect)
+    except Exception as error:
+        if problem := _setup_problem(backend, error):
+            raise problem from error
+        raise
 
 
 @asynccontextmanager
@@ -229,3 +232,20 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             servicebus,
             CosmosProjectionStore(container, mark_ttl_seconds=settings.inbox_mark_ttl_seconds),
         )
+
+
+def worker_of(
+    settings: Settings,
+    resources: Resources,
+    metrics: ConsumerMetrics | None = None,
+    *,
+    policy: PoisonPolicy | None = None,
+) -> SessionWorker:
+    """`policy` overrides the setting (an unblock replays under the block policy)."""
+    worker_settings = WorkerSettings(
+        policy=policy or settings.poison_policy, gap_wait_seconds=settings.gap_wait_seconds,
+        retry_max_seconds=settings.store_retry_max_seconds, max_deferred=settings.max_deferred_per_session,
+    )  # fmt: skip
+    return SessionWorker(
+        InboxHandler(resources.store), resources.store, worker_settings, observer=metrics
+    )

@@ -11,27 +11,27 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any, TypeVar
+from typing import Any
 
+import anyio
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
 from eventflow_consumer.adapters.servicebus_lanes import LaneHolder
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump
-from eventflow_consumer.bootstrap import ConfigurationError, Resources, open_resources
+from eventflow_consumer.bootstrap import ConfigurationError, Resources, open_resources, worker_of
 from eventflow_consumer.handling import InboxHandler
 from eventflow_consumer.lanes import LaneSettings, LaneWorker
 from eventflow_consumer.observability import METER, SERVICE, ConsumerMetrics, http_app
 from eventflow_consumer.ports import TransientStoreError
-from eventflow_consumer.sessions import PoisonPolicy, SessionWorker, WorkerSettings
+from eventflow_consumer.sessions import SessionWorker, WorkerSettings
 from eventflow_consumer.settings import Settings
 from eventflow_contracts.auth import Authenticator
 from eventflow_contracts.lanes import Lane
 from eventflow_contracts.telemetry import Telemetry, configure_telemetry
 
 LOG = structlog.get_logger("eventflow_consumer")
-T = TypeVar("T")
 
 
 def settings_problems(error: ValidationError) -> str:
@@ -52,39 +52,6 @@ def load_settings() -> Settings:
     except ValidationError as error:
         sys.stderr.write(f"eventflow-consumer: invalid settings: {settings_problems(error)}\n")
         raise SystemExit(2) from None
-
-
-async def unless_stopped(stop: asyncio.Event, starting: Awaitable[T]) -> T | None:
-    """`starting`'s result, or None when `stop` is set first (`starting` is then cancelled)."""
-    started = asyncio.ensure_future(starting)
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait([started, stopped], return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    await asyncio.wait([stopped])
-    if started.done():
-        return started.result()
-    started.cancel()
-    await asyncio.wait([started])
-    if not started.cancelled():
-        started.result()  # what it raised while being cancelled; a late result is closed by its owner
-    return None
-
-
-def worker_of(
-    settings: Settings,
-    resources: Resources,
-    metrics: ConsumerMetrics | None = None,
-    *,
-    policy: PoisonPolicy | None = None,
-) -> SessionWorker:
-    """`policy` overrides the setting (an unblock replays under the block policy)."""
-    worker_settings = WorkerSettings(
-        policy=policy or settings.poison_policy, gap_wait_seconds=settings.gap_wait_seconds,
-        retry_max_seconds=settings.store_retry_max_seconds, max_deferred=settings.max_deferred_per_session,
-    )  # fmt: skip
-    return SessionWorker(
-        InboxHandler(resources.store), resources.store, worker_settings, observer=metrics
-    )
 
 
 def lanes_of(
@@ -119,10 +86,14 @@ async def _together(*parts: Awaitable[None]) -> None:
 
 async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
     metrics = ConsumerMetrics(telemetry)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    stop, connecting = asyncio.Event(), anyio.CancelScope()
+
+    def on_stop_signal() -> None:
+        stop.set()
+        connecting.cancel()  # gives up the connecting, if it is still under way
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        asyncio.get_running_loop().add_signal_handler(signum, on_stop_signal)
     connected: list[Resources] = []  # once connected: the read API answers from its store
     checks: list[Callable[[], bool]] = []  # once running: readiness
 
@@ -139,10 +110,9 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
     await web.TCPSite(runner, settings.http_host, settings.http_port).start()
     try:
         async with AsyncExitStack() as stack:
-            resources = await unless_stopped(
-                stop, stack.enter_async_context(open_resources(settings))
-            )
-            if resources is None:
+            with connecting:
+                resources = await stack.enter_async_context(open_resources(settings))
+            if connecting.cancel_called:
                 LOG.info("stopped while connecting")
                 return
             connected.append(resources)

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from opentelemetry.metrics import CallbackOptions, Observation
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import TypeAdapter, ValidationError
 
 from eventflow_consumer.handling import Decision
@@ -203,14 +203,9 @@ def http_app(
                            "holding messages while the store fails", **{"Retry-After": "5"})  # fmt: skip
         return web.json_response({"status": "ready"})
 
-    async def prometheus(_: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(metrics.registry))
-        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return response
-
     app = web.Application()
     app.router.add_get("/orders/{order_id}", order)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     return app

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from eventflow_consumer.adapters.servicebus_lanes import LaneHolder
-from eventflow_consumer.bootstrap import Resources, open_resources
-from eventflow_consumer.main import lanes_of, worker_of
+from eventflow_consumer.bootstrap import Resources, open_resources, worker_of
+from eventflow_consumer.main import lanes_of
 from eventflow_consumer.observability import ConsumerMetrics
 from eventflow_contracts.lanes import Lane, lane_of, session_id_for
 

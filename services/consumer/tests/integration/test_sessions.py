@@ -13,9 +13,8 @@ import pytest
 
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump, delivery_of
 from eventflow_consumer.admin import run as admin
-from eventflow_consumer.bootstrap import Resources, open_resources
+from eventflow_consumer.bootstrap import Resources, open_resources, worker_of
 from eventflow_consumer.handling import InboxHandler
-from eventflow_consumer.main import worker_of
 from eventflow_consumer.session_state import SessionState
 from eventflow_consumer.sessions import SessionWorker
 from eventflow_consumer.settings import Settings

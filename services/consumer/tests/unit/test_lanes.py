@@ -175,8 +175,8 @@ async def until(check: Callable[[], bool], wait: float = 10.0) -> None:
 
 
 def test_the_consumer_holds_its_lanes_unless_there_are_none_or_the_block_policy_runs() -> None:
-    from eventflow_consumer.bootstrap import Resources  # noqa: PLC0415
-    from eventflow_consumer.main import lanes_of, worker_of  # noqa: PLC0415
+    from eventflow_consumer.bootstrap import Resources, worker_of  # noqa: PLC0415
+    from eventflow_consumer.main import lanes_of  # noqa: PLC0415
     from eventflow_consumer.observability import ConsumerMetrics  # noqa: PLC0415
     from eventflow_consumer.settings import Settings  # noqa: PLC0415
 

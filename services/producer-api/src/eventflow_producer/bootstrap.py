@@ -13,7 +13,7 @@ from typing import Any, Final
 import structlog
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
 from azure.cosmos import PartitionKey
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+from tenacity import RetryCallState, retry, retry_if_exception, wait_exponential_jitter
 
 from eventflow_contracts.orders_container import PARTITION_KEY_PATH, WritePattern, keeps_events
 from eventflow_producer.adapters.cosmos_event_store import CosmosEventStore
@@ -31,17 +31,16 @@ RETRY_MAX_WAIT_S = 10.0
 
 async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
     """The SDK's aio client: with the key of an emulator (local, compose), or with the managed
-    identity in Azure. Its aiohttp session does not read the environment (`trust_env=False`):
+    identity in Azure. Its transport does not read the environment (`use_env_settings=False`):
     aiohttp's default looks up proxies and ~/.netrc in a worker thread for every request, which
     more than doubled the client CPU per operation here (docs/performance.md). No proxy from the
     environment is used for Cosmos DB, then."""
-    import aiohttp  # noqa: PLC0415
     from azure.core.pipeline.transport import AioHttpTransport  # noqa: PLC0415
     from azure.cosmos.aio import CosmosClient  # noqa: PLC0415
 
     assert settings.cosmos_endpoint is not None
-    session = await stack.enter_async_context(aiohttp.ClientSession(trust_env=False))
-    transport = AioHttpTransport(session=session, session_owner=False)
+    # Entered first: closed even when the client's own setup (`__aenter__`) fails or is given up.
+    transport = await stack.enter_async_context(AioHttpTransport(use_env_settings=False))
     if settings.mode == "azure":
         from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
 
@@ -106,31 +105,29 @@ def _still_waiting(state: RetryCallState) -> None:
     )  # fmt: skip
 
 
+@retry(retry=retry_if_exception(_is_outage), before_sleep=_still_waiting, reraise=True,
+       wait=wait_exponential_jitter(multiplier=0.5, max=RETRY_MAX_WAIT_S))  # fmt: skip
+async def _attempt(settings: Settings, stack: AsyncExitStack) -> Any:
+    """The orders container, its client opened afresh (the client's own setup, the account read in
+    `__aenter__`, included): closed if the attempt fails or is silent past ATTEMPT_TIMEOUT_S,
+    handed to `stack` if it succeeds. Retried (tenacity) while it meets an outage."""
+    async with AsyncExitStack() as attempt, asyncio.timeout(ATTEMPT_TIMEOUT_S):
+        container = await _container(settings, await open_cosmos_client(settings, attempt))
+        stack.push_async_exit(attempt.pop_all())
+    return container
+
+
 async def _connected(settings: Settings, stack: AsyncExitStack) -> Any:
     """The orders container once Cosmos DB answers: waits out an outage (no connection, a stall
     past ATTEMPT_TIMEOUT_S, 408/429/449/5xx) with backoff for as long as it lasts, logging each
-    wait; only the caller's cancellation (the stop signal) ends the wait. The client's own setup
-    (the account read in `__aenter__`) is inside each attempt. Raises StoreConfigurationError for
-    a setup that a retry cannot fix."""
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(_is_outage), before_sleep=_still_waiting, reraise=True,
-        wait=wait_exponential_jitter(multiplier=0.5, max=RETRY_MAX_WAIT_S),
-    )  # fmt: skip
-    async for attempt in retrying:
-        with attempt:
-            async with AsyncExitStack() as attempt_stack:
-                try:
-                    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
-                        client = await open_cosmos_client(settings, attempt_stack)
-                        container = await _container(settings, client)
-                except Exception as error:
-                    problem = _setup_problem(settings, error)
-                    if problem is not None:
-                        raise problem from error
-                    raise
-                await stack.enter_async_context(attempt_stack.pop_all())
-                return container
-    raise AssertionError("unreachable: the retry loop returns or raises")
+    wait; only the caller's cancellation (the stop signal) ends the wait. Raises
+    StoreConfigurationError for a setup that a retry cannot fix."""
+    try:
+        return await _attempt(settings, stack)
+    except Exception as error:
+        if problem := _setup_problem(settings, error):
+            raise problem from error
+        raise
 
 
 @asynccontextmanager

@@ -123,15 +123,23 @@ def _outage(settings: Settings, error: BaseException) -> bool:
     )  # fmt: skip
 
 
+async def _attempt(stack: AsyncExitStack, connect: Callable[[AsyncExitStack], Awaitable[T]]) -> T:
+    """`connect`'s result, its clients opened afresh: closed if it fails or is silent past
+    ATTEMPT_TIMEOUT_S, handed to `stack` if it succeeds."""
+    async with AsyncExitStack() as attempt, asyncio.timeout(ATTEMPT_TIMEOUT_S):
+        connected = await connect(attempt)
+        stack.push_async_exit(attempt.pop_all())
+    return connected
+
+
 async def waited_for(
     backend: Backend, settings: Settings, stack: AsyncExitStack,
     connect: Callable[[AsyncExitStack], Awaitable[T]],
 ) -> T:  # fmt: skip
-    """`connect`'s result once `backend` answers: an outage (`_outage`, or an attempt silent past
-    ATTEMPT_TIMEOUT_S) is waited out with backoff for as long as it lasts, logging "still waiting
-    for <backend>" before each retry; only the caller's cancellation (the stop signal) ends the
-    wait. Each attempt opens its clients afresh (their own setup calls included) and closes them
-    when it fails. Raises ConfigurationError for a setup a retry cannot fix."""
+    """`connect`'s result once `backend` answers: tenacity retries the attempt while it meets an
+    outage (`_outage`, or silence past ATTEMPT_TIMEOUT_S), with backoff, for as long as that lasts,
+    logging "still waiting for <backend>" before each retry; only the caller's cancellation (the
+    stop signal) ends the wait. Raises ConfigurationError for a setup a retry cannot fix."""
 
     def still_waiting(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -144,35 +152,26 @@ async def waited_for(
         retry=retry_if_exception(lambda error: _outage(settings, error)), before_sleep=still_waiting,
         wait=wait_exponential_jitter(multiplier=0.5, max=RETRY_MAX_WAIT_S), reraise=True,
     )  # fmt: skip
-    async for attempt in retrying:
-        with attempt:
-            async with AsyncExitStack() as attempt_stack:
-                try:
-                    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
-                        connected = await connect(attempt_stack)
-                except Exception as error:
-                    problem = None if _outage(settings, error) else _setup_problem(backend, error)
-                    if problem is not None:
-                        raise problem from error
-                    raise
-                await stack.enter_async_context(attempt_stack.pop_all())
-                return connected
-    raise AssertionError("unreachable: the retry loop returns or raises")
+    try:
+        return await retrying(_attempt, stack, connect)
+    except Exception as error:
+        if problem := _setup_problem(backend, error):
+            raise problem from error
+        raise
 
 
 async def open_cosmos_client(settings: Settings, stack: AsyncExitStack) -> Any:
     """The SDK's aio client: with the key of an emulator (local, compose), or with the managed
-    identity in Azure. Its aiohttp session does not read the environment (`trust_env=False`):
+    identity in Azure. Its transport does not read the environment (`use_env_settings=False`):
     aiohttp's default looks up proxies and ~/.netrc in a worker thread for every request, which
     more than doubled the client CPU per operation here (docs/performance.md). No proxy from the
     environment is used for Cosmos DB, then."""
-    import aiohttp  # noqa: PLC0415
     from azure.core.pipeline.transport import AioHttpTransport  # noqa: PLC0415
     from azure.cosmos.aio import CosmosClient  # noqa: PLC0415
 
     assert settings.cosmos_endpoint is not None
-    session = await stack.enter_async_context(aiohttp.ClientSession(trust_env=False))
-    transport = AioHttpTransport(session=session, session_owner=False)
+    # Entered first: closed even when the client's own setup (`__aenter__`) fails or is given up.
+    transport = await stack.enter_async_context(AioHttpTransport(use_env_settings=False))
     if settings.mode == "azure":
         from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable
 from contextlib import AsyncExitStack
-from typing import TypeVar
 
+import anyio
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
@@ -26,7 +25,6 @@ from eventflow_publisher.publishing import SendHealth
 from eventflow_publisher.settings import Settings
 
 LOG = structlog.get_logger("eventflow_publisher")
-T = TypeVar("T")
 
 
 def settings_problems(error: ValidationError) -> str:
@@ -49,30 +47,18 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-async def unless_stopped(stop: asyncio.Event, starting: Awaitable[T]) -> T | None:
-    """`starting`'s result, or None when `stop` is set first (`starting` is then cancelled)."""
-    started = asyncio.ensure_future(starting)
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait([started, stopped], return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    await asyncio.wait([stopped])
-    if started.done():
-        return started.result()
-    started.cancel()
-    await asyncio.wait([started])
-    if not started.cancelled():
-        started.result()  # what it raised while being cancelled; a late result is closed by its owner
-    return None
-
-
 async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
     metrics = PublisherMetrics(telemetry)
     health = SendHealth(settings.unready_after_failing_seconds)
     workers: list[ChangeFeedProcessor] = []
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    stop, connecting = asyncio.Event(), anyio.CancelScope()
+
+    def on_stop_signal() -> None:
+        stop.set()
+        connecting.cancel()  # gives up the connecting, if it is still under way
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        asyncio.get_running_loop().add_signal_handler(signum, on_stop_signal)
 
     def ready() -> bool:
         return (
@@ -86,10 +72,9 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
     await web.TCPSite(runner, settings.health_host, settings.health_port).start()
     try:
         async with AsyncExitStack() as stack:
-            resources = await unless_stopped(
-                stop, stack.enter_async_context(open_resources(settings))
-            )
-            if resources is None:
+            with connecting:
+                resources = await stack.enter_async_context(open_resources(settings))
+            if connecting.cancel_called:
                 LOG.info("stopped while connecting")
                 return
             workers.extend(processors(settings, resources, health=health, metrics=metrics))

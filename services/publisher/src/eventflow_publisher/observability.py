@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from aiohttp import web
 from opentelemetry.metrics import CallbackOptions, Observation
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from eventflow_contracts.telemetry import Telemetry, metrics_only
 from eventflow_publisher.changefeed.processor import LeaseStatus, ProcessorObserver
@@ -123,13 +123,8 @@ def health_app(metrics: PublisherMetrics, ready: Callable[[], bool]) -> web.Appl
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "not ready"}, status=503)
 
-    async def prometheus(_: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(metrics.registry))
-        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return response
-
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     return app

@@ -104,14 +104,22 @@ def _outage(error: BaseException) -> bool:
     )  # fmt: skip
 
 
+async def _attempt(stack: AsyncExitStack, connect: Callable[[AsyncExitStack], Awaitable[T]]) -> T:
+    """`connect`'s result, its clients opened afresh: closed if it fails or is silent past
+    ATTEMPT_TIMEOUT_S, handed to `stack` if it succeeds."""
+    async with AsyncExitStack() as attempt, asyncio.timeout(ATTEMPT_TIMEOUT_S):
+        connected = await connect(attempt)
+        stack.push_async_exit(attempt.pop_all())
+    return connected
+
+
 async def waited_for(
     backend: Backend, stack: AsyncExitStack, connect: Callable[[AsyncExitStack], Awaitable[T]]
 ) -> T:
-    """`connect`'s result once `backend` answers: an outage (`_outage`, or an attempt silent past
-    ATTEMPT_TIMEOUT_S) is waited out with backoff for as long as it lasts, logging "still waiting
-    for <backend>" before each retry; only the caller's cancellation (the stop signal) ends the
-    wait. Each attempt opens its clients afresh (their own setup calls included) and closes them
-    when it fails. Raises ConfigurationError for a setup a retry cannot fix."""
+    """`connect`'s result once `backend` answers: tenacity retries the attempt while it meets an
+    outage (`_outage`, or silence past ATTEMPT_TIMEOUT_S), with backoff, for as long as that lasts,
+    logging "still waiting for <backend>" before each retry; only the caller's cancellation (the
+    stop signal) ends the wait. Raises ConfigurationError for a setup a retry cannot fix."""
 
     def still_waiting(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -124,20 +132,12 @@ async def waited_for(
         retry=retry_if_exception(_outage), before_sleep=still_waiting, reraise=True,
         wait=wait_exponential_jitter(multiplier=0.5, max=RETRY_MAX_WAIT_S),
     )  # fmt: skip
-    async for attempt in retrying:
-        with attempt:
-            async with AsyncExitStack() as attempt_stack:
-                try:
-                    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
-                        connected = await connect(attempt_stack)
-                except Exception as error:
-                    problem = None if _outage(error) else _setup_problem(backend, error)
-                    if problem is not None:
-                        raise problem from error
-                    raise
-                await stack.enter_async_context(attempt_stack.pop_all())
-                return connected
-    raise AssertionError("unreachable: the retry loop returns or raises")
+    try:
+        return await retrying(_attempt, stack, connect)
+    except Exception as error:
+        if problem := _setup_problem(backend, error):
+            raise problem from error
+        raise
 
 
 async def _blob_store(settings: Settings, stack: AsyncExitStack, credential: Any = None) -> Any:

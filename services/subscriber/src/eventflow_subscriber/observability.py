@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from opentelemetry.metrics import CallbackOptions, Observation
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from eventflow_contracts.telemetry import Telemetry, metrics_only
 from eventflow_subscriber.forwarding import ForwarderObserver
@@ -118,13 +119,8 @@ def health_app(metrics: SubscriberMetrics, ready: Callable[[], bool]) -> web.App
             else web.json_response({"status": "not ready"}, status=503)
         )
 
-    async def prometheus(_: web.Request) -> web.Response:
-        response = web.Response(body=metrics.render())
-        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return response
-
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     return app

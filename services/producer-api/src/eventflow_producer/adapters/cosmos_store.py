@@ -29,6 +29,7 @@ from azure.cosmos.exceptions import (
 from eventflow_contracts import CloudEvent, OrderLine, to_json_dict
 from eventflow_contracts.orders_container import (
     event_document_id,
+    events_after_query,
     idempotency_document_id,
     order_document_id,
 )
@@ -228,14 +229,7 @@ class CosmosOrderStore:
 
     async def _events_after(self, order_id: str, sequence: int) -> list[dict[str, Any]]:
         """The order's stored events after `sequence`, in sequence order."""
-        query = (
-            "SELECT * FROM c WHERE c.order_id = @order_id AND c.kind = 'event'"
-            " AND c.sequence > @after ORDER BY c.sequence"
-        )
-        parameters = [
-            {"name": "@order_id", "value": order_id},
-            {"name": "@after", "value": sequence},
-        ]
+        query, parameters = events_after_query(order_id, sequence)
         async with self._answering():
             pages = self._container.query_items(
                 query, parameters=parameters, partition_key=order_id

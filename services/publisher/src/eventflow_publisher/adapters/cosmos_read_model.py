@@ -9,8 +9,12 @@ from azure.core import MatchConditions
 from azure.cosmos.exceptions import CosmosHttpResponseError
 
 from eventflow_contracts import OrderState
-from eventflow_contracts.orders_container import DocumentKind, order_document_id
-from eventflow_publisher.readmodel import EVENT, ReadModelConflictError
+from eventflow_contracts.orders_container import (
+    DocumentKind,
+    events_after_query,
+    order_document_id,
+)
+from eventflow_publisher.readmodel import ReadModelConflictError
 
 READ_MODEL: Final[DocumentKind] = "order"
 
@@ -56,14 +60,6 @@ class CosmosReadModelStore:
             raise
 
     async def events_after(self, order_id: str, version: int) -> list[dict[str, Any]]:
-        query = (
-            "SELECT * FROM c WHERE c.order_id = @order_id AND c.kind = @kind"
-            " AND c.sequence > @after ORDER BY c.sequence"
-        )
-        parameters = [
-            {"name": "@order_id", "value": order_id},
-            {"name": "@kind", "value": EVENT},
-            {"name": "@after", "value": version},
-        ]
+        query, parameters = events_after_query(order_id, version)
         found = self._container.query_items(query, parameters=parameters, partition_key=order_id)
         return [document async for document in found]

@@ -15,7 +15,8 @@ before a write of this acquisition succeeds again. Every lease-store call of a w
 a timeout, so a request that hangs cannot hold the worker for good.
 
 Expiry is judged by what this instance observed: a lease whose ETag has not changed for `expiry`
-seconds of this machine's monotonic clock. Two machines' wall clocks are never compared.
+seconds of this machine's monotonic clock, counted from when the listing that first carried it
+answered. Two machines' wall clocks are never compared.
 """
 
 from __future__ import annotations

@@ -268,7 +268,8 @@ def options_of(settings: Settings) -> ProcessorOptions:
         max_poll_delay=settings.max_poll_delay_seconds, max_items=settings.max_items_per_page,
         acquire_interval=settings.acquire_interval_seconds, renew_interval=settings.renew_interval_seconds,
         expiry=settings.lease_expiry_seconds, lag_interval=settings.lag_interval_seconds,
-        stalled_after=settings.stalled_after_seconds,
+        stalled_after=settings.stalled_after_seconds, handover_timeout=settings.handover_timeout_seconds,
+        lease_call_timeout=settings.lease_call_timeout_seconds, lease_margin=settings.lease_margin_seconds,
         oldest_change_limit=settings.event_ttl_seconds * settings.oldest_event_alert_share,
     )  # fmt: skip
 

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventflow_contracts.orders_container import WritePattern
 from eventflow_contracts.telemetry import TelemetryFields
+from eventflow_publisher.changefeed import ProcessorOptions
 
 # The Cosmos DB emulators' published well-known key (the official emulator's and this project's):
 # not a secret; it only ever opens a local emulator.
@@ -72,6 +73,24 @@ class Settings(BaseSettings, TelemetryFields):
     acquire_interval_seconds: float = Field(default=13.0, gt=0)
     renew_interval_seconds: float = Field(default=17.0, gt=0)
     lease_expiry_seconds: float = Field(default=60.0, gt=0)
+    handover_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="how long an owner asked for its lease lets the page in flight run; past it "
+        "the page is cancelled (read again by the asker) and the lease released",
+    )
+    lease_call_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="the bound of one lease-store call of a worker (a call that hangs is abandoned "
+        "and retried); default half the lease deadline's span, at least 5 s",
+    )
+    lease_margin_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="how long before the earliest takeover of its lease an owner stops handling "
+        "(its lease deadline); default a tenth of the restart takeover time",
+    )
     lag_interval_seconds: float = Field(default=5.0, gt=0)
     unready_after_failing_seconds: float = Field(default=30.0, gt=0)
     stalled_after_seconds: float = Field(
@@ -117,11 +136,36 @@ class Settings(BaseSettings, TelemetryFields):
                 raise ValueError("mode=azure uses managed identity: no keys or connection strings")
         if not self.renew_interval_seconds < self.lease_expiry_seconds:
             raise ValueError("the renew interval must be shorter than the lease expiry")
+        self._lease_timings_fit()
         if self.read_model_processor_name == self.processor_name:
             raise ValueError("the read-model maintainer needs a lease prefix of its own")
         if self.poll_delay_seconds > self.max_poll_delay_seconds:
             raise ValueError("the poll delay must not exceed the max poll delay")
         return self
+
+    def _lease_timings_fit(self) -> None:
+        """The lease deadline's span (the restart takeover time less the margin) must be left,
+        and a lease-store call set here must time out within it (so that a retry can still
+        succeed before it)."""
+        options = ProcessorOptions(
+            instance_name=self.instance_name, renew_interval=self.renew_interval_seconds,
+            expiry=self.lease_expiry_seconds, lease_margin=self.lease_margin_seconds,
+            lease_call_timeout=self.lease_call_timeout_seconds,
+        )  # fmt: skip
+        takeover, span = options.takeover_after, options.held_for
+        if span <= 0:
+            raise ValueError(
+                f"PUBLISHER_LEASE_MARGIN_SECONDS ({self.lease_margin_seconds:g}) must be shorter "
+                f"than the restart takeover time ({takeover:g} s: 1.5 renew intervals, at most "
+                "the lease expiry), or no page could ever be handled"
+            )
+        if self.lease_call_timeout_seconds is not None and self.lease_call_timeout_seconds >= span:
+            raise ValueError(
+                f"PUBLISHER_LEASE_CALL_TIMEOUT_SECONDS ({self.lease_call_timeout_seconds:g}) must "
+                f"be shorter than the lease deadline's span ({span:g} s: the restart takeover "
+                "time less the margin), so that a call abandoned at its timeout is retried before "
+                "the deadline stops the handler"
+            )
 
     @property
     def creates_containers(self) -> bool:

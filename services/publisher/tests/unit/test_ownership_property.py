@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -188,17 +187,16 @@ ACTIONS = st.lists(
 )
 
 
-@pytest.mark.skip(
-    reason="open defect (issue 24): draws with a refused send, a join and a pause sometimes show two "
-    "live runs handling one range for ~15 ms (seen in two CI runs on 2 cores, not on replay)"
-)
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
 @given(actions=ACTIONS)
 @example(
     actions=["join", "write", "same-name", "write", "pause", "split", "join", "crash", "write"]
 )
 @example(actions=["refuse", "write", "join", "wait", "wait", "write"])  # a steal mid-send
 @example(actions=["refuse", "write", "stall", "join", "wait", "wait", "write"])  # hung lease store
+@example(  # a run paused across its own listing: the owner's write in it was aged by the pause
+    actions=["refuse", "join", "write", "wait", "write", "wait", "refuse", "pause"]
+)
 def test_no_change_is_handled_by_two_live_runs_at_once_none_is_lost_and_order_is_kept(
     actions: list[str],
 ) -> None:
@@ -253,7 +251,7 @@ def test_no_change_is_handled_by_two_live_runs_at_once_none_is_lost_and_order_is
         written = {d["id"] for documents in feed.items.values() for d in documents}
         deadline = time.monotonic() + 20
         while not written <= {i for call in calls.calls for i in call[4]}:
-            assert time.monotonic() < deadline, "changes lost"
+            assert time.monotonic() < deadline, f"changes lost: {actions}"
             await asyncio.sleep(0.05)
         for run in live:
             assert run.processor is not None
@@ -261,12 +259,13 @@ def test_no_change_is_handled_by_two_live_runs_at_once_none_is_lost_and_order_is
             await run.thaw()
             await run.processor.stop()
             await run.task
-        assert live_overlaps(calls, runs) == [], "two live runs handled one range at the same time"
+        overlaps = live_overlaps(calls, runs)
+        assert not overlaps, f"two live runs on one range at once ({actions}): {overlaps}"
         first_seen = list(
             dict.fromkeys(i for call in sorted(calls.calls, key=lambda c: c[2]) for i in call[4])
         )
         for order in ORDERS:
             mine = [i for i in first_seen if i.startswith(f"{order}:")]
-            assert mine == sorted(mine), f"{order} first seen out of order: {mine}"
+            assert mine == sorted(mine), f"{order} first seen out of order ({actions}): {mine}"
 
     asyncio.run(scenario())

@@ -15,7 +15,8 @@ before a write of this acquisition succeeds again. Every lease-store call of a w
 a timeout, so a request that hangs cannot hold the worker for good.
 
 Expiry is judged by what this instance observed: a lease whose ETag has not changed for `expiry`
-seconds of this machine's monotonic clock. Two machines' wall clocks are never compared.
+seconds of this machine's monotonic clock, counted from when the listing that first carried it
+answered. Two machines' wall clocks are never compared.
 """
 
 from __future__ import annotations
@@ -783,10 +784,14 @@ class ChangeFeedProcessor:
         self.observer.lease_released(lease_id)
 
     async def _balance(self) -> None:
-        now = self.monotonic()
         leases = [
             lease for lease in await self.leases.list_leases() if lease.version <= LEASE_VERSION
         ]
+        # An ETag is first seen when the listing answered, never when it was asked for: a write
+        # may land while the listing is slow (throttled, a stalled loop), and stamping its ETag
+        # with the earlier time would age it by that wait, so a live owner's lease would look
+        # expired (or its run gone) before its deadline has stopped it.
+        now = self.monotonic()
         self._observe(leases, now)
         by_id = {lease.id: lease for lease in leases}
         for lease_id, worker in list(self.workers.items()):

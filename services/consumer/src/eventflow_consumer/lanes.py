@@ -31,8 +31,10 @@ On accept, the lane's records are reconciled with the broker: records of deferre
 longer exist are dropped, blocked orders stay blocked, an order's capped messages are brought back.
 A message whose order cannot be read (an unreadable envelope, a marker) is judged alone: under the
 block policy it is dead-lettered without blocking anything.
-A completion is issued concurrently: an order's next event is handled as soon as the store write
-of the one before is done.
+Per event: a completion is issued concurrently (an order's next event is handled as soon as the
+store write of the one before is done), and an event that is next after the summary this holder
+last wrote for its order is applied on that summary without reading it (the store refuses a stale
+token; then it is read). The cache lives as long as the lane is held.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from eventflow_consumer.handling import Decision, InboxHandler
+from eventflow_consumer.handling import Decision, InboxHandler, SummaryCache
 from eventflow_consumer.ports import Inbound, OrderRecords, SessionChannel, TransientStoreError
 from eventflow_consumer.sessions import (
     ConsumerObserver,
@@ -61,6 +63,7 @@ LOG = structlog.get_logger("eventflow_consumer.lanes")
 RECEIVE_BATCH = 100
 BUSY_RECEIVE_WAIT_SECONDS = 0.05
 T = TypeVar("T")
+SUMMARY_CACHE_PER_LANE = 1000
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,8 @@ class _Lane:
         self.failure: BaseException | None = None
         self.settling: set[asyncio.Task[None]] = set()
         self.watcher: asyncio.Task[None] | None = None
+        # Summaries this holder wrote since it acquired the lane, for apply only (handling.py).
+        self.summaries = SummaryCache(SUMMARY_CACHE_PER_LANE)
         self.log = LOG.bind(lane=channel.session_id)
 
     async def _store(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -359,7 +364,10 @@ class _Lane:
         try:
             decision = await self._store(
                 lambda: worker._handler.handle(
-                    inbound.delivery, accept_gap=accept_gap, skip_poison=worker.policy == "skip"
+                    inbound.delivery,
+                    accept_gap=accept_gap,
+                    skip_poison=worker.policy == "skip",
+                    cache=self.summaries,
                 )
             )
         except LetGo:

@@ -39,11 +39,12 @@ class ProjectionStore(Protocol):
         token: str | None,
         event_id: str | None,
         committed_at: datetime | None = None,
-    ) -> None:
+    ) -> str | None:
         """Write the summary (created when token is None, else replaced on the token) and, when
         `event_id` is given, its inbox mark (with when the event was committed upstream, for
-        latency) in one atomic write. Raises AlreadyAppliedError, TransientStoreError
-        (ConcurrentWriteError when the token is stale)."""
+        latency) in one atomic write. Returns the summary's new token when the store tells it.
+        Raises AlreadyAppliedError, TransientStoreError (ConcurrentWriteError when the token is
+        stale)."""
         ...
 
 

@@ -55,7 +55,7 @@ class FakeStore:
         token: str | None,
         event_id: str | None,
         committed_at: datetime | None = None,
-    ) -> None:
+    ) -> str | None:
         self._call("commit")
         if self.conflicts:
             self.conflicts -= 1
@@ -71,6 +71,7 @@ class FakeStore:
         if event_id is not None:
             self.marks.add(event_id)
         self.summaries[summary.order_id] = (summary, str(self.commits))
+        return str(self.commits)
 
     def summary(self, order_id: str) -> OrderSummary:
         return self.summaries[order_id][0]

@@ -106,11 +106,11 @@ async def test_an_unexpected_error_abandons_that_message_and_backs_off_that_orde
     class OneOrderBroken(FakeStore):
         failures = 1
 
-        async def commit(self, summary: Any, *args: Any) -> None:
+        async def commit(self, summary: Any, *args: Any) -> str | None:
             if summary.order_id == "a" and self.failures:
                 self.failures -= 1
                 raise RuntimeError("a bug")
-            await super().commit(summary, *args)
+            return await super().commit(summary, *args)
 
     store, channel, observer = OneOrderBroken(), FakeChannel(LANE), Abandons()
     channel.add(order_events("a")[0])
@@ -369,3 +369,52 @@ async def test_a_store_outage_while_blocking_spends_no_delivery() -> None:
     await asyncio.wait_for(task, 10)
     assert channel.outcomes("abandon") == []
     assert recorded_before_deferred(store, channel)
+
+
+# -- per-event work ----------------------------------------------------------------------------
+
+
+async def test_an_orders_next_event_is_applied_on_the_summary_this_holder_wrote_without_a_read() -> (
+    None
+):
+    store, channel = FakeStore(), FakeChannel(LANE, order_events("a"))
+    worker = lane_worker(store)
+    await holding(worker, channel, lambda: at(store, "a", 4))
+    assert store.log.count("commit") == 4
+    assert store.log.count("load") == 0  # a create without a read, then three on the cached one
+
+
+async def test_a_summary_changed_by_another_writer_is_read_again() -> None:
+    store, channel = FakeStore(), FakeChannel(LANE, order_events("a")[:1])
+    worker = lane_worker(store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.hold(channel, stopping=stop.is_set))
+    await until(lambda: at(store, "a", 1))
+    summary, _ = store.summaries["a"]
+    store.summaries["a"] = (summary, "written-elsewhere")  # e.g. a rebuild: the token moved on
+    channel.add(order_events("a")[1])
+    await until(lambda: at(store, "a", 2))
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert store.log.count("load") == 1  # the stale token refused, then read
+    assert len(store.summary("a").lines) == 2
+
+
+async def test_completions_do_not_hold_up_the_orders_next_event() -> None:
+    """The lane's receiver takes one call at a time: an order's next event is applied while the
+    completion of the one before still waits for it."""
+
+    class SlowCompletions(FakeChannel):
+        async def complete(self, inbound: Any) -> None:
+            await asyncio.sleep(0.2)
+            await super().complete(inbound)
+
+    store, channel = FakeStore(), SlowCompletions(LANE, order_events("a"))
+    worker = lane_worker(store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.hold(channel, stopping=stop.is_set))
+    await until(lambda: at(store, "a", 4), wait=0.5)
+    assert len(channel.outcomes("complete")) < 4  # applied ahead of their completions
+    await until(lambda: len(channel.outcomes("complete")) == 4)
+    stop.set()
+    await asyncio.wait_for(task, 10)

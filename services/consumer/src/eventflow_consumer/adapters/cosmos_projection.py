@@ -108,7 +108,7 @@ class CosmosProjectionStore:
         token: str | None,
         event_id: str | None,
         committed_at: datetime | None = None,
-    ) -> None:
+    ) -> str | None:
         document = summary.to_document()
         write = (
             ("create", (document,))
@@ -122,7 +122,7 @@ class CosmosProjectionStore:
                     "committed_at": committed_at.isoformat() if committed_at else None}  # fmt: skip
             operations.append(("create", (mark,)))
         try:
-            await _guarded(
+            results = await _guarded(
                 lambda: self._container.execute_item_batch(
                     operations, partition_key=summary.order_id
                 )
@@ -139,6 +139,8 @@ class CosmosProjectionStore:
                     f"batch refused with {error.status_code} at {error.error_index}"
                 ) from error
             raise
+        etag = results[0].get("eTag") if results else None
+        return str(etag) if etag else None
 
     # -- blocked sessions: a record per blocked session, for the operator CLI -------------------
 

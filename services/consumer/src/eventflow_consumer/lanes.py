@@ -28,7 +28,8 @@ and brought back in arrival order as the order drains, so a hot order or an orde
 events cannot fill the lane's window. The lane holds at most `max_in_flight`: past it the worker
 receives no more until some are settled.
 On accept, the lane's records are reconciled with the broker: records of deferred messages that no
-longer exist are dropped, blocked orders stay blocked, an order's capped messages are brought back.
+longer exist are dropped, blocked orders stay blocked, an order's capped messages are brought back;
+a lane that an earlier release blocked whole (in its session state) is taken over per order.
 A message whose order cannot be read (an unreadable envelope, a marker) is judged alone: under the
 block policy it is dead-lettered without blocking anything.
 Per event: a completion is issued concurrently (an order's next event is handled as soon as the
@@ -50,6 +51,7 @@ import structlog
 
 from eventflow_consumer.handling import Decision, InboxHandler, SummaryCache
 from eventflow_consumer.ports import Inbound, OrderRecords, SessionChannel, TransientStoreError
+from eventflow_consumer.session_state import SessionState
 from eventflow_consumer.sessions import (
     ConsumerObserver,
     LetGo,
@@ -189,6 +191,7 @@ class _Lane:
         before they were forgotten, or recorded and never deferred), an interrupted unblock is
         taken up again, capped messages are brought back."""
         lane = self.channel.session_id
+        await self._adopt_lane_block()
         records = await self._store(lambda: self.records.lane_records(lane))
         numbers = [n for messages in records.deferred.values() for n in messages]
         present = await self.channel.deferred_present(numbers) if numbers else set()
@@ -198,7 +201,7 @@ class _Lane:
             if gone:
                 self.log.warning("recorded deferred messages no longer exist; records dropped",
                                  order=order_id, sequence_numbers=sorted(gone))  # fmt: skip
-                await self._store(lambda o=order_id, g=gone: self.records.forget_deferred(o, g))  # type: ignore[misc]
+                await self._forget_records(order_id, gone)
             order.deferred = {n: e for n, e in messages.items() if n in present}
         for order_id, record in records.blocked.items():
             order = self._order("order:" + order_id, order_id)
@@ -212,6 +215,39 @@ class _Lane:
         if records.blocked or records.deferred:
             self.log.info("lane's records restored", blocked=sorted(records.blocked),
                           deferred={o: len(m) for o, m in records.deferred.items()})  # fmt: skip
+
+    async def _adopt_lane_block(self) -> None:
+        """A lane blocked whole by an earlier release (its session state says blocked, or lists
+        deferred messages): each deferred message is recorded in the store under its order (so it
+        is brought back in arrival order, and an order whose poison message was dead-lettered
+        blocks itself again on its own gap), then the state and the lane's blocked record are
+        cleared. Done again from the start if cut short: recording is idempotent."""
+        channel, lane = self.channel, self.channel.session_id
+        state = SessionState.from_bytes(await channel.get_state())
+        if not state.blocked and not state.deferred:
+            return
+        self.log.warning("lane blocked whole by an earlier release: its deferred messages are "
+                         "taken over per order", deferred=len(state.deferred), reason=state.reason)  # fmt: skip
+        for number in list(state.deferred):
+            inbound = await channel.receive_deferred(number)
+            if inbound is None:
+                continue
+            key = order_of(inbound)
+            if not key.startswith("order:"):
+                self._dispatch(inbound)  # judged alone, like any message whose order is unknown
+                continue
+            order_id, sequence = key.removeprefix("order:"), inbound.delivery.event_sequence
+            await self._record(order_id, number, sequence)
+            await channel.defer(inbound)
+        await channel.set_state(SessionState(last_sequence=state.last_sequence).to_bytes())
+        await self._store(lambda: self.records.clear_blocked(lane))
+
+    async def _record(self, order_id: str, number: int, sequence: int | None) -> None:
+        lane = self.channel.session_id
+        await self._store(lambda: self.records.record_deferred(order_id, lane, number, sequence))
+
+    async def _forget_records(self, order_id: str, numbers: set[int]) -> None:
+        await self._store(lambda: self.records.forget_deferred(order_id, numbers))
 
     def _order(self, key: str, order_id: str | None) -> _Order:
         order = self.orders.get(key)
@@ -507,7 +543,7 @@ class _Lane:
             self._settled()
             return
         sequence = delivery.event_sequence
-        await self._store(lambda: self.records.record_deferred(order_id, lane, number, sequence))
+        await self._record(order_id, number, sequence)
         order.deferred[number] = sequence
         order.out.discard(number)
         await self.channel.defer(inbound)
@@ -520,9 +556,8 @@ class _Lane:
         """After a recorded message is settled: its record goes."""
         if number not in order.deferred:
             return
-        order_id = order.order_id
-        assert order_id is not None
-        await self._store(lambda: self.records.forget_deferred(order_id, {number}))
+        assert order.order_id is not None
+        await self._forget_records(order.order_id, {number})
         order.deferred.pop(number, None)
         order.out.discard(number)
 

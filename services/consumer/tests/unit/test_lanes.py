@@ -12,6 +12,7 @@ import orjson
 
 from eventflow_consumer.handling import InboxHandler
 from eventflow_consumer.lanes import LaneSettings, LaneWorker
+from eventflow_consumer.session_state import SessionState
 from eventflow_consumer.sessions import ConsumerObserver, WorkerSettings
 from eventflow_contracts.lanes import session_id_for
 
@@ -418,3 +419,23 @@ async def test_completions_do_not_hold_up_the_orders_next_event() -> None:
     await until(lambda: len(channel.outcomes("complete")) == 4)
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+async def test_a_lane_blocked_whole_by_an_earlier_release_is_taken_over_per_order() -> None:
+    """The earlier release's session pump blocked the whole lane in its session state: its
+    deferred messages are recorded per order, brought back in order, and the block lifted."""
+    store, channel = FakeStore(), FakeChannel(LANE)
+    for body in (*order_events("a")[:2], *order_events("b")[:2]):
+        channel.add(body)
+    for inbound in await channel.receive(4, 0):
+        await channel.defer(inbound)
+    state = SessionState(blocked=True, reason="invalid-json: x", deferred=[3, 1, 4, 2])
+    channel.state = state.to_bytes()
+    await store.set_blocked(LANE, "invalid-json: x")
+    channel.add(order_events("b")[2])  # arrives after the deferred ones: applied after them
+    worker = blocking(store)
+    await holding(worker, channel, lambda: at(store, "a", 2) and at(store, "b", 3))
+    assert LANE not in store.records
+    assert SessionState.from_bytes(channel.state).deferred == []
+    assert store.deferrals == {"a": {}, "b": {}}
+    assert channel.outcomes("dead_letter") == []

@@ -230,10 +230,11 @@ async def test_a_hot_order_past_its_cap_is_deferred_and_brought_back_in_order(
 
 async def test_unblocking_a_session_of_its_own_survives_a_store_outage_longer_than_its_lock(
     backends: Backends, cosmos_database: CosmosDatabase,
-    cosmos_emulator_server: RunningCosmosEmulator, capsys: Any,
+    cosmos_emulator_server: RunningCosmosEmulator, capsys: Any, monkeypatch: Any,
 ) -> None:  # fmt: skip
     """A per-order session blocked by an earlier release is accepted by id from its blocked
     record; its lock (2 s here) is renewed while the replay waits out 8 s of store outage."""
+    monkeypatch.setenv("CONSUMER_SESSION_RENEW_SECONDS", "0.5")  # as the consumer's: below the lock
     await backends.send(*(inbox_message(raw, "o1") for raw in order_events("o1")[:3]))
     async with (
         backends.client() as client,

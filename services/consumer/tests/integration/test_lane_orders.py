@@ -35,6 +35,16 @@ LANES = 4
 LANE = Lane(LANES, 1).session_id
 
 
+class CountingMetrics(ConsumerMetrics):
+    def __init__(self) -> None:
+        super().__init__()
+        self.deferrals = 0
+
+    def deferred(self) -> None:
+        super().deferred()
+        self.deferrals += 1
+
+
 @asynccontextmanager
 async def holding(
     backends: Backends, **changes: Any
@@ -42,7 +52,7 @@ async def holding(
     settings = backends.settings(inbox_lanes=LANES, session_renew_seconds=0.5, lane_retry_seconds=0.5,
                                  unblock_poll_seconds=0.2, **changes)  # fmt: skip
     async with open_resources(settings) as resources, backends.client() as client:
-        metrics = ConsumerMetrics()
+        metrics = CountingMetrics()
         holder = lanes_of(settings, resources, worker_of(settings, resources, metrics), metrics)
         assert holder is not None
         holder._client = client  # the test's own client: one connection per lane either way
@@ -224,6 +234,7 @@ async def test_a_hot_order_past_its_cap_is_deferred_and_brought_back_in_order(
         assert summary is not None
         assert (len(summary["lines"]), summary["skipped"]) == (40, [])
         await until(deferred_in_lane(resources, hot, 0), "every record forgotten after settling")
+        assert holder._worker._observer.deferrals >= 10  # type: ignore[attr-defined]  # past the cap
         assert holder._worker.settled >= len(hot_events) + 4 * len(others)
     assert await backends.dead_letters() == []
 

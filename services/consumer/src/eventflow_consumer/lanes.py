@@ -333,6 +333,9 @@ class _Lane:
                     record = await self.records.blocked_record(order.order_id)
                 except TransientStoreError:
                     break
+                except Exception:  # the watch goes on; the next period tries again
+                    self.log.exception("reading a blocked record failed", order=order.order_id)
+                    break
                 request = _requested(record)
                 if request is not None and request != order.answered:
                     order.unblock = request
@@ -598,6 +601,9 @@ class _Lane:
         self.log.info("unblocking an order", order=order_id, deferred=len(order.deferred))
         blocked, order.blocked = order.blocked, None
         for number, _ in sorted(order.deferred.items(), key=_replay_order):
+            if self.stopping():  # the request stays recorded: the lane's next holder goes on
+                order.blocked = blocked
+                return
             if number in order.out:
                 continue
             inbound = await self._receive_back(order, number)

@@ -274,3 +274,44 @@ async def test_unblocking_a_session_of_its_own_survives_a_store_outage_longer_th
         assert summary["last_sequence"] == 3
         assert await resources.store.list_blocked() == []
     assert await backends.dead_letters() == []
+
+
+async def test_an_unblock_cut_short_by_a_stop_is_finished_by_the_lanes_next_holder(
+    backends: Backends, cosmos_database: CosmosDatabase,
+    cosmos_emulator_server: RunningCosmosEmulator, capsys: Any,
+) -> None:  # fmt: skip
+    """The holder takes the request on, the store goes down during the replay, and the holder is
+    stopped: the order stays blocked with its request; the next holder replays the rest, and the
+    command, still waiting, reports it unblocked."""
+    faults = cosmos_emulator_server.admin
+    async with holding(backends, poison_policy="block") as (resources, _):
+        order_id = orders_in_lane(1)[0]
+        events = order_events(order_id)
+        await backends.send(inbox_message(events[0], LANE), inbox_message(poison(order_id, 2), LANE),
+                            *(inbox_message(raw, LANE) for raw in events[1:]))  # fmt: skip
+        await until(deferred_in_lane(resources, order_id, 3), "blocked, its events deferred")
+        faults.outage(60.0, operation="batch", path_contains=f"/dbs/{cosmos_database.name}/")
+        command = asyncio.create_task(admin(["unblock", order_id, "--wait", "30"]))
+
+        async def taken_on() -> bool:
+            record = await resources.store.blocked_record(order_id)
+            return record is not None and "unblock_started" in record
+
+        await until(taken_on, "the lane's holder took the unblock on")
+        await asyncio.sleep(1.0)  # its first replayed event waits out the outage
+    faults.reset_faults()
+    async with open_resources(backends.settings()) as resources:
+        record = await resources.store.blocked_record(order_id)
+        assert record is not None  # still blocked, the request recorded: nothing half done
+        assert "unblock_requested" in record
+        assert (await resources.store.get(order_id))["last_sequence"] == 1  # type: ignore[index]
+    async with holding(backends, poison_policy="block") as (resources, _):
+        assert await asyncio.wait_for(command, 60) == 0
+        summary = await resources.store.get(order_id)
+        assert summary is not None
+        assert [h["sequence"] for h in summary["status_history"]] == [1, 3, 4]
+        assert len(summary["lines"]) == 2
+        assert await resources.store.list_blocked() == []
+    assert emitted(capsys)[-1]["blocked_again"] is False
+    (dead,) = await backends.dead_letters()
+    assert dead.dead_letter_reason == "invalid-data"

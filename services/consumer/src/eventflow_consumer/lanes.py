@@ -576,11 +576,20 @@ class _Lane:
         return inbound
 
     def _to_bring_back(self, order: _Order) -> list[int]:
-        """Deferred messages of an order that is not blocked, in arrival order, up to its cap."""
+        """Deferred messages of an order that is not blocked, in arrival order, up to its cap; and
+        when early events fill the cap, a deferred predecessor of theirs past it (one at a time),
+        so that the cap never keeps from an order the event it waits for."""
         if order.blocked:
             return []
+        candidates = sorted(order.deferred.keys() - order.out)
         room = self.settings.order_max_in_flight - len(order.out) - order.held()
-        return sorted(order.deferred.keys() - order.out)[: max(room, 0)]
+        if room > 0:
+            return candidates[:room]
+        if order.queue or not order.waiting:
+            return []
+        first = min(_event_order(i)[0] for i in order.waiting)
+        earlier = [n for n in candidates if (order.deferred[n] or first) < first]
+        return sorted(earlier, key=lambda n: (order.deferred[n] or 0, n))[:1]
 
     async def _bring_back(self, order: _Order) -> None:
         """The order drained: its deferred messages come back in arrival order, up to its cap."""

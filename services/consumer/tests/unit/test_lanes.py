@@ -439,3 +439,21 @@ async def test_a_lane_blocked_whole_by_an_earlier_release_is_taken_over_per_orde
     assert SessionState.from_bytes(channel.state).deferred == []
     assert store.deferrals == {"a": {}, "b": {}}
     assert channel.outcomes("dead_letter") == []
+
+
+async def test_early_events_filling_an_orders_cap_do_not_keep_their_predecessor_deferred() -> None:
+    store, channel, clock = FakeStore(), FakeChannel(LANE), Clock()
+    channel.add(order_events("a")[0])
+    for sequence in (3, 4, 5, 6):  # early: 3, 4, 5 wait (the cap), 6 is deferred
+        channel.add(item_added("a", sequence))
+    worker = lane_worker(store, clock, order_max_in_flight=3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.hold(channel, stopping=stop.is_set))
+    await until(lambda: at(store, "a", 1) and len(channel.deferred) == 1)
+    channel.add(item_added("a", 2))  # the missing one: past the cap, deferred, then brought back
+    await until(lambda: at(store, "a", 6))
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert store.summary("a").skipped == ()
+    assert channel.outcomes("dead_letter") == []
+    assert channel.deferred == {}

@@ -150,12 +150,12 @@ class LaneWorker:
         settled returns to the queue)."""
         lane = _Lane(self, channel, stopping)
         try:
-            await lane.restore()
-        except LetGo as error:
-            lane.log.warning("stopping during a store outage: lane released before receiving",
-                             error=str(error))  # fmt: skip
-            return
-        try:
+            try:
+                await lane.restore()
+            except LetGo as error:
+                lane.log.warning("stopping during a store outage: lane released before receiving",
+                                 error=str(error))  # fmt: skip
+                return
             await lane.run()
         finally:
             await lane.wind_down()

@@ -59,7 +59,7 @@ from azure.servicebus.aio import ServiceBusClient
 
 from eventflow_consumer.handling import Delivery, InboxHandler
 from eventflow_consumer.lanes import LaneSettings, LaneWorker
-from eventflow_consumer.ports import Inbound
+from eventflow_consumer.ports import Inbound, LaneRecords
 from eventflow_consumer.projection import OrderSummary
 from eventflow_consumer.sessions import SessionWorker
 from eventflow_consumer.settings import Settings
@@ -357,12 +357,34 @@ class _MemoryStore:
         token: str | None,
         event_id: str | None,
         committed_at: datetime | None = None,
-    ) -> None:
+    ) -> str | None:
         if event_id is not None:
             self.marks.add(event_id)
-        self.summaries[summary.order_id] = (summary, f"token-{len(self.marks)}")
+        token = f"token-{len(self.marks)}"
+        self.summaries[summary.order_id] = (summary, token)
+        return token
 
-    async def set_blocked(self, session_id: str, reason: str) -> None:
+    async def set_blocked(self, session_id: str, reason: str, lane: str | None = None) -> None:
+        return None
+
+    async def lane_records(self, lane: str) -> LaneRecords:
+        return LaneRecords()
+
+    async def blocked_record(self, order_id: str) -> dict[str, Any] | None:
+        return None
+
+    async def record_deferred(
+        self, order_id: str, lane: str, sequence_number: int, event_sequence: int | None
+    ) -> None:
+        return None
+
+    async def forget_deferred(self, order_id: str, sequence_numbers: set[int]) -> None:
+        return None
+
+    async def start_unblock(self, order_id: str, request: str) -> bool:
+        return False
+
+    async def answer_unblock(self, order_id: str, request: str, reason: str) -> None:
         return None
 
     async def clear_blocked(self, session_id: str) -> None:
@@ -382,7 +404,7 @@ async def own_cpu(messages: int, per_session: int, lanes: int) -> float:
         by_lane: dict[str, list[Inbound]] = {}
         for message in inbound:
             by_lane.setdefault(message.delivery.session_id, []).append(message)
-        worker = LaneWorker(InboxHandler(store), LaneSettings(idle_seconds=0))
+        worker = LaneWorker(InboxHandler(store), store, LaneSettings(idle_seconds=0))
         for session_id, messages_of_lane in by_lane.items():
             target = worker.settled + len(messages_of_lane)
             await worker.hold(_Channel(session_id, messages_of_lane),

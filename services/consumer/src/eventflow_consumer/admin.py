@@ -2,8 +2,8 @@
 
     eventflow-consumer-admin dead-letters [--limit N]          list dead-letters with their reasons
     eventflow-consumer-admin resubmit [--message-id ID ...] [--keep-message-id] [--limit N]
-    eventflow-consumer-admin blocked                           list blocked sessions
-    eventflow-consumer-admin unblock SESSION [--wait SECONDS]  unblock, replaying deferred messages in order
+    eventflow-consumer-admin blocked                           list blocked orders (with their lane)
+    eventflow-consumer-admin unblock ORDER [--wait SECONDS]    unblock, replaying deferred messages in order
     eventflow-consumer-admin clear-projection --confirm CONTAINER
                                         delete every order summary and inbox mark, for a rebuild
                                         (docs/operations.md); consumers stopped first
@@ -26,8 +26,8 @@ import contextlib
 import sys
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import orjson
 from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
@@ -37,15 +37,18 @@ from azure.servicebus.exceptions import (
     SessionCannotBeLockedError,
 )
 
-from eventflow_consumer.adapters.servicebus_sessions import ServiceBusSessionChannel
+from eventflow_consumer.adapters.servicebus_sessions import ServiceBusSessionChannel, keep_locked
 from eventflow_consumer.bootstrap import Resources, open_resources, worker_of
 from eventflow_consumer.handling import MARKER_PROPERTY, body_of, properties_of
+from eventflow_consumer.ports import TransientStoreError
 from eventflow_consumer.sessions import NotBlocked
 from eventflow_consumer.settings import Settings
 from eventflow_contracts import ContractError, read_routing
 from eventflow_contracts.lanes import session_id_for
 
 PAGE = 100
+UNBLOCK_POLL_SECONDS = 0.5
+T = TypeVar("T")
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -176,20 +179,94 @@ async def _move(
 
 
 async def blocked(resources: Resources) -> int:
+    """Blocked orders inside lanes (with their lane), and blocked sessions of their own (a
+    per-order session of an earlier release, a lane blocked whole by one)."""
     for record in await resources.store.list_blocked():
-        emit(
-            {
-                "session_id": record["order_id"],
-                "reason": record["reason"],
-                "blocked_at": record["blocked_at"],
-            }
+        lane = record.get("lane")
+        entry: dict[str, Any] = (
+            {"order_id": record["order_id"], "lane": lane}
+            if lane
+            else {"session_id": record["order_id"]}
         )
+        entry |= {"reason": record["reason"], "blocked_at": record["blocked_at"]}
+        requested = (record.get("unblock_requested") or {}).get("id")
+        if requested:
+            entry["unblock"] = (
+                "in progress" if record.get("unblock_started") == requested else "requested"
+            )
+        emit(entry)
     return 0
 
 
-async def unblock(resources: Resources, settings: Settings, session_id: str, wait: float) -> int:
-    """Replays under the block policy, whatever this command line's own policy setting is: the
-    session was blocked by that policy, and a poison message among the deferred blocks it again."""
+async def unblock(resources: Resources, settings: Settings, order_id: str, wait: float) -> int:
+    """An order blocked inside a lane: the request is recorded on its blocked record, and the lane's
+    holder carries it out (lanes.py); this waits for the outcome. A holder that takes the request
+    on finishes it whatever happens to this command (a store outage, an interrupt); one that does
+    not take it on within `wait` seconds: the request is withdrawn, nothing changed, exit 1.
+    A session blocked on its own (no lane in its record, or no record): `unblock_session`."""
+    deadline = time.monotonic() + wait
+    record = await _patiently(lambda: resources.store.blocked_record(order_id), deadline)
+    if record is None or not record.get("lane"):
+        return await unblock_session(resources, settings, order_id, wait)
+    lane, request = str(record["lane"]), uuid.uuid4().hex
+    if not await _patiently(lambda: resources.store.request_unblock(order_id, request), deadline):
+        emit({"unblocked": order_id, "lane": lane, "note": "unblocked meanwhile"})
+        return 0
+    started = False
+    while True:
+        try:
+            record = await resources.store.blocked_record(order_id)
+        except TransientStoreError:
+            await asyncio.sleep(UNBLOCK_POLL_SECONDS)  # the holder waits the outage out as well
+            continue
+        outcome = _unblock_outcome(record, request)
+        if outcome is not None:
+            emit({"unblocked": order_id, "lane": lane} | outcome)
+            return 0
+        started = started or (record or {}).get("unblock_started") == request
+        if not started and time.monotonic() > deadline:
+            try:
+                withdrawn = await resources.store.withdraw_unblock(order_id, request)
+            except TransientStoreError:
+                continue  # tried again; the holder may have taken it on meanwhile
+            if withdrawn:
+                emit({"error": f"no consumer holding lane {lane} took the unblock of order {order_id} "
+                               f"on within {wait}s (is one running?); nothing changed"})  # fmt: skip
+                return 1
+        await asyncio.sleep(UNBLOCK_POLL_SECONDS)
+
+
+def _unblock_outcome(record: dict[str, Any] | None, request: str) -> dict[str, Any] | None:
+    """None while the request is pending or in progress."""
+    if record is None:
+        return {"blocked_again": False}
+    answer = record.get("unblock_answer") or {}
+    if answer.get("id") == request:
+        return {"blocked_again": True, "reason": record.get("reason")}
+    if (record.get("unblock_requested") or {}).get("id") == request:
+        return None
+    return {"blocked_again": False, "note": "blocked anew since, by a later message",
+            "reason": record.get("reason")}  # fmt: skip
+
+
+async def _patiently(call: Callable[[], Awaitable[T]], deadline: float) -> T:
+    """`call()`, retried while the store is unavailable, until `deadline`."""
+    while True:
+        try:
+            return await call()
+        except TransientStoreError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(UNBLOCK_POLL_SECONDS)
+
+
+async def unblock_session(
+    resources: Resources, settings: Settings, session_id: str, wait: float
+) -> int:
+    """A session blocked on its own (its session state is the truth): accepted by id, its lock
+    renewed while the replay runs (a store outage longer than the lock is waited out), replayed
+    under the block policy, whatever this command line's own policy setting is: the session was
+    blocked by that policy, and a poison message among the deferred blocks it again."""
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -205,10 +282,10 @@ async def unblock(resources: Resources, settings: Settings, session_id: str, wai
             await asyncio.sleep(0.5)
     async with receiver:
         worker = worker_of(settings, resources, policy="block")
+        channel = ServiceBusSessionChannel(receiver)
+        renewing = asyncio.create_task(keep_locked(channel, settings.session_renew_seconds))
         try:
-            replayed, state = await worker.unblock(
-                ServiceBusSessionChannel(receiver), lambda: False
-            )
+            replayed, state = await worker.unblock(channel, lambda: False)
         except NotBlocked:
             if await resources.store.is_blocked(session_id):
                 await resources.store.clear_blocked(session_id)
@@ -222,6 +299,10 @@ async def unblock(resources: Resources, settings: Settings, session_id: str, wai
                 return 0
             emit({"error": f"session {session_id} is not blocked"})
             return 1
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
     emit(
         {
             "unblocked": session_id,
@@ -259,12 +340,14 @@ def parser() -> argparse.ArgumentParser:
     moving.add_argument("--limit", type=positive_int, default=100)
     commands.add_parser("blocked")
     unblocking = commands.add_parser("unblock")
-    unblocking.add_argument("session_id")
+    unblocking.add_argument("session_id", metavar="ORDER",
+                            help="the blocked order (or a session blocked on its own)")  # fmt: skip
     unblocking.add_argument(
         "--wait",
         type=positive_float,
         default=60.0,
-        help="seconds to wait for a consumer to release the session",
+        help="seconds to wait for the lane's holder to take the request on (or for a consumer to "
+        "release a session blocked on its own)",
     )
     clearing = commands.add_parser(
         "clear-projection", help="delete every order summary and inbox mark (for a rebuild)"

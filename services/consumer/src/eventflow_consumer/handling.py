@@ -5,6 +5,7 @@ TransientStoreError and the worker retries for as long as the outage lasts."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,6 +15,7 @@ import structlog
 from eventflow_consumer.ports import AlreadyAppliedError, ConcurrentWriteError, ProjectionStore
 from eventflow_consumer.projection import (
     WHOLE_STATE_EVENTS,
+    OrderSummary,
     PermanentFailure,
     Position,
     apply,
@@ -67,6 +69,33 @@ class Decision:
     sequence: int | None = None
 
 
+class SummaryCache:
+    """Order summaries and their tokens as one writer last wrote them, at most `size` (the least
+    recently written go first)."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, tuple[OrderSummary, str]] = OrderedDict()
+
+    def get(self, order_id: str) -> tuple[OrderSummary, str] | None:
+        return self._entries.get(order_id)
+
+    def put(self, order_id: str, summary: OrderSummary, token: str | None) -> None:
+        if token is None:  # the store did not say: nothing to apply on
+            self._entries.pop(order_id, None)
+            return
+        self._entries[order_id] = (summary, token)
+        self._entries.move_to_end(order_id)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def pop(self, order_id: str, default: None = None) -> None:
+        self._entries.pop(order_id, default)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class InboxHandler:
     """Decides one delivery. `handle` is idempotent: the effect and its inbox mark are one write."""
 
@@ -77,14 +106,24 @@ class InboxHandler:
         self._whole_state = whole_state
 
     async def handle(
-        self, delivery: Delivery, *, accept_gap: bool = False, skip_poison: bool = False
+        self,
+        delivery: Delivery,
+        *,
+        accept_gap: bool = False,
+        skip_poison: bool = False,
+        cache: SummaryCache | None = None,
     ) -> Decision:
         """`accept_gap`: the wait for missing events is over and the skip policy applies, so an
         early event is applied and the missing sequences recorded as skipped. `skip_poison`: an
         event that breaks a projection rule is recorded as skipped in the projection before it is
         dead-lettered, so the events after it follow without a gap.
         Raises TransientStoreError (the store is unavailable: retry) and nothing else for the
-        store; every other outcome is a Decision."""
+        store; every other outcome is a Decision.
+        `cache`: summaries this caller wrote (a lane's holder, since it acquired the lane), used
+        for **apply** only: an event that is next after the cached summary is applied on it and
+        committed on its token, without a read (a stale token is refused by the store: the entry
+        is dropped and the call raises ConcurrentWriteError, retried with a read); any other
+        verdict reads the store."""
         if delivery.is_marker:
             reason = str(delivery.properties.get("reason", "unroutable"))
             return Decision(
@@ -106,10 +145,33 @@ class InboxHandler:
                 description=f"session {delivery.session_id!r} carries an event of order {event.partitionkey!r}, "
                             f"whose session is {_own_session(event.partitionkey, delivery.session_id)!r}",
             )  # fmt: skip
-        applying = self._apply(event, accept_gap=accept_gap, skip_poison=skip_poison)
+        applying = self._apply(event, accept_gap=accept_gap, skip_poison=skip_poison, cache=cache)
         return await traced_processing(event, delivery, applying)
 
-    async def _create_unread(self, event: Any) -> Decision | None:
+    async def _apply_cached(self, event: Any, cache: SummaryCache) -> Decision | None:
+        """The event applied on the cached summary, or None (no entry, or not the next event)."""
+        cached = cache.get(event.partitionkey)
+        if cached is None:
+            return None
+        summary, token = cached
+        if position(summary, event, self._whole_state) is not Position.NEXT:
+            return None
+        try:
+            changed = apply(summary, event, accept_gap=False, whole_state=self._whole_state)
+        except PermanentFailure:
+            return None  # judged against what the store holds
+        try:
+            written = await self._store.commit(changed, token, event.id, event.time)
+        except (AlreadyAppliedError, ConcurrentWriteError):
+            cache.pop(event.partitionkey, None)
+            return None  # judged against what the store holds
+        except BaseException:
+            cache.pop(event.partitionkey, None)
+            raise
+        cache.put(event.partitionkey, changed, written)
+        return Decision("complete", effect=True, sequence=event.sequence)
+
+    async def _create_unread(self, event: Any, cache: SummaryCache | None) -> Decision | None:
         """An event that would create its order's summary (the order's first event, a whole-state
         event) is committed as a create without reading first: the store refuses the create when
         the summary exists, and only then is it read and the event judged against it (None). One
@@ -121,19 +183,27 @@ class InboxHandler:
         except PermanentFailure:
             return None  # judged against what the store holds
         try:
-            await self._store.commit(created, None, event.id, event.time)
+            written = await self._store.commit(created, None, event.id, event.time)
         except AlreadyAppliedError:
             return Decision("complete", duplicate="inbox", sequence=event.sequence)
         except ConcurrentWriteError:
             return None  # the summary exists: read it and decide
+        if cache is not None:
+            cache.put(event.partitionkey, created, written)
         return Decision("complete", effect=True, sequence=event.sequence)
 
-    async def _apply(self, event: Any, *, accept_gap: bool, skip_poison: bool) -> Decision:
+    async def _apply(
+        self, event: Any, *, accept_gap: bool, skip_poison: bool, cache: SummaryCache | None
+    ) -> Decision:
         # No inbox-mark read first: the summary's `last_sequence` (and its skipped sequences) already
         # tell a copy of an applied event, and a copy that races the write meets the mark in the
         # commit itself (AlreadyAppliedError), which writes the mark atomically with the effect.
         order_id, sequence = event.partitionkey, event.sequence
-        first = await self._create_unread(event)
+        if cache is not None:
+            cached = await self._apply_cached(event, cache)
+            if cached is not None:
+                return cached
+        first = await self._create_unread(event, cache)
         if first is not None:
             return first
         loaded = await self._store.load(order_id)
@@ -151,9 +221,11 @@ class InboxHandler:
                 poison=True, sequence=sequence,
             )  # fmt: skip
         try:
-            await self._store.commit(changed, token, event.id, event.time)
+            written = await self._store.commit(changed, token, event.id, event.time)
         except AlreadyAppliedError:
             return Decision("complete", duplicate="inbox", sequence=sequence)
+        if cache is not None:
+            cache.put(order_id, changed, written)
         return Decision("complete", effect=True, sequence=sequence)
 
 

@@ -57,21 +57,23 @@ def load_settings() -> Settings:
 def lanes_of(
     settings: Settings, resources: Resources, sessions: SessionWorker, metrics: ConsumerMetrics
 ) -> LaneHolder | None:
-    """The holder of this consumer's lanes, or None: no lanes (`INBOX_LANES` 0), or the block
-    policy, under which lanes are left to the session pump (it blocks a whole lane)."""
-    if settings.inbox_lanes == 0 or settings.poison_policy != "skip":
+    """The holder of this consumer's lanes, or None: no lanes (`INBOX_LANES` 0). Both poison
+    policies run per order inside a lane."""
+    if settings.inbox_lanes == 0:
         return None
     worker_settings = WorkerSettings(
-        policy="skip", gap_wait_seconds=settings.gap_wait_seconds,
-        retry_max_seconds=settings.store_retry_max_seconds,
+        policy=settings.poison_policy, gap_wait_seconds=settings.gap_wait_seconds,
+        retry_max_seconds=settings.store_retry_max_seconds, max_deferred=settings.max_deferred_per_session,
     )  # fmt: skip
     lane_settings = LaneSettings(
         worker=worker_settings, idle_seconds=max(settings.session_idle_seconds, 1.0),
-        max_in_flight=settings.lane_max_in_flight,
+        max_in_flight=settings.lane_max_in_flight, order_max_in_flight=settings.order_max_in_flight,
+        unblock_poll_seconds=settings.unblock_poll_seconds,
     )  # fmt: skip
     worker = LaneWorker(
-        InboxHandler(resources.store), lane_settings, observer=metrics, health=sessions.health
-    )
+        InboxHandler(resources.store), resources.store, lane_settings, observer=metrics,
+        health=sessions.health,
+    )  # fmt: skip
     session_ids = [Lane(settings.inbox_lanes, n).session_id for n in range(settings.inbox_lanes)]
     return LaneHolder(
         resources.servicebus, settings.inbox_queue, worker, session_ids,

@@ -54,7 +54,8 @@ class ConsumerMetrics(ConsumerObserver):
             "eventflow_consumer_dead_lettered", description="messages dead-lettered"
         )
         self._deferred = meter.create_counter(
-            "eventflow_consumer_deferred", description="messages deferred in blocked sessions"
+            "eventflow_consumer_deferred",
+            description="messages deferred: of blocked sessions and orders, and past an order's cap",
         )
         self._waited = meter.create_counter(
             "eventflow_consumer_waited",
@@ -65,7 +66,8 @@ class ConsumerMetrics(ConsumerObserver):
             description="messages abandoned after an unexpected error",
         )
         self._blocked = meter.create_counter(
-            "eventflow_consumer_sessions_blocked", description="sessions this process blocked"
+            "eventflow_consumer_sessions_blocked",
+            description="sessions, and orders inside lanes, this process blocked",
         )
         self._store_up = 1
         meter.create_observable_gauge(

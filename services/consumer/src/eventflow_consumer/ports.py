@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from eventflow_consumer.handling import Delivery
@@ -39,11 +39,12 @@ class ProjectionStore(Protocol):
         token: str | None,
         event_id: str | None,
         committed_at: datetime | None = None,
-    ) -> None:
+    ) -> str | None:
         """Write the summary (created when token is None, else replaced on the token) and, when
         `event_id` is given, its inbox mark (with when the event was committed upstream, for
-        latency) in one atomic write. Raises AlreadyAppliedError, TransientStoreError
-        (ConcurrentWriteError when the token is stale)."""
+        latency) in one atomic write. Returns the summary's new token when the store tells it.
+        Raises AlreadyAppliedError, TransientStoreError (ConcurrentWriteError when the token is
+        stale)."""
         ...
 
 
@@ -58,6 +59,43 @@ class BlockedSessions(Protocol):
 
     async def clear_blocked(self, session_id: str) -> None:
         """Idempotent: clearing an absent record is no error. Raises TransientStoreError."""
+        ...
+
+
+@dataclass
+class LaneRecords:
+    """What the store holds about one lane's orders: blocked records by order, and by order the
+    deferred messages recorded in the lane (broker sequence number → event sequence, if known)."""
+
+    blocked: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deferred: dict[str, dict[int, int | None]] = field(default_factory=dict)
+
+
+class OrderRecords(BlockedSessions, Protocol):
+    """Per-order records of the orders inside lanes, in the consumer's store (an order's state must
+    survive its lane moving to another replica). The blocked record is the truth about a block:
+    written before the order's first message is deferred, cleared last by an unblock. A deferred
+    message is recorded before it is deferred and forgotten after it is settled. Every method
+    raises TransientStoreError (ConcurrentWriteError: retry at once)."""
+
+    async def set_blocked(self, session_id: str, reason: str, lane: str | None = None) -> None: ...
+
+    async def lane_records(self, lane: str) -> LaneRecords: ...
+
+    async def blocked_record(self, order_id: str) -> dict[str, Any] | None: ...
+
+    async def record_deferred(
+        self, order_id: str, lane: str, sequence_number: int, event_sequence: int | None
+    ) -> None: ...
+
+    async def forget_deferred(self, order_id: str, sequence_numbers: set[int]) -> None: ...
+
+    async def start_unblock(self, order_id: str, request: str) -> bool:
+        """Takes a recorded unblock request on; False when it was withdrawn."""
+        ...
+
+    async def answer_unblock(self, order_id: str, request: str, reason: str) -> None:
+        """The replay blocked the order again (`reason`): the request answered, the block kept."""
         ...
 
 

@@ -60,6 +60,19 @@ class Settings(BaseSettings, TelemetryFields, AuthFields):
         description="with lanes: sessions that are not this consumer's lanes (per-order sessions of "
         "an earlier release, the unroutable-event session, lanes of another count) held at once",
     )
+    # Per order inside a lane (lanes.py): the cap and the unblock requests' poll.
+    order_max_in_flight: int = Field(
+        default=100,
+        ge=1,
+        le=5000,
+        description="messages of one order a held lane keeps at once; past it they are deferred "
+        "(recorded in the store) and brought back in order as the order drains",
+    )
+    unblock_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="how often a lane with blocked orders looks for an unblock request",
+    )
     cosmos_endpoint: str | None = None
     cosmos_key: SecretStr | None = None
     database: str = "eventflow"
@@ -95,8 +108,10 @@ class Settings(BaseSettings, TelemetryFields, AuthFields):
         default=5.0, gt=0, description="cap of the backoff while the store is unavailable"
     )
     max_deferred_per_session: int = Field(
-        default=1000, ge=1, le=2000, description="keeps the session state far below 256 KB"
-    )
+        default=1000, ge=1, le=2000,
+        description="deferred messages of one blocked session, or of one order inside a lane (its "
+        "deferral record in the store stays far below Cosmos DB's 2 MB per item)",
+    )  # fmt: skip
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8003, ge=0, le=65535)

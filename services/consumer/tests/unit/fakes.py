@@ -14,6 +14,7 @@ from eventflow_consumer.ports import (
     AlreadyAppliedError,
     ConcurrentWriteError,
     Inbound,
+    LaneRecords,
     TransientStoreError,
 )
 from eventflow_consumer.projection import OrderSummary
@@ -27,6 +28,9 @@ class FakeStore:
         self.summaries: dict[str, tuple[OrderSummary, str]] = {}
         self.marks: set[str] = set()
         self.blocked: dict[str, str] = {}
+        self.records: dict[str, dict[str, Any]] = {}  # blocked records, with their lane
+        self.deferrals: dict[str, dict[int, int | None]] = {}
+        self.deferral_lanes: dict[str, str] = {}
         self.failing = failing
         self.broken: Exception | None = None
         self.conflicts = 0
@@ -51,7 +55,7 @@ class FakeStore:
         token: str | None,
         event_id: str | None,
         committed_at: datetime | None = None,
-    ) -> None:
+    ) -> str | None:
         self._call("commit")
         if self.conflicts:
             self.conflicts -= 1
@@ -67,17 +71,69 @@ class FakeStore:
         if event_id is not None:
             self.marks.add(event_id)
         self.summaries[summary.order_id] = (summary, str(self.commits))
+        return str(self.commits)
 
     def summary(self, order_id: str) -> OrderSummary:
         return self.summaries[order_id][0]
 
-    async def set_blocked(self, session_id: str, reason: str) -> None:
+    async def set_blocked(self, session_id: str, reason: str, lane: str | None = None) -> None:
         self._call("set_blocked")
         self.blocked[session_id] = reason
+        record = self.records.setdefault(session_id, {"order_id": session_id})
+        record["reason"] = reason
+        if lane is not None:
+            record["lane"] = lane
 
     async def clear_blocked(self, session_id: str) -> None:
         self._call("clear_blocked")
         self.blocked.pop(session_id, None)
+        self.records.pop(session_id, None)
+
+    # -- per-order records inside lanes (OrderRecords) -------------------------------------------
+
+    async def lane_records(self, lane: str) -> LaneRecords:
+        self._call("lane_records")
+        return LaneRecords(
+            {o: dict(r) for o, r in self.records.items() if r.get("lane") == lane},
+            {o: dict(m) for o, m in self.deferrals.items() if self.deferral_lanes[o] == lane and m},
+        )
+
+    async def blocked_record(self, order_id: str) -> dict[str, Any] | None:
+        self._call("blocked_record")
+        record = self.records.get(order_id)
+        return dict(record) if record is not None else None
+
+    async def record_deferred(
+        self, order_id: str, lane: str, sequence_number: int, event_sequence: int | None
+    ) -> None:
+        self._call("record_deferred")
+        self.deferrals.setdefault(order_id, {})[sequence_number] = event_sequence
+        self.deferral_lanes[order_id] = lane
+
+    async def forget_deferred(self, order_id: str, sequence_numbers: set[int]) -> None:
+        self._call("forget_deferred")
+        for number in sequence_numbers:
+            self.deferrals.get(order_id, {}).pop(number, None)
+
+    def request_unblock(self, order_id: str, request: str) -> None:
+        """What the admin CLI writes."""
+        self.records[order_id]["unblock_requested"] = {"id": request}
+
+    async def start_unblock(self, order_id: str, request: str) -> bool:
+        self._call("start_unblock")
+        record = self.records.get(order_id)
+        if record is None or (record.get("unblock_requested") or {}).get("id") != request:
+            return False
+        record["unblock_started"] = request
+        return True
+
+    async def answer_unblock(self, order_id: str, request: str, reason: str) -> None:
+        self._call("answer_unblock")
+        record = self.records[order_id]
+        record.pop("unblock_requested", None)
+        record.pop("unblock_started", None)
+        record.update(reason=reason, unblock_answer={"id": request, "outcome": "blocked-again"})
+        self.blocked[order_id] = reason
 
 
 class FakeChannel:

@@ -3,18 +3,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
+from azure.core import MatchConditions
 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from azure.cosmos.exceptions import CosmosBatchOperationError, CosmosHttpResponseError
 
-from eventflow_consumer.ports import AlreadyAppliedError, ConcurrentWriteError, TransientStoreError
+from eventflow_consumer.ports import (
+    AlreadyAppliedError,
+    ConcurrentWriteError,
+    LaneRecords,
+    TransientStoreError,
+)
 from eventflow_consumer.projection import OrderSummary
 
 PARTITION_KEY_PATH = "/order_id"
+BLOCKED = "blocked-session"
+DEFERRED = "deferred-messages"
 T = TypeVar("T")
 # Throttled, timed out, retry-with, and every server-side failure: none of them is the message's.
 _TRANSIENT_STATUS = {408, 429, 449}
@@ -100,7 +108,7 @@ class CosmosProjectionStore:
         token: str | None,
         event_id: str | None,
         committed_at: datetime | None = None,
-    ) -> None:
+    ) -> str | None:
         document = summary.to_document()
         write = (
             ("create", (document,))
@@ -114,7 +122,7 @@ class CosmosProjectionStore:
                     "committed_at": committed_at.isoformat() if committed_at else None}  # fmt: skip
             operations.append(("create", (mark,)))
         try:
-            await _guarded(
+            results = await _guarded(
                 lambda: self._container.execute_item_batch(
                     operations, partition_key=summary.order_id
                 )
@@ -131,13 +139,19 @@ class CosmosProjectionStore:
                     f"batch refused with {error.status_code} at {error.error_index}"
                 ) from error
             raise
+        etag = results[0].get("eTag") if results else None
+        return str(etag) if etag else None
 
     # -- blocked sessions: a record per blocked session, for the operator CLI -------------------
 
-    async def set_blocked(self, session_id: str, reason: str) -> None:
-        """Creates the record; one that exists keeps its time and takes the current reason."""
-        record = {"id": f"blocked:{session_id}", "order_id": session_id, "kind": "blocked-session",
+    async def set_blocked(self, session_id: str, reason: str, lane: str | None = None) -> None:
+        """Creates the record; one that exists keeps its time (and an unblock in progress) and takes
+        the current reason. `lane`: the order is blocked inside that lane (its holder defers the
+        order's messages there), else `session_id` is a blocked session of its own."""
+        record = {"id": f"blocked:{session_id}", "order_id": session_id, "kind": BLOCKED,
                   "reason": reason, "blocked_at": datetime.now(UTC).isoformat()}  # fmt: skip
+        if lane is not None:
+            record["lane"] = lane
         try:
             await _guarded(lambda: self._container.create_item(record))
             return
@@ -146,8 +160,8 @@ class CosmosProjectionStore:
                 raise
         existing = await self._read(record["id"], session_id)
         if existing is not None and existing.get("reason") != reason:
-            record["blocked_at"] = existing.get("blocked_at", record["blocked_at"])
-            await _guarded(lambda: self._container.upsert_item(record))
+            kept = {k: v for k, v in existing.items() if not k.startswith("_")}
+            await self._write(kept | {"reason": reason}, existing["_etag"])
 
     async def is_blocked(self, session_id: str) -> bool:
         return await self._read(f"blocked:{session_id}", session_id) is not None
@@ -165,19 +179,22 @@ class CosmosProjectionStore:
 
     async def list_blocked(self) -> list[dict[str, Any]]:
         query = "SELECT * FROM c WHERE c.kind = @kind"
-        found = self._container.query_items(
-            query, parameters=[{"name": "@kind", "value": "blocked-session"}]
-        )
+        found = self._container.query_items(query, parameters=[{"name": "@kind", "value": BLOCKED}])
         return [
             {k: v for k, v in document.items() if not k.startswith("_")} async for document in found
         ]
 
     async def clear(self) -> int:
         """Deletes every order summary and inbox mark (for a rebuild from a replay); the blocked
-        records stay: they describe sessions the broker still holds. Returns how many went."""
-        query = "SELECT c.id, c.order_id FROM c WHERE NOT IS_DEFINED(c.kind) OR c.kind != @kind"
+        records and the deferral records stay: they describe messages the broker still holds.
+        Returns how many went."""
+        query = "SELECT c.id, c.order_id FROM c WHERE NOT IS_DEFINED(c.kind) OR (c.kind != @kind AND c.kind != @deferred)"
         found = self._container.query_items(
-            query, parameters=[{"name": "@kind", "value": "blocked-session"}]
+            query,
+            parameters=[
+                {"name": "@kind", "value": BLOCKED},
+                {"name": "@deferred", "value": DEFERRED},
+            ],
         )
         deleted = 0
         async for document in found:
@@ -190,3 +207,156 @@ class CosmosProjectionStore:
                     raise
             deleted += 1
         return deleted
+
+    # -- per-order records inside lanes: deferred messages, unblock requests -------------------
+    # One document per order for each: `blocked:<order>` (above, with the lane) and
+    # `deferred:<order>` ({"lane", "messages": {"<broker sequence number>": event sequence}}), in
+    # the order's partition. Every change is a read and a write on the read's etag (a concurrent
+    # change: ConcurrentWriteError, retried by the caller).
+
+    async def _write(self, document: dict[str, Any], etag: str | None) -> None:
+        try:
+            if etag is None:
+                await _guarded(lambda: self._container.create_item(document))
+            else:
+                await _guarded(lambda: self._container.replace_item(
+                    document["id"], document, etag=etag, match_condition=MatchConditions.IfNotModified))  # fmt: skip
+        except CosmosHttpResponseError as error:
+            if error.status_code in (409, 412):
+                raise ConcurrentWriteError(f"{document['id']}: {error.status_code}") from error
+            raise
+
+    async def _delete(self, item_id: str, order_id: str, etag: str) -> None:
+        try:
+            await _guarded(lambda: self._container.delete_item(
+                item_id, partition_key=order_id, etag=etag, match_condition=MatchConditions.IfNotModified))  # fmt: skip
+        except CosmosHttpResponseError as error:
+            if error.status_code == 412:
+                raise ConcurrentWriteError(f"{item_id}: 412") from error
+            if error.status_code != 404:
+                raise
+
+    async def blocked_record(self, order_id: str) -> dict[str, Any] | None:
+        return await self._read(f"blocked:{order_id}", order_id)
+
+    async def lane_records(self, lane: str) -> LaneRecords:
+        query = "SELECT * FROM c WHERE c.lane = @lane AND (c.kind = @blocked OR c.kind = @deferred)"
+        found = self._container.query_items(query, parameters=[
+            {"name": "@lane", "value": lane}, {"name": "@blocked", "value": BLOCKED},
+            {"name": "@deferred", "value": DEFERRED}])  # fmt: skip
+        records = LaneRecords()
+        try:
+            async for document in _guarded_iter(found):
+                order_id = str(document["order_id"])
+                if document["kind"] == BLOCKED:
+                    records.blocked[order_id] = document
+                else:
+                    records.deferred[order_id] = _messages_of(document)
+        except CosmosHttpResponseError as error:
+            if _is_transient(error.status_code):
+                raise TransientStoreError(f"Cosmos DB answered {error.status_code}") from error
+            raise
+        return records
+
+    async def record_deferred(
+        self, order_id: str, lane: str, sequence_number: int, event_sequence: int | None
+    ) -> None:
+        document = await self._read(f"deferred:{order_id}", order_id)
+        if document is None:
+            fresh = {"id": f"deferred:{order_id}", "order_id": order_id, "kind": DEFERRED,
+                     "lane": lane, "messages": {str(sequence_number): event_sequence}}  # fmt: skip
+            await self._write(fresh, None)
+            return
+        messages = dict(document.get("messages") or {})
+        if str(sequence_number) in messages:
+            return
+        messages[str(sequence_number)] = event_sequence
+        kept = {k: v for k, v in document.items() if not k.startswith("_")}
+        await self._write(kept | {"lane": lane, "messages": messages}, document["_etag"])
+
+    async def forget_deferred(self, order_id: str, sequence_numbers: set[int]) -> None:
+        document = await self._read(f"deferred:{order_id}", order_id)
+        if document is None:
+            return
+        messages = {k: v for k, v in (document.get("messages") or {}).items()
+                    if int(k) not in sequence_numbers}  # fmt: skip
+        if len(messages) == len(document.get("messages") or {}):
+            return
+        if not messages:
+            await self._delete(document["id"], order_id, document["_etag"])
+            return
+        kept = {k: v for k, v in document.items() if not k.startswith("_")}
+        await self._write(kept | {"messages": messages}, document["_etag"])
+
+    async def _change_blocked(
+        self, order_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+    ) -> bool:
+        """Applies `change` to the order's blocked record; False when there is none, or `change`
+        answered None (nothing to do)."""
+        document = await self.blocked_record(order_id)
+        if document is None:
+            return False
+        kept = {k: v for k, v in document.items() if not k.startswith("_")}
+        changed = change(kept)
+        if changed is None:
+            return False
+        await self._write(changed, document["_etag"])
+        return True
+
+    async def request_unblock(self, order_id: str, request: str) -> bool:
+        """Records an unblock request on the order's blocked record; False when it is not blocked."""
+        at = datetime.now(UTC).isoformat()
+        return await self._change_blocked(
+            order_id, lambda r: r | {"unblock_requested": {"id": request, "at": at}}
+        )
+
+    async def withdraw_unblock(self, order_id: str, request: str) -> bool:
+        """Withdraws a request that no holder started; False when one did (or it is gone)."""
+
+        def withdraw(record: dict[str, Any]) -> dict[str, Any] | None:
+            if record.get("unblock_started") == request:
+                return None
+            return {k: v for k, v in record.items() if k != "unblock_requested"}
+
+        return await self._change_blocked(order_id, withdraw)
+
+    async def start_unblock(self, order_id: str, request: str) -> bool:
+        """The holder takes the request on; False when it was withdrawn meanwhile."""
+
+        def start(record: dict[str, Any]) -> dict[str, Any] | None:
+            if (record.get("unblock_requested") or {}).get("id") != request:
+                return None
+            return record | {"unblock_started": request}
+
+        if await self._change_blocked(order_id, start):
+            return True
+        record = await self.blocked_record(order_id)
+        return record is not None and record.get("unblock_started") == request
+
+    async def answer_unblock(self, order_id: str, request: str, reason: str) -> None:
+        """The replay blocked the order again: the record keeps it blocked, with the answer."""
+
+        def answer(record: dict[str, Any]) -> dict[str, Any]:
+            kept = {
+                k: v for k, v in record.items() if k not in ("unblock_requested", "unblock_started")
+            }
+            return kept | {
+                "reason": reason,
+                "unblock_answer": {"id": request, "outcome": "blocked-again"},
+            }
+
+        await self._change_blocked(order_id, answer)
+
+
+def _messages_of(document: dict[str, Any]) -> dict[int, int | None]:
+    return {
+        int(k): (None if v is None else int(v)) for k, v in (document.get("messages") or {}).items()
+    }
+
+
+async def _guarded_iter(found: Any) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for document in found:
+            yield document
+    except _UNREACHABLE as error:
+        raise TransientStoreError(f"Cosmos DB unreachable: {error!r}") from error

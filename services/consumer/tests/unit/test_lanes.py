@@ -12,6 +12,7 @@ import orjson
 
 from eventflow_consumer.handling import InboxHandler
 from eventflow_consumer.lanes import LaneSettings, LaneWorker
+from eventflow_consumer.ports import Inbound
 from eventflow_consumer.session_state import SessionState
 from eventflow_consumer.sessions import ConsumerObserver, WorkerSettings
 from eventflow_contracts.lanes import session_id_for
@@ -161,6 +162,36 @@ async def test_the_lane_holds_no_more_than_its_cap() -> None:
     assert len(channel.active) == 20  # ten held, none received past the cap
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+class Asking(FakeChannel):
+    """Records how many messages each receive asks for."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.asked: list[int] = []
+
+    async def receive(self, max_count: int, wait: float) -> list[Inbound]:
+        self.asked.append(max_count)
+        return await super().receive(max_count, wait)
+
+
+async def test_an_idle_lane_asks_for_one_message_and_a_busy_one_for_a_batch() -> None:
+    """azure-servicebus returns a batch receive 0.2 s after its first message (it pulls on for
+    more): an idle lane asks for one, so a lone event is not held back by it."""
+    store, channel = FakeStore(), Asking(LANE)
+    events = {o: order_events(o) for o in ("a", "b", "c")}
+    worker = lane_worker(store)
+    held = asyncio.create_task(
+        holding(worker, channel, lambda: all(at(store, o, 4) for o in events))
+    )
+    await until(lambda: channel.receives >= 3)
+    assert set(channel.asked) == {1}, channel.asked
+    for n in range(4):
+        for body in events.values():
+            channel.add(body[n])
+    await held
+    assert max(channel.asked) > 1, "a busy lane takes a batch"
 
 
 async def until(check: Callable[[], bool], wait: float = 10.0) -> None:

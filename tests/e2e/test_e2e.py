@@ -15,6 +15,8 @@ import pytest
 from eventflow_contracts.auth_testing import running_issuer
 from eventflow_testing.e2e import PATTERNS, Load, System, check_guarantees, inject_malformed, settle
 
+from .tracing import check_one_trace_per_change, traced_change  # type: ignore[import-not-found]
+
 pytestmark = pytest.mark.slow
 
 
@@ -24,14 +26,24 @@ pytestmark = pytest.mark.slow
     [pytest.param(p, marks=[pytest.mark.patterns] if p != "outbox" else []) for p in PATTERNS],
 )
 async def test_every_guarantee_holds_end_to_end(tmp_path: Path, pattern: str) -> None:
+    """The outbox run also checks one trace per change (tests/e2e/tracing.py) on an order made
+    before the load: its services write their spans to files, the consumer logs at DEBUG."""
+    traced = pattern == "outbox"
     with running_issuer() as issuer:
-        await _every_guarantee_holds(System(tmp_path / "local", pattern, issuer=issuer))
+        system = System(
+            tmp_path / "local", pattern, issuer=issuer,
+            trace_dir=tmp_path / "traces" if traced else None,
+            log_levels={"consumer": "DEBUG"} if traced else {},
+        )  # fmt: skip
+        await _every_guarantee_holds(system)
 
 
 async def _every_guarantee_holds(system: System) -> None:
     pattern = system.pattern
     await system.start()
     try:
+        if system.trace_dir is not None:
+            traced_order, traced_events = await traced_change(system)
         async with httpx.AsyncClient(timeout=10) as anonymous:
             refused = await anonymous.post(f"{system.producer_url}/orders", json={})
             assert refused.status_code == 401, "the producer takes only tokens"
@@ -59,3 +71,5 @@ async def _every_guarantee_holds(system: System) -> None:
     assert codes.pop("producer-0") in (0, -15)
     assert "Application shutdown complete" in (system.folder / "producer-0.log").read_text()
     assert set(codes.values()) == {0}, f"every worker ends cleanly on SIGTERM: {codes}"
+    if system.trace_dir is not None:
+        check_one_trace_per_change(system, system.trace_dir, traced_order, traced_events)

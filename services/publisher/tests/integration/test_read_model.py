@@ -21,7 +21,9 @@ from eventflow_testing import eventually
 
 from ..conftest import Collector, Store  # type: ignore[import-not-found]
 
-FAST = {"poll_delay": 0.02, "acquire_interval": 0.1, "renew_interval": 0.2, "expiry": 1.0,
+# Renewals every 0.5 s: a lease's deadline span (0.675 s) outlasts a page on a loaded 2-core
+# machine; at 0.2 s (a 0.27 s span) pages were cut at the deadline over and over under load.
+FAST = {"poll_delay": 0.02, "acquire_interval": 0.1, "renew_interval": 0.5, "expiry": 2.0,
         "lag_interval": 0.1, "retry_delay": 0.01, "max_retry_delay": 0.05}  # fmt: skip
 LINE = OrderLine(sku="SKU-1", quantity=1, unit_price=Decimal("2.00"))
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

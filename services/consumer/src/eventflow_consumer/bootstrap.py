@@ -28,6 +28,7 @@ from azure.servicebus.exceptions import (
 )
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
+from eventflow_consumer.adapters.cosmos_membership import MEMBERS_PARTITION_KEY_PATH
 from eventflow_consumer.adapters.cosmos_projection import PARTITION_KEY_PATH, CosmosProjectionStore
 from eventflow_consumer.settings import Settings
 
@@ -44,6 +45,7 @@ _REFUSED = (ServiceBusAuthenticationError, ServiceBusAuthorizationError)
 class Resources:
     servicebus: Any
     store: CosmosProjectionStore
+    members: Any = None  # the membership container (lanes' fair share); None without lanes
 
 
 class ConfigurationError(Exception):
@@ -148,6 +150,26 @@ async def _projections(settings: Settings, stack: AsyncExitStack) -> Any:
     )  # fmt: skip
 
 
+async def _members(settings: Settings, stack: AsyncExitStack) -> Any:
+    """The membership container of the lanes' fair share (eventflow_consumer.share): its own
+    container, not the projections', so that clearing or rebuilding the projection never touches
+    it and its records (one per replica, seconds long) never mix with orders. TTL on (default -1:
+    an item's own `ttl` expires it)."""
+    cosmos = await open_cosmos_client(settings, stack)
+    if not settings.creates_containers:
+        container = cosmos.get_database_client(settings.database).get_container_client(
+            settings.members_container
+        )
+        await container.read()
+        return container
+    database = await cosmos.create_database_if_not_exists(settings.database)
+    return await database.create_container_if_not_exists(
+        id=settings.members_container,
+        partition_key=PartitionKey(path=MEMBERS_PARTITION_KEY_PATH),
+        default_ttl=-1,
+    )
+
+
 def _setup_problem(backend: Backend, error: BaseException) -> ConfigurationError | None:
     """What in the setup an error names (exit 2), or None when it is not a setup problem."""
     status = getattr(error, "status_code", None)
@@ -219,6 +241,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         servicebus = await waited_for(
             servicebus_backend, stack, lambda attempt: _servicebus(settings, attempt)
         )
+        members = None
+        if settings.inbox_lanes:
+            missing = (f"container {settings.database}/{settings.members_container}, and this "
+                       "service does not create it (CONSUMER_CREATE_CONTAINERS)")  # fmt: skip
+            members = await waited_for(
+                Backend(cosmos.name, cosmos.credential, missing), stack,
+                lambda attempt: _members(settings, attempt),
+            )  # fmt: skip
         LOG.info(
             "resources ready",
             mode=settings.mode,
@@ -228,4 +258,5 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         yield Resources(
             servicebus,
             CosmosProjectionStore(container, mark_ttl_seconds=settings.inbox_mark_ttl_seconds),
+            members,
         )

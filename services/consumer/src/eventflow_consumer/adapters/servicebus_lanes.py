@@ -3,10 +3,13 @@
 
 Each lane (`lanes<N>-<n>`) has one task here that accepts the lane's session by id (prefetch on),
 hands the receiver to the LaneWorker for as long as it holds it, and renews the session lock
-beside it. A lane held by another replica (the broker refuses the lock) is tried again every
-`retry_seconds`, so a lane let go by a stopped or failed replica is taken over within that
-period plus the lock duration. Closing a receiver releases the session without counting a
-delivery; a lost lock returns the lane's unsettled messages to the queue (one delivery each).
+beside it. Which lanes to hold is the plan (`plan`, from the fair share, eventflow_consumer.share):
+a lane of the plan that another replica holds (the broker refuses the lock) is tried again every
+`retry_seconds`; a held lane that leaves the plan is released at a message boundary (the messages
+in handling are finished, the others let go unsettled). With no plan (no share configured, or the
+membership unreadable) every lane not held is tried every `unplanned_retry_seconds`. Closing a
+receiver releases the session without counting a delivery; a lost lock returns the lane's
+unsettled messages to the queue (one delivery each), and the lane is accepted again at once.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ class LaneHolder:
         *,
         renew_seconds: float,
         retry_seconds: float = 5.0,
+        unplanned_retry_seconds: float | None = None,
         prefetch: int = 2 * RECEIVE_BATCH,
+        wanted: frozenset[str] | None = None,
     ) -> None:
         self._client = client
         self._queue = queue
@@ -51,10 +56,20 @@ class LaneHolder:
         self._session_ids = session_ids
         self._renew = renew_seconds
         self._retry = retry_seconds
+        self._unplanned_retry = unplanned_retry_seconds or retry_seconds
         self._prefetch = prefetch
         self._stopping = asyncio.Event()
+        self._wanted = wanted
+        self._replanned = asyncio.Event()  # set (and replaced) when the plan changes
+        self._releasing: dict[str, asyncio.Event] = {}  # per held lane: leave it
         self.held: set[str] = set()
         self.failed_opens_in_a_row = 0
+        self.accepts = 0  # lane receivers opened (for tests and benchmarks)
+        self.refusals = 0  # lane accepts refused: held elsewhere
+
+    @property
+    def lanes(self) -> list[str]:
+        return list(self._session_ids)
 
     @property
     def settled(self) -> int:
@@ -67,19 +82,39 @@ class LaneHolder:
     def stop(self) -> None:
         """Receive no more; each lane finishes the messages in handling and is released."""
         self._stopping.set()
+        self._replanned.set()
+
+    def plan(self, wanted: frozenset[str] | None) -> None:
+        """Hold the lanes in `wanted` (None: every lane); a held lane not in it is released at a
+        message boundary."""
+        if wanted == self._wanted:
+            return
+        self._wanted = wanted
+        for session_id, releasing in self._releasing.items():
+            if not self._wants(session_id):
+                releasing.set()
+        self._replanned.set()
+        self._replanned = asyncio.Event()
+
+    def _wants(self, session_id: str) -> bool:
+        return self._wanted is None or session_id in self._wanted
 
     async def run(self) -> None:
         await asyncio.gather(*(self._lane(session_id) for session_id in self._session_ids))
 
     async def _lane(self, session_id: str) -> None:
         while not self._stopping.is_set():
+            if not self._wants(session_id):
+                await self._replanned.wait()
+                continue
             receiver = await self._accept(session_id)
             if receiver is not None:
                 await self._hold(session_id, receiver)
-                if self._stopping.is_set():
-                    return
+                if self._stopping.is_set() or not self._wants(session_id):
+                    continue
+            retry = self._retry if self._wanted is not None else self._unplanned_retry
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._retry)
+                await asyncio.wait_for(self._stopping.wait(), retry)
 
     async def _accept(self, session_id: str) -> Any | None:
         """The lane's receiver, opened (its session locked), or None when another holds it."""
@@ -91,6 +126,7 @@ class LaneHolder:
             await receiver.__aenter__()
         except (SessionCannotBeLockedError, OperationTimeoutError) as error:
             self.failed_opens_in_a_row = 0
+            self.refusals += 1
             LOG.debug("lane held elsewhere", lane=session_id, error=type(error).__name__)
             await _close(receiver)
             return None
@@ -101,6 +137,7 @@ class LaneHolder:
             await _close(receiver)
             return None
         self.failed_opens_in_a_row = 0
+        self.accepts += 1
         return receiver
 
     async def _hold(self, session_id: str, receiver: Any) -> None:
@@ -113,14 +150,21 @@ class LaneHolder:
             lost.set()
 
         renewal = asyncio.create_task(renewing())
+        releasing = asyncio.Event()
+        if not self._wants(session_id):
+            releasing.set()  # the plan changed while the lane was being accepted
+        self._releasing[session_id] = releasing
         self.held.add(session_id)
         log.info("lane held")
         try:
             await self._worker.hold(
-                channel, stopping=lambda: self._stopping.is_set() or lost.is_set()
+                channel,
+                stopping=lambda: self._stopping.is_set() or lost.is_set() or releasing.is_set(),
             )
             if lost.is_set():
                 log.warning("lane lock lost; its unsettled messages return to the queue")
+            elif releasing.is_set() and not self._stopping.is_set():
+                log.info("lane released to another replica (fair share)")
         except ChannelLost as error:
             log.warning("lane lock lost; its unsettled messages return to the queue",
                         error=str(error))  # fmt: skip
@@ -132,10 +176,12 @@ class LaneHolder:
             log.exception("lane failed unexpectedly; released")
         finally:
             self.held.discard(session_id)
+            self._releasing.pop(session_id, None)
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
             await _close(receiver)
+            log.info("lane no longer held")
 
 
 async def _close(receiver: Any) -> None:

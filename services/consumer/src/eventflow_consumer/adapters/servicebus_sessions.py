@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -45,6 +47,48 @@ def inbound_of(message: Any) -> Inbound:
     return Inbound(delivery_of(message), message)
 
 
+class Turns:
+    """Calls on one receiver, one at a time, in arrival order, except that an urgent call (the lock
+    renewal) goes before every waiting ordinary one: a held lane queues the settlements of many
+    orders at once, and a renewal behind them would come after the lock it is meant to keep."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._ordinary: deque[asyncio.Future[None]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, *, urgent: bool = False) -> AsyncIterator[None]:
+        if self._busy:
+            waiters = self._urgent if urgent else self._ordinary
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiters.append(granted)
+            try:
+                await granted
+            except BaseException:
+                if granted.done() and not granted.cancelled():
+                    self._next()  # handed the turn, then cancelled: hand it on
+                else:
+                    with contextlib.suppress(ValueError):
+                        waiters.remove(granted)
+                raise
+        else:
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._next()
+
+    def _next(self) -> None:
+        for waiters in (self._urgent, self._ordinary):
+            while waiters:
+                granted = waiters.popleft()
+                if not granted.done():
+                    granted.set_result(None)  # the turn passes on: still busy
+                    return
+        self._busy = False
+
+
 class ServiceBusSessionChannel:
     """A session receiver (already accepted) as a SessionChannel. Lock losses become ChannelLost;
     other Service Bus errors pass through to the pump."""
@@ -53,16 +97,16 @@ class ServiceBusSessionChannel:
         self._receiver = receiver
         self._first = first or []  # received with the accept; served by the first receive()
         # The SDK's receivers are not coroutine-safe, and the lock renewal runs beside the worker:
-        # every call on the receiver takes its turn.
-        self._turn = asyncio.Lock()
+        # every call on the receiver takes its turn; the renewal's goes first.
+        self._turns = Turns()
 
     @property
     def session_id(self) -> str:
         return str(self._receiver.session.session_id)
 
-    async def _call(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, operation: Any, *args: Any, urgent: bool = False, **kwargs: Any) -> Any:
         try:
-            async with self._turn:
+            async with self._turns.turn(urgent=urgent):
                 return await operation(*args, **kwargs)
         except (SessionLockLostError, MessageLockLostError) as error:
             raise ChannelLost(repr(error)) from error
@@ -77,7 +121,9 @@ class ServiceBusSessionChannel:
     async def renew_lock(self) -> None:
         # Bounded: a renewal holds the receiver's turn, and settlements queue behind it; the SDK's
         # default would wait up to the broker's 60 s, past the lock it is meant to keep.
-        await self._call(self._receiver.session.renew_lock, timeout=RENEW_TIMEOUT_SECONDS)
+        await self._call(
+            self._receiver.session.renew_lock, timeout=RENEW_TIMEOUT_SECONDS, urgent=True
+        )
 
     async def receive(self, max_count: int, wait: float) -> list[Inbound]:
         if self._first:

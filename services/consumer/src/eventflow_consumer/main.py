@@ -180,7 +180,7 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
                 resources.servicebus, settings.inbox_queue, worker,
                 concurrency=settings.leftover_sessions if holder else settings.max_concurrent_sessions,
                 idle_seconds=settings.session_idle_seconds, renew_seconds=settings.session_renew_seconds,
-                accept_wait_seconds=settings.session_accept_wait_seconds,
+                accept_wait_seconds=settings.session_accept_wait_seconds, lanes=holder,
             )  # fmt: skip
             parts = [pump.run()] + ([holder.run()] if holder else [])
             parts += [share.run()] if share else []

@@ -62,6 +62,8 @@ class LaneHolder:
         self._wanted = wanted
         self._replanned = asyncio.Event()  # set (and replaced) when the plan changes
         self._releasing: dict[str, asyncio.Event] = {}  # per held lane: leave it
+        self._offered: dict[str, tuple[Any, list[Any]]] = {}  # accepted by the session pump
+        self._offers: dict[str, asyncio.Event] = {s: asyncio.Event() for s in session_ids}
         self.held: set[str] = set()
         self.failed_opens_in_a_row = 0
         self.accepts = 0  # lane receivers opened (for tests and benchmarks)
@@ -99,22 +101,51 @@ class LaneHolder:
     def _wants(self, session_id: str) -> bool:
         return self._wanted is None or session_id in self._wanted
 
+    def is_lane(self, session_id: str) -> bool:
+        return session_id in self._offers
+
+    def offer(self, session_id: str, receiver: Any, first: list[Any]) -> bool:
+        """A receiver of one of these lanes that the session pump accepted (as the next available
+        session, with its first messages): taken when this replica's plan wants the lane and it is
+        not held here; False: the pump lets it go."""
+        wanted = self.is_lane(session_id) and self._wants(session_id)
+        if not wanted or self._stopping.is_set() or session_id in self.held:
+            return False
+        if session_id in self._offered:
+            return False
+        self._offered[session_id] = (receiver, first)
+        self._offers[session_id].set()
+        return True
+
     async def run(self) -> None:
-        await asyncio.gather(*(self._lane(session_id) for session_id in self._session_ids))
+        try:
+            await asyncio.gather(*(self._lane(session_id) for session_id in self._session_ids))
+        finally:
+            for session_id in list(self._offered):
+                await _close(self._offered.pop(session_id)[0])
 
     async def _lane(self, session_id: str) -> None:
+        offers = self._offers[session_id]
         while not self._stopping.is_set():
+            offers.clear()
+            offered = self._offered.pop(session_id, None)
             if not self._wants(session_id):
+                if offered is not None:
+                    await _close(offered[0])
                 await self._replanned.wait()
                 continue
-            receiver = await self._accept(session_id)
+            first: list[Any] = []
+            if offered is not None:
+                (receiver, first), self.accepts = offered, self.accepts + 1
+            else:
+                receiver = await self._accept(session_id)
             if receiver is not None:
-                await self._hold(session_id, receiver)
+                await self._hold(session_id, receiver, first)
                 if self._stopping.is_set() or not self._wants(session_id):
                     continue
             retry = self._retry if self._wanted is not None else self._unplanned_retry
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), retry)
+                await asyncio.wait_for(_first_of(self._stopping, offers), retry)
 
     async def _accept(self, session_id: str) -> Any | None:
         """The lane's receiver, opened (its session locked), or None when another holds it."""
@@ -140,8 +171,8 @@ class LaneHolder:
         self.accepts += 1
         return receiver
 
-    async def _hold(self, session_id: str, receiver: Any) -> None:
-        channel = ServiceBusSessionChannel(receiver)
+    async def _hold(self, session_id: str, receiver: Any, first: list[Any]) -> None:
+        channel = ServiceBusSessionChannel(receiver, first)
         lost = asyncio.Event()
         log = LOG.bind(lane=session_id)
 
@@ -182,6 +213,15 @@ class LaneHolder:
                 await renewal
             await _close(receiver)
             log.info("lane no longer held")
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def _close(receiver: Any) -> None:

@@ -8,7 +8,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusMessageState
@@ -183,6 +183,14 @@ class ServiceBusSessionChannel:
         )
 
 
+class LaneOffer(Protocol):
+    """The lane holder, as the session pump sees it (adapters/servicebus_lanes.py)."""
+
+    def is_lane(self, session_id: str) -> bool: ...
+
+    def offer(self, session_id: str, receiver: Any, first: list[Any]) -> bool: ...
+
+
 class QuietEmptyAcceptCleanup(logging.Filter):
     """Keeps one SDK warning out of the logs: whenever a bounded next-session accept ends without a
     session, the SDK's cleanup close (which awaits its keep-alive loop's 1 s sleep) outlives what is
@@ -242,8 +250,10 @@ class SessionPump:
         idle_seconds: float,
         renew_seconds: float,
         accept_wait_seconds: float = 3.0,
+        lanes: LaneOffer | None = None,
     ) -> None:
         self._client = client
+        self._lanes = lanes
         self._queue = queue
         self._worker = worker
         self._concurrency = concurrency
@@ -298,8 +308,23 @@ class SessionPump:
                 continue
             self._wake(2)
             receiver, first = accepted
+            if self._lanes is not None and self._lanes.is_lane(str(receiver.session.session_id)):
+                await self._offer(receiver, first)
+                continue
             if not await self._hold(receiver, first):
                 await self._pause()
+
+    async def _offer(self, receiver: Any, first: list[Any]) -> None:
+        """A lane of this consumer's lane count, taken as the next available session (unheld for a
+        moment: handed over between replicas, or its holder gone): to the lane holder if this
+        replica's share wants it; otherwise let go at once (closing costs no delivery), so that the
+        replica whose share it is gets it, and this slot pauses."""
+        assert self._lanes is not None
+        if self._lanes.offer(str(receiver.session.session_id), receiver, first):
+            self._receivers.release()  # the holder closes it
+            return
+        self._close_later(receiver)
+        await self._pause()
 
     async def _until_woken(self) -> None:
         woken = asyncio.get_running_loop().create_future()

@@ -105,6 +105,7 @@ class LaneShare:
         self._control = control
         self.period = period
         self._stopping = asyncio.Event()
+        self._round: asyncio.Task[None] | None = None  # the round in progress
         self.members: frozenset[str] | None = None  # None: unknown (no read yet, or an outage)
         self.wanted: frozenset[str] | None = None
         self.rounds = 0  # membership rounds done (read or failed)
@@ -131,7 +132,11 @@ class LaneShare:
 
     async def run(self) -> None:
         while not self._stopping.is_set():
-            await self.step()
+            self._round = asyncio.create_task(self.step())
+            try:
+                await asyncio.shield(self._round)
+            finally:
+                self._round = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.period)
 
@@ -139,6 +144,9 @@ class LaneShare:
         """Stops the heartbeat and removes this member's record; True when other members were live
         at the last read (the caller then keeps its lanes one more period before releasing)."""
         self._stopping.set()
+        if self._round is not None:  # a heartbeat written after the removal would keep the record
+            with contextlib.suppress(Exception):
+                await self._round
         try:
             await self._membership.leave()
         except Exception as error:  # noqa: BLE001 - the record expires on its own

@@ -5,6 +5,7 @@ on a broker that gives each lane to one holder."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import pytest
@@ -219,3 +220,34 @@ def test_an_assignment_needs_a_member() -> None:
 def test_pairs_are_scored_independently_of_the_member_order() -> None:
     for members in itertools.permutations(["x", "y", "z"]):
         assert assignment(LANES[:7], members) == assignment(LANES[:7], ["x", "y", "z"])
+
+
+async def test_leaving_during_a_heartbeat_removes_the_record_after_it() -> None:
+    """A heartbeat in flight when the replica leaves must not write the record again after its
+    removal (the others would count the replica for three more periods)."""
+    records, broker = Records(), Broker()
+    membership = SlowMembership(records, "a")
+    share = LaneShare(LANES, membership, FakeHolder(broker, "a"), period=0.01)
+    running = asyncio.create_task(share.run())
+    await asyncio.wait_for(membership.in_beat.wait(), 1)
+    leaving = asyncio.create_task(share.leave())
+    await asyncio.sleep(0.01)
+    membership.finish.set()
+    await asyncio.wait_for(asyncio.gather(leaving, running), 1)
+    assert "a" not in records.beats
+
+
+class SlowMembership(FakeMembership):
+    """Its second heartbeat waits until told to finish."""
+
+    def __init__(self, records: Records, member_id: str) -> None:
+        super().__init__(records, member_id)
+        self.beats = 0
+        self.in_beat, self.finish = asyncio.Event(), asyncio.Event()
+
+    async def beat(self) -> frozenset[str]:
+        self.beats += 1
+        if self.beats == 2:
+            self.in_beat.set()
+            await self.finish.wait()
+        return await super().beat()

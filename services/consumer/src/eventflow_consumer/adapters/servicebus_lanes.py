@@ -66,6 +66,7 @@ class LaneHolder:
         self._offers: dict[str, asyncio.Event] = {s: asyncio.Event() for s in session_ids}
         self.held: set[str] = set()
         self.failed_opens_in_a_row = 0
+        self.pause_seconds = unplanned_retry_seconds or retry_seconds  # the pump's, see `offer`
         self.accepts = 0  # lane receivers opened (for tests and benchmarks)
         self.refusals = 0  # lane accepts refused: held elsewhere
 
@@ -211,8 +212,8 @@ class LaneHolder:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
-            await _close(receiver)
             log.info("lane no longer held")
+            await _close(receiver)
 
 
 async def _first_of(*events: asyncio.Event) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -186,6 +187,8 @@ class ServiceBusSessionChannel:
 class LaneOffer(Protocol):
     """The lane holder, as the session pump sees it (adapters/servicebus_lanes.py)."""
 
+    pause_seconds: float  # how long the pump accepts nothing after letting a lane go
+
     def is_lane(self, session_id: str) -> bool: ...
 
     def offer(self, session_id: str, receiver: Any, first: list[Any]) -> bool: ...
@@ -254,6 +257,7 @@ class SessionPump:
     ) -> None:
         self._client = client
         self._lanes = lanes
+        self._lanes_paused_until = 0.0
         self._queue = queue
         self._worker = worker
         self._concurrency = concurrency
@@ -292,6 +296,11 @@ class SessionPump:
     async def _loop(self, slot: int) -> None:
         found = True
         while not self._stopping.is_set():
+            paused = self._lanes_paused_until - time.monotonic()
+            if paused > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), paused)
+                continue
             looking = not found  # this slot found nothing last time: look only if no one else does
             if looking and self._looking:
                 await self._until_woken()
@@ -306,11 +315,11 @@ class SessionPump:
             found = accepted is not None
             if accepted is None:
                 continue
-            self._wake(2)
             receiver, first = accepted
             if self._lanes is not None and self._lanes.is_lane(str(receiver.session.session_id)):
                 await self._offer(receiver, first)
                 continue
+            self._wake(2)
             if not await self._hold(receiver, first):
                 await self._pause()
 
@@ -324,6 +333,10 @@ class SessionPump:
             self._receivers.release()  # the holder closes it
             return
         self._close_later(receiver)
+        # The broker hands a free session to a waiting next-available accept at once, and every
+        # replica's pump waits in one: all of them step back for a while, or they would take the
+        # lane from each other faster than its owner's accept by id comes.
+        self._lanes_paused_until = time.monotonic() + self._lanes.pause_seconds
         await self._pause()
 
     async def _until_woken(self) -> None:

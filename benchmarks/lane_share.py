@@ -115,8 +115,13 @@ class Replica:
 
     def _read(self) -> None:
         assert self.process.stdout is not None
+        kept = os.environ.get("LANE_SHARE_LOGS")  # a folder: each replica's log kept there
+        log = open(Path(kept) / f"{self.name}-{os.getpid()}.log", "ab") if kept else None  # noqa: SIM115
         for line in self.process.stdout:
             now = time.monotonic()
+            if log is not None:
+                log.write(f"{now:.3f} ".encode() + line)
+                log.flush()
             record = orjson.loads(line)
             event = record.get("event")
             if event == "resources ready":

@@ -331,6 +331,7 @@ class SessionPump:
         assert self._lanes is not None
         if self._lanes.offer(str(receiver.session.session_id), receiver, first):
             self._receivers.release()  # the holder closes it
+            self._wake(2)  # lanes are let go together (a rebalance): more may come
             return
         self._close_later(receiver)
         # The broker hands a free session to a waiting next-available accept at once, and every

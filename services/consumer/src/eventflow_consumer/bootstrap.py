@@ -188,7 +188,9 @@ def _outage(error: BaseException) -> bool:
     connection or busy error."""
     if isinstance(error, HttpResponseError):
         status = error.status_code or 0
-        return status in (408, 429, 449) or status >= 500
+        # 409: replicas starting together on a new database create the same container; the one
+        # that lost the race finds it on its next attempt.
+        return status in (408, 409, 429, 449) or status >= 500
     return not isinstance(error, (*_REFUSED, MessagingEntityNotFoundError)) and isinstance(
         error, TimeoutError | ServiceRequestError | ServiceResponseError | CosmosClientTimeoutError
         | ServiceBusError,

@@ -5,6 +5,7 @@ record expires and its locks lapse; every order ends applied once, in order, not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import signal
@@ -19,11 +20,12 @@ import orjson
 import pytest
 
 from eventflow_consumer.adapters.cosmos_projection import CosmosProjectionStore
+from eventflow_consumer.bootstrap import open_resources
 from eventflow_contracts.lanes import Lane, session_id_for
 
 from ..conftest import Backends, inbox_message, order_events  # type: ignore[import-not-found]
 
-pytestmark = [pytest.mark.slow, pytest.mark.long]
+pytestmark = pytest.mark.slow
 
 LANES = 8
 PERIOD = 1.0  # the hold/rebalance period of these consumers
@@ -86,6 +88,7 @@ def holding(consumers: list[Consumer]) -> Callable[[], str]:
     return lambda: str({c.name: sorted(c.held) for c in consumers})
 
 
+@pytest.mark.long
 async def test_replicas_converge_to_a_fair_share_and_take_a_killed_ones_lanes(
     backends: Backends,
 ) -> None:
@@ -138,3 +141,13 @@ async def _eventually(read: Callable[[], Any], wait: float) -> dict[str, Any]:
             return dict(summary)
         assert time.monotonic() < deadline, f"not applied: {summary}"
         await asyncio.sleep(0.2)
+
+
+async def test_replicas_starting_together_on_a_new_database_all_connect(backends: Backends) -> None:
+    """Each creates the containers it needs (emulator mode): the replicas that lose the race to
+    create one find it on their next attempt instead of ending (a 409 from the create)."""
+    settings = backends.settings(inbox_lanes=LANES)
+    async with contextlib.AsyncExitStack() as stack:
+        opening = [stack.enter_async_context(open_resources(settings)) for _ in range(4)]
+        resources = await asyncio.wait_for(asyncio.gather(*opening), 120)
+        assert all(r.members is not None for r in resources)

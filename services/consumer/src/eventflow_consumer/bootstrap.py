@@ -46,6 +46,7 @@ class Resources:
     servicebus: Any
     store: CosmosProjectionStore
     members: Any = None  # the membership container (lanes' fair share); None without lanes
+    lane_servicebus: Any = None  # the lanes' client (no SDK retries, see `_lane_client`)
 
 
 class ConfigurationError(Exception):
@@ -170,6 +171,31 @@ async def _members(settings: Settings, stack: AsyncExitStack) -> Any:
     )
 
 
+async def _lane_client(settings: Settings, stack: AsyncExitStack) -> Any:
+    """The client of the lanes' receivers, with the SDK's retries off (`retry_total=0`). A lane's
+    accept by id while another replica still holds it fails with SessionCannotBeLockedError, which
+    azure-servicebus retries with exponential backoff (each try a new connection): a lane let go a
+    moment later was then taken ~15 s late. The lane holder retries every LANE_RETRY_SECONDS itself;
+    a held lane's failed receive or settlement releases the lane, which is accepted again."""
+    from azure.servicebus.aio import ServiceBusClient as AzureServiceBusClient  # noqa: PLC0415
+
+    if settings.mode != "azure":
+        assert settings.servicebus_connection_string is not None
+        client = AzureServiceBusClient.from_connection_string(
+            settings.servicebus_connection_string.get_secret_value(), ssl_context=tls_context(),
+            retry_total=0,
+        )  # fmt: skip
+    else:
+        from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
+
+        credential = await stack.enter_async_context(DefaultAzureCredential())
+        assert settings.servicebus_namespace is not None
+        client = AzureServiceBusClient(
+            settings.servicebus_namespace, credential, ssl_context=tls_context(), retry_total=0
+        )
+    return await stack.enter_async_context(client)
+
+
 def _setup_problem(backend: Backend, error: BaseException) -> ConfigurationError | None:
     """What in the setup an error names (exit 2), or None when it is not a setup problem."""
     status = getattr(error, "status_code", None)
@@ -251,6 +277,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 Backend(cosmos.name, cosmos.credential, missing), stack,
                 lambda attempt: _members(settings, attempt),
             )  # fmt: skip
+        lane_servicebus = await _lane_client(settings, stack) if settings.inbox_lanes else None
         LOG.info(
             "resources ready",
             mode=settings.mode,
@@ -261,4 +288,5 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             servicebus,
             CosmosProjectionStore(container, mark_ttl_seconds=settings.inbox_mark_ttl_seconds),
             members,
+            lane_servicebus,
         )

@@ -120,7 +120,7 @@ def lanes_of(
     )
     session_ids = [Lane(settings.inbox_lanes, n).session_id for n in range(settings.inbox_lanes)]
     return LaneHolder(
-        resources.servicebus, settings.inbox_queue, worker, session_ids,
+        resources.lane_servicebus or resources.servicebus, settings.inbox_queue, worker, session_ids,
         renew_seconds=settings.session_renew_seconds, retry_seconds=settings.lane_retry_seconds,
         unplanned_retry_seconds=settings.lane_share_seconds if shared else None,
         prefetch=settings.lane_prefetch, wanted=frozenset() if shared else None,

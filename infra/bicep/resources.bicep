@@ -11,8 +11,16 @@ param writePattern string = 'outbox'
 @description('Object id of the deploying user: Cosmos DB Built-in Data Reader on order-summaries (make verify-azure). Empty: nothing granted.')
 param principalId string = ''
 @minValue(1)
-@description('Session lanes of the inbox: the subscriber spreads orders over them, a consumer replica holds at least one.')
+@description('Session lanes of the inbox: the subscriber spreads orders over them; the consumer replicas share them, ceil(lanes / replicas) each at most.')
 param inboxLanes int = 32
+
+// The consumer's scale-out with lanes: see the consumer app's maxReplicas and scale rule below.
+var consumerLeastShare = (inboxLanes + 9) / 10 // ceil(lanes / 10): the smallest share 10 replicas reach
+var consumerMaxReplicas = (inboxLanes == 0) ? 10 : (inboxLanes + consumerLeastShare - 1) / consumerLeastShare
+// A replica applies hundreds of events per second on its lanes (docs/performance.md): a backlog of
+// 1,000 per replica (a few seconds of its work) before another one is added, since every replica
+// added moves lanes (a rebalance). With one session per order a replica drains far less: 20.
+var consumerMessagesPerReplica = (inboxLanes == 0) ? '20' : '1000'
 @description('Alert notifications: an email address, a webhook URL, both or neither (no action group).')
 param alertEmail string = ''
 param alertWebhookUrl string = ''
@@ -163,6 +171,14 @@ resource summariesContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/
   properties: { resource: { id: 'order-summaries', partitionKey: { paths: [ '/order_id' ], kind: 'Hash' }, defaultTtl: -1 } }
 }
 
+// The consumer replicas' membership records (the lanes' fair share, services/consumer share.py):
+// one item per replica, partition key the inbox queue, expired by its own `ttl` (TTL on, default -1).
+resource membersContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-05-15' = {
+  parent: database
+  name: 'consumer-members'
+  properties: { resource: { id: 'consumer-members', partitionKey: { paths: [ '/queue' ], kind: 'Hash' }, defaultTtl: -1 } }
+}
+
 // Loops must be known when the deployment starts, so they run over names; principal ids are read
 // from the identities by name.
 var apps = [ 'producer', 'publisher', 'subscriber', 'consumer' ]
@@ -182,6 +198,7 @@ var cosmosGrants = [
   { app: 'publisher', container: 'orders' }
   { app: 'publisher', container: 'leases' }
   { app: 'consumer', container: 'order-summaries' }
+  { app: 'consumer', container: 'consumer-members' }
 ]
 
 @batchSize(1)
@@ -193,7 +210,7 @@ resource cosmosDataAccess 'Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignme
     roleDefinitionId: '${cosmos.id}/sqlRoleDefinitions/${cosmosDataContributor}'
     scope: '${cosmos.id}/dbs/${database.name}/colls/${grant.container}'
   }
-  dependsOn: [ producerIdentity, publisherIdentity, consumerIdentity, ordersContainer, leasesContainer, summariesContainer ]
+  dependsOn: [ producerIdentity, publisherIdentity, consumerIdentity, ordersContainer, leasesContainer, summariesContainer, membersContainer ]
 }]
 
 // The deploying user reads the consumer's store (make verify-azure); after the other assignments,
@@ -548,9 +565,11 @@ module consumer 'container-app.bicep' = {
     healthPort: ports.consumer
     external: false
     minReplicas: 0
-    // A replica holds at least one session lane of the inbox: replicas beyond the lane count would
-    // find no session to accept and sit idle, so the lanes bound the replicas.
-    maxReplicas: min(10, inboxLanes)
+    // Replicas share the lanes fairly: each holds at most ceil(lanes / replicas). Past the fewest
+    // replicas that reach the smallest share within 10, more replicas do not lower any replica's
+    // load (32 lanes: 8 replicas hold 4 each; 9 or 10 would still leave 4 to some), and past the
+    // lane count they would hold nothing. Without lanes (0), sessions per order: up to 10.
+    maxReplicas: consumerMaxReplicas
     // Either rule wakes the consumer from zero: a message in the inbox (KEDA, activation at one
     // message, through the scaler's own identity) or a request to the read API (an HTTP rule: a
     // custom rule alone never wakes an app for its ingress).
@@ -560,7 +579,7 @@ module consumer 'container-app.bicep' = {
         custom: {
           type: 'azure-servicebus'
           identity: consumerScalerIdentity.id
-          metadata: { namespace: serviceBus.name, queueName: inboxQueue, messageCount: '20', activationMessageCount: '0' }
+          metadata: { namespace: serviceBus.name, queueName: inboxQueue, messageCount: consumerMessagesPerReplica, activationMessageCount: '0' }
         }
       }
       { name: 'read-api', http: { metadata: { concurrentRequests: '50' } } }

@@ -310,7 +310,8 @@ def test_cosmos_roles_are_scoped_to_the_containers_each_service_uses_and_created
     assert sorted(cosmos_roles) == ["cosmosDataAccess", "userReadsSummaries"]
     grants = {(g["app"], g["container"]) for g in resources["variables"]["cosmosGrants"]["value"]}
     assert grants == {("producer", "orders"), ("publisher", "orders"), ("publisher", "leases"),
-                      ("consumer", "order-summaries")}, "the subscriber never uses Cosmos DB"  # fmt: skip
+                      ("consumer", "order-summaries"), ("consumer", "consumer-members")}, (
+        "the subscriber never uses Cosmos DB")  # fmt: skip
     loop = cosmos_roles["cosmosDataAccess"]
     assert loop["config"]["loop_type"]["detail"] == {
         "item_name": "grant",
@@ -320,7 +321,9 @@ def test_cosmos_roles_are_scoped_to_the_containers_each_service_uses_and_created
     text = (BICEP / "resources.bicep").read_text()
     assert "@batchSize(1)\nresource cosmosDataAccess" in text, "serialised: one operation at a time"
     dependencies = set(loop["config"]["config"]["dependsOn"])
-    assert {"ordersContainer", "leasesContainer", "summariesContainer"} <= dependencies
+    assert {"ordersContainer", "leasesContainer", "summariesContainer", "membersContainer"} <= (
+        dependencies
+    )
     properties = loop["config"]["config"]["properties"]
     assert f"scope: '{COSMOS_SCOPE}'" in text
     assert json.dumps(properties["scope"]).count("colls") == 1, "container scope, not the account"
@@ -358,7 +361,8 @@ def test_cosmos_containers_have_ttl_on_and_the_partition_keys_the_services_use()
         for r in containers.values()
     }
     assert {name: k["partitionKey"]["paths"] for name, k in keys.items()} == {
-        "orders": ["/order_id"], "leases": ["/id"], "order-summaries": ["/order_id"]}  # fmt: skip
+        "orders": ["/order_id"], "leases": ["/id"], "order-summaries": ["/order_id"],
+        "consumer-members": ["/queue"]}  # fmt: skip
     minus_one = {
         "operator": {"type": "minus", "operands": {"integer_value": 1}}
     }  # how pycep reads -1
@@ -398,6 +402,11 @@ def test_keda_rules_and_replica_bounds() -> None:
     (queue_rule,) = [rule for rule in consumer["scaleRules"] if "custom" in rule]
     assert queue_rule["custom"]["type"] == "azure-servicebus"
     assert "identity" in queue_rule["custom"]
+    # with lanes a replica drains hundreds of events per second: a replica per 1,000 waiting
+    assert queue_rule["custom"]["metadata"]["messageCount"] == "consumerMessagesPerReplica"
+    variables = parsed("resources.bicep")["variables"]
+    per_replica = variables["consumerMessagesPerReplica"]["value"]
+    assert [_evaluate(per_replica, variables, lanes) for lanes in (32, 0)] == ["1000", "20"]
 
 
 # KEDA activates a scaler only when the value is GREATER than its activation threshold (keda-docs
@@ -428,7 +437,8 @@ def test_every_keda_rule_activates_on_one_waiting_event_or_message() -> None:
 def test_replicas_say_what_they_do() -> None:
     """The publisher: one lease owner and one hot spare that really runs (no scale rule could tell
     when more help). The consumer: its read API wakes it from zero (an HTTP rule), and it never runs
-    more replicas than inbox lanes (a replica holds at least one lane)."""
+    more replicas than reach the smallest fair share of the inbox lanes within 10 (ceil(lanes /
+    replicas) each: 32 lanes, 8 replicas of 4; more would leave 4 to some)."""
     modules = parsed("resources.bicep")["modules"]
     publisher, consumer = scale(modules["publisher"]), scale(modules["consumer"])
     assert (publisher["minReplicas"], publisher["maxReplicas"], publisher["scaleRules"]) == (
@@ -441,14 +451,42 @@ def test_replicas_say_what_they_do() -> None:
                                                    "operands": {"operand_1": "ports", "operand_2": "consumer"}}}  # fmt: skip
     http_rules = [rule for rule in consumer["scaleRules"] if "http" in rule]
     assert len(http_rules) == 1, "a request to the read API wakes the consumer at zero replicas"
-    assert consumer["maxReplicas"] == {"function": {"type": "min", "parameters": {
-        "arg_1": 10, "arg_2": "inboxLanes"}}}  # fmt: skip
+    assert consumer["maxReplicas"] == "consumerMaxReplicas"
+    variables = parsed("resources.bicep")["variables"]
+    for lanes, most in ((32, 8), (16, 8), (10, 10), (12, 6), (4, 4), (1, 1), (100, 10), (0, 10)):
+        replicas = _evaluate(variables["consumerMaxReplicas"]["value"], variables, lanes)
+        assert replicas == most, (lanes, replicas)
+        if lanes:
+            share = -(-lanes // replicas)
+            assert share == -(-lanes // min(10, lanes)), "the smallest share within 10 replicas"
+            assert replicas == 1 or -(-lanes // (replicas - 1)) > share, "no replica too many"
     text = (BICEP / "resources.bicep").read_text()
     assert (
         "bootstrap (one on a new serverless account); instances beyond the lease count run as hot"
         in text
     )
-    assert "A replica holds at least one session lane" in text
+    assert "Replicas share the lanes fairly: each holds at most ceil(lanes / replicas)" in text
+
+
+def _evaluate(node: Any, variables: dict[str, Any], lanes: int) -> Any:
+    """A Bicep expression as pycep parses it, for the integer operators the variables here use."""
+    if isinstance(node, int | str) and not isinstance(node, bool):
+        if node == "inboxLanes":
+            return lanes
+        if isinstance(node, str) and node in variables:
+            return _evaluate(variables[node]["value"], variables, lanes)
+        return node
+    operator = node["operator"]
+    kind, operands = operator["type"], operator["operands"]
+    if kind == "conditional":
+        chosen = (
+            "true_value" if _evaluate(operands["condition"], variables, lanes) else "false_value"
+        )
+        return _evaluate(operands[chosen], variables, lanes)
+    left = _evaluate(operands["operand_1"], variables, lanes)
+    right = _evaluate(operands["operand_2"], variables, lanes)
+    return {"add": left + right, "substract": left - right, "equals": left == right,
+            "divide": left // right if right else None}[kind]  # fmt: skip
 
 
 def test_inbox_lanes_reach_the_subscriber_and_the_consumer_and_the_inbox_keeps_sessions() -> None:

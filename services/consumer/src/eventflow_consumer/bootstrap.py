@@ -29,6 +29,7 @@ from azure.servicebus.exceptions import (
 )
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
+from eventflow_consumer.adapters.cosmos_membership import MEMBERS_PARTITION_KEY_PATH
 from eventflow_consumer.adapters.cosmos_projection import PARTITION_KEY_PATH, CosmosProjectionStore
 from eventflow_consumer.handling import InboxHandler
 from eventflow_consumer.observability import ConsumerMetrics
@@ -48,6 +49,8 @@ _REFUSED = (ServiceBusAuthenticationError, ServiceBusAuthorizationError)
 class Resources:
     servicebus: Any
     store: CosmosProjectionStore
+    members: Any = None  # the membership container (lanes' fair share); None without lanes
+    lane_servicebus: Any = None  # the lanes' client (no SDK retries, see `_lane_client`)
 
 
 class ConfigurationError(Exception):
@@ -151,6 +154,51 @@ async def _projections(settings: Settings, stack: AsyncExitStack) -> Any:
     )  # fmt: skip
 
 
+async def _members(settings: Settings, stack: AsyncExitStack) -> Any:
+    """The membership container of the lanes' fair share (eventflow_consumer.share): its own
+    container, not the projections', so that clearing or rebuilding the projection never touches
+    it and its records (one per replica, seconds long) never mix with orders. TTL on (default -1:
+    an item's own `ttl` expires it)."""
+    cosmos = await open_cosmos_client(settings, stack)
+    if not settings.creates_containers:
+        container = cosmos.get_database_client(settings.database).get_container_client(
+            settings.members_container
+        )
+        await container.read()
+        return container
+    database = await cosmos.create_database_if_not_exists(settings.database)
+    return await database.create_container_if_not_exists(
+        id=settings.members_container,
+        partition_key=PartitionKey(path=MEMBERS_PARTITION_KEY_PATH),
+        default_ttl=-1,
+    )
+
+
+async def _lane_client(settings: Settings, stack: AsyncExitStack) -> Any:
+    """The client of the lanes' receivers, with the SDK's retries off (`retry_total=0`). A lane's
+    accept by id while another replica still holds it fails with SessionCannotBeLockedError, which
+    azure-servicebus retries with exponential backoff (each try a new connection): a lane let go a
+    moment later was then taken ~15 s late. The lane holder retries every LANE_RETRY_SECONDS itself;
+    a held lane's failed receive or settlement releases the lane, which is accepted again."""
+    from azure.servicebus.aio import ServiceBusClient as AzureServiceBusClient  # noqa: PLC0415
+
+    if settings.mode != "azure":
+        assert settings.servicebus_connection_string is not None
+        client = AzureServiceBusClient.from_connection_string(
+            settings.servicebus_connection_string.get_secret_value(), ssl_context=tls_context(),
+            retry_total=0,
+        )  # fmt: skip
+    else:
+        from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
+
+        credential = await stack.enter_async_context(DefaultAzureCredential())
+        assert settings.servicebus_namespace is not None
+        client = AzureServiceBusClient(
+            settings.servicebus_namespace, credential, ssl_context=tls_context(), retry_total=0
+        )
+    return await stack.enter_async_context(client)
+
+
 def _setup_problem(backend: Backend, error: BaseException) -> ConfigurationError | None:
     """What in the setup an error names (exit 2), or None when it is not a setup problem."""
     status = getattr(error, "status_code", None)
@@ -169,7 +217,9 @@ def _outage(error: BaseException) -> bool:
     connection or busy error."""
     if isinstance(error, HttpResponseError):
         status = error.status_code or 0
-        return status in (408, 429, 449) or status >= 500
+        # 409: replicas starting together on a new database create the same container; the one
+        # that lost the race finds it on its next attempt.
+        return status in (408, 409, 429, 449) or status >= 500
     return not isinstance(error, (*_REFUSED, MessagingEntityNotFoundError)) and isinstance(
         error, TimeoutError | ServiceRequestError | ServiceResponseError | CosmosClientTimeoutError
         | ServiceBusError,
@@ -222,6 +272,15 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         servicebus = await waited_for(
             servicebus_backend, stack, lambda attempt: _servicebus(settings, attempt)
         )
+        members = None
+        if settings.inbox_lanes:
+            missing = (f"container {settings.database}/{settings.members_container}, and this "
+                       "service does not create it (CONSUMER_CREATE_CONTAINERS)")  # fmt: skip
+            members = await waited_for(
+                Backend(cosmos.name, cosmos.credential, missing), stack,
+                lambda attempt: _members(settings, attempt),
+            )  # fmt: skip
+        lane_servicebus = await _lane_client(settings, stack) if settings.inbox_lanes else None
         LOG.info(
             "resources ready",
             mode=settings.mode,
@@ -231,6 +290,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         yield Resources(
             servicebus,
             CosmosProjectionStore(container, mark_ttl_seconds=settings.inbox_mark_ttl_seconds),
+            members,
+            lane_servicebus,
         )
 
 

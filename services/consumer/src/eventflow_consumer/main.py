@@ -7,8 +7,11 @@ role, container or queue): one line on stderr naming the cause, exit 2."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -18,6 +21,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from eventflow_consumer.adapters.cosmos_membership import CosmosMembership
 from eventflow_consumer.adapters.servicebus_lanes import LaneHolder
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump
 from eventflow_consumer.bootstrap import ConfigurationError, Resources, open_resources, worker_of
@@ -27,6 +31,7 @@ from eventflow_consumer.observability import METER, SERVICE, ConsumerMetrics, ht
 from eventflow_consumer.ports import TransientStoreError
 from eventflow_consumer.sessions import SessionWorker, WorkerSettings
 from eventflow_consumer.settings import Settings
+from eventflow_consumer.share import EXPIRY_PERIODS, LaneShare
 from eventflow_contracts.auth import Authenticator
 from eventflow_contracts.lanes import Lane
 from eventflow_contracts.telemetry import Telemetry, configure_telemetry
@@ -55,19 +60,28 @@ def load_settings() -> Settings:
 
 
 def lanes_of(
-    settings: Settings, resources: Resources, sessions: SessionWorker, metrics: ConsumerMetrics
+    settings: Settings,
+    resources: Resources,
+    sessions: SessionWorker,
+    metrics: ConsumerMetrics,
+    *,
+    shared: bool = False,
 ) -> LaneHolder | None:
     """The holder of this consumer's lanes, or None: no lanes (`INBOX_LANES` 0). Both poison
-    policies run per order inside a lane."""
+    policies run per order inside a lane. `shared`: the holder waits for its plan from the fair
+    share (`share_of`); otherwise it tries every lane."""
     if settings.inbox_lanes == 0:
         return None
     worker_settings = WorkerSettings(
         policy=settings.poison_policy, gap_wait_seconds=settings.gap_wait_seconds,
         retry_max_seconds=settings.store_retry_max_seconds, max_deferred=settings.max_deferred_per_session,
     )  # fmt: skip
+    # An idle receive holds the lane's receiver, and the lock renewal takes its turn after it: the
+    # wait stays within one renewal period, so a renewal is never late by more than two periods.
+    idle = min(max(settings.session_idle_seconds, 1.0), settings.session_renew_seconds)
     lane_settings = LaneSettings(
-        worker=worker_settings, idle_seconds=max(settings.session_idle_seconds, 1.0),
-        max_in_flight=settings.lane_max_in_flight, order_max_in_flight=settings.order_max_in_flight,
+        worker=worker_settings, idle_seconds=idle, max_in_flight=settings.lane_max_in_flight,
+        order_max_in_flight=settings.order_max_in_flight,
         unblock_poll_seconds=settings.unblock_poll_seconds,
     )  # fmt: skip
     worker = LaneWorker(
@@ -76,10 +90,22 @@ def lanes_of(
     )  # fmt: skip
     session_ids = [Lane(settings.inbox_lanes, n).session_id for n in range(settings.inbox_lanes)]
     return LaneHolder(
-        resources.servicebus, settings.inbox_queue, worker, session_ids,
+        resources.lane_servicebus or resources.servicebus, settings.inbox_queue, worker, session_ids,
         renew_seconds=settings.session_renew_seconds, retry_seconds=settings.lane_retry_seconds,
-        prefetch=settings.lane_prefetch,
+        unplanned_retry_seconds=settings.lane_share_seconds if shared else None,
+        prefetch=settings.lane_prefetch, wanted=frozenset() if shared else None,
     )  # fmt: skip
+
+
+def share_of(settings: Settings, resources: Resources, holder: LaneHolder) -> LaneShare:
+    """The fair share of the lanes between this inbox's replicas, through membership records in
+    the consumer's own store."""
+    member_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    membership = CosmosMembership(
+        resources.members, queue=settings.inbox_queue, member_id=member_id,
+        lanes=settings.inbox_lanes, expiry_seconds=EXPIRY_PERIODS * settings.lane_share_seconds,
+    )  # fmt: skip
+    return LaneShare(holder.lanes, membership, holder, period=settings.lane_share_seconds)
 
 
 async def _together(*parts: Awaitable[None]) -> None:
@@ -119,14 +145,18 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
                 return
             connected.append(resources)
             worker = worker_of(settings, resources, metrics)
-            holder = lanes_of(settings, resources, worker, metrics)
+            holder = lanes_of(
+                settings, resources, worker, metrics, shared=resources.members is not None
+            )
+            share = share_of(settings, resources, holder) if holder and resources.members else None
             pump = SessionPump(
                 resources.servicebus, settings.inbox_queue, worker,
                 concurrency=settings.leftover_sessions if holder else settings.max_concurrent_sessions,
                 idle_seconds=settings.session_idle_seconds, renew_seconds=settings.session_renew_seconds,
-                accept_wait_seconds=settings.session_accept_wait_seconds,
+                accept_wait_seconds=settings.session_accept_wait_seconds, lanes=holder,
             )  # fmt: skip
             parts = [pump.run()] + ([holder.run()] if holder else [])
+            parts += [share.run()] if share else []
             running = asyncio.create_task(_together(*parts))
 
             def ready() -> bool:
@@ -139,6 +169,11 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
             await asyncio.wait(
                 [running, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
             )
+            if share and await share.leave() and not running.done():
+                # The others read the new membership within a period and start trying this
+                # replica's lanes: it keeps them until then, so none stays unheld for long.
+                LOG.info("leaving the lane share: lanes kept one more period", seconds=share.period)
+                await asyncio.wait([running], timeout=share.period)
             LOG.info("stopping: finishing in-flight messages")
             pump.stop()
             if holder:

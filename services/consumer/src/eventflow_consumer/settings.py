@@ -51,7 +51,22 @@ class Settings(BaseSettings, TelemetryFields, AuthFields):
         default=200, ge=0, le=1000, description="prefetch of a lane's receiver"
     )
     lane_retry_seconds: float = Field(
-        default=5.0, gt=0, description="how often a lane held elsewhere is tried again"
+        default=1.0,
+        gt=0,
+        description="how often a lane of this replica's fair share that another replica still "
+        "holds is tried again",
+    )
+    # Fair share of the lanes between replicas (eventflow_consumer.share).
+    lane_share_seconds: float = Field(
+        default=5.0,
+        ge=0.2,
+        description="the hold/rebalance period: each replica writes its membership record and "
+        "re-plans its lanes this often; a record older than 3 periods no longer counts; while the "
+        "membership cannot be read, lanes not held are tried this often",
+    )
+    members_container: str = Field(
+        default="consumer-members",
+        description="the consumer's membership records (partition key /queue, TTL on)",
     )
     leftover_sessions: int = Field(
         default=8,

@@ -38,6 +38,7 @@ class Consumer:
         self.process = subprocess.Popen([sys.executable, "-m", "eventflow_consumer.main"], env={**os.environ, **settings},
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
         self.applied: list[dict[str, Any]] = []
+        self.connected = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -46,15 +47,21 @@ class Consumer:
             record = orjson.loads(line)
             if record.get("event") == "applied":
                 self.applied.append(record)
+            elif record.get("event") == "resources ready":
+                self.connected.set()
 
 
 async def test_two_processes_share_the_sessions_without_overlap(
     backends: Backends, cosmos_database: CosmosDatabase
 ) -> None:
     orders = [f"o{n}" for n in range(16)]
-    await backends.send(*(inbox_message(raw, o) for o in orders for raw in order_events(o)))
     consumers = [Consumer(backends, name) for name in ("a", "b")]
     try:
+        # Both connected before the sessions exist: one that connects late (a slow start, or a
+        # retry after losing the race to create a container) would otherwise find them all taken.
+        for consumer in consumers:
+            assert await asyncio.to_thread(consumer.connected.wait, 60), consumer.name
+        await backends.send(*(inbox_message(raw, o) for o in orders for raw in order_events(o)))
         deadline = time.monotonic() + 90
         while sum(len(c.applied) for c in consumers) < 4 * len(orders):
             assert time.monotonic() < deadline, (

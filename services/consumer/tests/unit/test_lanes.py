@@ -26,8 +26,10 @@ LANE = session_id_for("a", 1)  # lanes1-0: every order is in it
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
+        self.reads = 0  # every round of a lane's loop reads it (its gap deadlines)
 
     def __call__(self) -> float:
+        self.reads += 1
         return self.now
 
 
@@ -154,11 +156,13 @@ async def test_the_lane_holds_no_more_than_its_cap() -> None:
     store, channel = FakeStore(), FakeChannel(LANE)
     for n in range(30):
         channel.add(item_added(f"o{n}", 2))  # every one early: no created events
-    worker = lane_worker(store, max_in_flight=10)
+    clock = Clock()
+    worker = lane_worker(store, clock, max_in_flight=10)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.hold(channel, stopping=stop.is_set))
     await until(lambda: len(channel.active) == 20)
-    await asyncio.sleep(0.1)
+    rounds = clock.reads
+    await until(lambda: clock.reads >= rounds + 20)  # the lane's loop went round, at its cap
     assert len(channel.active) == 20  # ten held, none received past the cap
     stop.set()
     await asyncio.wait_for(task, 10)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 import structlog
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusMessageState
@@ -45,6 +48,48 @@ def inbound_of(message: Any) -> Inbound:
     return Inbound(delivery_of(message), message)
 
 
+class Turns:
+    """Calls on one receiver, one at a time, in arrival order, except that an urgent call (the lock
+    renewal) goes before every waiting ordinary one: a held lane queues the settlements of many
+    orders at once, and a renewal behind them would come after the lock it is meant to keep."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._ordinary: deque[asyncio.Future[None]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, *, urgent: bool = False) -> AsyncIterator[None]:
+        if self._busy:
+            waiters = self._urgent if urgent else self._ordinary
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiters.append(granted)
+            try:
+                await granted
+            except BaseException:
+                if granted.done() and not granted.cancelled():
+                    self._next()  # handed the turn, then cancelled: hand it on
+                else:
+                    with contextlib.suppress(ValueError):
+                        waiters.remove(granted)
+                raise
+        else:
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._next()
+
+    def _next(self) -> None:
+        for waiters in (self._urgent, self._ordinary):
+            while waiters:
+                granted = waiters.popleft()
+                if not granted.done():
+                    granted.set_result(None)  # the turn passes on: still busy
+                    return
+        self._busy = False
+
+
 class ServiceBusSessionChannel:
     """A session receiver (already accepted) as a SessionChannel. Lock losses become ChannelLost;
     other Service Bus errors pass through to the pump."""
@@ -53,16 +98,16 @@ class ServiceBusSessionChannel:
         self._receiver = receiver
         self._first = first or []  # received with the accept; served by the first receive()
         # The SDK's receivers are not coroutine-safe, and the lock renewal runs beside the worker:
-        # every call on the receiver takes its turn.
-        self._turn = asyncio.Lock()
+        # every call on the receiver takes its turn; the renewal's goes first.
+        self._turns = Turns()
 
     @property
     def session_id(self) -> str:
         return str(self._receiver.session.session_id)
 
-    async def _call(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, operation: Any, *args: Any, urgent: bool = False, **kwargs: Any) -> Any:
         try:
-            async with self._turn:
+            async with self._turns.turn(urgent=urgent):
                 return await operation(*args, **kwargs)
         except (SessionLockLostError, MessageLockLostError) as error:
             raise ChannelLost(repr(error)) from error
@@ -77,7 +122,9 @@ class ServiceBusSessionChannel:
     async def renew_lock(self) -> None:
         # Bounded: a renewal holds the receiver's turn, and settlements queue behind it; the SDK's
         # default would wait up to the broker's 60 s, past the lock it is meant to keep.
-        await self._call(self._receiver.session.renew_lock, timeout=RENEW_TIMEOUT_SECONDS)
+        await self._call(
+            self._receiver.session.renew_lock, timeout=RENEW_TIMEOUT_SECONDS, urgent=True
+        )
 
     async def receive(self, max_count: int, wait: float) -> list[Inbound]:
         if self._first:
@@ -135,6 +182,16 @@ class ServiceBusSessionChannel:
             reason=reason,
             error_description=description,
         )
+
+
+class LaneOffer(Protocol):
+    """The lane holder, as the session pump sees it (adapters/servicebus_lanes.py)."""
+
+    pause_seconds: float  # how long the pump accepts nothing after letting a lane go
+
+    def is_lane(self, session_id: str) -> bool: ...
+
+    def offer(self, session_id: str, receiver: Any, first: list[Any]) -> bool: ...
 
 
 class QuietEmptyAcceptCleanup(logging.Filter):
@@ -196,8 +253,11 @@ class SessionPump:
         idle_seconds: float,
         renew_seconds: float,
         accept_wait_seconds: float = 3.0,
+        lanes: LaneOffer | None = None,
     ) -> None:
         self._client = client
+        self._lanes = lanes
+        self._lanes_paused_until = 0.0
         self._queue = queue
         self._worker = worker
         self._concurrency = concurrency
@@ -236,6 +296,11 @@ class SessionPump:
     async def _loop(self, slot: int) -> None:
         found = True
         while not self._stopping.is_set():
+            paused = self._lanes_paused_until - time.monotonic()
+            if paused > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), paused)
+                continue
             looking = not found  # this slot found nothing last time: look only if no one else does
             if looking and self._looking:
                 await self._until_woken()
@@ -250,10 +315,30 @@ class SessionPump:
             found = accepted is not None
             if accepted is None:
                 continue
-            self._wake(2)
             receiver, first = accepted
+            if self._lanes is not None and self._lanes.is_lane(str(receiver.session.session_id)):
+                await self._offer(receiver, first)
+                continue
+            self._wake(2)
             if not await self._hold(receiver, first):
                 await self._pause()
+
+    async def _offer(self, receiver: Any, first: list[Any]) -> None:
+        """A lane of this consumer's lane count, taken as the next available session (unheld for a
+        moment: handed over between replicas, or its holder gone): to the lane holder if this
+        replica's share wants it; otherwise let go at once (closing costs no delivery), so that the
+        replica whose share it is gets it, and this slot pauses."""
+        assert self._lanes is not None
+        if self._lanes.offer(str(receiver.session.session_id), receiver, first):
+            self._receivers.release()  # the holder closes it
+            self._wake(2)  # lanes are let go together (a rebalance): more may come
+            return
+        self._close_later(receiver)
+        # The broker hands a free session to a waiting next-available accept at once, and every
+        # replica's pump waits in one: all of them step back for a while, or they would take the
+        # lane from each other faster than its owner's accept by id comes.
+        self._lanes_paused_until = time.monotonic() + self._lanes.pause_seconds
+        await self._pause()
 
     async def _until_woken(self) -> None:
         woken = asyncio.get_running_loop().create_future()

@@ -189,12 +189,17 @@ class System:
                                                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
 
     async def start(self) -> None:
-        await self.prepare()
-        self._start("producer-0")
-        for kind, count in self.replicas.items():
-            for n in range(count):
-                self._start(f"{kind}-{n}")
-        await self.wait_ready()
+        """Starts everything; a start that fails stops what it started (no process outlives it)."""
+        try:
+            await self.prepare()
+            self._start("producer-0")
+            for kind, count in self.replicas.items():
+                for n in range(count):
+                    self._start(f"{kind}-{n}")
+            await self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     async def wait_ready(self) -> None:
         deadline = time.monotonic() + 60

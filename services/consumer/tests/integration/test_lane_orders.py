@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from eventflow_consumer.adapters.servicebus_lanes import LaneHolder
 from eventflow_consumer.admin import run as admin
 from eventflow_consumer.bootstrap import Resources, open_resources
-from eventflow_consumer.main import lanes_of, worker_of
-from eventflow_consumer.observability import ConsumerMetrics
 from eventflow_consumer.session_state import SessionState
 from eventflow_contracts.lanes import Lane, lane_of
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
+from eventflow_testing import eventually
 
 from ..conftest import (  # type: ignore[import-not-found]
     Backends,
@@ -30,56 +27,9 @@ from ..conftest import (  # type: ignore[import-not-found]
     item_added,
     order_events,
 )
+from .lanes_support import LANES, holding, summaries_at  # type: ignore[import-not-found]
 
-LANES = 4
 LANE = Lane(LANES, 1).session_id
-
-
-class CountingMetrics(ConsumerMetrics):
-    def __init__(self) -> None:
-        super().__init__()
-        self.deferrals = 0
-
-    def deferred(self) -> None:
-        super().deferred()
-        self.deferrals += 1
-
-
-@asynccontextmanager
-async def holding(
-    backends: Backends, **changes: Any
-) -> AsyncIterator[tuple[Resources, LaneHolder]]:
-    settings = backends.settings(inbox_lanes=LANES, session_renew_seconds=0.5, lane_retry_seconds=0.5,
-                                 unblock_poll_seconds=0.2, **changes)  # fmt: skip
-    async with open_resources(settings) as resources, backends.client() as client:
-        metrics = CountingMetrics()
-        holder = lanes_of(settings, resources, worker_of(settings, resources, metrics), metrics)
-        assert holder is not None
-        holder._client = client  # the test's own client: one connection per lane either way
-        task = asyncio.create_task(holder.run())
-        try:
-            yield resources, holder
-        finally:
-            holder.stop()
-            await task
-
-
-async def until(check: Callable[[], Any], what: str, wait: float = 60.0) -> None:
-    deadline = time.monotonic() + wait
-    while not await check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
-
-
-def summaries_at(resources: Resources, wanted: dict[str, int]) -> Callable[[], Any]:
-    async def check() -> bool:
-        for order_id, sequence in wanted.items():
-            summary = await resources.store.get(order_id)
-            if summary is None or summary["last_sequence"] != sequence:
-                return False
-        return True
-
-    return check
 
 
 def orders_in_lane(count: int, prefix: str = "o") -> list[str]:
@@ -123,11 +73,15 @@ async def blocked_among_fifty(backends: Backends, resources: Resources) -> tuple
     await backends.send(*(inbox_message(raw, LANE) for raw in events[1:]),
                         *(inbox_message(raw, LANE) for o in others for raw in order_events(o)))  # fmt: skip
     started = time.monotonic()
-    await until(
-        summaries_at(resources, dict.fromkeys(others, 4)), "the lane's other orders applied"
+    await eventually(
+        summaries_at(resources, dict.fromkeys(others, 4)),
+        "the lane's other orders applied",
+        wait=60,
     )
     assert time.monotonic() - started < 45, "the other orders waited for the blocked one"
-    await until(deferred_in_lane(resources, blocked, 3), "the blocked order's events deferred")
+    await eventually(
+        deferred_in_lane(resources, blocked, 3), "the blocked order's events deferred", wait=60
+    )
     assert (await resources.store.get(blocked))["last_sequence"] == 1  # type: ignore[index]
     return blocked, others
 
@@ -187,7 +141,9 @@ async def test_unblock_without_a_holder_changes_nothing(backends: Backends, caps
         events = order_events(order_id)
         await backends.send(inbox_message(events[0], LANE), inbox_message(poison(order_id, 2), LANE),
                             inbox_message(events[1], LANE))  # fmt: skip
-        await until(deferred_in_lane(resources, order_id, 1), "blocked, its event deferred")
+        await eventually(
+            deferred_in_lane(resources, order_id, 1), "blocked, its event deferred", wait=60
+        )
     capsys.readouterr()
     assert await admin(["unblock", order_id, "--wait", "2"]) == 1
     assert "nothing changed" in capsys.readouterr().out
@@ -207,14 +163,22 @@ async def test_under_block_an_early_event_waits_then_blocks_its_order_only(
     await backends.send(inbox_message(events[0], LANE), inbox_message(events[2], LANE))  # 2 missing
     async with holding(backends, poison_policy="block", gap_wait_seconds=3) as (resources, _):
         await backends.send(*(inbox_message(order_events(o)[0], LANE) for o in others))
-        await until(summaries_at(resources, dict.fromkeys(others, 1)), "the other orders applied")
-        await until(deferred_in_lane(resources, late, 1), "the early event deferred after the wait")
+        await eventually(
+            summaries_at(resources, dict.fromkeys(others, 1)), "the other orders applied", wait=60
+        )
+        await eventually(
+            deferred_in_lane(resources, late, 1), "the early event deferred after the wait", wait=60
+        )
         (record,) = await resources.store.list_blocked()
         assert record["reason"].startswith("sequence-gap")
         await backends.send(inbox_message(events[1], LANE))  # the missing one: deferred as well
-        await until(deferred_in_lane(resources, late, 2), "the missing event deferred")
+        await eventually(
+            deferred_in_lane(resources, late, 2), "the missing event deferred", wait=60
+        )
         assert await admin(["unblock", late, "--wait", "30"]) == 0
-        await until(summaries_at(resources, {late: 3}), "replayed in event order: 2, then 3")
+        await eventually(
+            summaries_at(resources, {late: 3}), "replayed in event order: 2, then 3", wait=60
+        )
         summary = await resources.store.get(late)
         assert summary is not None
         assert summary["skipped"] == []
@@ -229,11 +193,15 @@ async def test_a_hot_order_past_its_cap_is_deferred_and_brought_back_in_order(
     await backends.send(*(inbox_message(raw, LANE) for raw in hot_events))
     await backends.send(*(inbox_message(raw, LANE) for o in others for raw in order_events(o)))
     async with holding(backends, order_max_in_flight=5) as (resources, holder):
-        await until(summaries_at(resources, {hot: 40} | dict.fromkeys(others, 4)), "all applied")
+        await eventually(
+            summaries_at(resources, {hot: 40} | dict.fromkeys(others, 4)), "all applied", wait=60
+        )
         summary = await resources.store.get(hot)
         assert summary is not None
         assert (len(summary["lines"]), summary["skipped"]) == (40, [])
-        await until(deferred_in_lane(resources, hot, 0), "every record forgotten after settling")
+        await eventually(
+            deferred_in_lane(resources, hot, 0), "every record forgotten after settling", wait=60
+        )
         assert holder._worker._observer.deferrals >= 10  # type: ignore[attr-defined]  # past the cap
         assert holder._worker.settled >= len(hot_events) + 4 * len(others)
     assert await backends.dead_letters() == []
@@ -289,7 +257,9 @@ async def test_an_unblock_cut_short_by_a_stop_is_finished_by_the_lanes_next_hold
         events = order_events(order_id)
         await backends.send(inbox_message(events[0], LANE), inbox_message(poison(order_id, 2), LANE),
                             *(inbox_message(raw, LANE) for raw in events[1:]))  # fmt: skip
-        await until(deferred_in_lane(resources, order_id, 3), "blocked, its events deferred")
+        await eventually(
+            deferred_in_lane(resources, order_id, 3), "blocked, its events deferred", wait=60
+        )
         faults.outage(60.0, operation="batch", path_contains=f"/dbs/{cosmos_database.name}/")
         command = asyncio.create_task(admin(["unblock", order_id, "--wait", "30"]))
 
@@ -297,7 +267,7 @@ async def test_an_unblock_cut_short_by_a_stop_is_finished_by_the_lanes_next_hold
             record = await resources.store.blocked_record(order_id)
             return record is not None and "unblock_started" in record
 
-        await until(taken_on, "the lane's holder took the unblock on")
+        await eventually(taken_on, "the lane's holder took the unblock on", wait=60)
         await asyncio.sleep(1.0)  # its first replayed event waits out the outage
     faults.reset_faults()
     async with open_resources(backends.settings()) as resources:

@@ -4,21 +4,17 @@ without holding up its lane's other orders, a lane-mismatch, and a lane lock los
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from eventflow_consumer.adapters.servicebus_lanes import LaneHolder
-from eventflow_consumer.bootstrap import Resources, open_resources, worker_of
-from eventflow_consumer.main import lanes_of
-from eventflow_consumer.observability import ConsumerMetrics
+from eventflow_consumer.bootstrap import Resources
 from eventflow_contracts.lanes import Lane, lane_of, session_id_for
 from eventflow_emulators.messaging.testing import messaging_emulator
+from eventflow_testing import eventually
 
 from ..conftest import (  # type: ignore[import-not-found]
     Backends,
@@ -27,45 +23,7 @@ from ..conftest import (  # type: ignore[import-not-found]
     item_added,
     order_events,
 )
-
-LANES = 4
-
-
-@asynccontextmanager
-async def holding(
-    backends: Backends, **changes: Any
-) -> AsyncIterator[tuple[Resources, LaneHolder]]:
-    settings = backends.settings(inbox_lanes=LANES, session_renew_seconds=0.5, lane_retry_seconds=0.5,
-                                 **changes)  # fmt: skip
-    async with open_resources(settings) as resources, backends.client() as client:
-        metrics = ConsumerMetrics()
-        holder = lanes_of(settings, resources, worker_of(settings, resources, metrics), metrics)
-        assert holder is not None
-        holder._client = client  # the test's own client: one connection per lane either way
-        task = asyncio.create_task(holder.run())
-        try:
-            yield resources, holder
-        finally:
-            holder.stop()
-            await task
-
-
-async def until(check: Callable[[], Any], what: str, wait: float = 30.0) -> None:
-    deadline = time.monotonic() + wait
-    while not await check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
-
-
-def summaries_at(resources: Resources, wanted: dict[str, int]) -> Callable[[], Any]:
-    async def check() -> bool:
-        for order_id, sequence in wanted.items():
-            summary = await resources.store.get(order_id)
-            if summary is None or summary["last_sequence"] != sequence:
-                return False
-        return True
-
-    return check
+from .lanes_support import LANES, holding, summaries_at  # type: ignore[import-not-found]
 
 
 def orders_in_lane(index: int, count: int, prefix: str = "o") -> list[str]:
@@ -85,7 +43,7 @@ async def test_many_orders_per_lane_are_applied_in_order_and_once(backends: Back
     await backends.send(*messages)
     await backends.send(*messages[:20])  # the same message ids again: dropped by the broker
     async with holding(backends) as (resources, holder):
-        await until(summaries_at(resources, dict.fromkeys(orders, 4)), "every order applied")
+        await eventually(summaries_at(resources, dict.fromkeys(orders, 4)), "every order applied")
         assert holder.held == {Lane(LANES, n).session_id for n in range(LANES)}
         for order_id in orders:
             summary = await resources.store.get(order_id)
@@ -105,15 +63,19 @@ async def test_an_early_event_waits_without_holding_up_its_lanes_other_orders(
     lane = Lane(LANES, 1).session_id
     await backends.send(inbox_message(order_events(late)[0], lane))
     async with holding(backends, gap_wait_seconds=60) as (resources, _):
-        await until(summaries_at(resources, {late: 1}), "the first event applied")
+        await eventually(summaries_at(resources, {late: 1}), "the first event applied")
         await backends.send(inbox_message(order_events(late)[2], lane))  # 3 before 2: early
         await backends.send(*(inbox_message(order_events(o)[0], lane) for o in others))
         started = time.monotonic()
-        await until(summaries_at(resources, dict.fromkeys(others, 1)), "the other orders applied")
+        await eventually(
+            summaries_at(resources, dict.fromkeys(others, 1)), "the other orders applied"
+        )
         assert time.monotonic() - started < 30, "the lane's other orders waited for the early event"
         assert (await resources.store.get(late))["last_sequence"] == 1  # type: ignore[index]
         await backends.send(inbox_message(order_events(late)[1], lane))
-        await until(summaries_at(resources, {late: 3}), "the missing event, then the waiting one")
+        await eventually(
+            summaries_at(resources, {late: 3}), "the missing event, then the waiting one"
+        )
     assert await backends.dead_letters() == []
 
 
@@ -125,8 +87,8 @@ async def test_an_event_in_the_wrong_lane_is_dead_lettered_lane_mismatch(
     await backends.send(inbox_message(order_events("o1")[0], wrong, "misrouted"))
     await backends.send(inbox_message(order_events("o2")[0], session_id_for("o2", LANES)))
     async with holding(backends) as (resources, _):
-        await until(backends.has_dead_letters, "dead-lettered")
-        await until(summaries_at(resources, {"o2": 1}), "the other order applied")
+        await eventually(backends.has_dead_letters, "dead-lettered")
+        await eventually(summaries_at(resources, {"o2": 1}), "the other order applied")
         assert await resources.store.get("o1") is None
     (dead,) = await backends.dead_letters()
     assert (dead.message_id, dead.dead_letter_reason) == ("misrouted", "lane-mismatch")
@@ -155,16 +117,18 @@ async def test_a_lane_lock_lost_under_load_costs_a_delivery_and_no_dead_letter(
         inbox_message(raw, session_id_for(o, LANES)) for o in orders for raw in order_events(o)
     ]
     async with holding(backends) as (resources, holder):
-        await until(lambda: _held_all(holder), "lanes held")
+        await eventually(lambda: _held_all(holder), "lanes held")
         await backends.send(*messages[: len(messages) // 2])
-        await until(lambda: _applied_some(resources, orders), "orders flowing")
+        await eventually(lambda: _applied_some(resources, orders), "orders flowing")
         expired = sum(
             backends.admin.expire_lock(backends.queue, session_id=Lane(LANES, n).session_id)
             for n in range(LANES)
         )
         assert expired >= 1
         await backends.send(*messages[len(messages) // 2 :])
-        await until(summaries_at(resources, dict.fromkeys(orders, 4)), "every order applied", 120)
+        await eventually(
+            summaries_at(resources, dict.fromkeys(orders, 4)), "every order applied", wait=120
+        )
         assert holder.accepts >= LANES + expired  # each expired lane was accepted again
     assert await backends.dead_letters() == []
 
@@ -187,8 +151,8 @@ async def test_a_copy_of_an_applied_event_is_completed_without_effect(backends: 
     await backends.send(inbox_message(created, lane), inbox_message(added, lane),
                         inbox_message(added, lane, "copy-of-2"))  # fmt: skip
     async with holding(backends) as (resources, holder):
-        await until(summaries_at(resources, {"o1": 2}), "applied")
-        await until(lambda: _handled(holder, 3), "the copy handled")
+        await eventually(summaries_at(resources, {"o1": 2}), "applied")
+        await eventually(lambda: _handled(holder, 3), "the copy handled")
         summary = await resources.store.get("o1")
         assert summary is not None
         assert len(summary["lines"]) == 2  # created with one line, one added once

@@ -112,23 +112,27 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-async def _servicebus(settings: Settings, stack: AsyncExitStack) -> Any:
+async def _servicebus_client(settings: Settings, stack: AsyncExitStack, **options: Any) -> Any:
+    """A Service Bus client for the mode (not opened); `options` go to the SDK's constructor."""
     from azure.servicebus.aio import ServiceBusClient as AzureServiceBusClient  # noqa: PLC0415
 
     if settings.mode != "azure":
         assert settings.servicebus_connection_string is not None
-        servicebus = AzureServiceBusClient.from_connection_string(
-            settings.servicebus_connection_string.get_secret_value(), ssl_context=tls_context()
-        )
-    else:
-        from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
+        return AzureServiceBusClient.from_connection_string(
+            settings.servicebus_connection_string.get_secret_value(), ssl_context=tls_context(),
+            **options,
+        )  # fmt: skip
+    from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
 
-        credential = await stack.enter_async_context(DefaultAzureCredential())
-        assert settings.servicebus_namespace is not None
-        servicebus = AzureServiceBusClient(
-            settings.servicebus_namespace, credential, ssl_context=tls_context()
-        )
-    client = await stack.enter_async_context(servicebus)
+    credential = await stack.enter_async_context(DefaultAzureCredential())
+    assert settings.servicebus_namespace is not None
+    return AzureServiceBusClient(
+        settings.servicebus_namespace, credential, ssl_context=tls_context(), **options
+    )
+
+
+async def _servicebus(settings: Settings, stack: AsyncExitStack) -> Any:
+    client = await stack.enter_async_context(await _servicebus_client(settings, stack))
     # The broker answers for the inbox: a peek at its dead-letter queue takes no session and no
     # lock, and needs no more than the receiving right the service has anyway.
     async with client.get_queue_receiver(
@@ -138,39 +142,17 @@ async def _servicebus(settings: Settings, stack: AsyncExitStack) -> Any:
     return client
 
 
-async def _projections(settings: Settings, stack: AsyncExitStack) -> Any:
-    """The projections container, created where the service may create it."""
+async def _container(settings: Settings, stack: AsyncExitStack, name: str, key_path: str) -> Any:
+    """A container of the consumer's database, created (TTL on, default -1: an item's own `ttl`
+    expires it) where the service may create it, else read to prove it is there."""
     cosmos = await open_cosmos_client(settings, stack)
     if not settings.creates_containers:
-        container = cosmos.get_database_client(settings.database).get_container_client(
-            settings.projections_container
-        )
+        container = cosmos.get_database_client(settings.database).get_container_client(name)
         await container.read()
         return container
     database = await cosmos.create_database_if_not_exists(settings.database)
     return await database.create_container_if_not_exists(
-        id=settings.projections_container, partition_key=PartitionKey(path=PARTITION_KEY_PATH),
-        default_ttl=-1,
-    )  # fmt: skip
-
-
-async def _members(settings: Settings, stack: AsyncExitStack) -> Any:
-    """The membership container of the lanes' fair share (eventflow_consumer.share): its own
-    container, not the projections', so that clearing or rebuilding the projection never touches
-    it and its records (one per replica, seconds long) never mix with orders. TTL on (default -1:
-    an item's own `ttl` expires it)."""
-    cosmos = await open_cosmos_client(settings, stack)
-    if not settings.creates_containers:
-        container = cosmos.get_database_client(settings.database).get_container_client(
-            settings.members_container
-        )
-        await container.read()
-        return container
-    database = await cosmos.create_database_if_not_exists(settings.database)
-    return await database.create_container_if_not_exists(
-        id=settings.members_container,
-        partition_key=PartitionKey(path=MEMBERS_PARTITION_KEY_PATH),
-        default_ttl=-1,
+        id=name, partition_key=PartitionKey(path=key_path), default_ttl=-1
     )
 
 
@@ -180,23 +162,7 @@ async def _lane_client(settings: Settings, stack: AsyncExitStack) -> Any:
     azure-servicebus retries with exponential backoff (each try a new connection): a lane let go a
     moment later was then taken ~15 s late. The lane holder retries every LANE_RETRY_SECONDS itself;
     a held lane's failed receive or settlement releases the lane, which is accepted again."""
-    from azure.servicebus.aio import ServiceBusClient as AzureServiceBusClient  # noqa: PLC0415
-
-    if settings.mode != "azure":
-        assert settings.servicebus_connection_string is not None
-        client = AzureServiceBusClient.from_connection_string(
-            settings.servicebus_connection_string.get_secret_value(), ssl_context=tls_context(),
-            retry_total=0,
-        )  # fmt: skip
-    else:
-        from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
-
-        credential = await stack.enter_async_context(DefaultAzureCredential())
-        assert settings.servicebus_namespace is not None
-        client = AzureServiceBusClient(
-            settings.servicebus_namespace, credential, ssl_context=tls_context(), retry_total=0
-        )
-    return await stack.enter_async_context(client)
+    return await stack.enter_async_context(await _servicebus_client(settings, stack, retry_total=0))
 
 
 def _setup_problem(backend: Backend, error: BaseException) -> ConfigurationError | None:
@@ -268,7 +234,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     Bus answer (`waited_for`: waits out outages, raises ConfigurationError for a wrong setup)."""
     cosmos, servicebus_backend = _backends(settings)
     async with AsyncExitStack() as stack:
-        container = await waited_for(cosmos, stack, lambda attempt: _projections(settings, attempt))
+        container = await waited_for(cosmos, stack, lambda attempt: _container(
+            settings, attempt, settings.projections_container, PARTITION_KEY_PATH))  # fmt: skip
         servicebus = await waited_for(
             servicebus_backend, stack, lambda attempt: _servicebus(settings, attempt)
         )
@@ -278,7 +245,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                        "service does not create it (CONSUMER_CREATE_CONTAINERS)")  # fmt: skip
             members = await waited_for(
                 Backend(cosmos.name, cosmos.credential, missing), stack,
-                lambda attempt: _members(settings, attempt),
+                lambda attempt: _container(
+                    settings, attempt, settings.members_container, MEMBERS_PARTITION_KEY_PATH),
             )  # fmt: skip
         lane_servicebus = await _lane_client(settings, stack) if settings.inbox_lanes else None
         LOG.info(

@@ -23,8 +23,9 @@ param consumerImage string = ''
 @description('The write pattern of producer and publisher (docs/patterns.md).')
 param writePattern string = 'outbox'
 
-@minValue(1)
-@description('Session lanes of the inbox (subscriber and consumer); the consumer runs at most this many replicas.')
+@minValue(0)
+@maxValue(4096)
+@description('Session lanes of the inbox (subscriber and consumer); 0: one session per order, as before lanes (docs/operations.md: a first deployment whose subscriber may start before its consumers).')
 param inboxLanes int = 32
 
 @description('Alert notifications: an email address and/or a webhook URL (an action group); empty: alerts notify nobody.')

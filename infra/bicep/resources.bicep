@@ -10,8 +10,9 @@ param images object
 param writePattern string = 'outbox'
 @description('Object id of the deploying user: Cosmos DB Built-in Data Reader on order-summaries (make verify-azure). Empty: nothing granted.')
 param principalId string = ''
-@minValue(1)
-@description('Session lanes of the inbox: the subscriber spreads orders over them; the consumer replicas share them, ceil(lanes / replicas) each at most.')
+@minValue(0)
+@maxValue(4096)
+@description('Session lanes of the inbox: the subscriber spreads orders over them; the consumer replicas share them, ceil(lanes / replicas) each at most. 0: one session per order.')
 param inboxLanes int = 32
 
 // The consumer's scale-out with lanes: see the consumer app's maxReplicas and scale rule below.

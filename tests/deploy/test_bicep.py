@@ -601,3 +601,15 @@ def test_azd_keeps_the_scale_rule_identities_on_deploy() -> None:
     for name, service in azure["services"].items():
         assert service["apiVersion"] == app["api_version"], name
     assert app["api_version"] >= "2024-02-02-preview", "scale-rule identity and identitySettings"
+
+
+def test_the_lane_count_takes_zero_and_stops_at_the_contracts_limit() -> None:
+    """0 (one session per order) is what docs/operations.md tells a first deployment to use when
+    its subscriber may start before its consumers; the top is what the services accept."""
+    from eventflow_contracts.lanes import MAX_LANES  # noqa: PLC0415
+
+    for name in ("main.bicep", "resources.bicep"):
+        text = (BICEP / name).read_text()
+        decorators = text[: text.index("param inboxLanes int")].rsplit("\nparam ", 1)[-1]
+        assert "@minValue(0)" in decorators, name
+        assert f"@maxValue({MAX_LANES})" in decorators, name

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 from eventflow_consumer.adapters.cosmos_projection import CosmosProjectionStore
 from eventflow_consumer.bootstrap import open_resources
 from eventflow_contracts.lanes import Lane, session_id_for
+from eventflow_testing import eventually
 
 from ..conftest import Backends, inbox_message, order_events  # type: ignore[import-not-found]
 
@@ -65,12 +65,12 @@ class Consumer:
         self.most_held = len(self.held)
 
 
-async def until(check: Callable[[], bool], what: Callable[[], str], wait: float) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < wait, what()
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
+async def until(check: Callable[[], bool], what: Callable[[], str], wait: float) -> None:
+    """eventually(), its failure naming the replicas' state at that moment."""
+    try:
+        await eventually(check, "the lanes' condition", wait=wait)
+    except AssertionError:
+        raise AssertionError(what()) from None
 
 
 def fair(consumers: list[Consumer]) -> Callable[[], bool]:
@@ -134,13 +134,12 @@ async def test_replicas_converge_to_a_fair_share_and_take_a_killed_ones_lanes(
 
 
 async def _eventually(read: Callable[[], Any], wait: float) -> dict[str, Any]:
-    deadline = time.monotonic() + wait
-    while True:
+    async def applied() -> dict[str, Any] | None:
         summary = await read()
-        if summary is not None and summary["last_sequence"] == 4:
-            return dict(summary)
-        assert time.monotonic() < deadline, f"not applied: {summary}"
-        await asyncio.sleep(0.2)
+        return dict(summary) if summary is not None and summary["last_sequence"] == 4 else None
+
+    found: dict[str, Any] = await eventually(applied, "every event of the order applied", wait=wait)
+    return found
 
 
 async def test_replicas_starting_together_on_a_new_database_all_connect(backends: Backends) -> None:

@@ -16,6 +16,7 @@ from eventflow_consumer.ports import Inbound
 from eventflow_consumer.session_state import SessionState
 from eventflow_consumer.sessions import ConsumerObserver, WorkerSettings
 from eventflow_contracts.lanes import session_id_for
+from eventflow_testing import eventually
 
 from ..conftest import item_added, order_events  # type: ignore[import-not-found]
 from .fakes import FakeChannel, FakeStore  # type: ignore[import-not-found]
@@ -199,10 +200,7 @@ async def test_an_idle_lane_asks_for_one_message_and_a_busy_one_for_a_batch() ->
 
 
 async def until(check: Callable[[], bool], wait: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + wait
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.005)
+    await eventually(check, "the lane's condition", wait=wait, every=0.005)
 
 
 def test_the_consumer_holds_its_lanes_unless_there_are_none() -> None:

@@ -13,7 +13,11 @@ that handles its queue in arrival order. Every guarantee of the session worker h
 - an early event waits, locked, for its predecessor **without holding up the lane**: the lane's
   other orders flow meanwhile; after `gap_wait_seconds` (from that order's first early event) the
   policy applies: skip applies the waiting events over the gap, block blocks the order; more than
-  `max_waiting` waiting events of one order end that order's wait early;
+  `max_waiting` waiting events of one order end that order's wait early. With a generation barrier
+  (barrier.py) the gap wait starts only once no other session of the inbox (the order's lane under
+  another lane count, its own per-order session) holds an earlier event of the order: until then
+  the order looks again every `barrier.poll_seconds`, re-reading its summary each time, so an
+  earlier event applied from the other session releases the waiting ones at once;
 - the block policy blocks **one order**: its blocked record is written first, then each of its
   messages (the poison one is dead-lettered) is recorded in the store and deferred in the lane;
   the lane's other orders go on. `unblock` is a request in the store that the lane's holder
@@ -49,6 +53,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from eventflow_consumer.barrier import GenerationBarrier
 from eventflow_consumer.handling import Decision, InboxHandler, SummaryCache
 from eventflow_consumer.ports import Inbound, OrderRecords, SessionChannel, TransientStoreError
 from eventflow_consumer.session_state import SessionState
@@ -86,6 +91,8 @@ class _Order:
     queue: list[Inbound] = field(default_factory=list)
     waiting: list[Inbound] = field(default_factory=list)
     waiting_until: float | None = None
+    barrier: bool = False  # the wait is behind the generation barrier: the gap wait has not begun
+    elsewhere: str | None = None  # the other session the barrier last named
     task: asyncio.Task[None] | None = None
     retry_at: float = 0.0
     overflow: list[Inbound] = field(default_factory=list)  # to be recorded and deferred
@@ -129,9 +136,11 @@ class LaneWorker:
         *,
         observer: ConsumerObserver | None = None,
         health: StoreHealth | None = None,
+        barrier: GenerationBarrier | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._handler = handler
+        self._barrier = barrier
         self._records = records
         self._settings = settings or LaneSettings()
         self._observer = observer or ConsumerObserver()
@@ -143,12 +152,17 @@ class LaneWorker:
     def policy(self) -> str:
         return self._settings.worker.policy
 
-    async def hold(self, channel: SessionChannel, stopping: Callable[[], bool]) -> None:
+    async def hold(
+        self, channel: SessionChannel, stopping: Callable[[], bool], *, drain: bool = False
+    ) -> None:
         """Handle the held lane until `stopping()`; then finish the messages in handling and return
         (queued and waiting ones are let go unsettled, which costs no delivery). Raises
         ChannelLost and the channel's broker errors (the caller releases the lane; what was not
-        settled returns to the queue)."""
-        lane = _Lane(self, channel, stopping)
+        settled returns to the queue). `drain`: return as well once the lane is drained, a receive
+        of `idle_seconds` brought nothing and no order has work left (an order blocked or with
+        deferred messages keeps the lane held, so that its unblock is carried out): for a lane of
+        another lane count, which no replica holds for good."""
+        lane = _Lane(self, channel, stopping, drain)
         try:
             try:
                 await lane.restore()
@@ -165,9 +179,13 @@ class _Lane:
     """The state of one held lane, for as long as it is held."""
 
     def __init__(
-        self, worker: LaneWorker, channel: SessionChannel, stopping: Callable[[], bool]
+        self,
+        worker: LaneWorker,
+        channel: SessionChannel,
+        stopping: Callable[[], bool],
+        drain: bool = False,
     ) -> None:
-        self.worker, self.channel, self.stopping = worker, channel, stopping
+        self.worker, self.channel, self.stopping, self.drain = worker, channel, stopping, drain
         self.records = worker._records
         self.settings = worker._settings
         self.orders: dict[str, _Order] = {}
@@ -191,6 +209,8 @@ class _Lane:
         before they were forgotten, or recorded and never deferred), an interrupted unblock is
         taken up again, capped messages are brought back."""
         lane = self.channel.session_id
+        if self.worker._barrier is not None:
+            await self.worker._barrier.seen(lane)
         await self._adopt_lane_block()
         records = await self._store(lambda: self.records.lane_records(lane))
         numbers = [n for messages in records.deferred.values() for n in messages]
@@ -275,6 +295,9 @@ class _Lane:
             for inbound in batch:
                 self._dispatch(inbound)
             self._expire_gaps()
+            if self.drain and not batch and not self.orders and not self.settling:
+                self.log.info("lane drained: released")
+                break
         self._raise_failure()
 
     async def _until_room(self) -> None:
@@ -442,7 +465,10 @@ class _Lane:
             order.waiting.append(inbound)
             order.waiting.sort(key=_event_order)
             if order.waiting_until is None:
-                order.waiting_until = self.worker._clock() + self.settings.worker.gap_wait_seconds
+                barrier = self.worker._barrier
+                order.barrier = barrier is not None and order.order_id is not None
+                wait = barrier.poll_seconds if barrier and order.barrier else self._gap_wait()
+                order.waiting_until = self.worker._clock() + wait
             self.worker._observer.waited()
             self.log.info("early: waiting for the events before it", message_id=delivery.message_id,
                           sequence=decision.sequence)  # fmt: skip
@@ -498,12 +524,18 @@ class _Lane:
                 order.waiting.insert(0, first)
                 return
             await self._settle(order, first, decision)
-        order.waiting_until = None
+        order.waiting_until, order.barrier, order.elsewhere = None, False, None
+
+    def _gap_wait(self) -> float:
+        return self.settings.worker.gap_wait_seconds
 
     async def _gap_expired(self, order: _Order) -> None:
         """The predecessors did not come in time (or too many wait): skip applies the waiting
         events over the gap (the projection records the missing sequences as skipped); block
-        blocks the order, and its waiting events are deferred."""
+        blocks the order, and its waiting events are deferred. Behind the generation barrier, the
+        order looks again instead (`_behind_barrier`)."""
+        if order.barrier and await self._behind_barrier(order):
+            return
         waiting, order.waiting, order.waiting_until = order.waiting, [], None
         if not waiting:
             return
@@ -522,6 +554,41 @@ class _Lane:
             if decision is not None:
                 await self._settle(order, inbound, decision)
 
+    async def _behind_barrier(self, order: _Order) -> bool:
+        """One look of the generation barrier: the waiting events are decided again (an earlier
+        event may have been applied from another session meanwhile); for those still early, if
+        another session holds (or may hold) an earlier event of the order, the next look is
+        scheduled; otherwise the barrier is passed and the gap wait begins now. True: the order
+        keeps waiting (or has nothing left waiting); False: the policy applies now."""
+        barrier, order_id = self.worker._barrier, order.order_id
+        assert barrier is not None
+        assert order_id is not None
+        await self._release_waiting(order)
+        if not order.waiting:
+            return True
+        first = order.waiting[0].delivery.event_sequence or 0
+        lane, now = self.channel.session_id, self.worker._clock()
+        try:
+            elsewhere = await barrier.earlier_elsewhere(order_id, lane, first)
+        except Exception as error:  # noqa: BLE001 - a store outage, a broker error: look again
+            self.log.warning("the generation barrier could not look; it looks again", order=order_id,
+                             error=repr(error))  # fmt: skip
+            order.barrier, order.waiting_until = True, now + barrier.poll_seconds
+            return True
+        order.barrier = True
+        if elsewhere is None:
+            order.barrier, order.elsewhere = False, None
+            order.waiting_until = now + self._gap_wait()
+            self.log.info("no other session holds earlier events of the order: the gap wait begins",
+                          order=order_id, first_waiting=first)  # fmt: skip
+            return len(order.waiting) <= self.settings.worker.max_waiting
+        if elsewhere != order.elsewhere:
+            self.log.info("waiting for an earlier event in another session", order=order_id,
+                          first_waiting=first, session=elsewhere)  # fmt: skip
+        order.elsewhere = elsewhere
+        order.waiting_until = now + barrier.poll_seconds
+        return True
+
     # -- blocking, deferring, bringing back --------------------------------------------------
 
     async def _block(self, order: _Order, reason: str) -> None:
@@ -534,6 +601,7 @@ class _Lane:
         held = order.waiting + [i for i in order.queue if i is not _GAP_EXPIRED]
         order.overflow = held + order.overflow
         order.waiting, order.queue, order.waiting_until = [], [], None
+        order.barrier, order.elsewhere = False, None
         self.worker._observer.blocked()
         self.log.warning("order blocked", order=order_id, reason=reason)
 

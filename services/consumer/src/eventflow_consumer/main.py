@@ -21,9 +21,10 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from eventflow_consumer.adapters.cosmos_membership import CosmosMembership
-from eventflow_consumer.adapters.servicebus_lanes import LaneHolder
+from eventflow_consumer.adapters.cosmos_membership import CosmosLaneCounts, CosmosMembership
+from eventflow_consumer.adapters.servicebus_lanes import LaneHolder, ServiceBusSessionProbe
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump
+from eventflow_consumer.barrier import GenerationBarrier
 from eventflow_consumer.bootstrap import ConfigurationError, Resources, open_resources, worker_of
 from eventflow_consumer.handling import InboxHandler
 from eventflow_consumer.lanes import LaneSettings, LaneWorker
@@ -66,10 +67,12 @@ def lanes_of(
     metrics: ConsumerMetrics,
     *,
     shared: bool = False,
+    barrier: GenerationBarrier | None = None,
 ) -> LaneHolder | None:
     """The holder of this consumer's lanes, or None: no lanes (`INBOX_LANES` 0). Both poison
     policies run per order inside a lane. `shared`: the holder waits for its plan from the fair
-    share (`share_of`); otherwise it tries every lane."""
+    share (`share_of`); otherwise it tries every lane. `barrier`: the generation barrier
+    (`barrier_of`) early events wait behind before their gap wait starts."""
     if settings.inbox_lanes == 0:
         return None
     worker_settings = WorkerSettings(
@@ -86,7 +89,7 @@ def lanes_of(
     )  # fmt: skip
     worker = LaneWorker(
         InboxHandler(resources.store), resources.store, lane_settings, observer=metrics,
-        health=sessions.health,
+        health=sessions.health, barrier=barrier,
     )  # fmt: skip
     session_ids = [Lane(settings.inbox_lanes, n).session_id for n in range(settings.inbox_lanes)]
     return LaneHolder(
@@ -95,6 +98,20 @@ def lanes_of(
         unplanned_retry_seconds=settings.lane_share_seconds if shared else None,
         prefetch=settings.lane_prefetch, wanted=frozenset() if shared else None,
     )  # fmt: skip
+
+
+def barrier_of(settings: Settings, resources: Resources) -> GenerationBarrier | None:
+    """The generation barrier: the lane counts the inbox has been used with in the consumer's
+    store, and looks into the inbox's other sessions through the lanes' client."""
+    if settings.inbox_lanes == 0 or resources.members is None:
+        return None
+    return GenerationBarrier(
+        CosmosLaneCounts(resources.members, queue=settings.inbox_queue),
+        ServiceBusSessionProbe(
+            resources.lane_servicebus or resources.servicebus, settings.inbox_queue
+        ),
+        poll_seconds=settings.lane_barrier_seconds,
+    )
 
 
 def share_of(settings: Settings, resources: Resources, holder: LaneHolder) -> LaneShare:
@@ -145,15 +162,18 @@ async def run(settings: Settings, telemetry: Telemetry | None = None) -> None:
                 return
             connected.append(resources)
             worker = worker_of(settings, resources, metrics)
+            barrier = barrier_of(settings, resources)
             holder = lanes_of(
-                settings, resources, worker, metrics, shared=resources.members is not None
-            )
+                settings, resources, worker, metrics, shared=resources.members is not None,
+                barrier=barrier,
+            )  # fmt: skip
             share = share_of(settings, resources, holder) if holder and resources.members else None
             pump = SessionPump(
                 resources.servicebus, settings.inbox_queue, worker,
                 concurrency=settings.leftover_sessions if holder else settings.max_concurrent_sessions,
                 idle_seconds=settings.session_idle_seconds, renew_seconds=settings.session_renew_seconds,
                 accept_wait_seconds=settings.session_accept_wait_seconds, lanes=holder,
+                seen=barrier.seen if barrier else None, lane_worker=holder.worker if holder else None,
             )  # fmt: skip
             parts = [pump.run()] + ([holder.run()] if holder else [])
             parts += [share.run()] if share else []

@@ -88,6 +88,14 @@ class Settings(BaseSettings, TelemetryFields, AuthFields):
         gt=0,
         description="how often a lane with blocked orders looks for an unblock request",
     )
+    lane_barrier_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often an early event in a lane looks again whether another session of the "
+        "inbox (its order's lane under another lane count, or the order's own session) still holds an "
+        "earlier event of its order; the gap wait starts only once none does (eventflow_consumer.barrier)",
+    )
     cosmos_endpoint: str | None = None
     cosmos_key: SecretStr | None = None
     database: str = "eventflow"

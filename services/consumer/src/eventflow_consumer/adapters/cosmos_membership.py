@@ -7,13 +7,19 @@ one single-partition query. A record not written for `expiry_seconds` no longer 
 deletes it (the item's `ttl`; the container has TTL on, default -1), and until the deletion runs a
 record whose `_ts` is older than the heartbeat just written by this replica, minus the expiry, is
 left out (both times are the server's, so the replicas' clocks do not matter).
+
+CosmosLaneCounts: the lane counts the inbox has been used with (the generation barrier's record,
+eventflow_consumer.barrier), one record in the same container under a logical partition of its own
+(`<inbox>#lane-counts`), so the members query never reads it.
 """
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
+from azure.core import MatchConditions
 from azure.cosmos.exceptions import CosmosHttpResponseError
 
 from eventflow_consumer.adapters.cosmos_projection import _guarded
@@ -57,3 +63,55 @@ class CosmosMembership:
         except CosmosHttpResponseError as error:
             if error.status_code != 404:
                 raise
+
+
+LANE_COUNTS_KEPT = 8
+"""The most recently noted lane counts the record keeps (older ones are assumed drained)."""
+
+
+class CosmosLaneCounts:
+    """`{id: "lane-counts", queue: "<inbox>#lane-counts", counts: [{count, noted}]}`, changed only
+    on its ETag, so concurrent notes never lose one another."""
+
+    def __init__(self, container: Any, *, queue: str) -> None:
+        self._container = container
+        self._key = f"{queue}#lane-counts"
+
+    async def _read(self) -> dict[str, Any] | None:
+        try:
+            record: dict[str, Any] = await _guarded(
+                lambda: self._container.read_item("lane-counts", partition_key=self._key)
+            )
+        except CosmosHttpResponseError as error:
+            if error.status_code == 404:
+                return None
+            raise
+        return record
+
+    async def counts(self) -> list[int]:
+        record = await self._read()
+        return [int(entry["count"]) for entry in (record or {}).get("counts", [])]
+
+    async def note(self, count: int) -> None:
+        while not await self._noted(count, await self._read()):
+            pass  # another replica noted one meanwhile: read again
+
+    async def _noted(self, count: int, record: dict[str, Any] | None) -> bool:
+        entries = list((record or {}).get("counts", []))
+        if any(int(entry["count"]) == count for entry in entries):
+            return True
+        entries.append({"count": count, "noted": datetime.now(UTC).isoformat()})
+        entries = sorted(entries, key=lambda entry: str(entry["noted"]))[-LANE_COUNTS_KEPT:]
+        body = {"id": "lane-counts", "queue": self._key, "counts": entries}
+        try:
+            if record is None:
+                await _guarded(lambda: self._container.create_item(body))
+            else:
+                await _guarded(lambda: self._container.replace_item(
+                    "lane-counts", body, etag=record["_etag"],
+                    match_condition=MatchConditions.IfNotModified))  # fmt: skip
+        except CosmosHttpResponseError as error:
+            if error.status_code in (409, 412):
+                return False
+            raise
+        return True

@@ -10,6 +10,10 @@ in handling are finished, the others let go unsettled). With no plan (no share c
 membership unreadable) every lane not held is tried every `unplanned_retry_seconds`. Closing a
 receiver releases the session without counting a delivery; a lost lock returns the lane's
 unsettled messages to the queue (one delivery each), and the lane is accepted again at once.
+
+ServiceBusSessionProbe is the generation barrier's look into another session (barrier.py): it
+accepts the session by id, peeks its messages and releases it (nothing received, so no delivery
+is counted and no message lock taken).
 """
 
 from __future__ import annotations
@@ -25,13 +29,20 @@ from azure.servicebus.exceptions import (
     SessionCannotBeLockedError,
 )
 
-from eventflow_consumer.adapters.servicebus_sessions import ServiceBusSessionChannel, keep_locked
+from eventflow_consumer.adapters.servicebus_sessions import (
+    PEEK_PAGE,
+    ServiceBusSessionChannel,
+    delivery_of,
+    keep_locked,
+)
 from eventflow_consumer.lanes import RECEIVE_BATCH, LaneWorker
 from eventflow_consumer.ports import ChannelLost
 from eventflow_consumer.sessions import LetGo
+from eventflow_contracts import ContractError, read_routing
 
 LOG = structlog.get_logger("eventflow_consumer.lanes")
 ACCEPT_WAIT_SECONDS = 5.0
+PROBE_MAX_MESSAGES = 5000
 
 
 class LaneHolder:
@@ -73,6 +84,10 @@ class LaneHolder:
     @property
     def lanes(self) -> list[str]:
         return list(self._session_ids)
+
+    @property
+    def worker(self) -> LaneWorker:
+        return self._worker
 
     @property
     def settled(self) -> int:
@@ -230,3 +245,54 @@ async def _close(receiver: Any) -> None:
         await receiver.close()
     except Exception as error:  # noqa: BLE001 - the lock expires on its own
         LOG.warning("closing a lane's receiver failed", error=repr(error))
+
+
+class ServiceBusSessionProbe:
+    """Looks into a session of the inbox for the generation barrier: the lowest event sequence of
+    each order among its messages (active and deferred), or None when another receiver holds the
+    session or it holds more than `max_messages` (then it is being drained, or too large to read:
+    the barrier waits on either way)."""
+
+    def __init__(self, client: Any, queue: str, *, max_messages: int = PROBE_MAX_MESSAGES) -> None:
+        self._client = client
+        self._queue = queue
+        self._max = max_messages
+
+    async def orders_in(self, session_id: str) -> dict[str, int] | None:
+        receiver = self._client.get_queue_receiver(
+            self._queue, session_id=session_id, prefetch_count=0, max_wait_time=ACCEPT_WAIT_SECONDS
+        )
+        try:
+            await receiver.__aenter__()
+        except (SessionCannotBeLockedError, OperationTimeoutError):
+            await _close(receiver)
+            return None
+        except BaseException:
+            await _close(receiver)
+            raise
+        try:
+            return await self._read(receiver)
+        finally:
+            await _close(receiver)
+
+    async def _read(self, receiver: Any) -> dict[str, int] | None:
+        lowest: dict[str, int] = {}
+        start, seen = 1, 0
+        while True:
+            page = await receiver.peek_messages(max_message_count=PEEK_PAGE, sequence_number=start)
+            if not page:
+                return lowest
+            for message in page:
+                delivery = delivery_of(message)
+                if delivery.is_marker:
+                    continue
+                try:
+                    routing = read_routing(delivery.body)
+                except ContractError:
+                    continue  # judged alone wherever it is: it holds no order back
+                order_id = routing.partitionkey
+                lowest[order_id] = min(lowest.get(order_id, routing.sequence), routing.sequence)
+            seen += len(page)
+            if seen >= self._max:
+                return None
+            start = int(page[-1].sequence_number) + 1

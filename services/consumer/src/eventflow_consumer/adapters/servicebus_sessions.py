@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol
 
 import structlog
@@ -22,9 +22,11 @@ from azure.servicebus.exceptions import (
 )
 
 from eventflow_consumer.handling import Delivery, body_of, properties_of
+from eventflow_consumer.lanes import LaneWorker
 from eventflow_consumer.ports import ChannelLost, Inbound
 from eventflow_consumer.session_state import UnknownStateFormat
 from eventflow_consumer.sessions import BATCH, LetGo, SessionFailed, SessionWorker
+from eventflow_contracts.lanes import parse_lane
 
 LOG = structlog.get_logger("eventflow_consumer.sessions")
 PEEK_PAGE = 100
@@ -241,6 +243,10 @@ class SessionPump:
       accepted wakes two more slots, so the slots ramp up with the load instead of every idle slot
       paying a connection and a link per `accept_wait_seconds`.
 
+    - With `lane_worker`, a lane of another lane count (sessions `lanes<M>-<n>` left by a change of
+      the count, or filled by subscribers that use another count) is held by the lane worker, per
+      order as this consumer's own lanes are, until it is drained and no order in it is blocked.
+
     A failure in one session is logged and that session released; the other slots go on."""
 
     def __init__(
@@ -254,9 +260,13 @@ class SessionPump:
         renew_seconds: float,
         accept_wait_seconds: float = 3.0,
         lanes: LaneOffer | None = None,
+        seen: Callable[[str], Coroutine[Any, Any, None]] | None = None,
+        lane_worker: LaneWorker | None = None,
     ) -> None:
         self._client = client
         self._lanes = lanes
+        self._seen = seen  # told of every session held (the generation barrier notes lane counts)
+        self._lane_worker = lane_worker  # for lanes of another lane count, until drained
         self._lanes_paused_until = 0.0
         self._queue = queue
         self._worker = worker
@@ -320,8 +330,15 @@ class SessionPump:
                 await self._offer(receiver, first)
                 continue
             self._wake(2)
+            if self._seen is not None:  # beside the session's handling: it may take a store call
+                self._background(self._seen(str(receiver.session.session_id)))
             if not await self._hold(receiver, first):
                 await self._pause()
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _offer(self, receiver: Any, first: list[Any]) -> None:
         """A lane of this consumer's lane count, taken as the next available session (unheld for a
@@ -419,9 +436,12 @@ class SessionPump:
         renewing = asyncio.create_task(self._keep_locked(channel))
         healthy = False
         try:
-            await self._worker.drain(
-                channel, idle_seconds=self._idle, stopping=self._stopping.is_set
-            )
+            if self._lane_worker is not None and parse_lane(channel.session_id) is not None:
+                await self._lane_worker.hold(channel, stopping=self._stopping.is_set, drain=True)
+            else:
+                await self._worker.drain(
+                    channel, idle_seconds=self._idle, stopping=self._stopping.is_set
+                )
             healthy = True
         except ChannelLost as error:
             log.warning("session lock lost; its messages return to the queue", error=str(error))

@@ -1,0 +1,145 @@
+"""The generation barrier: an early event in a lane does not start its gap wait while an earlier
+event of its order may still wait in **another session** of the inbox. Pure: it talks to the
+broker through the SessionProbe port and to the store through the LaneCounts port.
+
+An order's events travel in the session its lane count names (`lanes<N>-<n>`,
+eventflow_contracts.lanes). When N changes on a live system (or lanes are turned on after one
+session per order), an order's event n may still sit in the old session's backlog while n+1 is
+already in the new one. The gap wait (`GAP_WAIT_SECONDS`) is for events that are missing; an event
+that waits behind a backlog is not missing, and under the skip policy treating it so would skip it
+and dead-letter it later as `skipped-earlier`. So before the gap wait starts, the barrier asks
+whether any other session this order may have used still holds one of its earlier events:
+
+- the other sessions are the order's lane under every lane count the inbox has been used with (the
+  LaneCounts record: each consumer notes its own count when it starts, and the count of every lane
+  session it takes), and the order's own session (one session per order, a release before lanes);
+- a session is looked at by accepting it by id and peeking its messages (active and deferred; a
+  peek locks nothing and counts no delivery); the lowest event sequence of each order in it is
+  kept for `probe_seconds`, so the early events of many orders cost one look per session;
+- a session another receiver holds cannot be looked at: it is being drained (or held by a replica
+  that still uses that count), and the early event waits on;
+- only when no other session holds an earlier event of the order does the ordinary gap wait start.
+
+The barrier never applies anything itself: the lane worker re-reads the order's summary at every
+look, so an earlier event applied from the other session (by whichever replica drains it) releases
+the waiting ones at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+from eventflow_contracts.lanes import parse_lane, session_id_for
+
+LOG = structlog.get_logger("eventflow_consumer.barrier")
+
+
+class LaneCounts(Protocol):
+    """The lane counts the inbox has been used with, in the consumer's store."""
+
+    async def counts(self) -> list[int]:
+        """Every count noted (at most the few most recently noted). Raises on a store outage."""
+        ...
+
+    async def note(self, count: int) -> None:
+        """Adds `count` (idempotent). Raises on a store outage."""
+        ...
+
+
+class SessionProbe(Protocol):
+    """A look into one session of the inbox without taking its messages."""
+
+    async def orders_in(self, session_id: str) -> dict[str, int] | None:
+        """For each order with a message in the session (active or deferred), the lowest event
+        sequence among its messages; None when the session cannot be looked at (another receiver
+        holds it, or it holds more than the probe reads). Raises the broker's errors."""
+        ...
+
+
+class GenerationBarrier:
+    def __init__(
+        self,
+        counts: LaneCounts,
+        probe: SessionProbe,
+        *,
+        poll_seconds: float = 1.0,
+        counts_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._counts = counts
+        self._probe = probe
+        self.poll_seconds = poll_seconds
+        self._counts_seconds = counts_seconds
+        self._clock = clock
+        self._known: tuple[float, list[int]] | None = None
+        self._noted: set[int] = set()
+        self._looks: dict[str, tuple[float, asyncio.Future[dict[str, int] | None]]] = {}
+        self.looks = 0  # sessions looked into (for tests and benchmarks)
+
+    async def seen(self, session_id: str) -> None:
+        """A session of the inbox was taken: the lane count it names is noted once per process.
+        Never raises (a count not noted costs only the barrier's reach; it is noted again later)."""
+        lane = parse_lane(session_id)
+        if lane is None or lane.count in self._noted:
+            return
+        try:
+            await self._counts.note(lane.count)
+        except Exception as error:  # noqa: BLE001 - noted again with the next session taken
+            LOG.warning("could not note the lane count", count=lane.count, error=repr(error))
+            return
+        self._noted.add(lane.count)
+        self._known = None
+
+    async def earlier_elsewhere(self, order_id: str, session_id: str, sequence: int) -> str | None:
+        """Another session that holds (or may hold: it cannot be looked at) an event of `order_id`
+        before `sequence`, or None when none does and the gap wait may start. Raises on a store
+        outage or a broker error (the caller looks again later)."""
+        for other in await self._others(order_id, session_id):
+            found = await self._look(other)
+            if found is None:
+                return other
+            lowest = found.get(order_id)
+            if lowest is not None and lowest < sequence:
+                return other
+        return None
+
+    async def _others(self, order_id: str, session_id: str) -> list[str]:
+        now = self._clock()
+        if self._known is None or now - self._known[0] >= self._counts_seconds:
+            self._known = (now, sorted(set(await self._counts.counts())))
+        sessions = {session_id_for(order_id, count) for count in self._known[1]}
+        sessions.add(order_id)  # one session per order: lanes off, or a release before lanes
+        sessions.discard(session_id)
+        return sorted(sessions)
+
+    async def _look(self, session_id: str) -> dict[str, int] | None:
+        """The session's orders, looked at once per `poll_seconds` whoever asks."""
+        now = self._clock()
+        cached = self._looks.get(session_id)
+        if cached is not None and now - cached[0] < self.poll_seconds:
+            return await asyncio.shield(cached[1])  # a failed look is not kept
+        future: asyncio.Future[dict[str, int] | None] = asyncio.get_running_loop().create_future()
+        self._looks[session_id] = (now, future)
+        self._forget_old(now)
+        self.looks += 1
+        try:
+            found = await self._probe.orders_in(session_id)
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: the waiters raise it, nobody else must
+            self._looks.pop(session_id, None)
+            raise
+        future.set_result(found)
+        return found
+
+    def _forget_old(self, now: float) -> None:
+        old = [
+            s for s, (at, f) in self._looks.items() if f.done() and now - at >= self.poll_seconds
+        ]
+        for session_id in old:
+            del self._looks[session_id]

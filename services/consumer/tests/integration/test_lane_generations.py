@@ -1,0 +1,134 @@
+"""Changing the lane count on a live inbox, and turning lanes on after one session per order (real
+azure-servicebus and azure-cosmos, both emulators): an order's earlier events still wait in its old
+session (held by a slow replica: this test holds it) while its later ones arrive in its new lane.
+The later ones wait behind the generation barrier far past the gap wait, and once the old session
+is drained every order is applied in sequence: nothing skipped, nothing dead-lettered.
+
+The consumers are wired as eventflow_consumer.main wires them (the lane holder, the session pump
+for every other session, the generation barrier on both), in this process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import pytest
+
+from eventflow_consumer.adapters.servicebus_sessions import SessionPump
+from eventflow_consumer.bootstrap import Resources, open_resources, worker_of
+from eventflow_consumer.main import barrier_of, lanes_of
+from eventflow_consumer.observability import ConsumerMetrics
+from eventflow_contracts.lanes import session_id_for
+from eventflow_testing import eventually
+
+from ..conftest import Backends, inbox_message, order_events  # type: ignore[import-not-found]
+from .lanes_support import summaries_at
+
+pytestmark = pytest.mark.slow
+
+GAP_WAIT = 1.5
+ORDERS = [f"gen-{n}" for n in range(6)]
+
+
+class Waits(ConsumerMetrics):
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def waited(self) -> None:
+        super().waited()
+        self.waits += 1
+
+
+@asynccontextmanager
+async def consumer(backends: Backends, lanes: int) -> AsyncIterator[tuple[Resources, Waits]]:
+    settings = backends.settings(
+        inbox_lanes=lanes, gap_wait_seconds=GAP_WAIT, lane_barrier_seconds=0.3, poison_policy="skip",
+        session_renew_seconds=0.5, session_idle_seconds=0.3, lane_retry_seconds=0.3,
+    )  # fmt: skip
+    async with open_resources(settings) as resources:
+        metrics = Waits()
+        worker = worker_of(settings, resources, metrics)
+        barrier = barrier_of(settings, resources)
+        holder = lanes_of(settings, resources, worker, metrics, barrier=barrier)
+        pump = SessionPump(
+            resources.servicebus, settings.inbox_queue, worker, concurrency=4, idle_seconds=0.3,
+            renew_seconds=0.5, accept_wait_seconds=1.5, lanes=holder,
+            seen=barrier.seen if barrier else None, lane_worker=holder.worker if holder else None,
+        )  # fmt: skip
+        running = [pump.run()] + ([holder.run()] if holder else [])
+        task = asyncio.gather(*running)
+        try:
+            yield resources, metrics
+        finally:
+            pump.stop()
+            if holder:
+                holder.stop()
+            await task
+
+
+@asynccontextmanager
+async def held(backends: Backends, session_ids: set[str]) -> AsyncIterator[None]:
+    """The sessions held by receivers of this test, each lock renewed from its accept on: a replica
+    that drains them slowly."""
+
+    async def renewing(receiver: Any) -> None:
+        while True:
+            await asyncio.sleep(0.4)  # the test queue's lock is 2 s
+            await receiver.session.renew_lock()
+
+    renewals: list[asyncio.Task[None]] = []
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(backends.client())
+        try:
+            for session_id in sorted(session_ids):
+                receiver = await stack.enter_async_context(
+                    client.get_queue_receiver(backends.queue, session_id=session_id)
+                )
+                renewals.append(asyncio.create_task(renewing(receiver)))
+            yield
+        finally:
+            for renewal in renewals:
+                renewal.cancel()
+            await asyncio.gather(*renewals, return_exceptions=True)
+            assert all(r.cancelled() for r in renewals), "a held session's lock was lost"
+
+
+@pytest.mark.parametrize("old_lanes", [4, 0], ids=["lanes-4-to-8", "per-order-to-lanes-8"])
+async def test_events_in_the_old_session_are_waited_for_past_the_gap_wait(
+    backends: Backends, old_lanes: int
+) -> None:
+    events = {order_id: order_events(order_id) for order_id in ORDERS}
+    old = {order_id: session_id_for(order_id, old_lanes) for order_id in ORDERS}
+    new = {order_id: session_id_for(order_id, 8) for order_id in ORDERS}
+
+    # Before the change: consumers under the old count apply every order's first event.
+    await backends.send(*(inbox_message(e[0], old[o]) for o, e in events.items()))
+    async with consumer(backends, old_lanes) as (resources, _):
+        await eventually(summaries_at(resources, dict.fromkeys(ORDERS, 1)), "first events applied")
+
+    # The change: each order's second event is still in its old session, which a slow replica
+    # holds, while its third and fourth arrive in its lane under 8.
+    await backends.send(*(inbox_message(e[1], old[o]) for o, e in events.items()))
+    async with AsyncExitStack() as slow_replica:
+        await slow_replica.enter_async_context(held(backends, set(old.values())))
+        await backends.send(
+            *(inbox_message(e[n], new[o]) for o, e in events.items() for n in (2, 3))
+        )
+        async with consumer(backends, 8) as (resources, metrics):
+            await eventually(
+                lambda: metrics.waits >= len(ORDERS), "every order's third event waits"
+            )
+            await asyncio.sleep(3 * GAP_WAIT)  # far past the gap wait: nothing may be given up
+            assert await summaries_at(resources, dict.fromkeys(ORDERS, 1))()
+            assert not await backends.has_dead_letters()
+
+            await slow_replica.aclose()  # the old sessions are free: the pump drains them
+            await eventually(
+                summaries_at(resources, dict.fromkeys(ORDERS, 4)), "every order applied"
+            )
+            summaries = [await resources.store.get(order_id) for order_id in ORDERS]
+    assert all(s and s["skipped"] == [] for s in summaries), summaries
+    assert not await backends.has_dead_letters()

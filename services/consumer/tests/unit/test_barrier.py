@@ -1,0 +1,187 @@
+"""The generation barrier against fakes of its ports, alone and inside the lane worker: an early
+event whose predecessor still waits in another session (its order's lane under an earlier lane
+count, or its own per-order session) does not start its gap wait, and is applied once the
+predecessor is applied from there."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from eventflow_consumer.barrier import GenerationBarrier
+from eventflow_consumer.handling import Delivery, InboxHandler
+from eventflow_consumer.lanes import LaneSettings, LaneWorker
+from eventflow_consumer.sessions import WorkerSettings
+from eventflow_contracts.lanes import session_id_for
+
+from ..conftest import order_events  # type: ignore[import-not-found]
+from .fakes import FakeChannel, FakeStore  # type: ignore[import-not-found]
+from .test_lanes import Clock, at, until  # type: ignore[import-not-found]
+
+NEW = session_id_for("a", 1)  # lanes1-0: the lane every order is in under one lane
+OLD = session_id_for("a", 2)  # order a's lane under two lanes
+
+
+class Counts:
+    def __init__(self, *counts: int, failing: bool = False) -> None:
+        self.values = list(counts)
+        self.notes: list[int] = []
+        self.reads = 0
+        self.failing = failing
+
+    async def counts(self) -> list[int]:
+        self.reads += 1
+        return list(self.values)
+
+    async def note(self, count: int) -> None:
+        if self.failing:
+            raise ConnectionError("store down")
+        self.notes.append(count)
+        if count not in self.values:
+            self.values.append(count)
+
+
+class Probe:
+    """Sessions' contents by id: order → lowest event sequence; None: held by another receiver."""
+
+    def __init__(self, sessions: dict[str, dict[str, int] | None] | None = None) -> None:
+        self.sessions = sessions or {}
+        self.looked: list[str] = []
+        self.failing = False
+
+    async def orders_in(self, session_id: str) -> dict[str, int] | None:
+        self.looked.append(session_id)
+        if self.failing:
+            raise ConnectionError("broker down")
+        return self.sessions.get(session_id, {})
+
+
+async def test_an_earlier_event_in_the_orders_lane_under_another_count_holds_the_barrier() -> None:
+    probe = Probe({OLD: {"a": 2, "b": 1}})
+    barrier = GenerationBarrier(Counts(1, 2), probe, clock=Clock())
+    assert await barrier.earlier_elsewhere("a", NEW, 3) == OLD
+    assert await barrier.earlier_elsewhere("a", NEW, 2) is None  # only later events of a there
+    assert await barrier.earlier_elsewhere("c", NEW, 5) is None  # nothing of c anywhere
+    assert sorted(set(probe.looked)) == sorted({OLD, "a", "c", session_id_for("c", 2)})
+
+
+async def test_a_session_held_by_another_receiver_holds_the_barrier() -> None:
+    barrier = GenerationBarrier(Counts(1, 2), Probe({OLD: None}), clock=Clock())
+    assert await barrier.earlier_elsewhere("a", NEW, 3) == OLD
+
+
+async def test_the_orders_own_session_is_looked_at_even_with_no_other_count() -> None:
+    """A release before lanes sent each order in its own session."""
+    barrier = GenerationBarrier(Counts(1), Probe({"a": {"a": 1}}), clock=Clock())
+    assert await barrier.earlier_elsewhere("a", NEW, 2) == "a"
+
+
+async def test_a_session_is_looked_at_once_per_period_whoever_asks() -> None:
+    clock, probe = Clock(), Probe({OLD: {"a": 1}})
+    barrier = GenerationBarrier(Counts(1, 2), probe, poll_seconds=1.0, clock=clock)
+    await asyncio.gather(*(barrier.earlier_elsewhere("a", NEW, 3) for _ in range(5)))
+    assert probe.looked.count(OLD) == 1
+    clock.now = 1.5
+    await barrier.earlier_elsewhere("a", NEW, 3)
+    assert probe.looked.count(OLD) == 2
+
+
+async def test_a_failed_look_raises_and_is_not_kept() -> None:
+    probe = Probe({OLD: {"a": 1}})
+    barrier = GenerationBarrier(Counts(1, 2), probe, clock=Clock())
+    probe.failing = True
+    with pytest.raises(ConnectionError):
+        await barrier.earlier_elsewhere("a", NEW, 3)
+    probe.failing = False
+    assert await barrier.earlier_elsewhere("a", NEW, 3) == OLD
+
+
+async def test_lane_counts_are_noted_once_per_process_and_a_failed_note_is_tried_again() -> None:
+    counts = Counts(failing=True)
+    barrier = GenerationBarrier(counts, Probe(), clock=Clock())
+    await barrier.seen("lanes4-1")  # never raises
+    counts.failing = False
+    for session_id in ("lanes4-1", "lanes4-2", "lanes8-0", "order-1", "lanes4-3"):
+        await barrier.seen(session_id)
+    assert counts.notes == [4, 8]
+    assert await barrier.earlier_elsewhere("a", session_id_for("a", 4), 2) is None
+    assert counts.reads == 1
+
+
+# -- inside the lane worker ----------------------------------------------------------------------
+
+
+def worker_with(store: FakeStore, clock: Clock, barrier: GenerationBarrier | None) -> LaneWorker:
+    settings = WorkerSettings(retry_initial_seconds=0.001, retry_max_seconds=0.005,
+                              gap_wait_seconds=5.0)  # fmt: skip
+    lane = LaneSettings(worker=settings, idle_seconds=0.01)
+    return LaneWorker(InboxHandler(store), store, lane, barrier=barrier, clock=clock)
+
+
+async def applied_from(store: FakeStore, session_id: str, body: bytes, number: int) -> None:
+    """What the holder of the other session does: the event applied from there."""
+    delivery = Delivery(body, f"m{number}", session_id, number, 1, {})
+    decision = await InboxHandler(store).handle(delivery)
+    assert decision.effect
+
+
+async def test_an_early_event_waits_behind_the_barrier_past_its_gap_wait_and_then_is_applied() -> (
+    None
+):
+    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
+    a = order_events("a")
+    await applied_from(store, OLD, a[0], 100)
+    channel.add(a[2])  # a3 in the new lane; a2 still in the old one's backlog
+    probe = Probe({OLD: {"a": 2}})
+    barrier = GenerationBarrier(Counts(1, 2), probe, poll_seconds=1.0, clock=clock)
+    worker = worker_with(store, clock, barrier)
+    task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
+    await until(lambda: channel.receives > 2)  # a3 received: it waits
+    for now in (1.1, 2.2, 6.0, 30.0, 60.0):  # far past the 5 s gap wait
+        clock.now = now
+        looks = probe.looked.count(OLD)
+        await until(lambda: probe.looked.count(OLD) > looks)  # noqa: B023
+    assert at(store, "a", 1)  # a3 waits: neither skipped nor applied
+    assert not channel.outcomes("complete")
+    await applied_from(store, OLD, a[1], 101)  # the old lane's holder reaches a2
+    probe.sessions[OLD] = {}
+    clock.now = 61.5
+    await asyncio.wait_for(task, 10)
+    assert store.summary("a").skipped == ()
+    assert channel.outcomes("complete") == [("complete", 1)]
+
+
+async def test_once_no_other_session_holds_an_earlier_event_the_gap_wait_begins() -> None:
+    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
+    a = order_events("a")
+    await applied_from(store, OLD, a[0], 100)
+    channel.add(a[2])  # a2 is lost upstream: nowhere in the inbox
+    probe = Probe({OLD: {"b": 1}})
+    worker = worker_with(store, clock, GenerationBarrier(Counts(1, 2), probe, clock=clock))
+    task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
+    await until(lambda: channel.receives > 2)
+    clock.now = 1.1
+    await until(lambda: OLD in probe.looked)
+    clock.now = 5.5  # 4.4 s into the gap wait that began at the look: still waiting
+    await asyncio.sleep(0.05)
+    assert at(store, "a", 1)
+    clock.now = 6.2  # the gap wait is over: the skip policy applies
+    await asyncio.wait_for(task, 10)
+    assert store.summary("a").skipped == (2,)
+
+
+async def test_without_a_barrier_the_gap_wait_skips_what_waits_in_another_session() -> None:
+    """What the barrier prevents: a3 applied over a2, which is dead-lettered when it arrives."""
+    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
+    a = order_events("a")
+    await applied_from(store, OLD, a[0], 100)
+    channel.add(a[2])
+    worker = worker_with(store, clock, None)
+    task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
+    await until(lambda: channel.receives > 2)
+    clock.now = 5.5
+    await asyncio.wait_for(task, 10)
+    late: Any = await InboxHandler(store).handle(Delivery(a[1], "m101", OLD, 101, 1, {}))
+    assert late.reason == "skipped-earlier"

@@ -40,11 +40,12 @@ from azure.servicebus.exceptions import (
 from eventflow_consumer.adapters.servicebus_sessions import ServiceBusSessionChannel, keep_locked
 from eventflow_consumer.bootstrap import Resources, open_resources, worker_of
 from eventflow_consumer.handling import MARKER_PROPERTY, body_of, properties_of
+from eventflow_consumer.observability import ConsumerMetrics
 from eventflow_consumer.ports import TransientStoreError
 from eventflow_consumer.sessions import NotBlocked
 from eventflow_consumer.settings import Settings
 from eventflow_contracts import ContractError, read_routing
-from eventflow_contracts.lanes import session_id_for
+from eventflow_contracts.lanes import parse_lane, session_id_for
 
 PAGE = 100
 UNBLOCK_POLL_SECONDS = 0.5
@@ -203,6 +204,8 @@ async def unblock(resources: Resources, settings: Settings, order_id: str, wait:
     holder carries it out (lanes.py); this waits for the outcome. A holder that takes the request
     on finishes it whatever happens to this command (a store outage, an interrupt); one that does
     not take it on within `wait` seconds: the request is withdrawn, nothing changed, exit 1.
+    A lane of another lane count than CONSUMER_INBOX_LANES (left by a change of the count) has no
+    holder for good: this command holds it while the request is carried out (`_carry_out`).
     A session blocked on its own (no lane in its record, or no record): `unblock_session`."""
     deadline = time.monotonic() + wait
     record = await _patiently(lambda: resources.store.blocked_record(order_id), deadline)
@@ -212,6 +215,25 @@ async def unblock(resources: Resources, settings: Settings, order_id: str, wait:
     if not await _patiently(lambda: resources.store.request_unblock(order_id, request), deadline):
         emit({"unblocked": order_id, "lane": lane, "note": "unblocked meanwhile"})
         return 0
+    done = asyncio.Event()
+    old = parse_lane(lane)
+    carrying = (
+        asyncio.create_task(_carry_out(resources, settings, lane, done))
+        if old is not None and old.count != settings.inbox_lanes
+        else None
+    )
+    try:
+        return await _outcome(resources, order_id, lane, request, deadline, wait)
+    finally:
+        done.set()
+        if carrying is not None:
+            await carrying
+
+
+async def _outcome(
+    resources: Resources, order_id: str, lane: str, request: str, deadline: float, wait: float
+) -> int:
+    """Waits for the holder's answer to `request`; withdraws it when nobody took it on in time."""
     started = False
     while True:
         try:
@@ -234,6 +256,49 @@ async def unblock(resources: Resources, settings: Settings, order_id: str, wait:
                                f"on within {wait}s (is one running?); nothing changed"})  # fmt: skip
                 return 1
         await asyncio.sleep(UNBLOCK_POLL_SECONDS)
+
+
+async def _carry_out(
+    resources: Resources, settings: Settings, lane: str, done: asyncio.Event
+) -> None:
+    """Holds `lane` (of another lane count: no consumer's lane holder takes it, and the session
+    pump takes a session only while it has active messages) with the lane worker, as a consumer
+    would, until `done`: the worker takes the recorded request on and replays the order; the
+    lane's other orders are handled meanwhile. While another receiver holds the lane (a consumer
+    draining it, whose lane worker carries the request out itself), the accept is tried again."""
+    from eventflow_consumer.main import barrier_of, lane_worker_of  # noqa: PLC0415 - the service's wiring
+
+    metrics = ConsumerMetrics()
+    sessions = worker_of(settings, resources, metrics)
+    worker = lane_worker_of(settings, resources, sessions, metrics, barrier_of(settings, resources))
+    client = resources.lane_servicebus or resources.servicebus
+    receiver = await _accepted(client, settings.inbox_queue, lane, done)
+    if receiver is None:
+        return
+    async with receiver:
+        channel = ServiceBusSessionChannel(receiver)
+        renewing = asyncio.create_task(keep_locked(channel, settings.session_renew_seconds))
+        try:
+            await worker.hold(channel, stopping=lambda: done.is_set() or renewing.done())
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+
+async def _accepted(client: Any, queue: str, session_id: str, done: asyncio.Event) -> Any | None:
+    """The session's receiver, opened, once no other receiver holds it; None once `done`."""
+    while not done.is_set():
+        receiver = client.get_queue_receiver(queue, session_id=session_id, max_wait_time=5)
+        try:
+            await receiver.__aenter__()
+        except (SessionCannotBeLockedError, OperationTimeoutError):
+            await receiver.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), UNBLOCK_POLL_SECONDS)
+            continue
+        return receiver
+    return None
 
 
 def _unblock_outcome(record: dict[str, Any] | None, request: str) -> dict[str, Any] | None:

@@ -75,6 +75,24 @@ def lanes_of(
     (`barrier_of`) early events wait behind before their gap wait starts."""
     if settings.inbox_lanes == 0:
         return None
+    worker = lane_worker_of(settings, resources, sessions, metrics, barrier)
+    session_ids = [Lane(settings.inbox_lanes, n).session_id for n in range(settings.inbox_lanes)]
+    return LaneHolder(
+        resources.lane_servicebus or resources.servicebus, settings.inbox_queue, worker, session_ids,
+        renew_seconds=settings.session_renew_seconds, retry_seconds=settings.lane_retry_seconds,
+        unplanned_retry_seconds=settings.lane_share_seconds if shared else None,
+        prefetch=settings.lane_prefetch, wanted=frozenset() if shared else None,
+    )  # fmt: skip
+
+
+def lane_worker_of(
+    settings: Settings,
+    resources: Resources,
+    sessions: SessionWorker,
+    metrics: ConsumerMetrics,
+    barrier: GenerationBarrier | None = None,
+) -> LaneWorker:
+    """The lane worker; it shares the session worker's view of the store's health."""
     worker_settings = WorkerSettings(
         policy=settings.poison_policy, gap_wait_seconds=settings.gap_wait_seconds,
         retry_max_seconds=settings.store_retry_max_seconds, max_deferred=settings.max_deferred_per_session,
@@ -87,16 +105,9 @@ def lanes_of(
         order_max_in_flight=settings.order_max_in_flight,
         unblock_poll_seconds=settings.unblock_poll_seconds,
     )  # fmt: skip
-    worker = LaneWorker(
+    return LaneWorker(
         InboxHandler(resources.store), resources.store, lane_settings, observer=metrics,
         health=sessions.health, barrier=barrier,
-    )  # fmt: skip
-    session_ids = [Lane(settings.inbox_lanes, n).session_id for n in range(settings.inbox_lanes)]
-    return LaneHolder(
-        resources.lane_servicebus or resources.servicebus, settings.inbox_queue, worker, session_ids,
-        renew_seconds=settings.session_renew_seconds, retry_seconds=settings.lane_retry_seconds,
-        unplanned_retry_seconds=settings.lane_share_seconds if shared else None,
-        prefetch=settings.lane_prefetch, wanted=frozenset() if shared else None,
     )  # fmt: skip
 
 

@@ -14,16 +14,23 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import orjson
 import pytest
 
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump
+from eventflow_consumer.admin import run as admin
 from eventflow_consumer.bootstrap import Resources, open_resources, worker_of
 from eventflow_consumer.main import barrier_of, lanes_of
 from eventflow_consumer.observability import ConsumerMetrics
 from eventflow_contracts.lanes import session_id_for
 from eventflow_testing import eventually
 
-from ..conftest import Backends, inbox_message, order_events  # type: ignore[import-not-found]
+from ..conftest import (  # type: ignore[import-not-found]
+    Backends,
+    inbox_message,
+    item_added,
+    order_events,
+)
 from .lanes_support import summaries_at
 
 pytestmark = pytest.mark.slow
@@ -36,16 +43,23 @@ class Waits(ConsumerMetrics):
     def __init__(self) -> None:
         super().__init__()
         self.waits = 0
+        self.deferrals = 0
 
     def waited(self) -> None:
         super().waited()
         self.waits += 1
 
+    def deferred(self) -> None:
+        super().deferred()
+        self.deferrals += 1
+
 
 @asynccontextmanager
-async def consumer(backends: Backends, lanes: int) -> AsyncIterator[tuple[Resources, Waits]]:
+async def consumer(
+    backends: Backends, lanes: int, policy: str = "skip"
+) -> AsyncIterator[tuple[Resources, Waits]]:
     settings = backends.settings(
-        inbox_lanes=lanes, gap_wait_seconds=GAP_WAIT, lane_barrier_seconds=0.3, poison_policy="skip",
+        inbox_lanes=lanes, gap_wait_seconds=GAP_WAIT, lane_barrier_seconds=0.3, poison_policy=policy,
         session_renew_seconds=0.5, session_idle_seconds=0.3, lane_retry_seconds=0.3,
     )  # fmt: skip
     async with open_resources(settings) as resources:
@@ -132,3 +146,46 @@ async def test_events_in_the_old_session_are_waited_for_past_the_gap_wait(
             summaries = [await resources.store.get(order_id) for order_id in ORDERS]
     assert all(s and s["skipped"] == [] for s in summaries), summaries
     assert not await backends.has_dead_letters()
+
+
+def poison(order_id: str, sequence: int) -> bytes:
+    """An event whose envelope names its order, and whose data breaks the contract."""
+    document = orjson.loads(item_added(order_id, sequence))
+    document["data"] = {"line": "not a line"}
+    return orjson.dumps(document)
+
+
+@pytest.mark.parametrize("old_lanes", [4, 0], ids=["lanes-4-to-8", "per-order-to-lanes-8"])
+async def test_an_order_blocked_in_its_old_session_is_unblocked_across_the_change(
+    backends: Backends, old_lanes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the block policy: the order's old session holds its poison event's successors,
+    deferred; its later events arrive in its lane under 8 and wait behind the barrier (not blocked
+    a second time, not skipped); `unblock` replays the old session (held by the command itself when
+    it is a lane of another count) and the later events follow, in sequence."""
+    order = "gen-blocked"
+    old, new = session_id_for(order, old_lanes), session_id_for(order, 8)
+    created = order_events(order)[0]
+    await backends.send(*(inbox_message(body, old) for body in
+                          (created, poison(order, 2), item_added(order, 3), item_added(order, 4))))  # fmt: skip
+    async with consumer(backends, old_lanes, "block") as (resources, metrics):
+        await eventually(lambda: metrics.deferrals >= 2, "the poison's successors deferred")
+        assert await resources.store.blocked_record(order) is not None
+
+    await backends.send(*(inbox_message(item_added(order, n), new) for n in (5, 6)))
+    monkeypatch.setenv("CONSUMER_INBOX_LANES", "8")
+    async with consumer(backends, 8, "block") as (resources, metrics):
+        await eventually(lambda: metrics.waits >= 1, "the later events wait")
+        await asyncio.sleep(3 * GAP_WAIT)
+        assert await summaries_at(resources, {order: 1})()
+        record = await resources.store.blocked_record(order)
+        assert record is not None
+        assert record.get("lane") == (old if old_lanes else None), record
+        assert len(await backends.dead_letters()) == 1  # the poison event only
+
+        assert await admin(["unblock", order, "--wait", "30"]) == 0
+        await eventually(summaries_at(resources, {order: 6}), "replayed, then the later events")
+        summary = await resources.store.get(order)
+    assert summary is not None
+    assert summary["skipped"] == [2]
+    assert [m.dead_letter_reason for m in await backends.dead_letters()] == ["invalid-data"]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 
 from eventflow_consumer.admin import run as admin
 from eventflow_consumer.bootstrap import Resources, open_resources
@@ -30,6 +31,13 @@ from ..conftest import (  # type: ignore[import-not-found]
 from .lanes_support import LANES, holding, summaries_at  # type: ignore[import-not-found]
 
 LANE = Lane(LANES, 1).session_id
+
+
+@pytest.fixture(autouse=True)
+def _admin_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin command is configured with the consumers' lane count, as in a deployment: a lane
+    of another count would be held by the command itself (the lanes of a count changed since)."""
+    monkeypatch.setenv("CONSUMER_INBOX_LANES", str(LANES))
 
 
 def orders_in_lane(count: int, prefix: str = "o") -> list[str]:

@@ -49,7 +49,7 @@ test-patterns: setup ## the write-pattern cases make test leaves out (the end-to
 	$(RUN) pytest -n 2 -m patterns tests/e2e $(PYTEST_ARGS)
 
 .PHONY: test-long
-test-long: setup ## the long scenarios make test leaves out (three publishers under a kill, and their overlap count under splits, pauses, kills; the rewind replay; the idle-latency goal)
+test-long: setup ## the long scenarios make test leaves out (three publishers under a kill, and their overlap count under splits, pauses, kills; the rewind replay; the idle-latency goal; a live change of the lane count under load)
 	$(RUN) pytest -n 2 -m long $(PYTEST_ARGS)
 
 .PHONY: images

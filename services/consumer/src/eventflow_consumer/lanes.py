@@ -536,6 +536,9 @@ class _Lane:
         order looks again instead (`_behind_barrier`)."""
         if order.barrier and await self._behind_barrier(order):
             return
+        # Decided again first: with lanes of another count, another session's holder may have
+        # applied the missing events meanwhile.
+        await self._release_waiting(order)
         waiting, order.waiting, order.waiting_until = order.waiting, [], None
         if not waiting:
             return
@@ -577,6 +580,11 @@ class _Lane:
             return True
         order.barrier = True
         if elsewhere is None:
+            # The look came after the decision above: an earlier event completed in the other
+            # session in between is in the store now.
+            await self._release_waiting(order)
+            if not order.waiting:
+                return True
             order.barrier, order.elsewhere = False, None
             order.waiting_until = now + self._gap_wait()
             self.log.info("no other session holds earlier events of the order: the gap wait begins",

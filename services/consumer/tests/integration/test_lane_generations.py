@@ -189,3 +189,40 @@ async def test_an_order_blocked_in_its_old_session_is_unblocked_across_the_chang
     assert summary is not None
     assert summary["skipped"] == [2]
     assert [m.dead_letter_reason for m in await backends.dead_letters()] == ["invalid-data"]
+
+
+@pytest.mark.long
+async def test_a_live_change_from_16_to_32_lanes_under_load_skips_nothing(
+    backends: Backends,
+) -> None:
+    """A change under load: the senders switched from 16 lanes to 32 with a backlog of 900 events in
+    the 16 lanes (several gap waits of work); a consumer with 32 lanes runs beside one with 16 (a
+    rolling deploy), then the one with 16 stops and the other's pump drains its lanes. Every order
+    ends applied in sequence: nothing skipped, nothing dead-lettered."""
+    orders = [f"live-{n}" for n in range(300)]
+    rounds = 6  # created, then five items added
+
+    def body(order_id: str, n: int) -> bytes:
+        return order_events(order_id)[0] if n == 0 else item_added(order_id, n + 1)
+
+    async def send_round(n: int, lanes: int) -> None:
+        messages = [inbox_message(body(o, n), session_id_for(o, lanes)) for o in orders]
+        for start in range(0, len(messages), 100):
+            await backends.send(*messages[start : start + 100])
+
+    # The backlog when the count changes: three events of every order in the 16 lanes, then the
+    # senders switched to 32 lanes and sent the other three (each order's in sequence).
+    for n in range(rounds):
+        await send_round(n, 16 if n < 3 else 32)
+    async with AsyncExitStack() as old, AsyncExitStack() as new:
+        _, before = await old.enter_async_context(consumer(backends, 16))
+        after, metrics = await new.enter_async_context(consumer(backends, 32))
+        # (each one's session pump also takes lanes of the other's count while they have messages)
+        await eventually(lambda: before.waits + metrics.waits > 0, "early events wait")
+        await old.aclose()  # the consumer with 16 lanes is replaced: its lanes go to the pump
+        await eventually(
+            summaries_at(after, dict.fromkeys(orders, rounds)), "every order applied", wait=180
+        )
+        summaries = [await after.store.get(o) for o in orders]
+    assert [s["order_id"] for s in summaries if s and s["skipped"]] == []
+    assert not await backends.has_dead_letters()

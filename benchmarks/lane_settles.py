@@ -1,0 +1,493 @@
+"""Settles per second on one lane, on azure-servicebus against the project's messaging emulator.
+
+A lane is one Service Bus session held by one long-lived session receiver, and the consumer makes
+every call on that receiver take its turn (ServiceBusSessionChannel, its `Turns`): completions that
+the lane worker issues concurrently still reach the broker one at a time. This measures what that
+allows on ONE lane.
+
+Per round, a fresh messaging emulator in a process of its own (the repository's config: the `inbox`
+queue, sessions, lock 30 s). Per mode, `--messages` messages (one event of a new order each) are
+sent to a lane of their own (`lanes8-<n>`, only orders of that lane) and, except in the last mode,
+all received first by one session receiver with the lane's prefetch; that part is not timed. The
+timed part:
+
+- bare, one after another: `await receiver.complete_message(m)` for each message in turn.
+- channel, concurrent: every completion issued at once, each its own task, through the project's
+  ServiceBusSessionChannel (as the lane worker's `_complete_later` does); the channel serialises them.
+- channel, concurrent, renewal beside: the same with the lane's lock renewal (`keep_locked`) running
+  every `--renew-seconds` (the consumer renews every 10 s by default; a shorter period here so that
+  renewals fall inside the window).
+- bare, concurrent, no turns: every completion issued at once on the bare receiver. The consumer
+  does not do this (the SDK's receivers are not coroutine-safe); it shows whether overlapping
+  dispositions would gain anything over one at a time.
+- lane worker, in-memory store: the consumer's LaneWorker and InboxHandler (default lane settings)
+  holding the lane through the channel, its store in memory (benchmarks/consumer.py's, free): the
+  receives (prefetch, batches of up to 100, the short busy wait) and the completes of the lane
+  worker's own loop, timed from the hold until the last message is settled. After it, ten receives
+  of up to 100 with the worker's busy wait on the lane, now empty: how long one holds the receiver.
+
+Reported per mode (median of the rounds): settles/s; per settle the wall time, the client's CPU
+(time.process_time of this process), the emulator's CPU (/proc/<pid>/stat utime + stime) and the
+rest (wall - client CPU - emulator CPU: the loopback round trips and the wake-ups, neither process
+on a core); for the bare sequential mode the p50/p99 of one complete_message call. Also the CPU of
+one turn of `Turns` alone (in this process, no I/O). The 1-minute load average (uptime's first
+figure) is printed for each round: read the figures next to it.
+
+`--profile DIR` (py-spy on PATH, e.g. `uv run --with py-spy python benchmarks/lane_settles.py
+--profile DIR`): one more bare sequential run with py-spy attached to this process and to the
+emulator during the settles; the collapsed stacks go to DIR and the share of the busy samples per
+stage of a settle is printed for each side.
+
+    uv run python benchmarks/lane_settles.py [--messages 5000] [--rounds 3] [--renew-seconds 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from azure.servicebus import ServiceBusMessage
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
+from consumer import _MemoryStore, order_events
+
+from eventflow_consumer.adapters.servicebus_sessions import (
+    ServiceBusSessionChannel,
+    Turns,
+    inbound_of,
+    keep_locked,
+)
+from eventflow_consumer.bootstrap import tls_context
+from eventflow_consumer.handling import InboxHandler
+from eventflow_consumer.lanes import BUSY_RECEIVE_WAIT_SECONDS, RECEIVE_BATCH, LaneWorker
+from eventflow_contracts.lanes import session_id_for
+from eventflow_emulators.messaging.testing import messaging_emulator
+
+QUEUE = "inbox"
+SEND_BATCH = 100
+PREFETCH = 2 * RECEIVE_BATCH  # the lane holder's
+TICKS = os.sysconf("SC_CLK_TCK")
+LANES = 8  # mode n settles on the lane lanes8-<n>: a session of its own per mode
+MODES = (
+    "bare, one after another",
+    "channel, concurrent",
+    "channel, concurrent, renewal beside",
+    "bare, concurrent, no turns",
+    "lane worker, in-memory store",
+)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat (fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def lane_events(lane: int, count: int) -> list[bytes]:
+    """The first event of `count` new orders that all belong to lane `lane` of LANES."""
+    events: list[bytes] = []
+    n = 0
+    while len(events) < count:
+        if session_id_for(f"o{n}", LANES) == f"lanes{LANES}-{lane}":
+            events += order_events(f"o{n}", 1)
+        n += 1
+    return events
+
+
+async def send(client: ServiceBusClient, session_id: str, events: list[bytes]) -> None:
+    async with client.get_queue_sender(QUEUE) as sender:
+        for start in range(0, len(events), SEND_BATCH):
+            await sender.send_messages([
+                ServiceBusMessage(raw, session_id=session_id, message_id=orjson.loads(raw)["id"])
+                for raw in events[start : start + SEND_BATCH]
+            ])  # fmt: skip
+
+
+async def receive_all(receiver: ServiceBusReceiver, count: int) -> list[Any]:
+    messages: list[Any] = []
+    while len(messages) < count:
+        batch = await receiver.receive_messages(
+            max_message_count=min(RECEIVE_BATCH, count - len(messages)), max_wait_time=5
+        )
+        if not batch:
+            raise RuntimeError(f"only {len(messages)} of {count} messages received")
+        messages += batch
+    return messages
+
+
+class CountingChannel(ServiceBusSessionChannel):
+    """The project's channel, counting its lock renewals."""
+
+    def __init__(self, receiver: Any) -> None:
+        super().__init__(receiver)
+        self.renewals = 0
+
+    async def renew_lock(self) -> None:
+        await super().renew_lock()
+        self.renewals += 1
+
+
+async def one_after_another(receiver: ServiceBusReceiver, messages: list[Any]) -> list[float]:
+    """Each complete awaited before the next; the duration of every call."""
+    calls = []
+    for message in messages:
+        started = time.perf_counter()
+        await receiver.complete_message(message)
+        calls.append(time.perf_counter() - started)
+    return calls
+
+
+async def through_channel(channel: ServiceBusSessionChannel, messages: list[Any]) -> None:
+    """Every completion issued at once, each its own task, as the lane worker issues them."""
+    inbound = [inbound_of(m) for m in messages]
+    await asyncio.gather(*(asyncio.create_task(channel.complete(i)) for i in inbound))
+
+
+async def with_renewal(channel: CountingChannel, messages: list[Any], period: float) -> int:
+    renewing = asyncio.create_task(keep_locked(channel, period))
+    try:
+        await through_channel(channel, messages)
+    finally:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
+    return channel.renewals
+
+
+class Snapshot:
+    """Wall clock, this process's CPU and the emulator's CPU, read together."""
+
+    def __init__(self, emulator_pid: int) -> None:
+        self.wall, self.cpu, self.emulator = (
+            time.perf_counter(),
+            time.process_time(),
+            cpu_seconds(emulator_pid),
+        )
+
+
+class LastSettle(ServiceBusSessionChannel):
+    """The project's channel, taking a Snapshot when its `count`-th completion is done."""
+
+    def __init__(self, receiver: Any, count: int, emulator_pid: int) -> None:
+        super().__init__(receiver)
+        self.left, self.emulator_pid = count, emulator_pid
+        self.end: Snapshot | None = None
+
+    async def complete(self, inbound: Any) -> None:
+        await super().complete(inbound)
+        self.left -= 1
+        if self.left == 0:
+            self.end = Snapshot(self.emulator_pid)
+
+
+async def lane_worker(receiver: ServiceBusReceiver, count: int, emulator_pid: int) -> Snapshot:
+    """The consumer's lane worker on the lane until it has settled `count` messages; the snapshot
+    taken at the last settle (the worker returns after its receive in progress then)."""
+    store = _MemoryStore()
+    worker = LaneWorker(InboxHandler(store), store)
+    channel = LastSettle(receiver, count, emulator_pid)
+    await worker.hold(channel, stopping=lambda: worker.settled >= count)
+    if worker.settled != count or len(store.marks) != count or channel.end is None:
+        raise RuntimeError(
+            f"lane worker: {worker.settled} settled, {len(store.marks)} applied of {count}"
+        )
+    return channel.end
+
+
+async def empty_receives(receiver: ServiceBusReceiver, times: int = 10) -> float:
+    """Median duration (s) of a receive of up to RECEIVE_BATCH with the lane worker's busy wait
+    (BUSY_RECEIVE_WAIT_SECONDS) on a lane with nothing in it."""
+    took = []
+    for _ in range(times):
+        started = time.perf_counter()
+        if await receiver.receive_messages(
+            max_message_count=RECEIVE_BATCH, max_wait_time=BUSY_RECEIVE_WAIT_SECONDS
+        ):
+            raise RuntimeError("the lane was meant to be empty")
+        took.append(time.perf_counter() - started)
+    return statistics.median(took)
+
+
+async def settle(
+    receiver: ServiceBusReceiver,
+    mode: str,
+    messages: list[Any],
+    count: int,
+    renew_seconds: float,
+    emulator_pid: int,
+) -> tuple[list[float], int, Snapshot | None]:
+    """The timed part of one mode: per-call durations if sequential, renewals done, and the
+    snapshot at the last settle if it is not the end of this call."""
+    if mode == "bare, one after another":
+        return await one_after_another(receiver, messages), 0, None
+    if mode == "bare, concurrent, no turns":
+        await asyncio.gather(*(receiver.complete_message(m) for m in messages))
+    elif mode == "channel, concurrent":
+        await through_channel(ServiceBusSessionChannel(receiver), messages)
+    elif mode == "channel, concurrent, renewal beside":
+        return [], await with_renewal(CountingChannel(receiver), messages, renew_seconds), None
+    else:
+        return [], 0, await lane_worker(receiver, count, emulator_pid)
+    return [], 0, None
+
+
+async def run_mode(
+    connection_string: str,
+    emulator_pid: int,
+    mode: str,
+    lane: int,
+    count: int,
+    renew_seconds: float,
+    around: Callable[[], Awaitable[Callable[[], Awaitable[None]]]] | None = None,
+) -> dict[str, Any]:
+    """Send `count` events to the lane, receive them all on one session receiver (the lane's
+    prefetch; not in the lane worker's mode, which receives for itself), then time their settles in
+    `mode`. `around`, if given, is awaited right before the timed part and the callable it returns
+    right after it (the profiler's start and stop)."""
+    session_id = f"lanes{LANES}-{lane}"
+    async with ServiceBusClient.from_connection_string(
+        connection_string, ssl_context=tls_context()
+    ) as client:
+        await send(client, session_id, lane_events(lane, count))
+        async with client.get_queue_receiver(
+            QUEUE, session_id=session_id, prefetch_count=PREFETCH
+        ) as receiver:
+            messages = (
+                [] if mode == "lane worker, in-memory store" else await receive_all(receiver, count)
+            )
+            stop = await around() if around is not None else None
+            start = Snapshot(emulator_pid)
+            calls, renewals, last = await settle(
+                receiver, mode, messages, count, renew_seconds, emulator_pid
+            )
+            end = last or Snapshot(emulator_pid)
+            if stop is not None:
+                await stop()
+            left = await receiver.peek_messages(max_message_count=1)
+            empty_receive = await empty_receives(receiver) if mode == MODES[-1] else None
+    wall, cpu, emulator = end.wall - start.wall, end.cpu - start.cpu, end.emulator - start.emulator
+    if left:
+        raise RuntimeError(f"{mode}: messages left in the session after settling them all")
+    result: dict[str, Any] = {
+        "mode": mode, "messages": count, "settles_per_s": round(count / wall, 1),
+        "wall_us_per_settle": round(wall / count * 1e6),
+        "client_cpu_us_per_settle": round(cpu / count * 1e6),
+        "emulator_cpu_us_per_settle": round(emulator / count * 1e6),
+        "rest_us_per_settle": round((wall - cpu - emulator) / count * 1e6),
+    }  # fmt: skip
+    if calls:
+        calls.sort()
+        result["call_p50_us"] = round(calls[len(calls) // 2] * 1e6)
+        result["call_p99_us"] = round(calls[int(len(calls) * 0.99)] * 1e6)
+    if mode == "channel, concurrent, renewal beside":
+        result["renewals"] = renewals
+    if empty_receive is not None:
+        result["empty_receive_ms"] = round(empty_receive * 1e3, 1)
+    return result
+
+
+def one_round(count: int, renew_seconds: float, folder: Path) -> tuple[float, list[dict[str, Any]]]:
+    with messaging_emulator(folder) as messaging:
+        load = os.getloadavg()[0]
+        results = [
+            asyncio.run(run_mode(messaging.connection_string, messaging.pid, mode, n, count, renew_seconds))
+            for n, mode in enumerate(MODES)
+        ]  # fmt: skip
+    return load, results
+
+
+async def turns_cpu(count: int) -> float:
+    """CPU of one turn of `Turns` (µs): `count` calls issued at once, each yielding once inside its
+    turn as an SDK call does, against the same calls without turns."""
+
+    async def call(turns: Turns | None) -> None:
+        if turns is None:
+            await asyncio.sleep(0)
+            return
+        async with turns.turn():
+            await asyncio.sleep(0)
+
+    spent = []
+    for turns in (None, Turns()):
+        started = time.process_time()
+        await asyncio.gather(*(asyncio.create_task(call(turns)) for _ in range(count)))
+        spent.append(time.process_time() - started)
+    return round((spent[1] - spent[0]) / count * 1e6, 1)
+
+
+# --- the profile ------------------------------------------------------------------------------
+
+# Stages of a settle, by the innermost frame (leaf first) that names one. Samples in the event
+# loop's select are idle (py-spy reports a process blocked in epoll_wait as such) and left out.
+IDLE = ("select (selectors.py",)
+CLIENT_STAGES = (
+    ("socket write and read (the kernel's loopback TCP)", ("_SelectorSocketTransport.write", "_read_ready", "StreamReader.")),
+    ("AMQP frame encoding", ("encode_",)),
+    ("AMQP frame decoding", ("decode_",)),
+    ("asyncio.wait_for around every frame read and write", ("wait_for (asyncio/tasks.py",)),
+    ("the SDK's transport, connection and link code", ("servicebus/_pyamqp/",)),
+    ("the SDK's checks, retry wrapper and tracing context", ("servicebus/aio/_", "servicebus/_common/", "servicebus/_servicebus", "core/")),
+    ("the event loop (scheduling tasks and callbacks)", ("asyncio/",)),
+)  # fmt: skip
+EMULATOR_STAGES = (
+    ("socket write and read (the kernel's loopback TCP)", ("_SelectorSocketTransport.write", "_read_ready")),
+    ("sqlite (the emulator's store: delete the message)", ("messaging/store.py",)),
+    ("AMQP codec", ("amqp/codec.py",)),
+    ("AMQP connection and link", ("amqp/",)),
+    ("Service Bus model (locks, queue, settle)", ("messaging/servicebus/",)),
+    ("the event loop (scheduling tasks and callbacks)", ("asyncio/",)),
+)  # fmt: skip
+
+
+def stage_shares(path: Path, stages: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, float]:
+    """Share (%) of the busy samples per stage, from py-spy's raw (collapsed) output."""
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        frames = stack.split(";")
+        if not stack or any(marker in frames[-1] for marker in IDLE):
+            continue
+        stage = next((name for frame in reversed(frames) for name, markers in stages
+                      if any(marker in frame for marker in markers)), "other")  # fmt: skip
+        counts[stage] = counts.get(stage, 0) + int(samples)
+    total = sum(counts.values()) or 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    return {stage: round(100 * n / total, 1) for stage, n in ranked}
+
+
+def profile(count: int, folder: Path, out: Path) -> dict[str, Any]:
+    """One bare sequential run with py-spy on this process and on the emulator. py-spy attaches
+    during a 2 s pause before the settles and stops right after them; the pause is idle."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit(
+            "--profile needs py-spy on PATH: uv run --with py-spy python benchmarks/lane_settles.py --profile DIR"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    with messaging_emulator(folder) as messaging:
+        files = {"client": out / "client.txt", "emulator": out / "emulator.txt"}
+        pids = {"client": os.getpid(), "emulator": messaging.pid}
+
+        async def start() -> Callable[[], Awaitable[None]]:
+            spies = [subprocess.Popen([spy, "record", "--pid", str(pids[name]), "--rate", "500", "--nonblocking",
+                                       "--format", "raw", "--output", str(files[name])],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for name in files]  # fmt: skip
+            await asyncio.sleep(2.0)  # py-spy attaches
+
+            async def stop() -> None:
+                for process in spies:
+                    process.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                for process in spies:
+                    process.wait(60)
+
+            return stop
+
+        result = asyncio.run(run_mode(messaging.connection_string, messaging.pid, MODES[0], 0,
+                                      count, 0.0, around=start))  # fmt: skip
+    result["client_busy_samples_percent"] = stage_shares(files["client"], CLIENT_STAGES)
+    result["emulator_busy_samples_percent"] = stage_shares(files["emulator"], EMULATOR_STAGES)
+    return result
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def medians(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per mode, the round with the median settles/s, with every round's rate beside it."""
+    table = []
+    for n in range(len(MODES)):
+        runs = sorted((r[n] for r in rounds), key=lambda r: float(r["settles_per_s"]))
+        table.append(
+            {
+                **runs[len(runs) // 2],
+                "rounds_settles_per_s": [r[n]["settles_per_s"] for r in rounds],
+            }
+        )
+    return table
+
+
+def report_lines(args: argparse.Namespace, report: dict[str, Any]) -> list[str]:
+    loads = ", ".join(f"{x:.2f}" for x in report["load_average_1m"])
+    lines = [
+        f"one lane (one session receiver), azure-servicebus {report['sdk']} against the messaging emulator: "
+        f"{args.messages} messages per mode; median of {args.rounds} rounds; load (1 min) at each round: "
+        f"{loads}; {os.cpu_count()} CPUs",
+        "per settle: wall = client CPU (this process) + emulator CPU + rest (round trips, wake-ups)",
+        "",
+        "| mode | settles/s | rounds (settles/s) | wall µs | client CPU µs | emulator CPU µs | rest µs | one call p50 / p99 µs |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in report["modes"]:
+        call = f"{row['call_p50_us']} / {row['call_p99_us']}" if "call_p50_us" in row else ""
+        mode = row["mode"] + (f" ({row['renewals']} renewals)" if "renewals" in row else "")
+        lines.append(
+            f"| {mode} | {row['settles_per_s']} | {row['rounds_settles_per_s']} | {row['wall_us_per_settle']} "
+            f"| {row['client_cpu_us_per_settle']} | {row['emulator_cpu_us_per_settle']} | {row['rest_us_per_settle']} | {call} |"
+        )
+    lines += ["", f"one turn of Turns alone (no I/O): {report['turns_cpu_us']} µs of CPU",
+              f"a receive of up to {RECEIVE_BATCH} with the lane worker's busy wait ({BUSY_RECEIVE_WAIT_SECONDS} s) on an empty "
+              f"lane: {report['modes'][-1]['empty_receive_ms']} ms (median of 10; per round "
+              f"{[r[-1]['empty_receive_ms'] for r in report['all_rounds']]})"]  # fmt: skip
+    if "profile" in report:
+        lines += ["", f"py-spy, bare one after another ({report['profile']['settles_per_s']} settles/s while "
+                      "profiled), busy samples per stage (%):", "client:"]  # fmt: skip
+        lines += [
+            f"  {k}: {v}" for k, v in report["profile"]["client_busy_samples_percent"].items()
+        ]
+        lines += ["emulator:"]
+        lines += [
+            f"  {k}: {v}" for k, v in report["profile"]["emulator_busy_samples_percent"].items()
+        ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=5000, help="messages per mode and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--renew-seconds", type=float, default=0.5,
+                        help="the lock renewal's period in the 'renewal beside' mode")  # fmt: skip
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="also profile a bare sequential run with py-spy; collapsed stacks go here")  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "lane_settles.json"
+    )
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    rounds, loads = [], []
+    for number in range(args.rounds):
+        sys.stderr.write(f"lane settles: round {number + 1}/{args.rounds} ...\n")
+        with tempfile.TemporaryDirectory(prefix="bench-lane-settles-") as folder:
+            load, results = one_round(args.messages, args.renew_seconds, Path(folder))
+        loads.append(round(load, 2))
+        rounds.append(results)
+    from azure.servicebus import __version__ as sdk  # noqa: PLC0415
+
+    report: dict[str, Any] = {"scenario": "lane settles", "sdk": sdk, "messages": args.messages,
+                              "rounds": args.rounds, "renew_seconds": args.renew_seconds,
+                              "load_average_1m": loads, "modes": medians(rounds), "all_rounds": rounds,
+                              "turns_cpu_us": asyncio.run(turns_cpu(args.messages))}  # fmt: skip
+    if args.profile is not None:
+        sys.stderr.write("lane settles: profiling a bare sequential run ...\n")
+        with tempfile.TemporaryDirectory(prefix="bench-lane-settles-profile-") as folder:
+            report["profile"] = profile(args.messages, Path(folder), args.profile)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    sys.stdout.write("\n".join(report_lines(args, report)) + "\n")
+
+
+if __name__ == "__main__":
+    main()

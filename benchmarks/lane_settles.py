@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -73,6 +74,7 @@ from eventflow_consumer.adapters.servicebus_sessions import (
 from eventflow_consumer.bootstrap import tls_context
 from eventflow_consumer.handling import InboxHandler
 from eventflow_consumer.lanes import BUSY_RECEIVE_WAIT_SECONDS, RECEIVE_BATCH, LaneWorker
+from eventflow_consumer.ports import Inbound
 from eventflow_contracts.lanes import session_id_for
 from eventflow_emulators.messaging.testing import messaging_emulator
 
@@ -150,16 +152,15 @@ async def one_after_another(receiver: ServiceBusReceiver, messages: list[Any]) -
     return calls
 
 
-async def through_channel(channel: ServiceBusSessionChannel, messages: list[Any]) -> None:
+async def through_channel(channel: ServiceBusSessionChannel, inbound: list[Inbound]) -> None:
     """Every completion issued at once, each its own task, as the lane worker issues them."""
-    inbound = [inbound_of(m) for m in messages]
     await asyncio.gather(*(asyncio.create_task(channel.complete(i)) for i in inbound))
 
 
-async def with_renewal(channel: CountingChannel, messages: list[Any], period: float) -> int:
+async def with_renewal(channel: CountingChannel, inbound: list[Inbound], period: float) -> int:
     renewing = asyncio.create_task(keep_locked(channel, period))
     try:
-        await through_channel(channel, messages)
+        await through_channel(channel, inbound)
     finally:
         renewing.cancel()
         await asyncio.gather(renewing, return_exceptions=True)
@@ -184,17 +185,23 @@ class LastSettle(ServiceBusSessionChannel):
         super().__init__(receiver)
         self.left, self.emulator_pid = count, emulator_pid
         self.end: Snapshot | None = None
+        self.calls: list[float] = []  # each completion, from the worker's call to its end
 
-    async def complete(self, inbound: Any) -> None:
+    async def complete(self, inbound: Inbound) -> None:
+        started = time.perf_counter()
         await super().complete(inbound)
+        self.calls.append(time.perf_counter() - started)
         self.left -= 1
         if self.left == 0:
             self.end = Snapshot(self.emulator_pid)
 
 
-async def lane_worker(receiver: ServiceBusReceiver, count: int, emulator_pid: int) -> Snapshot:
-    """The consumer's lane worker on the lane until it has settled `count` messages; the snapshot
-    taken at the last settle (the worker returns after its receive in progress then)."""
+async def lane_worker(
+    receiver: ServiceBusReceiver, count: int, emulator_pid: int
+) -> tuple[Snapshot, list[float]]:
+    """The consumer's lane worker on the lane until it has settled `count` messages: the snapshot
+    taken at the last settle (the worker returns after its receive in progress then) and the
+    duration of every completion, its wait for the receiver's turn included."""
     store = _MemoryStore()
     worker = LaneWorker(InboxHandler(store), store)
     channel = LastSettle(receiver, count, emulator_pid)
@@ -203,7 +210,7 @@ async def lane_worker(receiver: ServiceBusReceiver, count: int, emulator_pid: in
         raise RuntimeError(
             f"lane worker: {worker.settled} settled, {len(store.marks)} applied of {count}"
         )
-    return channel.end
+    return channel.end, channel.calls
 
 
 async def empty_receives(receiver: ServiceBusReceiver, times: int = 10) -> float:
@@ -224,22 +231,24 @@ async def settle(
     receiver: ServiceBusReceiver,
     mode: str,
     messages: list[Any],
+    inbound: list[Inbound],
     count: int,
     renew_seconds: float,
     emulator_pid: int,
 ) -> tuple[list[float], int, Snapshot | None]:
-    """The timed part of one mode: per-call durations if sequential, renewals done, and the
-    snapshot at the last settle if it is not the end of this call."""
+    """The timed part of one mode: durations of the completions when measured, renewals done,
+    and the snapshot at the last settle when it is not the end of this call."""
     if mode == "bare, one after another":
         return await one_after_another(receiver, messages), 0, None
     if mode == "bare, concurrent, no turns":
         await asyncio.gather(*(receiver.complete_message(m) for m in messages))
     elif mode == "channel, concurrent":
-        await through_channel(ServiceBusSessionChannel(receiver), messages)
+        await through_channel(ServiceBusSessionChannel(receiver), inbound)
     elif mode == "channel, concurrent, renewal beside":
-        return [], await with_renewal(CountingChannel(receiver), messages, renew_seconds), None
+        return [], await with_renewal(CountingChannel(receiver), inbound, renew_seconds), None
     else:
-        return [], 0, await lane_worker(receiver, count, emulator_pid)
+        last, calls = await lane_worker(receiver, count, emulator_pid)
+        return calls, 0, last
     return [], 0, None
 
 
@@ -267,16 +276,28 @@ async def run_mode(
             messages = (
                 [] if mode == "lane worker, in-memory store" else await receive_all(receiver, count)
             )
+            inbound = [inbound_of(m) for m in messages]  # as the lane worker holds them
+            # The session's lock (30 s) runs from the accept; receiving thousands of messages on
+            # a busy machine takes a good part of it, so it starts afresh for the timed part.
+            await receiver.session.renew_lock()
             stop = await around() if around is not None else None
             start = Snapshot(emulator_pid)
             calls, renewals, last = await settle(
-                receiver, mode, messages, count, renew_seconds, emulator_pid
+                receiver, mode, messages, inbound, count, renew_seconds, emulator_pid
             )
             end = last or Snapshot(emulator_pid)
             if stop is not None:
                 await stop()
             left = await receiver.peek_messages(max_message_count=1)
             empty_receive = await empty_receives(receiver) if mode == MODES[-1] else None
+        if (
+            empty_receive is not None
+        ):  # the same with the receiver's socket_timeout at the busy wait
+            async with client.get_queue_receiver(
+                QUEUE, session_id=session_id, prefetch_count=PREFETCH,
+                socket_timeout=BUSY_RECEIVE_WAIT_SECONDS,
+            ) as short:  # fmt: skip
+                empty_short = await empty_receives(short)
     wall, cpu, emulator = end.wall - start.wall, end.cpu - start.cpu, end.emulator - start.emulator
     if left:
         raise RuntimeError(f"{mode}: messages left in the session after settling them all")
@@ -295,6 +316,7 @@ async def run_mode(
         result["renewals"] = renewals
     if empty_receive is not None:
         result["empty_receive_ms"] = round(empty_receive * 1e3, 1)
+        result["empty_receive_short_socket_timeout_ms"] = round(empty_short * 1e3, 1)
     return result
 
 
@@ -308,9 +330,9 @@ def one_round(count: int, renew_seconds: float, folder: Path) -> tuple[float, li
     return load, results
 
 
-async def turns_cpu(count: int) -> float:
+async def turns_cpu(count: int, repeats: int = 7) -> float:
     """CPU of one turn of `Turns` (µs): `count` calls issued at once, each yielding once inside its
-    turn as an SDK call does, against the same calls without turns."""
+    turn as an SDK call does, against the same calls without turns; the median of `repeats`."""
 
     async def call(turns: Turns | None) -> None:
         if turns is None:
@@ -319,12 +341,16 @@ async def turns_cpu(count: int) -> float:
         async with turns.turn():
             await asyncio.sleep(0)
 
-    spent = []
-    for turns in (None, Turns()):
-        started = time.process_time()
-        await asyncio.gather(*(asyncio.create_task(call(turns)) for _ in range(count)))
-        spent.append(time.process_time() - started)
-    return round((spent[1] - spent[0]) / count * 1e6, 1)
+    differences = []
+    for _ in range(repeats):
+        spent = []
+        for turns in (None, Turns()):
+            gc.collect()
+            started = time.process_time()
+            await asyncio.gather(*(asyncio.create_task(call(turns)) for _ in range(count)))
+            spent.append(time.process_time() - started)
+        differences.append((spent[1] - spent[0]) / count)
+    return round(statistics.median(differences) * 1e6, 1)
 
 
 # --- the profile ------------------------------------------------------------------------------
@@ -440,7 +466,8 @@ def report_lines(args: argparse.Namespace, report: dict[str, Any]) -> list[str]:
     lines += ["", f"one turn of Turns alone (no I/O): {report['turns_cpu_us']} µs of CPU",
               f"a receive of up to {RECEIVE_BATCH} with the lane worker's busy wait ({BUSY_RECEIVE_WAIT_SECONDS} s) on an empty "
               f"lane: {report['modes'][-1]['empty_receive_ms']} ms (median of 10; per round "
-              f"{[r[-1]['empty_receive_ms'] for r in report['all_rounds']]})"]  # fmt: skip
+              f"{[r[-1]['empty_receive_ms'] for r in report['all_rounds']]}); with the receiver's socket_timeout "
+              f"at {BUSY_RECEIVE_WAIT_SECONDS} s: {report['modes'][-1]['empty_receive_short_socket_timeout_ms']} ms"]  # fmt: skip
     if "profile" in report:
         lines += ["", f"py-spy, bare one after another ({report['profile']['settles_per_s']} settles/s while "
                       "profiled), busy samples per stage (%):", "client:"]  # fmt: skip

@@ -29,14 +29,17 @@ timed part:
 Reported per mode (median of the rounds): settles/s; per settle the wall time, the client's CPU
 (time.process_time of this process), the emulator's CPU (/proc/<pid>/stat utime + stime) and the
 rest (wall - client CPU - emulator CPU: the loopback round trips and the wake-ups, neither process
-on a core); for the bare sequential mode the p50/p99 of one complete_message call. Also the CPU of
-one turn of `Turns` alone (in this process, no I/O). The 1-minute load average (uptime's first
+on a core); the p50/p99 of one complete_message call (bare sequential) and of one completion as
+the lane worker sees it (its wait for the receiver's turn included). For the bare sequential mode
+also the system part of either CPU and how often this process was preempted (getrusage). Also the
+CPU of one turn of `Turns` alone (in this process, no I/O). The 1-minute load average (uptime's first
 figure) is printed for each round: read the figures next to it.
 
 `--profile DIR` (py-spy on PATH, e.g. `uv run --with py-spy python benchmarks/lane_settles.py
 --profile DIR`): one more bare sequential run with py-spy attached to this process and to the
-emulator during the settles; the collapsed stacks go to DIR and the share of the busy samples per
-stage of a settle is printed for each side.
+emulator during the settles; the collapsed stacks go to DIR and the share of the samples per stage
+of a settle is printed for each side. py-spy counts a thread as busy while it is runnable, so a
+socket write that wakes the other process and loses the core to it counts as the write's.
 
     uv run python benchmarks/lane_settles.py [--messages 5000] [--rounds 3] [--renew-seconds 0.5]
 """
@@ -48,6 +51,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -92,10 +96,10 @@ MODES = (
 )
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat (fields 14 and 15)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """utime and stime of a process, from /proc/<pid>/stat (fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def lane_events(lane: int, count: int) -> list[bytes]:
@@ -168,14 +172,15 @@ async def with_renewal(channel: CountingChannel, inbound: list[Inbound], period:
 
 
 class Snapshot:
-    """Wall clock, this process's CPU and the emulator's CPU, read together."""
+    """Wall clock, this process's CPU (and its system part, its involuntary context switches)
+    and the emulator's CPU (and its system part), read together."""
 
     def __init__(self, emulator_pid: int) -> None:
-        self.wall, self.cpu, self.emulator = (
-            time.perf_counter(),
-            time.process_time(),
-            cpu_seconds(emulator_pid),
-        )
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.sys, self.switches = usage.ru_stime, usage.ru_nivcsw
+        user, self.emulator_sys = cpu_seconds(emulator_pid)
+        self.emulator = user + self.emulator_sys
 
 
 class LastSettle(ServiceBusSessionChannel):
@@ -307,6 +312,9 @@ async def run_mode(
         "client_cpu_us_per_settle": round(cpu / count * 1e6),
         "emulator_cpu_us_per_settle": round(emulator / count * 1e6),
         "rest_us_per_settle": round((wall - cpu - emulator) / count * 1e6),
+        "client_sys_us_per_settle": round((end.sys - start.sys) / count * 1e6),
+        "emulator_sys_us_per_settle": round((end.emulator_sys - start.emulator_sys) / count * 1e6),
+        "client_involuntary_switches_per_settle": round((end.switches - start.switches) / count, 2),
     }  # fmt: skip
     if calls:
         calls.sort()
@@ -356,7 +364,7 @@ async def turns_cpu(count: int, repeats: int = 7) -> float:
 # --- the profile ------------------------------------------------------------------------------
 
 # Stages of a settle, by the innermost frame (leaf first) that names one. Samples in the event
-# loop's select are idle (py-spy reports a process blocked in epoll_wait as such) and left out.
+# loop's select (waiting for the other side) are left out.
 IDLE = ("select (selectors.py",)
 CLIENT_STAGES = (
     ("socket write and read (the kernel's loopback TCP)", ("_SelectorSocketTransport.write", "_read_ready", "StreamReader.")),
@@ -463,14 +471,18 @@ def report_lines(args: argparse.Namespace, report: dict[str, Any]) -> list[str]:
             f"| {mode} | {row['settles_per_s']} | {row['rounds_settles_per_s']} | {row['wall_us_per_settle']} "
             f"| {row['client_cpu_us_per_settle']} | {row['emulator_cpu_us_per_settle']} | {row['rest_us_per_settle']} | {call} |"
         )
-    lines += ["", f"one turn of Turns alone (no I/O): {report['turns_cpu_us']} µs of CPU",
+    bare = report["modes"][0]
+    lines += ["", f"{bare['mode']}: system CPU {bare['client_sys_us_per_settle']} µs of the client's, "
+                  f"{bare['emulator_sys_us_per_settle']} µs of the emulator's per settle; the client was "
+                  f"preempted {bare['client_involuntary_switches_per_settle']} times per settle"]  # fmt: skip
+    lines += [f"one turn of Turns alone (no I/O): {report['turns_cpu_us']} µs of CPU",
               f"a receive of up to {RECEIVE_BATCH} with the lane worker's busy wait ({BUSY_RECEIVE_WAIT_SECONDS} s) on an empty "
               f"lane: {report['modes'][-1]['empty_receive_ms']} ms (median of 10; per round "
               f"{[r[-1]['empty_receive_ms'] for r in report['all_rounds']]}); with the receiver's socket_timeout "
               f"at {BUSY_RECEIVE_WAIT_SECONDS} s: {report['modes'][-1]['empty_receive_short_socket_timeout_ms']} ms"]  # fmt: skip
     if "profile" in report:
         lines += ["", f"py-spy, bare one after another ({report['profile']['settles_per_s']} settles/s while "
-                      "profiled), busy samples per stage (%):", "client:"]  # fmt: skip
+                      "profiled), samples per stage, runnable only (%):", "client:"]  # fmt: skip
         lines += [
             f"  {k}: {v}" for k, v in report["profile"]["client_busy_samples_percent"].items()
         ]

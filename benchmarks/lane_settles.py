@@ -39,7 +39,9 @@ figure) is printed for each round: read the figures next to it.
 --profile DIR`): one more bare sequential run with py-spy attached to this process and to the
 emulator during the settles; the collapsed stacks go to DIR and the share of the samples per stage
 of a settle is printed for each side. py-spy counts a thread as busy while it is runnable, so a
-socket write that wakes the other process and loses the core to it counts as the write's.
+socket write that wakes the other process and loses the core to it counts as the write's: the
+socket calls' share is given apart (their CPU is the system part above), every other stage as a
+share of the rest. Then one more such run under cProfile: Python function calls per settle.
 
     uv run python benchmarks/lane_settles.py [--messages 5000] [--rounds 3] [--renew-seconds 0.5]
 """
@@ -48,9 +50,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import logging
 import os
+import pstats
 import resource
 import shutil
 import signal
@@ -366,8 +370,9 @@ async def turns_cpu(count: int, repeats: int = 7) -> float:
 # Stages of a settle, by the innermost frame (leaf first) that names one. Samples in the event
 # loop's select (waiting for the other side) are left out.
 IDLE = ("select (selectors.py",)
+SOCKET = "socket write and read (the kernel's loopback TCP)"
 CLIENT_STAGES = (
-    ("socket write and read (the kernel's loopback TCP)", ("_SelectorSocketTransport.write", "_read_ready", "StreamReader.")),
+    (SOCKET, ("_SelectorSocketTransport.write", "_read_ready", "StreamReader.")),
     ("AMQP frame encoding", ("encode_",)),
     ("AMQP frame decoding", ("decode_",)),
     ("asyncio.wait_for around every frame read and write", ("wait_for (asyncio/tasks.py",)),
@@ -376,7 +381,7 @@ CLIENT_STAGES = (
     ("the event loop (scheduling tasks and callbacks)", ("asyncio/",)),
 )  # fmt: skip
 EMULATOR_STAGES = (
-    ("socket write and read (the kernel's loopback TCP)", ("_SelectorSocketTransport.write", "_read_ready")),
+    (SOCKET, ("_SelectorSocketTransport.write", "_read_ready")),
     ("sqlite (the emulator's store: delete the message)", ("messaging/store.py",)),
     ("AMQP codec", ("amqp/codec.py",)),
     ("AMQP connection and link", ("amqp/",)),
@@ -386,7 +391,8 @@ EMULATOR_STAGES = (
 
 
 def stage_shares(path: Path, stages: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, float]:
-    """Share (%) of the busy samples per stage, from py-spy's raw (collapsed) output."""
+    """Share (%) of the runnable samples per stage, from py-spy's raw (collapsed) output; the
+    socket calls' share of all of them, every other stage's share of the samples outside them."""
     counts: dict[str, int] = {}
     for line in path.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
@@ -396,9 +402,12 @@ def stage_shares(path: Path, stages: tuple[tuple[str, tuple[str, ...]], ...]) ->
         stage = next((name for frame in reversed(frames) for name, markers in stages
                       if any(marker in frame for marker in markers)), "other")  # fmt: skip
         counts[stage] = counts.get(stage, 0) + int(samples)
-    total = sum(counts.values()) or 1
+    total, socket = sum(counts.values()) or 1, counts.pop(SOCKET, 0)
+    rest = total - socket or 1
     ranked = sorted(counts.items(), key=lambda kv: -kv[1])
-    return {stage: round(100 * n / total, 1) for stage, n in ranked}
+    return {SOCKET: round(100 * socket / total, 1)} | {
+        s: round(100 * n / rest, 1) for s, n in ranked
+    }
 
 
 def profile(count: int, folder: Path, out: Path) -> dict[str, Any]:
@@ -415,7 +424,7 @@ def profile(count: int, folder: Path, out: Path) -> dict[str, Any]:
         pids = {"client": os.getpid(), "emulator": messaging.pid}
 
         async def start() -> Callable[[], Awaitable[None]]:
-            spies = [subprocess.Popen([spy, "record", "--pid", str(pids[name]), "--rate", "500", "--nonblocking",
+            spies = [subprocess.Popen([spy, "record", "--pid", str(pids[name]), "--rate", "500",
                                        "--format", "raw", "--output", str(files[name])],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for name in files]  # fmt: skip
@@ -431,9 +440,28 @@ def profile(count: int, folder: Path, out: Path) -> dict[str, Any]:
 
         result = asyncio.run(run_mode(messaging.connection_string, messaging.pid, MODES[0], 0,
                                       count, 0.0, around=start))  # fmt: skip
+        result["client_python_calls_per_settle"] = asyncio.run(python_calls(messaging, count))
     result["client_busy_samples_percent"] = stage_shares(files["client"], CLIENT_STAGES)
     result["emulator_busy_samples_percent"] = stage_shares(files["emulator"], EMULATOR_STAGES)
     return result
+
+
+async def python_calls(messaging: Any, count: int) -> int:
+    """Python function calls in this process per settle, bare one after another (cProfile)."""
+    profiler = cProfile.Profile()
+
+    async def start() -> Callable[[], Awaitable[None]]:
+        profiler.enable()
+
+        async def stop() -> None:
+            profiler.disable()
+
+        return stop
+
+    await run_mode(
+        messaging.connection_string, messaging.pid, MODES[0], 1, count, 0.0, around=start
+    )
+    return round(pstats.Stats(profiler).total_calls / count)
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -482,7 +510,8 @@ def report_lines(args: argparse.Namespace, report: dict[str, Any]) -> list[str]:
               f"at {BUSY_RECEIVE_WAIT_SECONDS} s: {report['modes'][-1]['empty_receive_short_socket_timeout_ms']} ms"]  # fmt: skip
     if "profile" in report:
         lines += ["", f"py-spy, bare one after another ({report['profile']['settles_per_s']} settles/s while "
-                      "profiled), samples per stage, runnable only (%):", "client:"]  # fmt: skip
+                      "profiled): the socket calls' share of the runnable samples (a runnable thread may be "
+                      "waiting for a core), then each stage's share of the others (%):", "client:"]  # fmt: skip
         lines += [
             f"  {k}: {v}" for k, v in report["profile"]["client_busy_samples_percent"].items()
         ]
@@ -490,6 +519,8 @@ def report_lines(args: argparse.Namespace, report: dict[str, Any]) -> list[str]:
         lines += [
             f"  {k}: {v}" for k, v in report["profile"]["emulator_busy_samples_percent"].items()
         ]
+        lines += [f"Python function calls in the client per settle (cProfile, another run): "
+                  f"{report['profile']['client_python_calls_per_settle']}"]  # fmt: skip
     return lines
 
 

@@ -12,6 +12,8 @@ all received first by one session receiver with the lane's prefetch; that part i
 timed part:
 
 - bare, one after another: `await receiver.complete_message(m)` for each message in turn.
+- channel, one after another: the same through the project's ServiceBusSessionChannel (its turn,
+  uncontended, and its conversion of lock errors).
 - channel, concurrent: every completion issued at once, each its own task, through the project's
   ServiceBusSessionChannel (as the lane worker's `_complete_later` does); the channel serialises them.
 - channel, concurrent, renewal beside: the same with the lane's lock renewal (`keep_locked`) running
@@ -93,6 +95,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 LANES = 8  # mode n settles on the lane lanes8-<n>: a session of its own per mode
 MODES = (
     "bare, one after another",
+    "channel, one after another",
     "channel, concurrent",
     "channel, concurrent, renewal beside",
     "bare, concurrent, no turns",
@@ -251,6 +254,10 @@ async def settle(
         return await one_after_another(receiver, messages), 0, None
     if mode == "bare, concurrent, no turns":
         await asyncio.gather(*(receiver.complete_message(m) for m in messages))
+    elif mode == "channel, one after another":
+        channel = ServiceBusSessionChannel(receiver)
+        for each in inbound:
+            await channel.complete(each)
     elif mode == "channel, concurrent":
         await through_channel(ServiceBusSessionChannel(receiver), inbound)
     elif mode == "channel, concurrent, renewal beside":

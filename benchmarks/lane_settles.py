@@ -72,8 +72,9 @@ from typing import Any
 import orjson
 import structlog
 from azure.servicebus import ServiceBusMessage
+from azure.servicebus import __version__ as SDK_VERSION
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
-from consumer import _MemoryStore, order_events
+from consumer import MemoryStore, order_events
 
 from eventflow_consumer.adapters.servicebus_sessions import (
     ServiceBusSessionChannel,
@@ -214,7 +215,7 @@ async def lane_worker(
     """The consumer's lane worker on the lane until it has settled `count` messages: the snapshot
     taken at the last settle (the worker returns after its receive in progress then) and the
     duration of every completion, its wait for the receiver's turn included."""
-    store = _MemoryStore()
+    store = MemoryStore()
     worker = LaneWorker(InboxHandler(store), store)
     channel = LastSettle(receiver, count, emulator_pid)
     await worker.hold(channel, stopping=lambda: worker.settled >= count)
@@ -306,9 +307,8 @@ async def run_mode(
                 await stop()
             left = await receiver.peek_messages(max_message_count=1)
             empty_receive = await empty_receives(receiver) if mode == MODES[-1] else None
-        if (
-            empty_receive is not None
-        ):  # the same with the receiver's socket_timeout at the busy wait
+        if empty_receive is not None:
+            # the same with the receiver's socket_timeout at the busy wait
             async with client.get_queue_receiver(
                 QUEUE, session_id=session_id, prefetch_count=PREFETCH,
                 socket_timeout=BUSY_RECEIVE_WAIT_SECONDS,
@@ -551,9 +551,7 @@ def main() -> None:
             load, results = one_round(args.messages, args.renew_seconds, Path(folder))
         loads.append(round(load, 2))
         rounds.append(results)
-    from azure.servicebus import __version__ as sdk  # noqa: PLC0415
-
-    report: dict[str, Any] = {"scenario": "lane settles", "sdk": sdk, "messages": args.messages,
+    report: dict[str, Any] = {"scenario": "lane settles", "sdk": SDK_VERSION, "messages": args.messages,
                               "rounds": args.rounds, "renew_seconds": args.renew_seconds,
                               "load_average_1m": loads, "modes": medians(rounds), "all_rounds": rounds,
                               "turns_cpu_us": asyncio.run(turns_cpu(args.messages))}  # fmt: skip

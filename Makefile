@@ -180,6 +180,7 @@ bench: setup ## benchmarks (not part of make test); figures go to docs/performan
 	$(RUN) python benchmarks/publisher.py
 	$(RUN) python benchmarks/subscriber.py
 	$(RUN) python benchmarks/consumer.py
+	$(RUN) python benchmarks/lane_settles.py
 	$(RUN) python benchmarks/end_to_end.py
 	$(RUN) python benchmarks/patterns.py
 	$(RUN) python benchmarks/tracing_overhead.py

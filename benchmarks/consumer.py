@@ -343,7 +343,9 @@ class _Channel:
         return None
 
 
-class _MemoryStore:
+class MemoryStore:
+    """The consumer's store in memory, free (also benchmarks/lane_settles.py's)."""
+
     def __init__(self) -> None:
         self.summaries: dict[str, tuple[OrderSummary, str]] = {}
         self.marks: set[str] = set()
@@ -398,7 +400,7 @@ async def own_cpu(messages: int, per_session: int, lanes: int) -> float:
         Inbound(Delivery(raw, orjson.loads(raw)["id"], session_id_for(f"o{n}", lanes), s, 0, {}), s)
         for n in range(sessions) for s, raw in enumerate(order_events(f"o{n}", per_session))
     ]  # fmt: skip
-    store = _MemoryStore()
+    store = MemoryStore()
     started = time.process_time()
     if lanes:
         by_lane: dict[str, list[Inbound]] = {}

@@ -37,6 +37,7 @@ from azure.servicebus.exceptions import (
     SessionCannotBeLockedError,
 )
 
+from eventflow_consumer.adapters.cosmos_membership import CosmosLaneCounts
 from eventflow_consumer.adapters.servicebus_sessions import ServiceBusSessionChannel, keep_locked
 from eventflow_consumer.bootstrap import Resources, open_resources, worker_of
 from eventflow_consumer.handling import MARKER_PROPERTY, body_of, properties_of
@@ -204,8 +205,10 @@ async def unblock(resources: Resources, settings: Settings, order_id: str, wait:
     holder carries it out (lanes.py); this waits for the outcome. A holder that takes the request
     on finishes it whatever happens to this command (a store outage, an interrupt); one that does
     not take it on within `wait` seconds: the request is withdrawn, nothing changed, exit 1.
-    A lane of another lane count than CONSUMER_INBOX_LANES (left by a change of the count) has no
-    holder for good: this command holds it while the request is carried out (`_carry_out`).
+    A lane of another lane count than the consumers' (left by a change of the count) has no holder
+    for good: this command holds it while the request is carried out (`_carry_out`); interrupting
+    the command then stops the replay at a message boundary, the order stays blocked with its
+    request in progress, and running `unblock` again finishes it.
     A session blocked on its own (no lane in its record, or no record): `unblock_session`."""
     deadline = time.monotonic() + wait
     record = await _patiently(lambda: resources.store.blocked_record(order_id), deadline)
@@ -215,19 +218,40 @@ async def unblock(resources: Resources, settings: Settings, order_id: str, wait:
     if not await _patiently(lambda: resources.store.request_unblock(order_id, request), deadline):
         emit({"unblocked": order_id, "lane": lane, "note": "unblocked meanwhile"})
         return 0
+    outcome = asyncio.create_task(_outcome(resources, order_id, lane, request, deadline, wait))
+    if not await _held_by_nobody(resources, settings, lane):
+        return await outcome
     done = asyncio.Event()
-    old = parse_lane(lane)
-    carrying = (
-        asyncio.create_task(_carry_out(resources, settings, lane, done))
-        if old is not None and old.count != settings.inbox_lanes
-        else None
-    )
     try:
-        return await _outcome(resources, order_id, lane, request, deadline, wait)
+        while not outcome.done():  # the command's hold, again if it ends first (a lost lock)
+            carrying = asyncio.create_task(_carry_out(resources, settings, lane, done))
+            await asyncio.wait([outcome, carrying], return_when=asyncio.FIRST_COMPLETED)
+            if not carrying.done():
+                done.set()
+                await carrying
+            elif carrying.exception() is not None:
+                emit({"warning": f"holding lane {lane} failed; trying again",
+                      "error": repr(carrying.exception())})  # fmt: skip
+                await asyncio.sleep(UNBLOCK_POLL_SECONDS)
+        return outcome.result()
     finally:
         done.set()
-        if carrying is not None:
-            await carrying
+        outcome.cancel()
+
+
+async def _held_by_nobody(resources: Resources, settings: Settings, lane: str) -> bool:
+    """Whether `lane` is of another count than the newest the consumers noted (the lane counts
+    record; this command's CONSUMER_INBOX_LANES when the record cannot be read): no replica holds
+    it for good, so the command holds it itself while the request is carried out."""
+    named = parse_lane(lane)
+    if named is None:
+        return False
+    newest = settings.inbox_lanes
+    if resources.members is not None:
+        with contextlib.suppress(TransientStoreError):
+            counts = await CosmosLaneCounts(resources.members, queue=settings.inbox_queue).counts()
+            newest = counts[-1] if counts else newest
+    return named.count != newest
 
 
 async def _outcome(
@@ -270,7 +294,8 @@ async def _carry_out(
 
     metrics = ConsumerMetrics()
     sessions = worker_of(settings, resources, metrics)
-    worker = lane_worker_of(settings, resources, sessions, metrics, barrier_of(settings, resources))
+    barrier = barrier_of(settings, resources, consumer=False)
+    worker = lane_worker_of(settings, resources, sessions, metrics, barrier)
     client = resources.lane_servicebus or resources.servicebus
     receiver = await _accepted(client, settings.inbox_queue, lane, done)
     if receiver is None:
@@ -297,6 +322,9 @@ async def _accepted(client: Any, queue: str, session_id: str, done: asyncio.Even
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), UNBLOCK_POLL_SECONDS)
             continue
+        except BaseException:
+            await receiver.close()
+            raise
         return receiver
     return None
 

@@ -10,14 +10,18 @@ that waits behind a backlog is not missing, and under the skip policy treating i
 and dead-letter it later as `skipped-earlier`. So before the gap wait starts, the barrier asks
 whether any other session this order may have used still holds one of its earlier events:
 
-- the other sessions are the order's lane under every lane count the inbox has been used with (the
-  LaneCounts record: each consumer notes its own count when it starts, and the count of every lane
-  session it takes), and the order's own session (one session per order, a release before lanes);
-- a session is looked at by accepting it by id and peeking its messages (active and deferred; a
-  peek locks nothing and counts no delivery); the lowest event sequence of each order in it is
-  kept for `probe_seconds`, so the early events of many orders cost one look per session;
+- the other sessions are the order's lane under every lane count **older** than the one its event
+  came in (the LaneCounts record, oldest first: each consumer notes its own count when it takes its
+  first lane, which makes that count the newest, and adds the count of every other lane session it
+  takes as the oldest if it is not there yet), and the order's own session (one session per order,
+  a release before lanes). Lanes of newer counts are never looked at: their holders hold them for
+  good, and an event of an older lane cannot be waiting for one of them;
+- a session is looked at by accepting it by id and peeking its messages (active, deferred and
+  locked ones; the receiver is closed without receiving, so no delivery is counted); what it holds
+  is kept for `poll_seconds` after the look ends, and a look under way is shared, so the early
+  events of many orders cost one look per session and period;
 - a session another receiver holds cannot be looked at: it is being drained (or held by a replica
-  that still uses that count), and the early event waits on;
+  that still uses that count), and the early event waits on (the lane worker bounds the wait);
 - only when no other session holds an earlier event of the order does the ordinary gap wait start.
 
 The barrier never applies anything itself: the lane worker re-reads the order's summary at every
@@ -40,14 +44,16 @@ LOG = structlog.get_logger("eventflow_consumer.barrier")
 
 
 class LaneCounts(Protocol):
-    """The lane counts the inbox has been used with, in the consumer's store."""
+    """The lane counts the inbox has been used with, in the consumer's store, oldest first."""
 
     async def counts(self) -> list[int]:
-        """Every count noted (at most the few most recently noted). Raises on a store outage."""
+        """Every count noted, oldest first (at most the few newest). Raises on a store outage."""
         ...
 
-    async def note(self, count: int) -> None:
-        """Adds `count` (idempotent). Raises on a store outage."""
+    async def note(self, count: int, *, current: bool) -> None:
+        """`current`: a consumer runs with `count`: it becomes the newest. Otherwise `count` is
+        added as the oldest if it is not there (a session of it was seen). Raises on a store
+        outage."""
         ...
 
 
@@ -67,6 +73,7 @@ class GenerationBarrier:
         counts: LaneCounts,
         probe: SessionProbe,
         *,
+        current: int | None = None,
         poll_seconds: float = 1.0,
         counts_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -76,9 +83,11 @@ class GenerationBarrier:
         self.poll_seconds = poll_seconds
         self._counts_seconds = counts_seconds
         self._clock = clock
+        self._current = current  # this consumer's own lane count
         self._known: tuple[float, list[int]] | None = None
         self._noted: set[int] = set()
-        self._looks: dict[str, tuple[float, asyncio.Future[dict[str, int] | None]]] = {}
+        # per session: when its last look ended (None: under way), and what it found
+        self._looks: dict[str, tuple[float | None, asyncio.Future[dict[str, int] | None]]] = {}
         self.looks = 0  # sessions looked into (for tests and benchmarks)
 
     async def seen(self, session_id: str) -> None:
@@ -88,7 +97,7 @@ class GenerationBarrier:
         if lane is None or lane.count in self._noted:
             return
         try:
-            await self._counts.note(lane.count)
+            await self._counts.note(lane.count, current=lane.count == self._current)
         except Exception as error:  # noqa: BLE001 - noted again with the next session taken
             LOG.warning("could not note the lane count", count=lane.count, error=repr(error))
             return
@@ -109,37 +118,52 @@ class GenerationBarrier:
         return None
 
     async def _others(self, order_id: str, session_id: str) -> list[str]:
+        """The order's lanes under the counts older than `session_id`'s (all other counts when
+        its count was never noted), then its own per-order session."""
         now = self._clock()
         if self._known is None or now - self._known[0] >= self._counts_seconds:
-            self._known = (now, sorted(set(await self._counts.counts())))
-        sessions = {session_id_for(order_id, count) for count in self._known[1]}
-        sessions.add(order_id)  # one session per order: lanes off, or a release before lanes
-        sessions.discard(session_id)
-        return sorted(sessions)
+            self._known = (now, list(dict.fromkeys(await self._counts.counts())))
+        counts, lane = self._known[1], parse_lane(session_id)
+        if lane is None:
+            return []  # a per-order session: nothing older than it
+        older = counts[: counts.index(lane.count)] if lane.count in counts else counts
+        sessions = [session_id_for(order_id, count) for count in reversed(older)]
+        sessions.append(order_id)  # one session per order: lanes off, or a release before lanes
+        return [s for s in dict.fromkeys(sessions) if s != session_id]
 
     async def _look(self, session_id: str) -> dict[str, int] | None:
-        """The session's orders, looked at once per `poll_seconds` whoever asks."""
-        now = self._clock()
+        """The session's orders: a look under way is shared, and what a look found is kept for
+        `poll_seconds` after it ended, whoever asks."""
         cached = self._looks.get(session_id)
-        if cached is not None and now - cached[0] < self.poll_seconds:
-            return await asyncio.shield(cached[1])  # a failed look is not kept
+        if cached is not None:
+            ended, shared = cached
+            if ended is None or self._clock() - ended < self.poll_seconds:
+                return await asyncio.shield(shared)
         future: asyncio.Future[dict[str, int] | None] = asyncio.get_running_loop().create_future()
-        self._looks[session_id] = (now, future)
-        self._forget_old(now)
+        self._looks[session_id] = (None, future)
+        self._forget_old()
         self.looks += 1
         try:
             found = await self._probe.orders_in(session_id)
+        except asyncio.CancelledError:
+            self._looks.pop(session_id, None)
+            future.set_result(None)  # those who shared it cannot tell: they wait and look again
+            raise
         except BaseException as error:
+            self._looks.pop(session_id, None)
             future.set_exception(error)
             future.exception()  # retrieved: the waiters raise it, nobody else must
-            self._looks.pop(session_id, None)
             raise
         future.set_result(found)
+        self._looks[session_id] = (self._clock(), future)
         return found
 
-    def _forget_old(self, now: float) -> None:
+    def _forget_old(self) -> None:
+        now = self._clock()
         old = [
-            s for s, (at, f) in self._looks.items() if f.done() and now - at >= self.poll_seconds
+            s
+            for s, (ended, _) in self._looks.items()
+            if ended is not None and now - ended >= self.poll_seconds
         ]
         for session_id in old:
             del self._looks[session_id]

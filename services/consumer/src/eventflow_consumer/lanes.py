@@ -81,6 +81,7 @@ class LaneSettings:
     order_max_in_flight: int = 100  # of one order; past it, its messages are deferred
     order_backoff_seconds: float = 1.0  # after an unexpected error, that order pauses
     unblock_poll_seconds: float = 1.0  # how often a lane with blocked orders reads their records
+    barrier_max_seconds: float = 600.0  # the longest wait behind the barrier for a held session
 
 
 @dataclass
@@ -92,6 +93,7 @@ class _Order:
     waiting: list[Inbound] = field(default_factory=list)
     waiting_until: float | None = None
     barrier: bool = False  # the wait is behind the generation barrier: the gap wait has not begun
+    barrier_since: float | None = None  # when the order began waiting behind it
     elsewhere: str | None = None  # the other session the barrier last named
     task: asyncio.Task[None] | None = None
     retry_at: float = 0.0
@@ -108,6 +110,12 @@ class _Order:
     def idle(self) -> bool:
         return not (self.queue or self.waiting or self.overflow or self.deferred or self.blocked
                     or self.unblock)  # fmt: skip
+
+    def parked(self) -> bool:
+        """Blocked with nothing to do until an unblock request comes."""
+        busy = self.task is not None and not self.task.done()
+        return bool(self.blocked) and not (self.queue or self.waiting or self.overflow or self.out
+                                           or self.unblock or busy)  # fmt: skip
 
 
 def order_of(inbound: Inbound) -> str:
@@ -295,8 +303,8 @@ class _Lane:
             for inbound in batch:
                 self._dispatch(inbound)
             self._expire_gaps()
-            if self.drain and not batch and not self.orders and not self.settling:
-                self.log.info("lane drained: released")
+            if self.drain and not batch and not self.settling and self._drained():
+                self.log.info("lane drained: released", blocked=len(self.orders))
                 break
         self._raise_failure()
 
@@ -316,6 +324,11 @@ class _Lane:
         if deadlines:
             wait = max(0.0, min(wait, min(deadlines) - self.worker._clock()))
         return wait
+
+    def _drained(self) -> bool:
+        """Nothing left to do but blocked orders (an unblock holds the lane again: the command
+        holds a lane of another count itself, since no replica holds it for good)."""
+        return all(order.parked() for order in self.orders.values())
 
     def _busy(self) -> bool:
         """Messages are being handled or settled."""
@@ -525,6 +538,7 @@ class _Lane:
                 return
             await self._settle(order, first, decision)
         order.waiting_until, order.barrier, order.elsewhere = None, False, None
+        order.barrier_since = None
 
     def _gap_wait(self) -> float:
         return self.settings.worker.gap_wait_seconds
@@ -534,11 +548,11 @@ class _Lane:
         events over the gap (the projection records the missing sequences as skipped); block
         blocks the order, and its waiting events are deferred. Behind the generation barrier, the
         order looks again instead (`_behind_barrier`)."""
-        if order.barrier and await self._behind_barrier(order):
-            return
-        # Decided again first: with lanes of another count, another session's holder may have
-        # applied the missing events meanwhile.
-        await self._release_waiting(order)
+        if self.worker._barrier is not None and order.order_id is not None:
+            if await self._behind_barrier(order):
+                return
+        else:
+            await self._release_waiting(order)
         waiting, order.waiting, order.waiting_until = order.waiting, [], None
         if not waiting:
             return
@@ -558,44 +572,54 @@ class _Lane:
                 await self._settle(order, inbound, decision)
 
     async def _behind_barrier(self, order: _Order) -> bool:
-        """One look of the generation barrier: the waiting events are decided again (an earlier
-        event may have been applied from another session meanwhile); for those still early, if
-        another session holds (or may hold) an earlier event of the order, the next look is
-        scheduled; otherwise the barrier is passed and the gap wait begins now. True: the order
-        keeps waiting (or has nothing left waiting); False: the policy applies now."""
+        """One look of the generation barrier, when a look is due (behind the barrier), when the
+        gap wait is over, or when too many events of the order wait. The waiting events are decided
+        again (another session's holder may have applied the missing ones meanwhile); for those
+        still early, if another session holds (or may hold) an earlier event of the order, the
+        order waits behind the barrier, for at most `barrier_max_seconds` in all; otherwise they
+        are decided once more (the look came after the decision) and the gap wait begins, or, if
+        it is over, the policy applies. True: the order keeps waiting (or nothing is left
+        waiting); False: the policy applies now."""
         barrier, order_id = self.worker._barrier, order.order_id
         assert barrier is not None
         assert order_id is not None
+        gap_over = not order.barrier
+        order.waiting_until = None  # no other look is due while this one runs
         await self._release_waiting(order)
         if not order.waiting:
             return True
         first = order.waiting[0].delivery.event_sequence or 0
-        lane, now = self.channel.session_id, self.worker._clock()
+        if order.barrier_since is None:
+            order.barrier_since = self.worker._clock()
         try:
-            elsewhere = await barrier.earlier_elsewhere(order_id, lane, first)
+            elsewhere = await barrier.earlier_elsewhere(order_id, self.channel.session_id, first)
         except Exception as error:  # noqa: BLE001 - a store outage, a broker error: look again
             self.log.warning("the generation barrier could not look; it looks again", order=order_id,
                              error=repr(error))  # fmt: skip
-            order.barrier, order.waiting_until = True, now + barrier.poll_seconds
-            return True
-        order.barrier = True
-        if elsewhere is None:
-            # The look came after the decision above: an earlier event completed in the other
-            # session in between is in the store now.
-            await self._release_waiting(order)
-            if not order.waiting:
+            elsewhere = "(unknown)"
+        now = self.worker._clock()
+        if elsewhere is not None:
+            if now - order.barrier_since < self.settings.barrier_max_seconds:
+                if elsewhere != order.elsewhere:
+                    self.log.info("waiting for an earlier event in another session", order=order_id,
+                                  first_waiting=first, session=elsewhere)  # fmt: skip
+                order.barrier, order.elsewhere = True, elsewhere
+                order.waiting_until = now + barrier.poll_seconds
                 return True
-            order.barrier, order.elsewhere = False, None
-            order.waiting_until = now + self._gap_wait()
+            self.log.warning("waited behind the generation barrier for its longest: the gap wait "
+                             "begins anyway", order=order_id, first_waiting=first, session=elsewhere,
+                             seconds=self.settings.barrier_max_seconds)  # fmt: skip
+        await self._release_waiting(order)
+        if not order.waiting:
+            return True
+        if gap_over:
+            return False
+        if elsewhere is None:
             self.log.info("no other session holds earlier events of the order: the gap wait begins",
                           order=order_id, first_waiting=first)  # fmt: skip
-            return len(order.waiting) <= self.settings.worker.max_waiting
-        if elsewhere != order.elsewhere:
-            self.log.info("waiting for an earlier event in another session", order=order_id,
-                          first_waiting=first, session=elsewhere)  # fmt: skip
-        order.elsewhere = elsewhere
-        order.waiting_until = now + barrier.poll_seconds
-        return True
+        order.barrier, order.elsewhere = False, None
+        order.waiting_until = now + self._gap_wait()
+        return len(order.waiting) <= self.settings.worker.max_waiting
 
     # -- blocking, deferring, bringing back --------------------------------------------------
 
@@ -609,7 +633,7 @@ class _Lane:
         held = order.waiting + [i for i in order.queue if i is not _GAP_EXPIRED]
         order.overflow = held + order.overflow
         order.waiting, order.queue, order.waiting_until = [], [], None
-        order.barrier, order.elsewhere = False, None
+        order.barrier, order.elsewhere, order.barrier_since = False, None, None
         self.worker._observer.blocked()
         self.log.warning("order blocked", order=order_id, reason=reason)
 

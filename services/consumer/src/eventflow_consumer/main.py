@@ -104,6 +104,7 @@ def lane_worker_of(
         worker=worker_settings, idle_seconds=idle, max_in_flight=settings.lane_max_in_flight,
         order_max_in_flight=settings.order_max_in_flight,
         unblock_poll_seconds=settings.unblock_poll_seconds,
+        barrier_max_seconds=settings.lane_barrier_max_seconds,
     )  # fmt: skip
     return LaneWorker(
         InboxHandler(resources.store), resources.store, lane_settings, observer=metrics,
@@ -111,9 +112,12 @@ def lane_worker_of(
     )  # fmt: skip
 
 
-def barrier_of(settings: Settings, resources: Resources) -> GenerationBarrier | None:
+def barrier_of(
+    settings: Settings, resources: Resources, *, consumer: bool = True
+) -> GenerationBarrier | None:
     """The generation barrier: the lane counts the inbox has been used with in the consumer's
-    store, and looks into the inbox's other sessions through the lanes' client."""
+    store, and looks into the inbox's other sessions through the lanes' client. `consumer`: this
+    process consumes with `INBOX_LANES` (its count is noted as the newest); not the admin CLI."""
     if settings.inbox_lanes == 0 or resources.members is None:
         return None
     return GenerationBarrier(
@@ -121,6 +125,7 @@ def barrier_of(settings: Settings, resources: Resources) -> GenerationBarrier | 
         ServiceBusSessionProbe(
             resources.lane_servicebus or resources.servicebus, settings.inbox_queue
         ),
+        current=settings.inbox_lanes if consumer else None,
         poll_seconds=settings.lane_barrier_seconds,
     )
 

@@ -96,6 +96,12 @@ class Settings(BaseSettings, TelemetryFields, AuthFields):
         "inbox (its order's lane under another lane count, or the order's own session) still holds an "
         "earlier event of its order; the gap wait starts only once none does (eventflow_consumer.barrier)",
     )
+    lane_barrier_max_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="the longest an early event waits behind the generation barrier for a session it "
+        "cannot look into (held by another receiver) before its gap wait starts anyway (logged)",
+    )
     cosmos_endpoint: str | None = None
     cosmos_key: SecretStr | None = None
     database: str = "eventflow"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 
 from eventflow_consumer.barrier import GenerationBarrier
@@ -25,9 +26,11 @@ OLD = session_id_for("a", 2)  # order a's lane under two lanes
 
 
 class Counts:
+    """The lane counts record, oldest first."""
+
     def __init__(self, *counts: int, failing: bool = False) -> None:
         self.values = list(counts)
-        self.notes: list[int] = []
+        self.notes: list[tuple[int, bool]] = []
         self.reads = 0
         self.failing = failing
 
@@ -35,12 +38,14 @@ class Counts:
         self.reads += 1
         return list(self.values)
 
-    async def note(self, count: int) -> None:
+    async def note(self, count: int, *, current: bool) -> None:
         if self.failing:
             raise ConnectionError("store down")
-        self.notes.append(count)
-        if count not in self.values:
-            self.values.append(count)
+        self.notes.append((count, current))
+        if current:
+            self.values = [c for c in self.values if c != count] + [count]
+        elif count not in self.values:
+            self.values.insert(0, count)
 
 
 class Probe:
@@ -60,7 +65,7 @@ class Probe:
 
 async def test_an_earlier_event_in_the_orders_lane_under_another_count_holds_the_barrier() -> None:
     probe = Probe({OLD: {"a": 2, "b": 1}})
-    barrier = GenerationBarrier(Counts(1, 2), probe, clock=Clock())
+    barrier = GenerationBarrier(Counts(2, 1), probe, clock=Clock())
     assert await barrier.earlier_elsewhere("a", NEW, 3) == OLD
     assert await barrier.earlier_elsewhere("a", NEW, 2) is None  # only later events of a there
     assert await barrier.earlier_elsewhere("c", NEW, 5) is None  # nothing of c anywhere
@@ -68,7 +73,7 @@ async def test_an_earlier_event_in_the_orders_lane_under_another_count_holds_the
 
 
 async def test_a_session_held_by_another_receiver_holds_the_barrier() -> None:
-    barrier = GenerationBarrier(Counts(1, 2), Probe({OLD: None}), clock=Clock())
+    barrier = GenerationBarrier(Counts(2, 1), Probe({OLD: None}), clock=Clock())
     assert await barrier.earlier_elsewhere("a", NEW, 3) == OLD
 
 
@@ -80,7 +85,7 @@ async def test_the_orders_own_session_is_looked_at_even_with_no_other_count() ->
 
 async def test_a_session_is_looked_at_once_per_period_whoever_asks() -> None:
     clock, probe = Clock(), Probe({OLD: {"a": 1}})
-    barrier = GenerationBarrier(Counts(1, 2), probe, poll_seconds=1.0, clock=clock)
+    barrier = GenerationBarrier(Counts(2, 1), probe, poll_seconds=1.0, clock=clock)
     await asyncio.gather(*(barrier.earlier_elsewhere("a", NEW, 3) for _ in range(5)))
     assert probe.looked.count(OLD) == 1
     clock.now = 1.5
@@ -90,7 +95,7 @@ async def test_a_session_is_looked_at_once_per_period_whoever_asks() -> None:
 
 async def test_a_failed_look_raises_and_is_not_kept() -> None:
     probe = Probe({OLD: {"a": 1}})
-    barrier = GenerationBarrier(Counts(1, 2), probe, clock=Clock())
+    barrier = GenerationBarrier(Counts(2, 1), probe, clock=Clock())
     probe.failing = True
     with pytest.raises(ConnectionError):
         await barrier.earlier_elsewhere("a", NEW, 3)
@@ -99,15 +104,46 @@ async def test_a_failed_look_raises_and_is_not_kept() -> None:
 
 
 async def test_lane_counts_are_noted_once_per_process_and_a_failed_note_is_tried_again() -> None:
-    counts = Counts(failing=True)
-    barrier = GenerationBarrier(counts, Probe(), clock=Clock())
+    counts = Counts(2, failing=True)
+    barrier = GenerationBarrier(counts, Probe(), current=8, clock=Clock())
     await barrier.seen("lanes4-1")  # never raises
     counts.failing = False
-    for session_id in ("lanes4-1", "lanes4-2", "lanes8-0", "order-1", "lanes4-3"):
+    for session_id in ("lanes4-1", "lanes4-2", "lanes8-0", "order-1", "lanes4-3", "lanes8-1"):
         await barrier.seen(session_id)
-    assert counts.notes == [4, 8]
-    assert await barrier.earlier_elsewhere("a", session_id_for("a", 4), 2) is None
-    assert counts.reads == 1
+    # its own count becomes the newest; a count only seen is added as the oldest
+    assert counts.notes == [(4, False), (8, True)]
+    assert counts.values == [4, 2, 8]
+
+
+async def test_an_event_in_an_older_lane_never_looks_at_the_lanes_of_newer_counts() -> None:
+    """Their holders hold them for good: looking there would never end the wait."""
+    probe = Probe({session_id_for("a", 8): None, session_id_for("a", 2): {"a": 1}})
+    barrier = GenerationBarrier(Counts(2, 4, 8), probe, clock=Clock())
+    assert await barrier.earlier_elsewhere("a", session_id_for("a", 4), 3) == session_id_for("a", 2)
+    assert session_id_for("a", 8) not in probe.looked
+    assert await barrier.earlier_elsewhere("b", session_id_for("b", 2), 3) is None
+    assert probe.looked[-1:] == ["b"]  # only its per-order session
+
+
+async def test_a_look_under_way_is_shared_and_a_cancelled_one_tells_the_others_nothing() -> None:
+    release = asyncio.Event()
+
+    class Slow(Probe):
+        async def orders_in(self, session_id: str) -> dict[str, int] | None:
+            self.looked.append(session_id)
+            await release.wait()
+            return {"a": 1}
+
+    probe = Slow()
+    barrier = GenerationBarrier(Counts(2, 1), probe, poll_seconds=0.0, clock=Clock())
+    first = asyncio.create_task(barrier.earlier_elsewhere("a", NEW, 3))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(barrier.earlier_elsewhere("a", NEW, 3))
+    await asyncio.sleep(0.01)
+    assert probe.looked == [OLD]  # one look for both
+    first.cancel()
+    assert await second == OLD  # could not tell: it may hold one, so it waits on
+    release.set()
 
 
 # -- inside the lane worker ----------------------------------------------------------------------
@@ -135,7 +171,7 @@ async def test_an_early_event_waits_behind_the_barrier_past_its_gap_wait_and_the
     await applied_from(store, OLD, a[0], 100)
     channel.add(a[2])  # a3 in the new lane; a2 still in the old one's backlog
     probe = Probe({OLD: {"a": 2}})
-    barrier = GenerationBarrier(Counts(1, 2), probe, poll_seconds=1.0, clock=clock)
+    barrier = GenerationBarrier(Counts(2, 1), probe, poll_seconds=1.0, clock=clock)
     worker = worker_with(store, clock, barrier)
     task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
     await until(lambda: channel.receives > 2)  # a3 received: it waits
@@ -159,7 +195,7 @@ async def test_once_no_other_session_holds_an_earlier_event_the_gap_wait_begins(
     await applied_from(store, OLD, a[0], 100)
     channel.add(a[2])  # a2 is lost upstream: nowhere in the inbox
     probe = Probe({OLD: {"b": 1}})
-    worker = worker_with(store, clock, GenerationBarrier(Counts(1, 2), probe, clock=clock))
+    worker = worker_with(store, clock, GenerationBarrier(Counts(2, 1), probe, clock=clock))
     task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
     await until(lambda: channel.receives > 2)
     clock.now = 1.1
@@ -185,3 +221,74 @@ async def test_without_a_barrier_the_gap_wait_skips_what_waits_in_another_sessio
     await asyncio.wait_for(task, 10)
     late: Any = await InboxHandler(store).handle(Delivery(a[1], "m101", OLD, 101, 1, {}))
     assert late.reason == "skipped-earlier"
+
+
+async def test_a_held_session_keeps_an_order_waiting_at_most_its_longest() -> None:
+    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
+    a = order_events("a")
+    await applied_from(store, OLD, a[0], 100)
+    channel.add(a[2])
+    probe = Probe({OLD: None})  # held by a receiver that never lets go
+    settings = WorkerSettings(retry_initial_seconds=0.001, retry_max_seconds=0.005,
+                              gap_wait_seconds=5.0)  # fmt: skip
+    lane = LaneSettings(worker=settings, idle_seconds=0.01, barrier_max_seconds=10.0)
+    barrier = GenerationBarrier(Counts(2, 1), probe, clock=clock)
+    worker = LaneWorker(InboxHandler(store), store, lane, barrier=barrier, clock=clock)
+    task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
+    await until(lambda: channel.receives > 2)
+    for now in (1.1, 9.0):
+        clock.now = now
+        looks = probe.looked.count(OLD)
+        await until(lambda: probe.looked.count(OLD) > looks)  # noqa: B023
+    assert at(store, "a", 1)
+    clock.now = 11.5  # 10.4 s behind the barrier, past its longest: the gap wait begins
+    looks = probe.looked.count(OLD)
+    await until(lambda: probe.looked.count(OLD) > looks)
+    await asyncio.sleep(0.05)
+    assert at(store, "a", 1)
+    clock.now = 17.0  # the gap wait is over (and the session is still held): skipped over
+    await asyncio.wait_for(task, 10)
+    assert store.summary("a").skipped == (2,)
+
+
+async def test_the_end_of_the_gap_wait_looks_again_and_finds_what_the_first_look_missed() -> None:
+    """A peek is best effort on Service Bus: an empty answer must not let the order through."""
+    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
+    a = order_events("a")
+    await applied_from(store, OLD, a[0], 100)
+    channel.add(a[2])
+    probe = Probe({OLD: {}})  # the first look finds nothing
+    worker = worker_with(store, clock, GenerationBarrier(Counts(2, 1), probe, clock=clock))
+    task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
+    await until(lambda: channel.receives > 2)
+    clock.now = 1.1
+    await until(lambda: OLD in probe.looked)  # the gap wait begins: until 6.1
+    probe.sessions[OLD] = {"a": 2}
+    clock.now = 6.5
+    await until(lambda: probe.looked.count(OLD) == 2)
+    for now in (8.0, 30.0):
+        clock.now = now
+        looks = probe.looked.count(OLD)
+        await until(lambda: probe.looked.count(OLD) > looks)  # noqa: B023
+    assert at(store, "a", 1)  # back behind the barrier, not skipped
+    await applied_from(store, OLD, a[1], 101)
+    clock.now = 31.5
+    await asyncio.wait_for(task, 10)
+    assert store.summary("a").skipped == ()
+
+
+async def test_a_drained_lane_of_another_count_is_released_with_only_blocked_orders_left() -> None:
+    """So that it does not hold one of the pump's slots: their unblock holds it again."""
+    store, channel = FakeStore(), FakeChannel(OLD)
+    a = order_events("a")
+    document = orjson.loads(a[1])
+    document["data"] = {"line": "not a line"}
+    for body in (a[0], orjson.dumps(document), a[2], a[3]):
+        channel.add(body)
+    settings = WorkerSettings(policy="block", retry_initial_seconds=0.001, retry_max_seconds=0.005)
+    worker = LaneWorker(
+        InboxHandler(store), store, LaneSettings(worker=settings, idle_seconds=0.01)
+    )
+    await asyncio.wait_for(worker.hold(channel, stopping=lambda: False, drain=True), 10)
+    assert sorted(channel.deferred) == [3, 4]
+    assert store.blocked

@@ -66,11 +66,12 @@ class CosmosMembership:
 
 
 LANE_COUNTS_KEPT = 8
-"""The most recently noted lane counts the record keeps (older ones are assumed drained)."""
+"""The newest lane counts the record keeps (older ones are assumed drained)."""
 
 
 class CosmosLaneCounts:
-    """`{id: "lane-counts", queue: "<inbox>#lane-counts", counts: [{count, noted}]}`, changed only
+    """`{id: "lane-counts", queue: "<inbox>#lane-counts", counts: [{count, noted}]}`, oldest first
+    (the order is the record's, not the replicas' clocks; `noted` is for operators), changed only
     on its ETag, so concurrent notes never lose one another."""
 
     def __init__(self, container: Any, *, queue: str) -> None:
@@ -92,17 +93,19 @@ class CosmosLaneCounts:
         record = await self._read()
         return [int(entry["count"]) for entry in (record or {}).get("counts", [])]
 
-    async def note(self, count: int) -> None:
-        while not await self._noted(count, await self._read()):
+    async def note(self, count: int, *, current: bool) -> None:
+        while not await self._noted(count, current, await self._read()):
             pass  # another replica noted one meanwhile: read again
 
-    async def _noted(self, count: int, record: dict[str, Any] | None) -> bool:
-        entries = list((record or {}).get("counts", []))
-        if any(int(entry["count"]) == count for entry in entries):
+    async def _noted(self, count: int, current: bool, record: dict[str, Any] | None) -> bool:
+        entries = list((record or {}).get("counts", []))  # oldest first
+        there = [int(entry["count"]) for entry in entries]
+        if (current and there[-1:] == [count]) or (not current and count in there):
             return True
-        entries.append({"count": count, "noted": datetime.now(UTC).isoformat()})
-        entries = sorted(entries, key=lambda entry: str(entry["noted"]))[-LANE_COUNTS_KEPT:]
-        body = {"id": "lane-counts", "queue": self._key, "counts": entries}
+        entry = {"count": count, "noted": datetime.now(UTC).isoformat()}
+        others = [e for e in entries if int(e["count"]) != count]
+        entries = [*others, entry] if current else [entry, *others]
+        body = {"id": "lane-counts", "queue": self._key, "counts": entries[-LANE_COUNTS_KEPT:]}
         try:
             if record is None:
                 await _guarded(lambda: self._container.create_item(body))

@@ -12,8 +12,9 @@ receiver releases the session without counting a delivery; a lost lock returns t
 unsettled messages to the queue (one delivery each), and the lane is accepted again at once.
 
 ServiceBusSessionProbe is the generation barrier's look into another session (barrier.py): it
-accepts the session by id, peeks its messages and releases it (nothing received, so no delivery
-is counted and no message lock taken).
+accepts the session by id, peeks its messages and closes the receiver without receiving (the SDK
+gives the link one credit, so the broker may lock a message for the moment; the close releases
+it, and a release counts no delivery).
 """
 
 from __future__ import annotations

@@ -218,25 +218,31 @@ async def unblock(resources: Resources, settings: Settings, order_id: str, wait:
     if not await _patiently(lambda: resources.store.request_unblock(order_id, request), deadline):
         emit({"unblocked": order_id, "lane": lane, "note": "unblocked meanwhile"})
         return 0
-    outcome = asyncio.create_task(_outcome(resources, order_id, lane, request, deadline, wait))
     if not await _held_by_nobody(resources, settings, lane):
-        return await outcome
+        return await _outcome(resources, order_id, lane, request, deadline, wait)
+    outcome = asyncio.create_task(_outcome(resources, order_id, lane, request, deadline, wait))
     done = asyncio.Event()
+    carrying: asyncio.Task[None] | None = None
     try:
         while not outcome.done():  # the command's hold, again if it ends first (a lost lock)
             carrying = asyncio.create_task(_carry_out(resources, settings, lane, done))
             await asyncio.wait([outcome, carrying], return_when=asyncio.FIRST_COMPLETED)
-            if not carrying.done():
-                done.set()
-                await carrying
-            elif carrying.exception() is not None:
-                emit({"warning": f"holding lane {lane} failed; trying again",
-                      "error": repr(carrying.exception())})  # fmt: skip
-                await asyncio.sleep(UNBLOCK_POLL_SECONDS)
+            if carrying.done() and not outcome.done():
+                _report_hold(lane, carrying)
+                carrying = None
+                await asyncio.wait([outcome], timeout=UNBLOCK_POLL_SECONDS)
         return outcome.result()
     finally:
-        done.set()
+        done.set()  # the hold finishes the message in handling and releases the lane
+        if carrying is not None:
+            await asyncio.wait([carrying])
+            _report_hold(lane, carrying)
         outcome.cancel()
+
+
+def _report_hold(lane: str, carrying: asyncio.Task[None]) -> None:
+    if not carrying.cancelled() and carrying.exception() is not None:
+        emit({"warning": f"holding lane {lane} failed", "error": repr(carrying.exception())})
 
 
 async def _held_by_nobody(resources: Resources, settings: Settings, lane: str) -> bool:

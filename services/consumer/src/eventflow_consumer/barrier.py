@@ -104,25 +104,35 @@ class GenerationBarrier:
         self._noted.add(lane.count)
         self._known = None
 
-    async def earlier_elsewhere(self, order_id: str, session_id: str, sequence: int) -> str | None:
-        """Another session that holds (or may hold: it cannot be looked at) an event of `order_id`
-        before `sequence`, or None when none does and the gap wait may start. Raises on a store
-        outage or a broker error (the caller looks again later)."""
+    async def earlier_elsewhere(
+        self, order_id: str, session_id: str, sequence: int
+    ) -> tuple[str, bool] | None:
+        """Another session that holds an event of `order_id` before `sequence` (True: seen in it)
+        or may hold one (False: it cannot be looked at), or None when none does and the gap wait
+        may start. Raises on a store outage or a broker error (the caller looks again later)."""
+        held: str | None = None
         for other in await self._others(order_id, session_id):
             found = await self._look(other)
             if found is None:
-                return other
+                held = held or other
+                continue
             lowest = found.get(order_id)
             if lowest is not None and lowest < sequence:
-                return other
-        return None
+                return other, True
+        return None if held is None else (held, False)
 
     async def _others(self, order_id: str, session_id: str) -> list[str]:
         """The order's lanes under the counts older than `session_id`'s (all other counts when
         its count was never noted), then its own per-order session."""
         now = self._clock()
         if self._known is None or now - self._known[0] >= self._counts_seconds:
-            self._known = (now, list(dict.fromkeys(await self._counts.counts())))
+            counts = list(dict.fromkeys(await self._counts.counts()))
+            if self._current is not None and counts[-1:] != [self._current]:
+                # Not the newest yet (another count's replicas were still running when this one
+                # noted it): noted again, which moves it once none of them runs.
+                await self._counts.note(self._current, current=True)
+                counts = list(dict.fromkeys(await self._counts.counts()))
+            self._known = (now, counts)
         counts, lane = self._known[1], parse_lane(session_id)
         if lane is None:
             return []  # a per-order session: nothing older than it

@@ -55,7 +55,13 @@ import structlog
 
 from eventflow_consumer.barrier import GenerationBarrier
 from eventflow_consumer.handling import Decision, InboxHandler, SummaryCache
-from eventflow_consumer.ports import Inbound, OrderRecords, SessionChannel, TransientStoreError
+from eventflow_consumer.ports import (
+    DeferredElsewhereError,
+    Inbound,
+    OrderRecords,
+    SessionChannel,
+    TransientStoreError,
+)
 from eventflow_consumer.session_state import SessionState
 from eventflow_consumer.sessions import (
     ConsumerObserver,
@@ -81,7 +87,7 @@ class LaneSettings:
     order_max_in_flight: int = 100  # of one order; past it, its messages are deferred
     order_backoff_seconds: float = 1.0  # after an unexpected error, that order pauses
     unblock_poll_seconds: float = 1.0  # how often a lane with blocked orders reads their records
-    barrier_max_seconds: float = 600.0  # the longest wait behind the barrier for a held session
+    barrier_max_seconds: float = 600.0  # the longest wait behind the barrier for held sessions
 
 
 @dataclass
@@ -93,7 +99,7 @@ class _Order:
     waiting: list[Inbound] = field(default_factory=list)
     waiting_until: float | None = None
     barrier: bool = False  # the wait is behind the generation barrier: the gap wait has not begun
-    barrier_since: float | None = None  # when the order began waiting behind it
+    held_since: float | None = None  # since when the barrier could only say "a session is held"
     elsewhere: str | None = None  # the other session the barrier last named
     task: asyncio.Task[None] | None = None
     retry_at: float = 0.0
@@ -406,6 +412,10 @@ class _Lane:
         """One step of the order's work: deferrals first (they free the lane's window), then an
         unblock, then its queue in arrival order, then deferred messages back. False: none left."""
         if order.overflow:
+            pause = order.retry_at - self.worker._clock()
+            if pause > 0:  # its records are in another lane: the messages wait here meanwhile
+                await asyncio.sleep(min(pause, self.settings.idle_seconds))
+                return True
             await self._defer(order, order.overflow.pop(0))
             return True
         if order.unblock or order.queue:
@@ -538,7 +548,7 @@ class _Lane:
                 return
             await self._settle(order, first, decision)
         order.waiting_until, order.barrier, order.elsewhere = None, False, None
-        order.barrier_since = None
+        order.held_since = None
 
     def _gap_wait(self) -> float:
         return self.settings.worker.gap_wait_seconds
@@ -554,6 +564,7 @@ class _Lane:
         else:
             await self._release_waiting(order)
         waiting, order.waiting, order.waiting_until = order.waiting, [], None
+        order.barrier, order.elsewhere, order.held_since = False, None, None
         if not waiting:
             return
         first = waiting[0].delivery.event_sequence
@@ -576,7 +587,8 @@ class _Lane:
         gap wait is over, or when too many events of the order wait. The waiting events are decided
         again (another session's holder may have applied the missing ones meanwhile); for those
         still early, if another session holds (or may hold) an earlier event of the order, the
-        order waits behind the barrier, for at most `barrier_max_seconds` in all; otherwise they
+        order waits behind the barrier — without end while an earlier event is seen there, for at
+        most `barrier_max_seconds` while a session only cannot be looked at; otherwise they
         are decided once more (the look came after the decision) and the gap wait begins, or, if
         it is over, the policy applies. True: the order keeps waiting (or nothing is left
         waiting); False: the policy applies now."""
@@ -589,17 +601,21 @@ class _Lane:
         if not order.waiting:
             return True
         first = order.waiting[0].delivery.event_sequence or 0
-        if order.barrier_since is None:
-            order.barrier_since = self.worker._clock()
         try:
-            elsewhere = await barrier.earlier_elsewhere(order_id, self.channel.session_id, first)
+            answer = await barrier.earlier_elsewhere(order_id, self.channel.session_id, first)
         except Exception as error:  # noqa: BLE001 - a store outage, a broker error: look again
             self.log.warning("the generation barrier could not look; it looks again", order=order_id,
                              error=repr(error))  # fmt: skip
-            elsewhere = "(unknown)"
+            answer = ("(unknown)", False)
         now = self.worker._clock()
+        elsewhere, seen = answer if answer is not None else (None, False)
+        if elsewhere is not None and not seen and order.held_since is None:
+            order.held_since = now
+        elif seen:
+            order.held_since = None  # an earlier event is there: it will come, however long
         if elsewhere is not None:
-            if now - order.barrier_since < self.settings.barrier_max_seconds:
+            held_for = 0.0 if order.held_since is None else now - order.held_since
+            if held_for < self.settings.barrier_max_seconds:
                 if elsewhere != order.elsewhere:
                     self.log.info("waiting for an earlier event in another session", order=order_id,
                                   first_waiting=first, session=elsewhere)  # fmt: skip
@@ -633,7 +649,7 @@ class _Lane:
         held = order.waiting + [i for i in order.queue if i is not _GAP_EXPIRED]
         order.overflow = held + order.overflow
         order.waiting, order.queue, order.waiting_until = [], [], None
-        order.barrier, order.elsewhere, order.barrier_since = False, None, None
+        order.barrier, order.elsewhere, order.held_since = False, None, None
         self.worker._observer.blocked()
         self.log.warning("order blocked", order=order_id, reason=reason)
 
@@ -654,7 +670,18 @@ class _Lane:
             self._settled()
             return
         sequence = delivery.event_sequence
-        await self._record(order_id, number, sequence)
+        try:
+            await self._record(order_id, number, sequence)
+        except DeferredElsewhereError as error:
+            # An order is deferred in one lane at a time (its unblock replays one lane): until its
+            # records in the older lane are gone, the message stays here, locked under this lane.
+            order.overflow.insert(0, inbound)
+            order.retry_at = self.worker._clock() + self.settings.unblock_poll_seconds
+            if order.elsewhere != error.lane:
+                order.elsewhere = error.lane
+                self.log.info("the order's deferred messages are recorded in another lane: its "
+                              "messages wait here", order=order_id, lane=error.lane)  # fmt: skip
+            return
         order.deferred[number] = sequence
         order.out.discard(number)
         await self.channel.defer(inbound)

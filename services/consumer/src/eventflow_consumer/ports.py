@@ -11,6 +11,15 @@ if TYPE_CHECKING:
     from eventflow_consumer.projection import OrderSummary
 
 
+class DeferredElsewhereError(Exception):
+    """The order's deferred messages are recorded in another lane (a lane of an earlier lane
+    count): an order is deferred in one lane at a time, so that its unblock replays one lane."""
+
+    def __init__(self, lane: str) -> None:
+        super().__init__(f"the order's deferred messages are recorded in lane {lane}")
+        self.lane = lane
+
+
 class AlreadyAppliedError(Exception):
     """The inbox already holds this event's mark: its effect was applied before."""
 
@@ -86,7 +95,9 @@ class OrderRecords(BlockedSessions, Protocol):
 
     async def record_deferred(
         self, order_id: str, lane: str, sequence_number: int, event_sequence: int | None
-    ) -> None: ...
+    ) -> None:
+        """Raises DeferredElsewhereError while the order has recorded messages in another lane."""
+        ...
 
     async def forget_deferred(self, order_id: str, sequence_numbers: set[int]) -> None: ...
 

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from eventflow_consumer.adapters.cosmos_membership import CosmosLaneCounts
 from eventflow_consumer.adapters.servicebus_sessions import SessionPump
 from eventflow_consumer.admin import run as admin
 from eventflow_consumer.bootstrap import Resources, open_resources, worker_of
@@ -226,3 +227,23 @@ async def test_a_live_change_from_16_to_32_lanes_under_load_skips_nothing(
         summaries = [await after.store.get(o) for o in orders]
     assert [s["order_id"] for s in summaries if s and s["skipped"]] == []
     assert not await backends.has_dead_letters()
+
+
+async def test_the_lane_counts_record_keeps_the_newest_count_newest_while_its_replicas_run(
+    backends: Backends,
+) -> None:
+    """A replica of the old count that starts during a change must not make the old count look
+    newer than the one replacing it; once no replica runs the newer one, it may."""
+    async with open_resources(backends.settings(inbox_lanes=16)) as resources:
+        counts = CosmosLaneCounts(resources.members, queue=backends.queue)
+        await counts.note(16, current=True)
+        await counts.note(32, current=True)
+        member = {"id": "replica-32", "queue": backends.queue, "lanes": 32, "ttl": 60}
+        await resources.members.upsert_item(member)
+        await counts.note(16, current=True)  # an old replica restarts while one of 32 runs
+        assert await counts.counts() == [16, 32]
+        await counts.note(4, current=False)  # a session of a count seen, not run: the oldest
+        assert await counts.counts() == [4, 16, 32]
+        await resources.members.delete_item("replica-32", partition_key=backends.queue)
+        await counts.note(16, current=True)  # changed back, no replica of 32 left
+        assert await counts.counts() == [4, 32, 16]

@@ -13,6 +13,7 @@ from eventflow_consumer.handling import Delivery
 from eventflow_consumer.ports import (
     AlreadyAppliedError,
     ConcurrentWriteError,
+    DeferredElsewhereError,
     Inbound,
     LaneRecords,
     TransientStoreError,
@@ -107,6 +108,9 @@ class FakeStore:
         self, order_id: str, lane: str, sequence_number: int, event_sequence: int | None
     ) -> None:
         self._call("record_deferred")
+        elsewhere = self.deferral_lanes.get(order_id)
+        if self.deferrals.get(order_id) and elsewhere not in (None, lane):
+            raise DeferredElsewhereError(str(elsewhere))
         self.deferrals.setdefault(order_id, {})[sequence_number] = event_sequence
         self.deferral_lanes[order_id] = lane
 

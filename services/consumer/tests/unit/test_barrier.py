@@ -17,7 +17,7 @@ from eventflow_consumer.lanes import LaneSettings, LaneWorker
 from eventflow_consumer.sessions import WorkerSettings
 from eventflow_contracts.lanes import session_id_for
 
-from ..conftest import order_events  # type: ignore[import-not-found]
+from ..conftest import item_added, order_events  # type: ignore[import-not-found]
 from .fakes import FakeChannel, FakeStore  # type: ignore[import-not-found]
 from .test_lanes import Clock, at, until  # type: ignore[import-not-found]
 
@@ -66,7 +66,7 @@ class Probe:
 async def test_an_earlier_event_in_the_orders_lane_under_another_count_holds_the_barrier() -> None:
     probe = Probe({OLD: {"a": 2, "b": 1}})
     barrier = GenerationBarrier(Counts(2, 1), probe, clock=Clock())
-    assert await barrier.earlier_elsewhere("a", NEW, 3) == OLD
+    assert await barrier.earlier_elsewhere("a", NEW, 3) == (OLD, True)
     assert await barrier.earlier_elsewhere("a", NEW, 2) is None  # only later events of a there
     assert await barrier.earlier_elsewhere("c", NEW, 5) is None  # nothing of c anywhere
     assert sorted(set(probe.looked)) == sorted({OLD, "a", "c", session_id_for("c", 2)})
@@ -74,13 +74,13 @@ async def test_an_earlier_event_in_the_orders_lane_under_another_count_holds_the
 
 async def test_a_session_held_by_another_receiver_holds_the_barrier() -> None:
     barrier = GenerationBarrier(Counts(2, 1), Probe({OLD: None}), clock=Clock())
-    assert await barrier.earlier_elsewhere("a", NEW, 3) == OLD
+    assert await barrier.earlier_elsewhere("a", NEW, 3) == (OLD, False)
 
 
 async def test_the_orders_own_session_is_looked_at_even_with_no_other_count() -> None:
     """A release before lanes sent each order in its own session."""
     barrier = GenerationBarrier(Counts(1), Probe({"a": {"a": 1}}), clock=Clock())
-    assert await barrier.earlier_elsewhere("a", NEW, 2) == "a"
+    assert await barrier.earlier_elsewhere("a", NEW, 2) == ("a", True)
 
 
 async def test_a_session_is_looked_at_once_per_period_whoever_asks() -> None:
@@ -100,7 +100,7 @@ async def test_a_failed_look_raises_and_is_not_kept() -> None:
     with pytest.raises(ConnectionError):
         await barrier.earlier_elsewhere("a", NEW, 3)
     probe.failing = False
-    assert await barrier.earlier_elsewhere("a", NEW, 3) == OLD
+    assert await barrier.earlier_elsewhere("a", NEW, 3) == (OLD, True)
 
 
 async def test_lane_counts_are_noted_once_per_process_and_a_failed_note_is_tried_again() -> None:
@@ -119,7 +119,10 @@ async def test_an_event_in_an_older_lane_never_looks_at_the_lanes_of_newer_count
     """Their holders hold them for good: looking there would never end the wait."""
     probe = Probe({session_id_for("a", 8): None, session_id_for("a", 2): {"a": 1}})
     barrier = GenerationBarrier(Counts(2, 4, 8), probe, clock=Clock())
-    assert await barrier.earlier_elsewhere("a", session_id_for("a", 4), 3) == session_id_for("a", 2)
+    assert await barrier.earlier_elsewhere("a", session_id_for("a", 4), 3) == (
+        session_id_for("a", 2),
+        True,
+    )
     assert session_id_for("a", 8) not in probe.looked
     assert await barrier.earlier_elsewhere("b", session_id_for("b", 2), 3) is None
     assert probe.looked[-1:] == ["b"]  # only its per-order session
@@ -142,8 +145,10 @@ async def test_a_look_under_way_is_shared_and_a_cancelled_one_tells_the_others_n
     await asyncio.sleep(0.01)
     assert probe.looked == [OLD]  # one look for both
     first.cancel()
-    assert await second == OLD  # could not tell: it may hold one, so it waits on
     release.set()
+    # OLD could not be told (it may hold one); the next session is looked at and holds a1
+    assert await second == ("a", True)
+    assert probe.looked == [OLD, "a"]
 
 
 # -- inside the lane worker ----------------------------------------------------------------------
@@ -292,3 +297,53 @@ async def test_a_drained_lane_of_another_count_is_released_with_only_blocked_ord
     await asyncio.wait_for(worker.hold(channel, stopping=lambda: False, drain=True), 10)
     assert sorted(channel.deferred) == [3, 4]
     assert store.blocked
+
+
+async def test_an_earlier_event_seen_in_another_session_is_waited_for_past_the_longest_wait() -> (
+    None
+):
+    """The longest wait bounds only sessions that cannot be looked into."""
+    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
+    a = order_events("a")
+    await applied_from(store, OLD, a[0], 100)
+    channel.add(a[2])
+    probe = Probe({OLD: {"a": 2}})
+    settings = WorkerSettings(retry_initial_seconds=0.001, retry_max_seconds=0.005,
+                              gap_wait_seconds=5.0)  # fmt: skip
+    lane = LaneSettings(worker=settings, idle_seconds=0.01, barrier_max_seconds=10.0)
+    barrier = GenerationBarrier(Counts(2, 1), probe, clock=clock)
+    worker = LaneWorker(InboxHandler(store), store, lane, barrier=barrier, clock=clock)
+    task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
+    await until(lambda: channel.receives > 2)
+    for now in (1.1, 20.0, 40.0):
+        clock.now = now
+        looks = probe.looked.count(OLD)
+        await until(lambda: probe.looked.count(OLD) > looks)  # noqa: B023
+    assert at(store, "a", 1)
+    await applied_from(store, OLD, a[1], 101)
+    clock.now = 41.5
+    await asyncio.wait_for(task, 10)
+    assert store.summary("a").skipped == ()
+
+
+async def test_an_order_recorded_in_another_lane_is_not_deferred_here_until_those_records_go() -> (
+    None
+):
+    """An order is deferred in one lane at a time, so that its unblock replays one lane."""
+    store, channel = FakeStore(), FakeChannel(NEW)
+    store.deferrals["a"], store.deferral_lanes["a"] = {7: 2}, OLD  # deferred in its old lane
+    a = order_events("a")
+    await applied_from(store, OLD, a[0], 100)
+    for n in (3, 4):  # a's later events, past its cap of 1 here
+        channel.add(item_added("a", n))
+    settings = WorkerSettings(retry_initial_seconds=0.001, retry_max_seconds=0.005)
+    lane = LaneSettings(worker=settings, idle_seconds=0.01, order_max_in_flight=1,
+                        unblock_poll_seconds=0.05)  # fmt: skip
+    worker = LaneWorker(InboxHandler(store), store, lane)
+    task = asyncio.create_task(worker.hold(channel, stopping=lambda: bool(channel.deferred)))
+    await asyncio.sleep(0.3)
+    assert not channel.deferred  # kept here, locked, not recorded over the old lane's records
+    assert store.deferral_lanes["a"] == OLD
+    store.deferrals["a"] = {}  # the old lane's replay forgot them
+    await asyncio.wait_for(task, 10)
+    assert store.deferral_lanes["a"] == NEW

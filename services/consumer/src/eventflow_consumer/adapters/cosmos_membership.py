@@ -76,6 +76,7 @@ class CosmosLaneCounts:
 
     def __init__(self, container: Any, *, queue: str) -> None:
         self._container = container
+        self._queue = queue
         self._key = f"{queue}#lane-counts"
 
     async def _read(self) -> dict[str, Any] | None:
@@ -97,10 +98,28 @@ class CosmosLaneCounts:
         while not await self._noted(count, current, await self._read()):
             pass  # another replica noted one meanwhile: read again
 
+    async def _members_run(self, count: int) -> bool:
+        """Whether a member record of the inbox (a replica alive within its expiry) names `count`."""
+
+        async def lanes() -> list[Any]:
+            found = self._container.query_items(
+                "SELECT VALUE c.lanes FROM c WHERE c.queue = @queue",
+                parameters=[{"name": "@queue", "value": self._queue}],
+                partition_key=self._queue,
+            )
+            return [value async for value in found]
+
+        return count in {int(value) for value in await _guarded(lanes) if value is not None}
+
     async def _noted(self, count: int, current: bool, record: dict[str, Any] | None) -> bool:
+        """A count already there moves to the newest place only once no replica runs the newest:
+        a replica of the old count that starts during a change (a restart, a scale-out) must not
+        make the old count look newer than the one replacing it."""
         entries = list((record or {}).get("counts", []))  # oldest first
         there = [int(entry["count"]) for entry in entries]
-        if (current and there[-1:] == [count]) or (not current and count in there):
+        if (not current and count in there) or (current and there[-1:] == [count]):
+            return True
+        if current and count in there and await self._members_run(there[-1]):
             return True
         entry = {"count": count, "noted": datetime.now(UTC).isoformat()}
         others = [e for e in entries if int(e["count"]) != count]

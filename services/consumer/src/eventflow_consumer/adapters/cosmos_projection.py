@@ -15,6 +15,7 @@ from azure.cosmos.exceptions import CosmosBatchOperationError, CosmosHttpRespons
 from eventflow_consumer.ports import (
     AlreadyAppliedError,
     ConcurrentWriteError,
+    DeferredElsewhereError,
     LaneRecords,
     TransientStoreError,
 )
@@ -270,6 +271,8 @@ class CosmosProjectionStore:
         messages = dict(document.get("messages") or {})
         if str(sequence_number) in messages:
             return
+        if messages and document.get("lane") not in (None, lane):
+            raise DeferredElsewhereError(str(document["lane"]))
         messages[str(sequence_number)] = event_sequence
         kept = {k: v for k, v in document.items() if not k.startswith("_")}
         await self._write(kept | {"lane": lane, "messages": messages}, document["_etag"])

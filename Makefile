@@ -32,13 +32,14 @@ setup: $(UV) node_modules/.installed ## install the workspace from uv.lock and t
 	$(UV) sync --frozen --all-packages
 
 # Most tests wait on processes, emulators and the SDKs' own timers rather than on the CPU: four
-# workers (a test module stays on one) keep make test well under ten minutes on two cores.
+# workers (a test module stays on one) keep make test well under ten minutes on two cores. The
+# longest files are handed out first (conftest.py), not xdist's most-tests-first: none runs alone at the end.
 TEST_WORKERS ?= 4
 FUZZ := services/producer-api/tests/integration/test_api_fuzz.py
 
 .PHONY: test
 test: setup ## run every test CI runs, with coverage
-	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report= --ignore=$(FUZZ) -m "not patterns and not long" $(PYTEST_ARGS)
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --cov --cov-report= --ignore=$(FUZZ) -m "not patterns and not long" $(PYTEST_ARGS)
 	@echo "schemathesis parametrises at run time, which pytest-xdist workers do not see: in one process"
 	$(RUN) pytest --cov --cov-append --cov-report=term --cov-fail-under=85 $(FUZZ)
 	@echo "libs/contracts must stay at 95 % line coverage or more:"

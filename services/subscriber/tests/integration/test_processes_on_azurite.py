@@ -92,7 +92,7 @@ async def test_two_processes_split_the_hub_and_one_takes_over_after_a_kill(
             await eventually_owned(
                 "b taking over every partition", lambda o: o == Counter({b_id: 4})
             )
-            await eventually(all_checkpointed, "every event checkpointed", wait=40)
+            await eventually(all_checkpointed, "every event checkpointed", wait=90)
             assert processes["b"].poll() is None, "the survivor is still running"
         inbox = await read_inbox(backends)
         assert sorted(inbox) == [f"order-{n}" for n in range(10)]
@@ -145,7 +145,7 @@ async def test_sigterm_finishes_the_batches_in_flight_checkpoints_them_and_relea
             async def in_flight() -> bool:
                 return metric(port, "eventflow_subscriber_events_received_total") > 0
 
-            await eventually(in_flight, "a batch taken from the hub", wait=40)
+            await eventually(in_flight, "a batch taken from the hub", wait=90)
             assert await checkpointed(backends, store) == 0
             first.send_signal(signal.SIGTERM)
             admin.clear()
@@ -168,7 +168,7 @@ async def test_sigterm_finishes_the_batches_in_flight_checkpoints_them_and_relea
                 async def all_checkpointed() -> bool:
                     return await checkpointed(backends, store) == 40
 
-                await eventually(all_checkpointed, "the rest read from the checkpoints", wait=40)
+                await eventually(all_checkpointed, "the rest read from the checkpoints", wait=90)
                 second.send_signal(signal.SIGTERM)
                 assert await asyncio.to_thread(second.wait, 30) == 0
             finally:

@@ -55,7 +55,12 @@ async def hub_contents(
         await asyncio.wait_for(done.wait(), max(0.0, deadline - time.monotonic()))
     finally:
         await consumer.close()
-        await reading
+        # close() stops the reading at once, but receive_batch returns only after its current
+        # load-balancing sleep (up to 36 s): the sleep is cancelled, an error of the reading raised.
+        reading.cancel()
+        await asyncio.wait([reading])
+        if not reading.cancelled():
+            reading.result()
     return {
         pid: [event for event in events if event.sequence_number <= wanted[pid]]
         for pid, events in found.items()

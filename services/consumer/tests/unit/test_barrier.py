@@ -154,11 +154,22 @@ async def test_a_look_under_way_is_shared_and_a_cancelled_one_tells_the_others_n
 # -- inside the lane worker ----------------------------------------------------------------------
 
 
-def worker_with(store: FakeStore, clock: Clock, barrier: GenerationBarrier | None) -> LaneWorker:
+def worker_with(
+    store: FakeStore, clock: Clock, barrier: GenerationBarrier | None, **changes: Any
+) -> LaneWorker:
     settings = WorkerSettings(retry_initial_seconds=0.001, retry_max_seconds=0.005,
                               gap_wait_seconds=5.0)  # fmt: skip
-    lane = LaneSettings(worker=settings, idle_seconds=0.01)
+    lane = LaneSettings(worker=settings, idle_seconds=0.01, **changes)
     return LaneWorker(InboxHandler(store), store, lane, barrier=barrier, clock=clock)
+
+
+async def a3_early() -> tuple[FakeStore, FakeChannel, Clock, list[bytes]]:
+    """Order a's first event applied from its old lane (OLD), its third in the new one (NEW)."""
+    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
+    a = order_events("a")
+    await applied_from(store, OLD, a[0], 100)
+    channel.add(a[2])
+    return store, channel, clock, a
 
 
 async def applied_from(store: FakeStore, session_id: str, body: bytes, number: int) -> None:
@@ -171,10 +182,7 @@ async def applied_from(store: FakeStore, session_id: str, body: bytes, number: i
 async def test_an_early_event_waits_behind_the_barrier_past_its_gap_wait_and_then_is_applied() -> (
     None
 ):
-    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
-    a = order_events("a")
-    await applied_from(store, OLD, a[0], 100)
-    channel.add(a[2])  # a3 in the new lane; a2 still in the old one's backlog
+    store, channel, clock, a = await a3_early()  # a2 still in the old lane's backlog
     probe = Probe({OLD: {"a": 2}})
     barrier = GenerationBarrier(Counts(2, 1), probe, poll_seconds=1.0, clock=clock)
     worker = worker_with(store, clock, barrier)
@@ -195,10 +203,7 @@ async def test_an_early_event_waits_behind_the_barrier_past_its_gap_wait_and_the
 
 
 async def test_once_no_other_session_holds_an_earlier_event_the_gap_wait_begins() -> None:
-    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
-    a = order_events("a")
-    await applied_from(store, OLD, a[0], 100)
-    channel.add(a[2])  # a2 is lost upstream: nowhere in the inbox
+    store, channel, clock, _ = await a3_early()  # a2 is lost upstream: nowhere in the inbox
     probe = Probe({OLD: {"b": 1}})
     worker = worker_with(store, clock, GenerationBarrier(Counts(2, 1), probe, clock=clock))
     task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
@@ -215,10 +220,7 @@ async def test_once_no_other_session_holds_an_earlier_event_the_gap_wait_begins(
 
 async def test_without_a_barrier_the_gap_wait_skips_what_waits_in_another_session() -> None:
     """What the barrier prevents: a3 applied over a2, which is dead-lettered when it arrives."""
-    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
-    a = order_events("a")
-    await applied_from(store, OLD, a[0], 100)
-    channel.add(a[2])
+    store, channel, clock, a = await a3_early()
     worker = worker_with(store, clock, None)
     task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
     await until(lambda: channel.receives > 2)
@@ -229,16 +231,10 @@ async def test_without_a_barrier_the_gap_wait_skips_what_waits_in_another_sessio
 
 
 async def test_a_held_session_keeps_an_order_waiting_at_most_its_longest() -> None:
-    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
-    a = order_events("a")
-    await applied_from(store, OLD, a[0], 100)
-    channel.add(a[2])
+    store, channel, clock, _ = await a3_early()
     probe = Probe({OLD: None})  # held by a receiver that never lets go
-    settings = WorkerSettings(retry_initial_seconds=0.001, retry_max_seconds=0.005,
-                              gap_wait_seconds=5.0)  # fmt: skip
-    lane = LaneSettings(worker=settings, idle_seconds=0.01, barrier_max_seconds=10.0)
     barrier = GenerationBarrier(Counts(2, 1), probe, clock=clock)
-    worker = LaneWorker(InboxHandler(store), store, lane, barrier=barrier, clock=clock)
+    worker = worker_with(store, clock, barrier, barrier_max_seconds=10.0)
     task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
     await until(lambda: channel.receives > 2)
     for now in (1.1, 9.0):
@@ -258,10 +254,7 @@ async def test_a_held_session_keeps_an_order_waiting_at_most_its_longest() -> No
 
 async def test_the_end_of_the_gap_wait_looks_again_and_finds_what_the_first_look_missed() -> None:
     """A peek is best effort on Service Bus: an empty answer must not let the order through."""
-    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
-    a = order_events("a")
-    await applied_from(store, OLD, a[0], 100)
-    channel.add(a[2])
+    store, channel, clock, a = await a3_early()
     probe = Probe({OLD: {}})  # the first look finds nothing
     worker = worker_with(store, clock, GenerationBarrier(Counts(2, 1), probe, clock=clock))
     task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
@@ -303,16 +296,10 @@ async def test_an_earlier_event_seen_in_another_session_is_waited_for_past_the_l
     None
 ):
     """The longest wait bounds only sessions that cannot be looked into."""
-    store, channel, clock = FakeStore(), FakeChannel(NEW), Clock()
-    a = order_events("a")
-    await applied_from(store, OLD, a[0], 100)
-    channel.add(a[2])
+    store, channel, clock, a = await a3_early()
     probe = Probe({OLD: {"a": 2}})
-    settings = WorkerSettings(retry_initial_seconds=0.001, retry_max_seconds=0.005,
-                              gap_wait_seconds=5.0)  # fmt: skip
-    lane = LaneSettings(worker=settings, idle_seconds=0.01, barrier_max_seconds=10.0)
     barrier = GenerationBarrier(Counts(2, 1), probe, clock=clock)
-    worker = LaneWorker(InboxHandler(store), store, lane, barrier=barrier, clock=clock)
+    worker = worker_with(store, clock, barrier, barrier_max_seconds=10.0)
     task = asyncio.create_task(worker.hold(channel, stopping=lambda: at(store, "a", 3)))
     await until(lambda: channel.receives > 2)
     for now in (1.1, 20.0, 40.0):

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import orjson
 import pytest
 
 from eventflow_consumer.adapters.cosmos_membership import CosmosLaneCounts
-from eventflow_consumer.adapters.servicebus_sessions import SessionPump
+from eventflow_consumer.adapters.servicebus_sessions import (
+    ServiceBusSessionChannel,
+    SessionPump,
+    keep_locked,
+)
 from eventflow_consumer.admin import run as admin
 from eventflow_consumer.bootstrap import Resources, open_resources, worker_of
 from eventflow_consumer.main import barrier_of, lanes_of
@@ -86,14 +89,8 @@ async def consumer(
 
 @asynccontextmanager
 async def held(backends: Backends, session_ids: set[str]) -> AsyncIterator[None]:
-    """The sessions held by receivers of this test, each lock renewed from its accept on: a replica
-    that drains them slowly."""
-
-    async def renewing(receiver: Any) -> None:
-        while True:
-            await asyncio.sleep(0.4)  # the test queue's lock is 2 s
-            await receiver.session.renew_lock()
-
+    """The sessions held by receivers of this test, each lock renewed from its accept on (as the
+    consumer renews its own; the test queue's lock is 2 s): a replica that drains them slowly."""
     renewals: list[asyncio.Task[None]] = []
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(backends.client())
@@ -102,7 +99,8 @@ async def held(backends: Backends, session_ids: set[str]) -> AsyncIterator[None]
                 receiver = await stack.enter_async_context(
                     client.get_queue_receiver(backends.queue, session_id=session_id)
                 )
-                renewals.append(asyncio.create_task(renewing(receiver)))
+                channel = ServiceBusSessionChannel(receiver)
+                renewals.append(asyncio.create_task(keep_locked(channel, 0.4)))
             yield
         finally:
             for renewal in renewals:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from typing import Any
 
 import aiohttp
@@ -18,6 +17,7 @@ import orjson
 import pytest
 
 from eventflow_emulators.cosmos.testing import RunningCosmosEmulator
+from eventflow_testing import eventually
 
 from ..conftest import (  # type: ignore[import-not-found]
     Backends,
@@ -62,21 +62,18 @@ async def test_two_processes_share_the_sessions_without_overlap(
         for consumer in consumers:
             assert await asyncio.to_thread(consumer.connected.wait, 60), consumer.name
         await backends.send(*(inbox_message(raw, o) for o in orders for raw in order_events(o)))
-        deadline = time.monotonic() + 90
-        while sum(len(c.applied) for c in consumers) < 4 * len(orders):
-            assert time.monotonic() < deadline, (
-                f"only {sum(len(c.applied) for c in consumers)} effects"
-            )
-            await asyncio.sleep(0.1)
+        await eventually(lambda: sum(len(c.applied) for c in consumers) >= 4 * len(orders),
+                         "every effect applied", wait=90)  # fmt: skip
         # Every message settled: no late duplicate can follow. A session found settled stays so
         # (nothing more is sent), and each check holds the session a moment: one at a time.
         pending = list(orders)
-        while pending:
-            assert time.monotonic() < deadline, f"messages left in the inbox: {pending}"
+
+        async def settled_one() -> bool:
             if await backends.settled(pending[0]):
                 pending.pop(0)
-            else:
-                await asyncio.sleep(0.1)
+            return not pending
+
+        await eventually(settled_one, "no message left in the inbox", wait=90)
     finally:
         for consumer in consumers:
             consumer.process.send_signal(signal.SIGTERM)
@@ -124,23 +121,20 @@ async def test_a_store_outage_turns_the_process_unready_until_it_ends(
             await ready_is(http, 503, "unready during the outage")
             admin.reset_faults()
             await ready_is(http, 200, "ready once the store answers")
-        deadline = time.monotonic() + 30
-        while not consumer.applied:
-            assert time.monotonic() < deadline, "the held message applied after the outage"
-            await asyncio.sleep(0.1)
+        await eventually(
+            lambda: bool(consumer.applied), "the held message applied after the outage"
+        )
     finally:
         consumer.process.send_signal(signal.SIGTERM)
         assert consumer.process.wait(timeout=30) == 0
 
 
 async def ready_is(http: aiohttp.ClientSession, status: int, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
+    async def answers() -> bool:
         try:
             async with http.get("/readyz") as response:
-                if response.status == status:
-                    return
+                return response.status == status
         except aiohttp.ClientConnectionError:
-            pass  # not listening yet
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
+            return False  # not listening yet
+
+    await eventually(answers, what)

@@ -137,12 +137,14 @@ async def test_a_look_under_way_is_shared_and_a_cancelled_one_tells_the_others_n
             await release.wait()
             return {"a": 1}
 
-    probe = Slow()
-    barrier = GenerationBarrier(Counts(2, 1), probe, poll_seconds=0.0, clock=Clock())
+    probe, clock = Slow(), Clock()
+    barrier = GenerationBarrier(Counts(2, 1), probe, poll_seconds=0.0, clock=clock)
     first = asyncio.create_task(barrier.earlier_elsewhere("a", NEW, 3))
-    await asyncio.sleep(0.01)
+    await until(lambda: probe.looked == [OLD])  # the first look is under way
+    reads = clock.reads
     second = asyncio.create_task(barrier.earlier_elsewhere("a", NEW, 3))
-    await asyncio.sleep(0.01)
+    # its one clock read is in choosing the sessions; from there it runs on to the shared look
+    await until(lambda: clock.reads > reads)
     assert probe.looked == [OLD]  # one look for both
     first.cancel()
     release.set()
@@ -161,6 +163,13 @@ def worker_with(
                               gap_wait_seconds=5.0)  # fmt: skip
     lane = LaneSettings(worker=settings, idle_seconds=0.01, **changes)
     return LaneWorker(InboxHandler(store), store, lane, barrier=barrier, clock=clock)
+
+
+async def lane_rounds(clock: Clock, rounds: int = 10) -> None:
+    """Until the lane's loop has gone round a few times at the clock's time (each round reads it
+    and expires what is due), so that an assertion that nothing happened means something."""
+    reads = clock.reads
+    await until(lambda: clock.reads >= reads + rounds)
 
 
 async def a3_early() -> tuple[FakeStore, FakeChannel, Clock, list[bytes]]:
@@ -211,7 +220,7 @@ async def test_once_no_other_session_holds_an_earlier_event_the_gap_wait_begins(
     clock.now = 1.1
     await until(lambda: OLD in probe.looked)
     clock.now = 5.5  # 4.4 s into the gap wait that began at the look: still waiting
-    await asyncio.sleep(0.05)
+    await lane_rounds(clock)
     assert at(store, "a", 1)
     clock.now = 6.2  # the gap wait is over: the skip policy applies
     await asyncio.wait_for(task, 10)
@@ -245,7 +254,7 @@ async def test_a_held_session_keeps_an_order_waiting_at_most_its_longest() -> No
     clock.now = 11.5  # 10.4 s behind the barrier, past its longest: the gap wait begins
     looks = probe.looked.count(OLD)
     await until(lambda: probe.looked.count(OLD) > looks)
-    await asyncio.sleep(0.05)
+    await lane_rounds(clock)
     assert at(store, "a", 1)
     clock.now = 17.0  # the gap wait is over (and the session is still held): skipped over
     await asyncio.wait_for(task, 10)
@@ -328,8 +337,9 @@ async def test_an_order_recorded_in_another_lane_is_not_deferred_here_until_thos
                         unblock_poll_seconds=0.05)  # fmt: skip
     worker = LaneWorker(InboxHandler(store), store, lane)
     task = asyncio.create_task(worker.hold(channel, stopping=lambda: bool(channel.deferred)))
-    await asyncio.sleep(0.3)
-    assert not channel.deferred  # kept here, locked, not recorded over the old lane's records
+    # refused twice (tried again after the poll period), kept here, locked, not deferred
+    await until(lambda: store.log.count("record_deferred") >= 2)
+    assert not channel.deferred
     assert store.deferral_lanes["a"] == OLD
     store.deferrals["a"] = {}  # the old lane's replay forgot them
     await asyncio.wait_for(task, 10)

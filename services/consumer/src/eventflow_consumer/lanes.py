@@ -14,8 +14,8 @@ that handles its queue in arrival order. Every guarantee of the session worker h
   other orders flow meanwhile; after `gap_wait_seconds` (from that order's first early event) the
   policy applies: skip applies the waiting events over the gap, block blocks the order; more than
   `max_waiting` waiting events of one order end that order's wait early. With a generation barrier
-  (barrier.py) the gap wait starts only once no other session of the inbox (the order's lane under
-  another lane count, its own per-order session) holds an earlier event of the order: until then
+  (barrier.py) the gap wait starts only once no older session of the inbox (the order's lane under
+  an older lane count, its own per-order session) holds an earlier event of the order: until then
   the order looks again every `barrier.poll_seconds`, re-reading its summary each time, so an
   earlier event applied from the other session releases the waiting ones at once;
 - the block policy blocks **one order**: its blocked record is written first, then each of its
@@ -173,9 +173,9 @@ class LaneWorker:
         (queued and waiting ones are let go unsettled, which costs no delivery). Raises
         ChannelLost and the channel's broker errors (the caller releases the lane; what was not
         settled returns to the queue). `drain`: return as well once the lane is drained, a receive
-        of `idle_seconds` brought nothing and no order has work left (an order blocked or with
-        deferred messages keeps the lane held, so that its unblock is carried out): for a lane of
-        another lane count, which no replica holds for good."""
+        of `idle_seconds` brought nothing and no order has work left but blocked ones (their
+        unblock holds the lane again): for a lane of another lane count, which no replica holds
+        for good."""
         lane = _Lane(self, channel, stopping, drain)
         try:
             try:
